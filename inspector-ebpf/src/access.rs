@@ -1,0 +1,31 @@
+//! Packet access: the only place that deals with the verifier's rules for
+//! reading the frame. Everything above it reads like ordinary Rust.
+
+use core::mem;
+
+use aya_ebpf::programs::XdpContext;
+
+/// Largest header offset the parser ever reads at. Offsets are masked with it
+/// so the verifier sees a bounded packet-pointer offset.
+pub const MAX_HDR_OFF: usize = 0x0fff;
+
+/// A pointer to a `T` at `off` bytes into the frame, if the whole `T` lies
+/// inside the linear part of the frame.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+    // `read_volatile` keeps LLVM from folding the mask into the later
+    // comparison (which the verifier then cannot follow).
+    let off = unsafe { core::ptr::read_volatile(&off) } & MAX_HDR_OFF;
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+/// Reads a `T` (a plain-old-data header) at `off`.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+    ptr_at::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
+}

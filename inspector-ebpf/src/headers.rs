@@ -1,0 +1,170 @@
+//! Ethernet / VLAN / IPv4 / IPv6 / TCP header parsing.
+//!
+//! Each step checks the bytes it reads against the end of the frame and the
+//! lengths the headers claim; anything inconsistent is `Malformed`.
+
+use aya_ebpf::programs::XdpContext;
+
+use crate::access::read;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+
+/// VLAN tags we look through (802.1Q and 802.1ad, QinQ).
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers we skip before giving up on a packet.
+const MAX_IPV6_EXT: usize = 6;
+
+/// Outcome of header parsing.
+pub enum Parsed {
+    /// A TCP segment with a complete header.
+    Tcp(Tcp),
+    /// An IPv4 or IPv6 fragment: its TCP header cannot be inspected alone.
+    Fragment,
+    /// Not TCP over IP: nothing for us.
+    Other,
+    /// Headers truncated or inconsistent.
+    Malformed,
+}
+
+/// The parts of a TCP segment the inspector uses.
+pub struct Tcp {
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Offset of the TCP header from the start of the frame.
+    pub l4_off: usize,
+    /// Offset of the first payload byte from the start of the frame.
+    pub payload_off: usize,
+    /// Payload length according to the IP header (frame padding excluded).
+    pub payload_len: usize,
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Parses from the Ethernet header to the start of the TCP payload.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Parsed {
+    // Destination and source MAC, then the first EtherType.
+    let Some(mut proto) = read::<[u8; 2]>(ctx, 12).map(be16) else {
+        return Parsed::Malformed;
+    };
+    let mut off = 14usize;
+    for _ in 0..MAX_VLAN_TAGS {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        // TCI (2 bytes) then the inner EtherType.
+        let Some(inner) = read::<[u8; 2]>(ctx, off + 2).map(be16) else {
+            return Parsed::Malformed;
+        };
+        proto = inner;
+        off += 4;
+    }
+    match proto {
+        ETH_P_IP => parse_ipv4(ctx, off),
+        ETH_P_IPV6 => parse_ipv6(ctx, off),
+        _ => Parsed::Other,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, off: usize) -> Parsed {
+    let Some(h) = read::<[u8; 20]>(ctx, off) else {
+        return Parsed::Malformed;
+    };
+    if h[0] >> 4 != 4 {
+        return Parsed::Malformed;
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let total = be16([h[2], h[3]]) as usize;
+    if ihl < 20 || total < ihl {
+        return Parsed::Malformed;
+    }
+    if h[9] != IPPROTO_TCP {
+        return Parsed::Other;
+    }
+    // More-fragments flag or a non-zero fragment offset.
+    if be16([h[6], h[7]]) & 0x3fff != 0 {
+        return Parsed::Fragment;
+    }
+    parse_tcp(ctx, off + ihl, total - ihl)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
+    let Some(h) = read::<[u8; 40]>(ctx, off) else {
+        return Parsed::Malformed;
+    };
+    if h[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let mut remaining = be16([h[4], h[5]]) as usize;
+    let mut next = h[6];
+    let mut off = off + 40;
+    for _ in 0..MAX_IPV6_EXT {
+        let len = match next {
+            IPPROTO_TCP => return parse_tcp(ctx, off, remaining),
+            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+            0 | 43 | 60 => {
+                let Some(e) = read::<[u8; 2]>(ctx, off) else {
+                    return Parsed::Malformed;
+                };
+                next = e[0];
+                (e[1] as usize + 1) * 8
+            }
+            // Fragment header.
+            44 => return Parsed::Fragment,
+            // Authentication header: (len + 2) * 4 bytes.
+            51 => {
+                let Some(e) = read::<[u8; 2]>(ctx, off) else {
+                    return Parsed::Malformed;
+                };
+                next = e[0];
+                (e[1] as usize + 2) * 4
+            }
+            _ => return Parsed::Other,
+        };
+        if len > remaining {
+            return Parsed::Malformed;
+        }
+        remaining -= len;
+        off += len;
+    }
+    if next == IPPROTO_TCP {
+        return parse_tcp(ctx, off, remaining);
+    }
+    // Longer chains than we follow: not something we can inspect.
+    Parsed::Other
+}
+
+/// `ip_payload` is the length of the IP payload (TCP header and data) as the
+/// IP header states it.
+#[inline(always)]
+fn parse_tcp(ctx: &XdpContext, off: usize, ip_payload: usize) -> Parsed {
+    let Some(h) = read::<[u8; 20]>(ctx, off) else {
+        return Parsed::Malformed;
+    };
+    let doff = ((h[12] >> 4) as usize) * 4;
+    if doff < 20 || doff > ip_payload {
+        return Parsed::Malformed;
+    }
+    let payload_off = off + doff;
+    let payload_len = ip_payload - doff;
+    // The IP header must not claim more bytes than the frame holds.
+    if ctx.data() + payload_off + payload_len > ctx.data_end() {
+        return Parsed::Malformed;
+    }
+    Parsed::Tcp(Tcp {
+        src_port: be16([h[0], h[1]]),
+        dst_port: be16([h[2], h[3]]),
+        l4_off: off,
+        payload_off,
+        payload_len,
+    })
+}

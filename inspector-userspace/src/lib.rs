@@ -1,0 +1,8 @@
+//! The `inspector` tool as a library: loading and attaching the embedded eBPF
+//! object, pin-dir management, and reading counters. `main.rs` is the CLI;
+//! the end-to-end and BPF_PROG_TEST_RUN tests use these functions directly.
+
+pub mod loader;
+pub mod pin;
+pub mod privilege;
+pub mod stats;

@@ -1,0 +1,283 @@
+//! `inspector`: ESMTP command firewall in the kernel (XDP), this is its
+//! command-line front end.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::{xdp::XdpLinkId, ProgramError, XdpMode};
+use clap::{Parser, Subcommand, ValueEnum};
+use inspector_common::ports::{DEFAULT_PORTS, NEVER_INSPECTED};
+use inspector_userspace::{
+    loader::{self, MAP_NAMES},
+    pin::{PinDir, DEFAULT_PIN_DIR},
+    privilege, stats,
+};
+use log::{info, warn};
+
+/// Oldest kernel the programs load on: bpf_xdp_load_bytes/store_bytes
+/// arrived in 5.18 (and bpf_loop in 5.17).
+const MIN_KERNEL: (u32, u32) = (5, 18);
+
+#[derive(Parser)]
+#[command(
+    name = "inspector",
+    version,
+    about = "ESMTP command firewall in the Linux kernel (eBPF/XDP)",
+    long_about = "ESMTP command firewall in the Linux kernel (eBPF/XDP).\n\n\
+        Attach it to the interfaces of a mail gateway; it inspects SMTP on the inspected \
+        ports (default 25 and 587) and reports what it saw.\n\n\
+        Exit status: 0 success, 1 error (one line on stderr says what and what to do), \
+        2 bad command line.",
+    after_help = "Examples:\n  \
+        inspector attach --iface eth0 --iface eth1\n  \
+        inspector stats\n  \
+        inspector stats --json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the inspector, attach it to interfaces and run until SIGINT/SIGTERM.
+    ///
+    /// Attaches the XDP program to every --iface, pins its maps under
+    /// --pin-dir (mounting a bpffs there if none is mounted) and stays in the
+    /// foreground. On SIGINT or SIGTERM it detaches from every interface and
+    /// removes its pins.
+    #[command(after_help = "Examples:\n  \
+        inspector attach --iface eth0 --iface eth1\n  \
+        inspector attach --iface eth0 --port 25 --port 2525 --mode xdp-skb")]
+    Attach {
+        /// Interface to attach to (repeat for each; a gateway needs both sides).
+        #[arg(long = "iface", short = 'i', required = true, value_name = "IF")]
+        ifaces: Vec<String>,
+        /// XDP attach mode: `xdp` lets the kernel choose (native when the
+        /// driver supports it), `xdp-skb` forces generic XDP.
+        #[arg(long, value_enum, default_value_t = Mode::Xdp)]
+        mode: Mode,
+        /// Inspected server port (repeat for each). Default: 25 and 587.
+        /// Port 465 (implicit TLS) cannot be inspected and is refused.
+        #[arg(long = "port", short = 'p', value_name = "N")]
+        ports: Vec<u16>,
+        /// Folder on a bpf filesystem for the pinned maps.
+        #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+        pin_dir: PathBuf,
+        /// Load this eBPF object file instead of the embedded one (to try a
+        /// custom build of the kernel programs).
+        #[arg(long, value_name = "FILE")]
+        object: Option<PathBuf>,
+    },
+    /// Print the counters of a running `inspector attach`.
+    ///
+    /// Reads the per-CPU counter map pinned by `attach` and prints each
+    /// counter summed over all CPUs. Safe to run at any time, from any
+    /// process with CAP_BPF.
+    #[command(after_help = "Examples:\n  inspector stats\n  inspector stats --json | jq .packets_inspected")]
+    Stats {
+        /// Print one JSON object whose keys are the counter names.
+        #[arg(long)]
+        json: bool,
+        /// Pin dir of the running `attach`.
+        #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+        pin_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Native XDP where the driver supports it, generic otherwise.
+    Xdp,
+    /// Generic (SKB) XDP: works on every interface, slower.
+    XdpSkb,
+}
+
+impl Mode {
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            Mode::Xdp => XdpMode::default(),
+            Mode::XdpSkb => XdpMode::Skb,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Xdp => "xdp",
+            Mode::XdpSkb => "xdp-skb",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Attach {
+            ifaces,
+            mode,
+            ports,
+            pin_dir,
+            object,
+        } => attach(&ifaces, mode, &ports, &pin_dir, object.as_deref()),
+        Command::Stats { json, pin_dir } => print_stats(json, &pin_dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of contexts, outermost first. A verifier
+            // rejection carries its log on the following lines.
+            eprintln!("inspector: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_kernel() -> Result<()> {
+    let Ok(v) = aya::util::KernelVersion::current() else {
+        warn!("could not read the kernel version; trying anyway");
+        return Ok(());
+    };
+    let (maj, min) = MIN_KERNEL;
+    if v < aya::util::KernelVersion::new(maj as u8, min as u8, 0) {
+        bail!(
+            "kernel {v:?} is too old: the inspector needs Linux {maj}.{min} or newer \
+             (bpf_xdp_load_bytes and bpf_xdp_store_bytes arrived in 5.18)"
+        );
+    }
+    Ok(())
+}
+
+fn if_index(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name).context("interface name contains a NUL byte")?;
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("unknown interface `{name}` (see `ip link` for the interfaces of this network namespace)");
+    }
+    Ok(idx)
+}
+
+fn attach(
+    ifaces: &[String],
+    mode: Mode,
+    ports: &[u16],
+    pin_dir: &Path,
+    object: Option<&Path>,
+) -> Result<()> {
+    privilege::require_admin("attach")?;
+    check_kernel()?;
+    let mut ports = if ports.is_empty() {
+        DEFAULT_PORTS.to_vec()
+    } else {
+        ports.to_vec()
+    };
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.contains(&NEVER_INSPECTED) {
+        bail!("port {NEVER_INSPECTED} carries implicit TLS (SMTPS) and cannot be inspected; remove --port {NEVER_INSPECTED}");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for i in ifaces {
+        if_index(i)?;
+        if !seen.insert(i) {
+            bail!("interface `{i}` is named twice");
+        }
+    }
+    let owned_object;
+    let bytes: &[u8] = match object {
+        Some(p) => {
+            owned_object = std::fs::read(p)
+                .with_context(|| format!("reading eBPF object {}", p.display()))?;
+            &owned_object
+        }
+        None => loader::EBPF_OBJECT,
+    };
+
+    let pins = PinDir::prepare(pin_dir)?;
+    let result = run_attached(ifaces, mode, &ports, &pins, bytes);
+    // Whatever happened, leave no pins behind.
+    let cleanup = pins.remove(MAP_NAMES);
+    result.and(cleanup)
+}
+
+fn run_attached(
+    ifaces: &[String],
+    mode: Mode,
+    ports: &[u16],
+    pins: &PinDir,
+    object: &[u8],
+) -> Result<()> {
+    let mut ebpf = loader::open(object, Some(pins.path()))?;
+    loader::set_ports(&mut ebpf, ports)?;
+    let prog = loader::load_xdp(&mut ebpf)?;
+    let mut links: Vec<XdpLinkId> = Vec::new();
+    for iface in ifaces {
+        match prog.attach(iface, mode.xdp_mode()) {
+            Ok(id) => links.push(id),
+            Err(e) => return Err(attach_error(iface, mode, e)),
+        }
+    }
+    let port_list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+    // Tests and scripts wait for this line: everything is in place once it
+    // is printed.
+    info!(
+        "attached to {} (mode {}), inspecting ports {}, maps pinned in {}",
+        ifaces.join(", "),
+        mode.name(),
+        port_list.join(","),
+        pins.path().display()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(wait_for_signal())?;
+    for id in links {
+        prog.detach(id)
+            .context("detaching the XDP program from an interface")?;
+    }
+    info!("detached from {}", ifaces.join(", "));
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+fn attach_error(iface: &str, mode: Mode, e: ProgramError) -> anyhow::Error {
+    let errno = match &e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    };
+    match errno {
+        Some(libc::EBUSY) | Some(libc::EEXIST) => anyhow::anyhow!(
+            "interface `{iface}` already has an XDP program attached; remove it first \
+             (`ip link set dev {iface} xdp off`) or choose another interface"
+        ),
+        Some(libc::EOPNOTSUPP) => anyhow::anyhow!(
+            "interface `{iface}` does not support XDP mode {}; try --mode xdp-skb",
+            mode.name()
+        ),
+        _ => anyhow::Error::new(e).context(format!("attaching to interface `{iface}`")),
+    }
+}
+
+fn print_stats(json: bool, pin_dir: &Path) -> Result<()> {
+    privilege::require_bpf("stats")?;
+    let values = stats::read_pinned(pin_dir)?;
+    if json {
+        println!("{}", stats::to_json(&values));
+    } else {
+        print!("{}", stats::to_table(&values));
+    }
+    Ok(())
+}

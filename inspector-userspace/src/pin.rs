@@ -1,0 +1,134 @@
+//! The pin directory: where the maps live while `inspector attach` runs, so
+//! that `inspector stats` (another process) can read them.
+//!
+//! Layout: `<pin-dir>/<MAP_NAME>` for every map. The directory itself is
+//! `flock`ed by the running `attach`, which serialises instances: bpffs cannot
+//! hold regular files, but a directory fd can carry a lock.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    os::{fd::AsRawFd, unix::ffi::OsStrExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Default pin directory, the normal place on a host.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/inspector";
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Whether `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+fn mount_bpffs(at: &Path) -> Result<()> {
+    let target = CString::new(at.as_os_str().as_bytes())?;
+    let fstype = CString::new("bpf")?;
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mounting a bpf filesystem at {}", at.display()));
+    }
+    Ok(())
+}
+
+/// A prepared, locked pin directory. Dropping it releases the lock.
+pub struct PinDir {
+    path: PathBuf,
+    /// The mount we made ourselves, if any (undone by [`PinDir::remove`]).
+    mounted: Option<PathBuf>,
+    _lock: File,
+}
+
+impl PinDir {
+    /// Makes sure `path` exists on a bpffs (mounting one if none is there, as
+    /// `ip netns exec` leaves none) and takes the instance lock.
+    pub fn prepare(path: &Path) -> Result<Self> {
+        let mut mounted = None;
+        if !is_bpffs(path) {
+            // The normal layout is a folder under /sys/fs/bpf: mount the
+            // standard bpffs there when it is missing; otherwise mount one on
+            // the pin dir itself.
+            let parent = path.parent().filter(|p| *p == Path::new("/sys/fs/bpf"));
+            let at = match parent {
+                Some(p) if p.is_dir() && !is_bpffs(p) => p.to_path_buf(),
+                _ => path.to_path_buf(),
+            };
+            std::fs::create_dir_all(&at)
+                .with_context(|| format!("creating pin dir {}", at.display()))?;
+            if !is_bpffs(&at) {
+                mount_bpffs(&at)?;
+                if at == path {
+                    mounted = Some(at);
+                }
+            }
+        }
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("creating pin dir {}", path.display()))?;
+        if !is_bpffs(path) {
+            bail!("pin dir {} is not on a bpf filesystem", path.display());
+        }
+        let lock = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                bail!(
+                    "pin dir {} is in use by another running `inspector attach`; stop it first, \
+                     or pass a different --pin-dir",
+                    path.display()
+                );
+            }
+            return Err(err).with_context(|| format!("locking {}", path.display()));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            mounted,
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the pins named in `names`, then the folder (and our mount).
+    pub fn remove(self, names: &[&str]) -> Result<()> {
+        for n in names {
+            let p = self.path.join(n);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing pin {}", p.display())),
+            }
+        }
+        if let Some(m) = &self.mounted {
+            let c = CString::new(m.as_os_str().as_bytes())?;
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("unmounting {}", m.display()));
+            }
+        }
+        match std::fs::remove_dir(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing pin dir {}", self.path.display())),
+        }
+    }
+}
