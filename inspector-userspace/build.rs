@@ -42,7 +42,12 @@ fn main() {
     // nightly build of another target.
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy();
-        if key.starts_with("CARGO_") || key.starts_with("RUSTC") || key == "RUSTFLAGS" || key == "RUSTUP_TOOLCHAIN" || key == "RUSTDOCFLAGS" {
+        if key.starts_with("CARGO_")
+            || key.starts_with("RUSTC")
+            || key == "RUSTFLAGS"
+            || key == "RUSTUP_TOOLCHAIN"
+            || key == "RUSTDOCFLAGS"
+        {
             cmd.env_remove(&*key);
         }
     }

@@ -77,7 +77,9 @@ enum Command {
     /// Reads the per-CPU counter map pinned by `attach` and prints each
     /// counter summed over all CPUs. Safe to run at any time, from any
     /// process with CAP_BPF.
-    #[command(after_help = "Examples:\n  inspector stats\n  inspector stats --json | jq .packets_inspected")]
+    #[command(
+        after_help = "Examples:\n  inspector stats\n  inspector stats --json | jq .packets_inspected"
+    )]
     Stats {
         /// Print one JSON object whose keys are the counter names.
         #[arg(long)]
@@ -188,8 +190,8 @@ fn attach(
     let owned_object;
     let bytes: &[u8] = match object {
         Some(p) => {
-            owned_object = std::fs::read(p)
-                .with_context(|| format!("reading eBPF object {}", p.display()))?;
+            owned_object =
+                std::fs::read(p).with_context(|| format!("reading eBPF object {}", p.display()))?;
             &owned_object
         }
         None => loader::EBPF_OBJECT,

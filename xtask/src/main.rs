@@ -1,1 +1,132 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup|build|test|demo`.
+//!
+//! Every task first runs `setup`, which installs (idempotently, saying what
+//! it does) what a fresh machine lacks: the nightly's rust-src, bpf-linker
+//! built against the nightly's own libLLVM, and the Debian packages that the
+//! tests and the demo use.
+
+mod demo;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "Build, set-up, test and demo tasks for inspector"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build the `inspector` binary (release) with its embedded eBPF object.
+    Build,
+    /// Run every check CI runs: fmt, clippy (host and eBPF), unit and
+    /// property tests, BPF_PROG_TEST_RUN tests and end-to-end tests (root).
+    Test {
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Only run tests whose name contains this string (end-to-end and
+        /// kernel tests).
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Build a namespace gateway, attach the inspector, run real SMTP
+    /// sessions through it and show what it saw. Cleans up after itself.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            build()
+        }
+        Task::Test { no_lint, filter } => {
+            setup::run()?;
+            test(no_lint, filter.as_deref())
+        }
+        Task::Demo => {
+            setup::run()?;
+            build()?;
+            demo::run()
+        }
+    }
+}
+
+fn build() -> Result<()> {
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "inspector-userspace",
+    ]))
+}
+
+fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
+    let root = util::root();
+    let ebpf = root.join("inspector-ebpf");
+    if !no_lint {
+        util::step("fmt: host workspace and eBPF crate");
+        util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+        util::run(util::nightly_cargo(&ebpf).args(["fmt", "--check"]))?;
+        util::step("clippy: host workspace (all targets) and eBPF crate");
+        util::run(util::cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        util::run(util::nightly_cargo(&ebpf).args([
+            "clippy",
+            "--release",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    util::step("unit and property tests (inspector-common, inspector-userspace, xtask)");
+    util::run(util::cargo().args([
+        "test",
+        "--locked",
+        "-p",
+        "inspector-common",
+        "-p",
+        "inspector-userspace",
+        "-p",
+        "xtask",
+    ]))?;
+    build()?;
+    util::step("kernel and end-to-end tests (as root, one at a time)");
+    let mut cmd = util::cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--locked",
+        "-p",
+        "inspector-tests",
+        "--",
+    ]);
+    cmd.args(["--test-threads=1"]);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    cmd.env("INSPECTOR_BIN", root.join("target/release/inspector"));
+    cmd.env("RUST_BACKTRACE", "1");
+    util::run(&mut cmd)
+}

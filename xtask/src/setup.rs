@@ -1,0 +1,175 @@
+//! Idempotent installation of the build and test dependencies.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{output, run as exec, step};
+
+/// Debian packages the tests, demo and benchmarks use.
+/// postfix brings smtp-source/smtp-sink; python3-aiosmtpd records what a
+/// server receives; swaks is a real SMTP client.
+const APT_PACKAGES: &[&str] = &[
+    "postfix",
+    "swaks",
+    "python3-aiosmtpd",
+    "python3-scapy",
+    "ethtool",
+    "tcpdump",
+    "bpftool",
+    "iproute2",
+    "iptables",
+    "haproxy",
+    "util-linux",
+];
+
+pub fn run() -> Result<()> {
+    step("setup: checking the toolchain and packages (installs only what is missing)");
+    nightly()?;
+    bpf_linker()?;
+    apt()?;
+    eprintln!("setup: everything is in place");
+    Ok(())
+}
+
+fn nightly() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("setup: installing the nightly toolchain");
+        exec(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "-c",
+            "rust-src,clippy,rustfmt",
+        ]))?;
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    for comp in ["rust-src", "clippy", "rustfmt"] {
+        if !installed.lines().any(|l| l.starts_with(comp)) {
+            eprintln!("setup: adding {comp} to the nightly toolchain");
+            exec(Command::new("rustup").args([
+                "component",
+                "add",
+                comp,
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
+    }
+    Ok(())
+}
+
+/// The nightly's sysroot and the path of its shared libLLVM.
+fn nightly_llvm() -> Result<(PathBuf, PathBuf, u32)> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    let mut found = None;
+    for e in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        // libLLVM.so.22.1-rust-1.97.0-nightly: the major comes after ".so."
+        if let Some(rest) = name.strip_prefix("libLLVM.so.") {
+            if let Some(major) = rest.split('.').next().and_then(|m| m.parse().ok()) {
+                found = Some((lib.join(&name), major));
+            }
+        }
+    }
+    let Some((so, major)) = found else {
+        bail!(
+            "the nightly toolchain in {} ships no libLLVM.so.*",
+            lib.display()
+        );
+    };
+    Ok((lib, so, major))
+}
+
+fn bpf_linker() -> Result<()> {
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if works {
+        return Ok(());
+    }
+    let (lib, so, major) = nightly_llvm()?;
+    eprintln!(
+        "setup: installing bpf-linker against the nightly's LLVM {major} ({})",
+        so.display()
+    );
+    let prefix = std::env::temp_dir().join(format!("inspector-llvm-{major}"));
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&so, &link)?;
+    // The rpath lets bpf-linker find libLLVM at run time without
+    // LD_LIBRARY_PATH.
+    exec(
+        Command::new("cargo")
+            .env("LLVM_PREFIX", &prefix)
+            .env(
+                "RUSTFLAGS",
+                format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
+            )
+            .args([
+                "install",
+                "--locked",
+                "--force",
+                "bpf-linker",
+                "--version",
+                "0.13.0",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ]),
+    )
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| !String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(true)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    let as_root = unsafe { libc_geteuid() } == 0;
+    let apt = |args: &[&str]| {
+        let mut c = if as_root {
+            Command::new("apt-get")
+        } else {
+            let mut s = Command::new("sudo");
+            s.arg("apt-get");
+            s
+        };
+        c.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        c
+    };
+    exec(&mut apt(&["update", "-q"]))?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    exec(&mut apt(&args))
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
