@@ -6,4 +6,7 @@
 #![no_std]
 
 pub mod counters;
+pub mod policy;
 pub mod ports;
+pub mod smtp;
+pub mod verbs;

@@ -1,0 +1,696 @@
+//! The SMTP stream parser: one state machine per direction, fed one byte at
+//! a time, shared by the XDP/TC programs and the userspace tests.
+//!
+//! Design rules (they are what makes it load in the kernel):
+//! - no allocation, no recursion, no slices indexed at run time: every step
+//!   is a small branchy function over a `#[repr(C)]` state struct, so the
+//!   kernel can call it from a `bpf_loop` callback;
+//! - each direction owns its own state ([`ClientState`], [`ServerState`]) and
+//!   writes only that; what one direction must tell the other goes through
+//!   single aligned 64-bit words (see [`Shared`]), so the two directions can
+//!   run at the same time on two CPUs without a lock;
+//! - the view of the stream equals the server's: verbs end at C-locale
+//!   whitespace or LF, leading whitespace is skipped, a bare LF ends a line,
+//!   and the client state follows the server's replies (354, 334, 235, 220),
+//!   matched to commands in order so that PIPELINING works.
+
+use crate::verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX};
+
+/// States of the command (client to server) direction.
+pub mod cstate {
+    /// At the start of a command line, skipping leading whitespace.
+    pub const LINE_START: u8 = 0;
+    /// Inside a verb whose fate is not decided yet.
+    pub const VERB: u8 = 1;
+    /// Inside a verb that is masked: every further verb byte becomes `X`.
+    pub const VERB_MASKED: u8 = 2;
+    /// After the verb, up to the end of the line.
+    pub const ARGS: u8 = 3;
+    /// Message body after DATA and 354, until the end-of-data line.
+    pub const BODY: u8 = 4;
+    /// BDAT chunk: `count` bytes pass uninspected.
+    pub const CHUNK: u8 = 5;
+    /// A SASL response line (after 334), not inspected.
+    pub const SASL: u8 = 6;
+    /// A command whose reply decides what the next bytes are (DATA, AUTH, a
+    /// SASL line, STARTTLS) was sent; bytes after it wait for that reply.
+    pub const AWAIT_GATE: u8 = 7;
+    /// After STARTTLS and 220: TLS, nothing more to inspect.
+    pub const OPAQUE: u8 = 8;
+}
+
+/// Commands whose reply changes how the following client bytes are read.
+pub mod gate {
+    pub const DATA: u8 = 1;
+    pub const AUTH: u8 = 2;
+    pub const SASL: u8 = 3;
+    pub const STARTTLS: u8 = 4;
+}
+
+/// `ClientState::flags` bits.
+const F_ALLOWED: u8 = 1;
+
+/// BDAT argument parser states (in `ClientState::sub` while in ARGS).
+mod bdat {
+    pub const START: u8 = 0; // whitespace before the size
+    pub const SIZE: u8 = 1; // in the digits of the size
+    pub const AFTER_SIZE: u8 = 2; // whitespace after the size
+    pub const LAST: u8 = 3; // 3..=6: matched 1..=4 letters of LAST
+    pub const AFTER_LAST: u8 = 7;
+    pub const INVALID: u8 = 8;
+}
+
+/// Body end-of-data matcher states (in `ClientState::sub` while in BODY).
+mod body {
+    pub const MID: u8 = 0;
+    pub const BOL: u8 = 1;
+    pub const DOT: u8 = 2;
+    pub const DOT_CR: u8 = 3;
+}
+
+/// C-locale whitespace other than LF: what Postfix skips before a verb and
+/// what ends one.
+#[inline(always)]
+pub const fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | 0x0b | 0x0c | b'\r')
+}
+
+/// State of the command direction. Written only by the program instance
+/// that sees client-to-server packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientState {
+    /// Key of the current verb (its first `MAX_VERB` bytes, upper-cased).
+    pub verb: VerbKey,
+    /// BDAT: size being parsed (ARGS) or bytes left (CHUNK).
+    pub count: u64,
+    /// Number of commands sent that the server answers with one reply each.
+    pub units: u32,
+    /// AWAIT_GATE: `units` value right after the gate command (its index + 1).
+    pub gate_unit: u32,
+    pub state: u8,
+    /// Verb bytes seen, saturating at `MAX_VERB + 1`.
+    pub verb_len: u8,
+    /// Counter slot of the current verb.
+    pub verb_id: u8,
+    /// `F_ALLOWED` once the verb is known to be allowed.
+    pub flags: u8,
+    /// Sub-state: BDAT argument parser in ARGS, end-of-data matcher in BODY.
+    pub sub: u8,
+    /// AWAIT_GATE: which [`gate`] kind.
+    pub gate_kind: u8,
+    pub _pad: [u8; 2],
+}
+
+/// State of the reply (server to client) direction. Written only by the
+/// program instance that sees server-to-client packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerState {
+    /// First bytes of the current line's text, upper-cased (extension names).
+    pub text: VerbKey,
+    /// Complete replies after the greeting.
+    pub replies: u32,
+    /// Reply code of the current line.
+    pub code: u16,
+    /// 0: line start / in the code, 1: text of a continuation line, 2: text of
+    /// a final line, 3: a line that is not a reply line, 4: opaque (TLS).
+    pub state: u8,
+    /// Code digits seen on this line.
+    pub digits: u8,
+    /// Length of the first word of the text, with `WORD_DONE` once it ended.
+    pub text_len: u8,
+    /// 1 once the greeting (the first reply) is complete.
+    pub greeted: u8,
+    pub _pad: [u8; 2],
+}
+
+mod sstate {
+    pub const CODE: u8 = 0;
+    pub const CONT: u8 = 1;
+    pub const FINAL: u8 = 2;
+    pub const JUNK: u8 = 3;
+    pub const OPAQUE: u8 = 4;
+}
+
+/// Slots of the gate-reply ring in [`Shared`].
+pub const GATE_SLOTS: usize = 4;
+
+/// What the two directions tell each other. Every field is one aligned
+/// 64-bit word written by exactly one direction with a single store, so a
+/// reader on another CPU sees either the old or the new value, never a mix.
+/// Causality does the rest: a client sends the bytes that depend on a reply
+/// only after that reply passed through the server-direction program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shared {
+    /// Client-written: `gate_unit << 8 | gate_kind` of the last gate command.
+    pub client_gate: u64,
+    /// Server-written: `(unit << 16) | code` of the reply to gate command
+    /// `unit`, in slot `unit % GATE_SLOTS` (older gates stay readable for
+    /// re-inspection of a retransmitted segment).
+    pub gate_replies: [u64; GATE_SLOTS],
+    /// Server-written: 1 if the server advertised CHUNKING.
+    pub chunking: u64,
+}
+
+impl Shared {
+    /// The reply code to gate command number `unit`, if the server answered.
+    #[inline(always)]
+    pub fn gate_reply(&self, unit: u32) -> Option<u16> {
+        let v = self.gate_replies[(unit as usize) % GATE_SLOTS];
+        if (v >> 16) as u32 == unit && unit != 0 {
+            Some(v as u16)
+        } else {
+            None
+        }
+    }
+}
+
+/// What the parser needs from its environment: the live policy and the
+/// other direction's published words.
+pub trait Env {
+    /// The policy entry of a verb key, `None` if the map has none.
+    fn policy(&self, key: VerbKey) -> Option<PolicyEntry>;
+    /// The reply code to gate command `unit`, if known yet.
+    fn gate_reply(&self, unit: u32) -> Option<u16>;
+    /// Whether the server advertised CHUNKING.
+    fn chunking(&self) -> bool;
+}
+
+/// What to do with the byte just parsed (and possibly earlier ones).
+pub mod act {
+    /// Leave the byte as it is.
+    pub const KEEP: u8 = 0;
+    /// Mask `[mask_from, mask_to)` of this segment.
+    pub const MASK: u8 = 1;
+    /// The byte's meaning depends on a reply not seen yet: hold (drop) the
+    /// whole segment, do not commit the state; TCP will retransmit it.
+    pub const HOLD: u8 = 2;
+}
+
+/// Events worth a counter.
+pub mod event {
+    pub const NONE: u8 = 0;
+    /// A command line's verb ended (`verb_id`, `masked`).
+    pub const COMMAND: u8 = 1;
+    /// DATA was answered with 354: a body starts.
+    pub const BODY_START: u8 = 2;
+    /// The end-of-data line was seen.
+    pub const BODY_END: u8 = 3;
+    /// An allowed BDAT started a chunk.
+    pub const CHUNK: u8 = 4;
+    /// STARTTLS was answered with 220: the flow is now opaque.
+    pub const STARTTLS: u8 = 5;
+    /// AUTH was answered with 334: a SASL exchange starts.
+    pub const SASL_START: u8 = 6;
+}
+
+/// Result of one parser step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Out {
+    pub act: u8,
+    pub mask_from: u32,
+    pub mask_to: u32,
+    pub event: u8,
+    pub verb_id: u8,
+    pub masked: u8,
+}
+
+/// Per-segment context of the client parser (not part of the flow state).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seg {
+    /// Segment offset where the current verb started (0 if it started in an
+    /// earlier segment).
+    pub verb_start: u32,
+}
+
+impl ClientState {
+    /// Whether the parser must look at every byte (false in states where a
+    /// run of bytes passes unexamined: a BDAT chunk and opaque TLS).
+    #[inline(always)]
+    pub fn skippable(&self) -> u64 {
+        match self.state {
+            cstate::CHUNK => self.count,
+            cstate::OPAQUE => u64::MAX,
+            _ => 0,
+        }
+    }
+
+    /// Skips `n` bytes that [`Self::skippable`] allowed.
+    #[inline(always)]
+    pub fn skip(&mut self, n: u64) {
+        if self.state == cstate::CHUNK {
+            self.count -= n;
+            if self.count == 0 {
+                self.state = cstate::LINE_START;
+            }
+        }
+    }
+
+    /// Starts a segment.
+    #[inline(always)]
+    pub fn begin_segment(&self) -> Seg {
+        Seg { verb_start: 0 }
+    }
+
+    /// Parses byte `b` at offset `pos` of the current segment.
+    #[inline(always)]
+    pub fn step<E: Env>(&mut self, b: u8, pos: u32, seg: &mut Seg, env: &E) -> Out {
+        let mut out = Out::default();
+        if self.state == cstate::AWAIT_GATE && !self.resolve_gate(env, &mut out) {
+            out.act = act::HOLD;
+            return out;
+        }
+        match self.state {
+            cstate::LINE_START => {
+                if b == b'\n' {
+                    // An empty line: the server answers it (500), so it is a unit.
+                    self.units = self.units.wrapping_add(1);
+                } else if !is_space(b) {
+                    self.state = cstate::VERB;
+                    self.verb = 0;
+                    self.verb_len = 0;
+                    self.flags = 0;
+                    seg.verb_start = pos;
+                    self.verb_byte(b, pos, seg, &mut out);
+                }
+            }
+            cstate::VERB => {
+                if b == b'\n' || is_space(b) {
+                    self.end_verb(b, pos, seg, env, &mut out);
+                } else {
+                    self.verb_byte(b, pos, seg, &mut out);
+                }
+            }
+            cstate::VERB_MASKED => {
+                if b == b'\n' || is_space(b) {
+                    self.end_verb(b, pos, seg, env, &mut out);
+                } else {
+                    self.add_to_key(b);
+                    out.act = act::MASK;
+                    out.mask_from = pos;
+                    out.mask_to = pos + 1;
+                }
+            }
+            cstate::ARGS => {
+                if b == b'\n' {
+                    self.end_line(env.chunking(), &mut out);
+                } else if self.verb_id == id::BDAT {
+                    self.bdat_arg(b);
+                }
+            }
+            cstate::BODY => self.body_byte(b, &mut out),
+            cstate::CHUNK => self.skip(1),
+            cstate::SASL => {
+                if b == b'\n' {
+                    self.units = self.units.wrapping_add(1);
+                    self.start_gate(gate::SASL);
+                }
+            }
+            _ => {} // OPAQUE
+        }
+        out
+    }
+
+    /// Called after the last byte of a segment: decides a verb that is still
+    /// open, masking what this segment holds of it if it cannot become an
+    /// allowed verb any more.
+    #[inline(always)]
+    pub fn end_segment<E: Env>(&mut self, seg_len: u32, seg: &Seg, env: &E) -> Out {
+        let mut out = Out::default();
+        if self.state == cstate::VERB {
+            let flags = env.policy(self.verb).map(|e| e.flags).unwrap_or(0);
+            if flags & (ALLOWED | PREFIX) == 0 {
+                self.state = cstate::VERB_MASKED;
+                out.act = act::MASK;
+                out.mask_from = seg.verb_start;
+                out.mask_to = seg_len;
+            }
+        }
+        out
+    }
+
+    #[inline(always)]
+    fn add_to_key(&mut self, b: u8) {
+        let len = self.verb_len as usize;
+        if len < MAX_VERB && is_verb_char(b) {
+            self.verb = key_push(self.verb, len, b);
+        }
+        if len <= MAX_VERB {
+            self.verb_len += 1;
+        }
+    }
+
+    /// A byte of a verb not yet decided.
+    #[inline(always)]
+    fn verb_byte(&mut self, b: u8, pos: u32, seg: &Seg, out: &mut Out) {
+        let fits = (self.verb_len as usize) < MAX_VERB && is_verb_char(b);
+        self.add_to_key(b);
+        if !fits {
+            // Too long or a character no verb has: it can never be allowed.
+            self.state = cstate::VERB_MASKED;
+            out.act = act::MASK;
+            out.mask_from = seg.verb_start;
+            out.mask_to = pos + 1;
+        }
+    }
+
+    /// The verb ended with delimiter `b` at `pos`.
+    #[inline(always)]
+    fn end_verb<E: Env>(&mut self, b: u8, pos: u32, seg: &Seg, env: &E, out: &mut Out) {
+        let entry = env.policy(self.verb);
+        self.verb_id = match entry {
+            Some(e) if self.verb_len as usize <= MAX_VERB => e.verb_id,
+            _ => crate::verbs::OTHER,
+        };
+        let allowed = self.state == cstate::VERB
+            && self.verb_len as usize <= MAX_VERB
+            && entry.map(|e| e.flags & ALLOWED != 0).unwrap_or(false);
+        if allowed {
+            self.flags = F_ALLOWED;
+        } else {
+            self.flags = 0;
+            if self.state == cstate::VERB && pos > seg.verb_start {
+                out.act = act::MASK;
+                out.mask_from = seg.verb_start;
+                out.mask_to = pos;
+            }
+            // Otherwise the whole verb was in earlier segments, which kept it
+            // because it was a prefix of an allowed verb, and this delimiter
+            // ends it short of one: what the server got is a proper prefix of
+            // an allowed verb, which is not a command it knows.
+        }
+        out.event = event::COMMAND;
+        out.verb_id = self.verb_id;
+        out.masked = !allowed as u8;
+        self.state = cstate::ARGS;
+        self.sub = bdat::START;
+        self.count = 0;
+        if b == b'\n' {
+            self.end_line(env.chunking(), out);
+        }
+    }
+
+    /// BDAT argument syntax: `BDAT <size> [LAST]`.
+    #[inline(always)]
+    fn bdat_arg(&mut self, b: u8) {
+        let space = is_space(b);
+        let upper = b.to_ascii_uppercase();
+        self.sub = match self.sub {
+            bdat::START if space => bdat::START,
+            bdat::START | bdat::SIZE if b.is_ascii_digit() => {
+                match self
+                    .count
+                    .checked_mul(10)
+                    .and_then(|c| c.checked_add((b - b'0') as u64))
+                {
+                    Some(c) if c <= u32::MAX as u64 => {
+                        self.count = c;
+                        bdat::SIZE
+                    }
+                    _ => bdat::INVALID,
+                }
+            }
+            bdat::SIZE | bdat::AFTER_SIZE if space => bdat::AFTER_SIZE,
+            bdat::AFTER_SIZE if upper == b'L' => bdat::LAST,
+            3 if upper == b'A' => 4,
+            4 if upper == b'S' => 5,
+            5 if upper == b'T' => 6,
+            6 | bdat::AFTER_LAST if space => bdat::AFTER_LAST,
+            _ => bdat::INVALID,
+        };
+    }
+
+    /// LF at the end of a command line.
+    #[inline(always)]
+    fn end_line(&mut self, chunking: bool, out: &mut Out) {
+        self.units = self.units.wrapping_add(1);
+        self.state = cstate::LINE_START;
+        if self.flags & F_ALLOWED == 0 {
+            return;
+        }
+        match self.verb_id {
+            id::DATA => self.start_gate(gate::DATA),
+            id::AUTH => self.start_gate(gate::AUTH),
+            id::STARTTLS => self.start_gate(gate::STARTTLS),
+            id::BDAT => {
+                let valid = matches!(
+                    self.sub,
+                    bdat::SIZE | bdat::AFTER_SIZE | 6 | bdat::AFTER_LAST
+                );
+                // The chunk follows at once, without waiting for a reply, but
+                // only if the server announced CHUNKING (otherwise it answers
+                // 502 and reads the bytes as commands).
+                if valid && chunking && self.count > 0 {
+                    self.state = cstate::CHUNK;
+                    out.event = event::CHUNK;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[inline(always)]
+    fn start_gate(&mut self, kind: u8) {
+        self.state = cstate::AWAIT_GATE;
+        self.gate_kind = kind;
+        self.gate_unit = self.units;
+    }
+
+    /// The gate's reply is known: move to the state it leads to. Returns
+    /// false if it is not known yet.
+    #[inline(always)]
+    fn resolve_gate<E: Env>(&mut self, env: &E, out: &mut Out) -> bool {
+        let Some(code) = env.gate_reply(self.gate_unit) else {
+            return false;
+        };
+        self.state = cstate::LINE_START;
+        match (self.gate_kind, code) {
+            (gate::DATA, 354) => {
+                self.state = cstate::BODY;
+                self.sub = body::BOL;
+                out.event = event::BODY_START;
+            }
+            (gate::AUTH, 334) => {
+                self.state = cstate::SASL;
+                out.event = event::SASL_START;
+            }
+            (gate::SASL, 334) => self.state = cstate::SASL,
+            (gate::STARTTLS, 220) => {
+                self.state = cstate::OPAQUE;
+                out.event = event::STARTTLS;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    #[inline(always)]
+    fn body_byte(&mut self, b: u8, out: &mut Out) {
+        self.sub = match (b, self.sub) {
+            (b'\n', body::DOT | body::DOT_CR) => {
+                // End of data: the server answers it, so it is a unit.
+                self.units = self.units.wrapping_add(1);
+                self.state = cstate::LINE_START;
+                out.event = event::BODY_END;
+                body::MID
+            }
+            (b'\n', _) => body::BOL,
+            (b'.', body::BOL) => body::DOT,
+            (b'\r', body::DOT) => body::DOT_CR,
+            _ => body::MID,
+        };
+    }
+}
+
+/// Result of one server parser step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerOut {
+    /// A reply was completed: publish `gate_replies` slot for this unit.
+    pub reply_unit: u32,
+    pub reply_code: u16,
+    /// 1 if this reply completed (reply_unit/code valid).
+    pub reply_done: u8,
+    /// 1 if a CHUNKING line was seen.
+    pub chunking: u8,
+    /// 1 if the flow became opaque (STARTTLS accepted).
+    pub opaque: u8,
+}
+
+/// `ServerState::text_len` bit: the first word of the text has ended.
+const WORD_DONE: u8 = 0x80;
+
+/// `CHUNKING` as a key.
+const CHUNKING: VerbKey = match crate::verbs::key_of(b"CHUNKING") {
+    Some(k) => k,
+    None => 0,
+};
+
+impl ServerState {
+    /// Whether the rest of the stream is opaque.
+    #[inline(always)]
+    pub fn opaque(&self) -> bool {
+        self.state == sstate::OPAQUE
+    }
+
+    /// Parses reply byte `b`. `client_gate` is the client's published
+    /// [`Shared::client_gate`] word.
+    #[inline(always)]
+    pub fn step(&mut self, b: u8, client_gate: u64) -> ServerOut {
+        let mut out = ServerOut::default();
+        match self.state {
+            sstate::CODE => {
+                if b.is_ascii_digit() && self.digits < 3 {
+                    self.code = self.code * 10 + (b - b'0') as u16;
+                    self.digits += 1;
+                } else if self.digits == 3 && b == b'-' {
+                    self.state = sstate::CONT;
+                } else if self.digits == 3 && (b == b' ' || b == b'\r') {
+                    self.state = sstate::FINAL;
+                } else if self.digits == 3 && b == b'\n' {
+                    self.state = sstate::FINAL;
+                    self.end_line(client_gate, &mut out);
+                } else if b == b'\n' {
+                    self.new_line();
+                } else {
+                    self.state = sstate::JUNK;
+                }
+            }
+            sstate::CONT | sstate::FINAL => {
+                if b == b'\n' {
+                    self.end_line(client_gate, &mut out);
+                } else if self.text_len & WORD_DONE == 0 {
+                    // Collect the first word of the text (an EHLO keyword).
+                    let len = self.text_len as usize;
+                    if is_verb_char(b) && len <= MAX_VERB {
+                        self.text = key_push(self.text, len, b);
+                        self.text_len += 1;
+                    } else {
+                        self.text_len |= WORD_DONE;
+                    }
+                }
+            }
+            sstate::JUNK => {
+                if b == b'\n' {
+                    self.new_line();
+                }
+            }
+            _ => {} // OPAQUE
+        }
+        out
+    }
+
+    #[inline(always)]
+    fn new_line(&mut self) {
+        self.state = sstate::CODE;
+        self.code = 0;
+        self.digits = 0;
+        self.text = 0;
+        self.text_len = 0;
+    }
+
+    #[inline(always)]
+    fn end_line(&mut self, client_gate: u64, out: &mut ServerOut) {
+        // An EHLO keyword line: "250-CHUNKING" or "250 CHUNKING".
+        if self.code == 250 && self.text == CHUNKING && self.text_len & !WORD_DONE == 8 {
+            out.chunking = 1;
+        }
+        if self.state == sstate::FINAL {
+            let code = self.code;
+            if self.greeted == 0 {
+                self.greeted = 1;
+            } else {
+                self.replies = self.replies.wrapping_add(1);
+                out.reply_done = 1;
+                out.reply_unit = self.replies;
+                out.reply_code = code;
+                let gate_unit = (client_gate >> 8) as u32;
+                let gate_kind = client_gate as u8;
+                if gate_unit == self.replies && gate_kind == gate::STARTTLS && code == 220 {
+                    self.new_line();
+                    self.state = sstate::OPAQUE;
+                    out.opaque = 1;
+                    return;
+                }
+            }
+        }
+        self.new_line();
+    }
+}
+
+impl Shared {
+    /// Records what a server step produced (server direction only).
+    #[inline(always)]
+    pub fn publish_server(&mut self, out: &ServerOut) {
+        if out.chunking != 0 {
+            self.chunking = 1;
+        }
+        if out.reply_done != 0 && out.reply_unit == (self.client_gate >> 8) as u32 {
+            self.gate_replies[(out.reply_unit as usize) % GATE_SLOTS] =
+                ((out.reply_unit as u64) << 16) | out.reply_code as u64;
+        }
+    }
+
+    /// Records the client's gate after a client step (client direction only).
+    #[inline(always)]
+    pub fn publish_client(&mut self, st: &ClientState) {
+        if st.state == cstate::AWAIT_GATE {
+            let word = ((st.gate_unit as u64) << 8) | st.gate_kind as u64;
+            if self.client_gate != word {
+                self.client_gate = word;
+            }
+        }
+    }
+}
+
+/// The segment must be held: its bytes depend on a reply not seen yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held;
+
+/// Parses a whole client segment in place (masking it), as the kernel does
+/// byte by byte. Used by userspace tests, the fuzzer and the benchmarks. On
+/// `Err(Held)` neither the state nor the buffer may be used: the caller
+/// restores both (the kernel drops the packet and keeps its old state).
+pub fn feed_client<E: Env>(
+    st: &mut ClientState,
+    buf: &mut [u8],
+    env: &E,
+    mut on_event: impl FnMut(&Out),
+) -> Result<(), Held> {
+    let mut seg = st.begin_segment();
+    let mut pos = 0usize;
+    while pos < buf.len() {
+        let skip = st.skippable().min((buf.len() - pos) as u64);
+        if skip > 0 {
+            st.skip(skip);
+            pos += skip as usize;
+            continue;
+        }
+        let out = st.step(buf[pos], pos as u32, &mut seg, env);
+        apply(buf, &out, &mut on_event)?;
+        pos += 1;
+    }
+    let out = st.end_segment(buf.len() as u32, &seg, env);
+    apply(buf, &out, &mut on_event)
+}
+
+fn apply(buf: &mut [u8], out: &Out, on_event: &mut impl FnMut(&Out)) -> Result<(), Held> {
+    match out.act {
+        act::HOLD => return Err(Held),
+        act::MASK => buf[out.mask_from as usize..out.mask_to as usize].fill(b'X'),
+        _ => {}
+    }
+    if out.event != event::NONE {
+        on_event(out);
+    }
+    Ok(())
+}
+
+/// Parses a whole server segment, publishing into `shared`.
+pub fn feed_server(st: &mut ServerState, buf: &[u8], shared: &mut Shared) {
+    for &b in buf {
+        let out = st.step(b, shared.client_gate);
+        shared.publish_server(&out);
+    }
+}

@@ -1,0 +1,167 @@
+//! Hand-written sessions through the shared parser, both directions.
+
+use inspector_common::{
+    policy::entry_for,
+    smtp::{feed_client, feed_server, ClientState, Env, Held, ServerState, Shared},
+    verbs::{key_of, PolicyEntry, VerbKey, DEFAULT_ALLOWED},
+};
+
+struct Session {
+    allowed: Vec<VerbKey>,
+    shared: Shared,
+    client: ClientState,
+    server: ServerState,
+}
+
+struct View<'a>(&'a [VerbKey], &'a Shared);
+
+impl Env for View<'_> {
+    fn policy(&self, key: VerbKey) -> Option<PolicyEntry> {
+        entry_for(self.0, key)
+    }
+    fn gate_reply(&self, unit: u32) -> Option<u16> {
+        self.1.gate_reply(unit)
+    }
+    fn chunking(&self) -> bool {
+        self.1.chunking != 0
+    }
+}
+
+impl Session {
+    fn new(allowed: &[&str]) -> Self {
+        let mut s = Session {
+            allowed: allowed
+                .iter()
+                .map(|v| key_of(v.as_bytes()).unwrap())
+                .collect(),
+            shared: Shared::default(),
+            client: ClientState::default(),
+            server: ServerState::default(),
+        };
+        s.server_says("220 mx ESMTP\r\n");
+        s
+    }
+
+    fn client_sends(&mut self, segs: &[&str]) -> Result<String, Held> {
+        let mut out = Vec::new();
+        for seg in segs {
+            let mut buf = seg.as_bytes().to_vec();
+            let mut st = self.client;
+            feed_client(
+                &mut st,
+                &mut buf,
+                &View(&self.allowed, &self.shared),
+                |_| {},
+            )?;
+            self.client = st;
+            self.shared.publish_client(&self.client);
+            out.extend_from_slice(&buf);
+        }
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    fn server_says(&mut self, text: &str) {
+        feed_server(&mut self.server, text.as_bytes(), &mut self.shared);
+    }
+}
+
+fn default() -> Session {
+    Session::new(DEFAULT_ALLOWED)
+}
+
+#[test]
+fn masks_disallowed_verbs_keeps_allowed() {
+    let mut s = default();
+    assert_eq!(s.client_sends(&["EHLO x\r\n"]).unwrap(), "EHLO x\r\n");
+    s.server_says("250-mx\r\n250-PIPELINING\r\n250 STARTTLS\r\n");
+    assert_eq!(s.client_sends(&["STARTTLS\r\n"]).unwrap(), "XXXXXXXX\r\n");
+    s.server_says("500 unrecognized\r\n");
+    assert_eq!(
+        s.client_sends(&["  noop\r\n\tverb x\nx-foo\r\n"]).unwrap(),
+        "  noop\r\n\tXXXX x\nXXXXX\r\n"
+    );
+}
+
+#[test]
+fn split_verbs_are_masked_across_segments() {
+    let mut s = default();
+    assert_eq!(
+        s.client_sends(&["ST", "ARTTLS\r\n"]).unwrap(),
+        "XXXXXXXX\r\n"
+    );
+    let mut s = default();
+    // "S" may still become SEND/SAML/SOML: it passes, the rest is masked.
+    assert_eq!(
+        s.client_sends(&["S", "TARTTLS\r\n"]).unwrap(),
+        "SXXXXXXX\r\n"
+    );
+    let mut s = default();
+    let segs: Vec<String> = "NOOP\r\nVRFY x\r\n".chars().map(String::from).collect();
+    let segs: Vec<&str> = segs.iter().map(|s| s.as_str()).collect();
+    assert_eq!(s.client_sends(&segs).unwrap(), "NOOP\r\nVRFY x\r\n");
+}
+
+#[test]
+fn body_passes_and_ends_at_dot_line() {
+    let mut s = default();
+    s.client_sends(&["MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"])
+        .unwrap();
+    // The body must wait for the reply to DATA.
+    assert_eq!(s.client_sends(&["STARTTLS\r\n"]), Err(Held));
+    s.server_says("250 ok\r\n250 ok\r\n354 go\r\n");
+    let body = "STARTTLS\r\nVERB x\r\nBDAT 10\r\n..\r\n.x\r\n";
+    assert_eq!(s.client_sends(&[body]).unwrap(), body);
+    assert_eq!(
+        s.client_sends(&[".\r", "\nSTARTTLS\r\n"]).unwrap(),
+        ".\r\nXXXXXXXX\r\n"
+    );
+}
+
+#[test]
+fn rejected_data_leaves_command_state() {
+    let mut s = default();
+    s.client_sends(&["DATA\r\n"]).unwrap();
+    s.server_says("554 no valid recipients\r\n");
+    assert_eq!(s.client_sends(&["VERB\r\n"]).unwrap(), "XXXX\r\n");
+}
+
+#[test]
+fn auth_exchange_is_not_inspected() {
+    let mut s = default();
+    s.client_sends(&["AUTH LOGIN\r\n"]).unwrap();
+    s.server_says("334 VXNlcm5hbWU6\r\n");
+    assert_eq!(s.client_sends(&["STARTTLS\r\n"]).unwrap(), "STARTTLS\r\n");
+    s.server_says("334 UGFzc3dvcmQ6\r\n");
+    assert_eq!(s.client_sends(&["VERB\r\n"]).unwrap(), "VERB\r\n");
+    s.server_says("235 ok\r\n");
+    assert_eq!(s.client_sends(&["VERB\r\n"]).unwrap(), "XXXX\r\n");
+}
+
+#[test]
+fn bdat_chunk_needs_allowed_verb_and_chunking() {
+    let mut s = Session::new(&["EHLO", "BDAT", "MAIL", "RCPT"]);
+    s.client_sends(&["EHLO x\r\n"]).unwrap();
+    s.server_says("250-mx\r\n250-CHUNKING\r\n250 8BITMIME\r\n");
+    let out = s
+        .client_sends(&["BDAT 10 LAST\r\nSTARTTLS\r\nVERB\r\n"])
+        .unwrap();
+    assert_eq!(out, "BDAT 10 LAST\r\nSTARTTLS\r\nXXXX\r\n");
+    // Without CHUNKING the server reads the chunk as commands.
+    let mut s = Session::new(&["EHLO", "BDAT"]);
+    s.client_sends(&["EHLO x\r\n"]).unwrap();
+    s.server_says("250 mx\r\n");
+    let out = s.client_sends(&["BDAT 10\r\nSTARTTLS\r\n"]).unwrap();
+    assert_eq!(out, "BDAT 10\r\nXXXXXXXX\r\n");
+}
+
+#[test]
+fn starttls_accepted_makes_flow_opaque() {
+    let mut s = Session::new(&["EHLO", "STARTTLS"]);
+    s.client_sends(&["STARTTLS\r\n"]).unwrap();
+    s.server_says("220 go ahead\r\n");
+    assert!(s.server.opaque());
+    assert_eq!(
+        s.client_sends(&["\x16\x03\x01VERB\r\n"]).unwrap(),
+        "\x16\x03\x01VERB\r\n"
+    );
+}
