@@ -45,10 +45,48 @@ counters! {
     PacketsInspected => "packets_inspected",
     /// TCP payload bytes of inspected flows.
     BytesInspected => "bytes_inspected",
+    /// Command lines whose verb was parsed.
+    CommandsSeen => "commands_seen",
+    /// Commands whose verb was masked (or would have been, in monitor mode).
+    CommandsMasked => "commands_masked",
+    /// Payload bytes replaced by `X`.
+    BytesMasked => "bytes_masked",
+    /// Flows whose SYN was seen and that got a table entry.
+    FlowsCreated => "flows_created",
+    /// Flows that ended with FIN or RST.
+    FlowsClosed => "flows_closed",
+    /// Payload packets of flows whose start was not seen (passed, or dropped with --midstream drop).
+    Midstream => "midstream",
+    /// Segments starting beyond the next expected byte, dropped so the sender retransmits in order.
+    OutOfOrderDrops => "out_of_order_drops",
+    /// Retransmissions re-inspected from the checkpoint and masked as the original was.
+    RetransReinspected => "retrans_reinspected",
+    /// Retransmissions of bytes the receiver already acknowledged (passed: it discards them).
+    RetransAcked => "retrans_acked",
+    /// Retransmissions whose bytes conflict with what was inspected (dropped).
+    RetransConflicts => "retrans_conflicts",
+    /// Retransmissions that could not be re-inspected from the checkpoint (dropped).
+    RetransUnverifiable => "retrans_unverifiable",
+    /// Client segments sent before the reply they depend on (DATA, AUTH, STARTTLS), dropped until it arrives.
+    AwaitingReplyDrops => "awaiting_reply_drops",
+    /// Segments with more masked verbs than one packet can carry (dropped).
+    MaskOverflowDrops => "mask_overflow_drops",
+    /// Message bodies (DATA accepted with 354).
+    Bodies => "bodies",
+    /// BDAT chunks passed uninspected.
+    BdatChunks => "bdat_chunks",
+    /// SASL exchanges (AUTH answered with 334).
+    SaslExchanges => "sasl_exchanges",
+    /// Flows that went opaque after STARTTLS was allowed and accepted.
+    StarttlsSessions => "starttls_sessions",
+    /// IP fragments of possibly inspected flows (dropped unless fragments are passed).
+    Fragments => "fragments",
     /// Frames whose headers were truncated or inconsistent (passed untouched).
     Malformed => "malformed",
-    /// IP fragments seen (their transport header cannot be checked per packet).
-    Fragments => "fragments",
+    /// Masked packets whose TCP checksum was only a pseudo-header sum (offloaded).
+    ChecksumPartial => "checksum_partial",
+    /// Segments dropped by the inspector, for any of the reasons above.
+    Dropped => "dropped",
 }
 
 /// Number of counters (size of the counter map).

@@ -10,3 +10,17 @@ pub mod policy;
 pub mod ports;
 pub mod smtp;
 pub mod verbs;
+pub mod events;
+pub mod flow;
+pub mod config;
+
+/// `aya::Pod` for every type that crosses the kernel/user boundary. All are
+/// `#[repr(C)]` plain data without padding-dependent meaning.
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for crate::verbs::PolicyEntry {}
+    unsafe impl aya::Pod for crate::config::Config {}
+    unsafe impl aya::Pod for crate::flow::FlowKey {}
+    unsafe impl aya::Pod for crate::flow::Flow {}
+    unsafe impl aya::Pod for crate::events::Event {}
+}

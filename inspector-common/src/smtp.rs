@@ -218,6 +218,7 @@ pub struct Out {
 }
 
 /// Per-segment context of the client parser (not part of the flow state).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Seg {
     /// Segment offset where the current verb started (0 if it started in an
@@ -400,16 +401,14 @@ impl ClientState {
         self.sub = match self.sub {
             bdat::START if space => bdat::START,
             bdat::START | bdat::SIZE if b.is_ascii_digit() => {
-                match self
-                    .count
-                    .checked_mul(10)
-                    .and_then(|c| c.checked_add((b - b'0') as u64))
-                {
-                    Some(c) if c <= u32::MAX as u64 => {
-                        self.count = c;
-                        bdat::SIZE
-                    }
-                    _ => bdat::INVALID,
+                // count <= u32::MAX, so this cannot overflow a u64 (and needs
+                // no 128-bit checked multiply, which BPF does not have).
+                let c = self.count * 10 + (b - b'0') as u64;
+                if c <= u32::MAX as u64 {
+                    self.count = c;
+                    bdat::SIZE
+                } else {
+                    bdat::INVALID
                 }
             }
             bdat::SIZE | bdat::AFTER_SIZE if space => bdat::AFTER_SIZE,

@@ -22,8 +22,9 @@ const MAX_IPV6_EXT: usize = 6;
 pub enum Parsed {
     /// A TCP segment with a complete header.
     Tcp(Tcp),
-    /// An IPv4 or IPv6 fragment: its TCP header cannot be inspected alone.
-    Fragment,
+    /// An IPv4 or IPv6 fragment of a TCP datagram: it cannot be inspected
+    /// alone. The ports are known for a first fragment that holds them.
+    Fragment(Option<(u16, u16)>),
     /// Not TCP over IP: nothing for us.
     Other,
     /// Headers truncated or inconsistent.
@@ -32,14 +33,28 @@ pub enum Parsed {
 
 /// The parts of a TCP segment the inspector uses.
 pub struct Tcp {
+    /// Source and destination addresses; IPv4 as IPv4-mapped IPv6.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub is_v6: bool,
     pub src_port: u16,
     pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
+    pub flags: u8,
     /// Offset of the TCP header from the start of the frame.
     pub l4_off: usize,
     /// Offset of the first payload byte from the start of the frame.
     pub payload_off: usize,
     /// Payload length according to the IP header (frame padding excluded).
     pub payload_len: usize,
+}
+
+/// Source and destination port of a TCP header at `off`, if present.
+#[inline(always)]
+fn ports_at(ctx: &XdpContext, off: usize) -> Option<(u16, u16)> {
+    read::<[u8; 4]>(ctx, off).map(|p| (be16([p[0], p[1]]), be16([p[2], p[3]])))
 }
 
 #[inline(always)]
@@ -90,10 +105,30 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Parsed {
         return Parsed::Other;
     }
     // More-fragments flag or a non-zero fragment offset.
-    if be16([h[6], h[7]]) & 0x3fff != 0 {
-        return Parsed::Fragment;
+    let frag = be16([h[6], h[7]]);
+    if frag & 0x3fff != 0 {
+        let first = frag & 0x1fff == 0;
+        return Parsed::Fragment(if first { ports_at(ctx, off + ihl) } else { None });
     }
-    parse_tcp(ctx, off + ihl, total - ihl)
+    let mut src = V4_MAPPED;
+    let mut dst = V4_MAPPED;
+    src[12..].copy_from_slice(&h[12..16]);
+    dst[12..].copy_from_slice(&h[16..20]);
+    let ip = Ip {
+        src,
+        dst,
+        is_v6: false,
+    };
+    parse_tcp(ctx, &ip, off + ihl, total - ihl)
+}
+
+/// `::ffff:0.0.0.0`, the prefix of IPv4-mapped IPv6 addresses.
+const V4_MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+
+struct Ip {
+    src: [u8; 16],
+    dst: [u8; 16],
+    is_v6: bool,
 }
 
 #[inline(always)]
@@ -104,12 +139,19 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
     if h[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
+    let mut ip = Ip {
+        src: [0; 16],
+        dst: [0; 16],
+        is_v6: true,
+    };
+    ip.src.copy_from_slice(&h[8..24]);
+    ip.dst.copy_from_slice(&h[24..40]);
     let mut remaining = be16([h[4], h[5]]) as usize;
     let mut next = h[6];
     let mut off = off + 40;
     for _ in 0..MAX_IPV6_EXT {
         let len = match next {
-            IPPROTO_TCP => return parse_tcp(ctx, off, remaining),
+            IPPROTO_TCP => return parse_tcp(ctx, &ip, off, remaining),
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
                 let Some(e) = read::<[u8; 2]>(ctx, off) else {
@@ -118,8 +160,19 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
                 next = e[0];
                 (e[1] as usize + 1) * 8
             }
-            // Fragment header.
-            44 => return Parsed::Fragment,
+            // Fragment header: next header, reserved, offset and flags.
+            44 => {
+                let Some(e) = read::<[u8; 4]>(ctx, off) else {
+                    return Parsed::Malformed;
+                };
+                let first = be16([e[2], e[3]]) >> 3 == 0;
+                let ports = if first && e[0] == IPPROTO_TCP {
+                    ports_at(ctx, off + 8)
+                } else {
+                    None
+                };
+                return Parsed::Fragment(ports);
+            }
             // Authentication header: (len + 2) * 4 bytes.
             51 => {
                 let Some(e) = read::<[u8; 2]>(ctx, off) else {
@@ -137,7 +190,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
         off += len;
     }
     if next == IPPROTO_TCP {
-        return parse_tcp(ctx, off, remaining);
+        return parse_tcp(ctx, &ip, off, remaining);
     }
     // Longer chains than we follow: not something we can inspect.
     Parsed::Other
@@ -146,7 +199,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
 /// `ip_payload` is the length of the IP payload (TCP header and data) as the
 /// IP header states it.
 #[inline(always)]
-fn parse_tcp(ctx: &XdpContext, off: usize, ip_payload: usize) -> Parsed {
+fn parse_tcp(ctx: &XdpContext, ip: &Ip, off: usize, ip_payload: usize) -> Parsed {
     let Some(h) = read::<[u8; 20]>(ctx, off) else {
         return Parsed::Malformed;
     };
@@ -161,8 +214,14 @@ fn parse_tcp(ctx: &XdpContext, off: usize, ip_payload: usize) -> Parsed {
         return Parsed::Malformed;
     }
     Parsed::Tcp(Tcp {
+        src: ip.src,
+        dst: ip.dst,
+        is_v6: ip.is_v6,
         src_port: be16([h[0], h[1]]),
         dst_port: be16([h[2], h[3]]),
+        seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+        ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+        flags: h[13],
         l4_off: off,
         payload_off,
         payload_len,

@@ -7,14 +7,20 @@
 #![no_main]
 
 mod access;
+mod csum;
 mod headers;
+mod inspect;
 mod maps;
+mod scratch;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use inspector_common::counters::Counter;
+use inspector_common::{
+    config::{CFG_FRAGMENTS_PASS, CFG_MONITOR},
+    counters::Counter,
+};
 
 use crate::headers::Parsed;
-use crate::maps::{count, count_n, port_inspected};
+use crate::maps::{config, count, port_inspected};
 
 /// XDP entry point: every frame of the interface passes through here.
 #[xdp]
@@ -22,16 +28,35 @@ pub fn inspector_xdp(ctx: XdpContext) -> u32 {
     count(Counter::PacketsSeen);
     match headers::parse(&ctx) {
         Parsed::Tcp(tcp) => {
-            if port_inspected(tcp.dst_port) || port_inspected(tcp.src_port) {
-                count(Counter::PacketsInspected);
-                count_n(Counter::BytesInspected, tcp.payload_len as u64);
+            if port_inspected(tcp.dst_port) {
+                inspect::segment(&ctx, &tcp, true)
+            } else if port_inspected(tcp.src_port) {
+                inspect::segment(&ctx, &tcp, false)
+            } else {
+                xdp_action::XDP_PASS
             }
         }
-        Parsed::Fragment => count(Counter::Fragments),
-        Parsed::Malformed => count(Counter::Malformed),
-        Parsed::Other => {}
+        Parsed::Fragment(ports) => {
+            count(Counter::Fragments);
+            // A first fragment of an inspected flow: without it the receiver
+            // cannot reassemble the datagram, so dropping it is enough.
+            let inspected = match ports {
+                Some((src, dst)) => port_inspected(src) || port_inspected(dst),
+                None => false,
+            };
+            let cfg = config();
+            if inspected && cfg & (CFG_FRAGMENTS_PASS | CFG_MONITOR) == 0 {
+                count(Counter::Dropped);
+                return xdp_action::XDP_DROP;
+            }
+            xdp_action::XDP_PASS
+        }
+        Parsed::Malformed => {
+            count(Counter::Malformed);
+            xdp_action::XDP_PASS
+        }
+        Parsed::Other => xdp_action::XDP_PASS,
     }
-    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

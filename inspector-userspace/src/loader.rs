@@ -9,8 +9,13 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use inspector_common::{
+    config::{Config, CONFIG_MAP, VERB_COUNTERS_MAP},
     counters::COUNTERS_MAP,
+    events::EVENTS_MAP,
+    flow::FLOWS_MAP,
+    policy::{entry_for, for_each_key, POLICY_MAP},
     ports::{port_slot, PORTS_MAP, PORT_WORDS},
+    verbs::{key_of, PolicyEntry, VerbKey},
 };
 
 /// The eBPF object built by `build.rs`, embedded so the binary is
@@ -22,7 +27,15 @@ pub static EBPF_OBJECT: &[u8] =
 pub const XDP_PROGRAM: &str = "inspector_xdp";
 
 /// Every map of the object, by the name it is pinned under.
-pub const MAP_NAMES: &[&str] = &[COUNTERS_MAP, PORTS_MAP];
+pub const MAP_NAMES: &[&str] = &[
+    COUNTERS_MAP,
+    VERB_COUNTERS_MAP,
+    PORTS_MAP,
+    POLICY_MAP,
+    FLOWS_MAP,
+    CONFIG_MAP,
+    EVENTS_MAP,
+];
 
 /// The kernel refused to load a program. Carries the verifier's log, which is
 /// the only useful explanation of why.
@@ -121,5 +134,65 @@ pub fn set_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<()> {
                 .with_context(|| format!("updating {PORTS_MAP}"))?;
         }
     }
+    Ok(())
+}
+
+/// Parses a verb as the operator wrote it.
+pub fn parse_verb(text: &str) -> Result<VerbKey> {
+    key_of(text.as_bytes()).with_context(|| {
+        format!(
+            "`{text}` is not a verb: a verb has 1 to 8 characters among letters, digits, `-` and `_`"
+        )
+    })
+}
+
+/// Makes the policy map hold exactly what `allowed` needs. Entries are
+/// added before stale ones are removed, so a live flow never sees a verb
+/// that stays allowed disappear, even for an instant.
+pub fn set_policy(ebpf: &mut Ebpf, allowed: &[VerbKey]) -> Result<()> {
+    let mut map: aya::maps::HashMap<_, VerbKey, PolicyEntry> = aya::maps::HashMap::try_from(
+        ebpf.map_mut(POLICY_MAP)
+            .with_context(|| format!("the eBPF object has no map {POLICY_MAP}"))?,
+    )?;
+    write_policy(&mut map, allowed)
+}
+
+/// [`set_policy`] on an already opened map (also used on a pinned map).
+pub fn write_policy<T: std::borrow::BorrowMut<aya::maps::MapData>>(
+    map: &mut aya::maps::HashMap<T, VerbKey, PolicyEntry>,
+    allowed: &[VerbKey],
+) -> Result<()> {
+    let mut wanted = std::collections::BTreeMap::new();
+    for_each_key(allowed, |k| {
+        if let Some(e) = entry_for(allowed, k) {
+            wanted.insert(k, e);
+        }
+    });
+    for (k, e) in &wanted {
+        if map.get(k, 0).ok() != Some(*e) {
+            map.insert(k, e, 0)
+                .with_context(|| format!("updating {POLICY_MAP}"))?;
+        }
+    }
+    let stale: Vec<VerbKey> = map
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !wanted.contains_key(k))
+        .collect();
+    for k in stale {
+        map.remove(&k)
+            .with_context(|| format!("updating {POLICY_MAP}"))?;
+    }
+    Ok(())
+}
+
+/// Writes the run-time configuration word.
+pub fn set_config(ebpf: &mut Ebpf, config: Config) -> Result<()> {
+    let mut map: Array<_, Config> = Array::try_from(
+        ebpf.map_mut(CONFIG_MAP)
+            .with_context(|| format!("the eBPF object has no map {CONFIG_MAP}"))?,
+    )?;
+    map.set(0, config, 0)
+        .with_context(|| format!("updating {CONFIG_MAP}"))?;
     Ok(())
 }

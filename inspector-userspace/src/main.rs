@@ -213,6 +213,12 @@ fn run_attached(
 ) -> Result<()> {
     let mut ebpf = loader::open(object, Some(pins.path()))?;
     loader::set_ports(&mut ebpf, ports)?;
+    let allowed: Vec<_> = inspector_common::verbs::DEFAULT_ALLOWED
+        .iter()
+        .map(|v| loader::parse_verb(v))
+        .collect::<Result<_>>()?;
+    loader::set_policy(&mut ebpf, &allowed)?;
+    loader::set_config(&mut ebpf, Default::default())?;
     let prog = loader::load_xdp(&mut ebpf)?;
     let mut links: Vec<XdpLinkId> = Vec::new();
     for iface in ifaces {

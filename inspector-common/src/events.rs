@@ -1,0 +1,47 @@
+//! Records sent to userspace through the event ring buffer.
+
+use crate::flow::FlowKey;
+
+/// Name of the pinned ring buffer.
+pub const EVENTS_MAP: &str = "INSPECTOR_EVENTS";
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// What happened.
+pub mod kind {
+    /// A command verb was masked.
+    pub const MASKED: u8 = 1;
+    /// A segment was dropped (the `reason` says why).
+    pub const DROPPED: u8 = 2;
+    /// A packet of a flow whose start was not seen passed (or was dropped).
+    pub const MIDSTREAM: u8 = 3;
+}
+
+/// Why a segment was dropped (`Event::reason`).
+pub mod reason {
+    pub const OUT_OF_ORDER: u8 = 1;
+    pub const CONFLICT: u8 = 2;
+    pub const UNVERIFIABLE: u8 = 3;
+    pub const AWAITING_REPLY: u8 = 4;
+    pub const TOO_MANY_MASKS: u8 = 5;
+    pub const FRAGMENT: u8 = 6;
+    pub const MIDSTREAM: u8 = 7;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub flow: FlowKey,
+    pub kind: u8,
+    pub reason: u8,
+    /// Counter slot of the verb.
+    pub verb_id: u8,
+    /// 1 if only counted (monitor mode), nothing changed.
+    pub monitor: u8,
+    /// The verb's first bytes, upper-cased, NUL-padded (printable subset).
+    pub verb: [u8; 8],
+    /// Sequence number of the segment.
+    pub seq: u32,
+}

@@ -1,0 +1,369 @@
+//! Flow tracking and the per-segment decision: which packets to parse, from
+//! which parser state, and what to do with the result.
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST},
+    helpers::{
+        bpf_ktime_get_ns,
+        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+    },
+    programs::XdpContext,
+};
+use inspector_common::{
+    config::{CFG_MIDSTREAM_DROP, CFG_MONITOR},
+    counters::Counter,
+    flow::{
+        classify, Flow, FlowKey, SegClass, DIR_ACKED, DIR_FIN, DIR_RST, DIR_SYNCED,
+    },
+    smtp::cstate,
+};
+
+use crate::{
+    access::ptr_at,
+    csum,
+    headers::Tcp,
+    maps::{config, count, count_n, FLOWS},
+    scratch::{self, Scratch, BUF},
+};
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Client,
+    Server,
+}
+
+/// Inspects one TCP segment of an inspected port. Returns the XDP action.
+#[inline(always)]
+pub fn segment(ctx: &XdpContext, tcp: &Tcp, client_side: bool) -> u32 {
+    let dir = if client_side { Dir::Client } else { Dir::Server };
+    let key = if client_side {
+        FlowKey {
+            client: tcp.src,
+            server: tcp.dst,
+            client_port: tcp.src_port,
+            server_port: tcp.dst_port,
+        }
+    } else {
+        FlowKey {
+            client: tcp.dst,
+            server: tcp.src,
+            client_port: tcp.dst_port,
+            server_port: tcp.src_port,
+        }
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cfg = config();
+    let monitor = cfg & CFG_MONITOR != 0;
+
+    if dir == Dir::Client && tcp.flags & (SYN | ACK) == SYN {
+        new_flow(&key, tcp, now);
+    }
+    let Some(flow) = FLOWS.get_ptr_mut(&key) else {
+        return midstream(tcp, cfg, monitor);
+    };
+    let flow = unsafe { &mut *flow };
+
+    // Each direction writes only its own half of the entry.
+    let cur = match dir {
+        Dir::Client => &mut flow.client.cur,
+        Dir::Server => &mut flow.server.cur,
+    };
+    if dir == Dir::Server && tcp.flags & (SYN | ACK) == (SYN | ACK) {
+        cur.next_seq = tcp.seq.wrapping_add(1);
+        cur.ckpt_seq = cur.next_seq;
+        cur.flags |= DIR_SYNCED;
+    }
+    cur.last_ns = now;
+    if tcp.flags & ACK != 0 {
+        if cur.flags & DIR_ACKED == 0
+            || inspector_common::flow::seq_diff(tcp.ack, cur.acked) > 0
+        {
+            cur.acked = tcp.ack;
+        }
+        cur.flags |= DIR_ACKED;
+    }
+    if tcp.flags & (FIN | RST) != 0 && cur.flags & (DIR_FIN | DIR_RST) == 0 {
+        count(Counter::FlowsClosed);
+    }
+    if tcp.flags & FIN != 0 {
+        cur.flags |= DIR_FIN;
+    }
+    if tcp.flags & RST != 0 {
+        cur.flags |= DIR_RST;
+    }
+    // The entry is not removed on FIN or RST: a FIN or RST that the receiver
+    // then rejects (bad checksum, out of window) would otherwise turn the rest
+    // of the flow into an uninspected midstream flow. `inspector attach`
+    // expires closed and idle entries.
+
+    let len = tcp.payload_len as u32;
+    if len == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    if cur.flags & DIR_SYNCED == 0 {
+        return midstream(tcp, cfg, monitor);
+    }
+    count(Counter::PacketsInspected);
+    count_n(Counter::BytesInspected, len as u64);
+    if len as usize > BUF {
+        // Cannot happen with single-buffer XDP frames; never pass what we
+        // could not read.
+        return drop(monitor);
+    }
+    let seq = if tcp.flags & SYN != 0 {
+        tcp.seq.wrapping_add(1)
+    } else {
+        tcp.seq
+    };
+
+    let Some(s) = scratch::get() else {
+        return xdp_action::XDP_PASS;
+    };
+    scratch::begin(s, &key, seq, len, monitor);
+    if !load(ctx, tcp.payload_off, s, len) {
+        count(Counter::Malformed);
+        return xdp_action::XDP_PASS;
+    }
+    let verdict = match dir {
+        Dir::Client => client_segment(flow, s, seq, len),
+        Dir::Server => server_segment(flow, s, seq, len),
+    };
+    let verdict = match verdict {
+        Verdict::Pass if s.overflow != 0 => Verdict::Drop(Counter::MaskOverflowDrops),
+        v => v,
+    };
+    match verdict {
+        Verdict::Pass => {
+            scratch::apply_masks(s);
+            if s.dirty_lo < s.dirty_hi && !monitor {
+                write_back(ctx, tcp, s);
+            }
+            xdp_action::XDP_PASS
+        }
+        Verdict::Drop(c) => {
+            count(c);
+            drop(monitor)
+        }
+    }
+}
+
+enum Verdict {
+    Pass,
+    Drop(Counter),
+}
+
+#[inline(always)]
+fn drop(monitor: bool) -> u32 {
+    if monitor {
+        return xdp_action::XDP_PASS;
+    }
+    count(Counter::Dropped);
+    xdp_action::XDP_DROP
+}
+
+#[inline(always)]
+fn midstream(tcp: &Tcp, cfg: u32, monitor: bool) -> u32 {
+    if tcp.payload_len == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    count(Counter::Midstream);
+    if cfg & CFG_MIDSTREAM_DROP != 0 {
+        return drop(monitor);
+    }
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn new_flow(key: &FlowKey, tcp: &Tcp, now: u64) {
+    if let Some(old) = FLOWS.get_ptr(key) {
+        let old = unsafe { &*old };
+        let closed = (old.client.cur.flags | old.server.cur.flags) & (DIR_FIN | DIR_RST) != 0;
+        if !closed {
+            // A retransmitted SYN, or a stray one inside a live flow: keep
+            // the state (a forged SYN must not reset the parser).
+            return;
+        }
+        let _ = FLOWS.remove(key);
+    }
+    let Some(s) = scratch::get() else {
+        return;
+    };
+    let flow = &mut s.new_flow;
+    *flow = Flow::default();
+    flow.created_ns = now;
+    flow.client.cur.next_seq = tcp.seq.wrapping_add(1);
+    flow.client.cur.ckpt_seq = flow.client.cur.next_seq;
+    flow.client.cur.flags = DIR_SYNCED;
+    flow.client.cur.last_ns = now;
+    if FLOWS.insert(key, &*flow, BPF_NOEXIST as u64).is_ok() {
+        count(Counter::FlowsCreated);
+    }
+}
+
+/// Copies the payload into the scratch buffer.
+#[inline(always)]
+fn load(ctx: &XdpContext, off: usize, s: &mut Scratch, len: u32) -> bool {
+    // Keep the mask in the code: the verifier must see 0 < len <= BUF.
+    let len = unsafe { core::ptr::read_volatile(&len) } as usize;
+    if len == 0 || len > BUF {
+        return false;
+    }
+    let rc = unsafe {
+        bpf_xdp_load_bytes(ctx.ctx, off as u32, s.buf.as_mut_ptr() as *mut _, len as u32)
+    };
+    rc == 0
+}
+
+#[inline(always)]
+fn client_segment(flow: &mut Flow, s: &mut Scratch, seq: u32, len: u32) -> Verdict {
+    let peer_acked = if flow.server.cur.flags & DIR_ACKED != 0 {
+        Some(flow.server.cur.acked)
+    } else {
+        None
+    };
+    if flow.client.state.state == cstate::OPAQUE {
+        return Verdict::Pass;
+    }
+    s.shared = flow.shared;
+    match classify(seq, len, &flow.client.cur, peer_acked) {
+        SegClass::InOrder => {
+            s.client = flow.client.state;
+            scratch::run_client(s, 0, len, true);
+            if s.held != 0 {
+                return Verdict::Drop(Counter::AwaitingReplyDrops);
+            }
+            flow.client.ckpt = flow.client.state;
+            flow.client.state = s.client;
+            flow.client.cur.ckpt_seq = seq;
+            flow.client.cur.next_seq = seq.wrapping_add(len);
+            flow.shared.publish_client(&s.client);
+            Verdict::Pass
+        }
+        SegClass::Retransmit { overlap } => {
+            // Re-inspect what was seen from the checkpoint: same bytes, same
+            // masks. If the parser does not end where it ended the first
+            // time, the bytes differ in a way that matters.
+            s.client = flow.client.ckpt;
+            s.report = 0;
+            scratch::run_client(s, 0, overlap, true);
+            if s.held != 0 || s.client != flow.client.state {
+                return Verdict::Drop(Counter::RetransConflicts);
+            }
+            count(Counter::RetransReinspected);
+            if len > overlap {
+                s.report = 1;
+                s.seg.verb_start = overlap;
+                scratch::run_client(s, overlap, len, true);
+                if s.held != 0 {
+                    return Verdict::Drop(Counter::AwaitingReplyDrops);
+                }
+                flow.client.state = s.client;
+                flow.client.cur.next_seq = seq.wrapping_add(len);
+                flow.shared.publish_client(&s.client);
+            }
+            Verdict::Pass
+        }
+        SegClass::Acked => {
+            count(Counter::RetransAcked);
+            Verdict::Pass
+        }
+        SegClass::Future => Verdict::Drop(Counter::OutOfOrderDrops),
+        SegClass::Unverifiable => Verdict::Drop(Counter::RetransUnverifiable),
+    }
+}
+
+#[inline(always)]
+fn server_segment(flow: &mut Flow, s: &mut Scratch, seq: u32, len: u32) -> Verdict {
+    let peer_acked = if flow.client.cur.flags & DIR_ACKED != 0 {
+        Some(flow.client.cur.acked)
+    } else {
+        None
+    };
+    if flow.server.state.opaque() {
+        return Verdict::Pass;
+    }
+    s.shared = flow.shared;
+    match classify(seq, len, &flow.server.cur, peer_acked) {
+        SegClass::InOrder => {
+            s.server = flow.server.state;
+            scratch::run_server(s, 0, len);
+            flow.server.ckpt = flow.server.state;
+            flow.server.state = s.server;
+            flow.server.cur.ckpt_seq = seq;
+            flow.server.cur.next_seq = seq.wrapping_add(len);
+            publish_server(flow, s);
+            Verdict::Pass
+        }
+        SegClass::Retransmit { overlap } => {
+            s.server = flow.server.ckpt;
+            scratch::run_server(s, 0, overlap);
+            if s.server != flow.server.state {
+                return Verdict::Drop(Counter::RetransConflicts);
+            }
+            count(Counter::RetransReinspected);
+            if len > overlap {
+                scratch::run_server(s, overlap, len);
+                flow.server.state = s.server;
+                flow.server.cur.next_seq = seq.wrapping_add(len);
+                publish_server(flow, s);
+            }
+            Verdict::Pass
+        }
+        SegClass::Acked => {
+            count(Counter::RetransAcked);
+            Verdict::Pass
+        }
+        SegClass::Future => Verdict::Drop(Counter::OutOfOrderDrops),
+        SegClass::Unverifiable => Verdict::Drop(Counter::RetransUnverifiable),
+    }
+}
+
+/// Copies the server-written words of the snapshot back into the flow,
+/// each with one store, and only those that changed.
+#[inline(always)]
+fn publish_server(flow: &mut Flow, s: &Scratch) {
+    for i in 0..s.shared.gate_replies.len() {
+        if flow.shared.gate_replies[i] != s.shared.gate_replies[i] {
+            flow.shared.gate_replies[i] = s.shared.gate_replies[i];
+        }
+    }
+    if flow.shared.chunking != s.shared.chunking {
+        flow.shared.chunking = s.shared.chunking;
+    }
+}
+
+/// Writes the masked bytes back into the frame and fixes the checksum.
+#[inline(always)]
+fn write_back(ctx: &XdpContext, tcp: &Tcp, s: &mut Scratch) {
+    let lo = unsafe { core::ptr::read_volatile(&s.dirty_lo) } as usize & (BUF - 1);
+    let hi = s.dirty_hi as usize;
+    if hi <= lo || hi > BUF {
+        return;
+    }
+    let n = unsafe { core::ptr::read_volatile(&(hi - lo)) } & (BUF - 1);
+    if n == 0 {
+        return;
+    }
+    let rc = unsafe {
+        bpf_xdp_store_bytes(
+            ctx.ctx,
+            (tcp.payload_off + lo) as u32,
+            s.buf.as_mut_ptr().add(lo) as *mut _,
+            n as u32,
+        )
+    };
+    if rc != 0 {
+        return;
+    }
+    if let Some(p) = ptr_at::<[u8; 2]>(ctx, tcp.l4_off + 16) {
+        let p = p as *mut [u8; 2];
+        let check = u16::from_be_bytes(unsafe { *p });
+        let new = csum::update(check, s.csum_acc);
+        unsafe { *p = new.to_be_bytes() };
+    }
+}
