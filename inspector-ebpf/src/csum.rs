@@ -1,4 +1,7 @@
-//! Incremental TCP checksum update (RFC 1624).
+//! Incremental TCP checksum update (RFC 1624), and recognising a checksum
+//! field that only holds the pseudo-header sum (CHECKSUM_PARTIAL).
+
+use crate::headers::Tcp;
 
 /// Folds a 32-bit ones'-complement sum into 16 bits.
 #[inline(always)]
@@ -14,4 +17,26 @@ pub fn fold(mut sum: u32) -> u16 {
 pub fn update(check: u16, acc: u32) -> u16 {
     let sum = (!check as u32) + fold(acc) as u32;
     !fold(sum)
+}
+
+/// The value a CHECKSUM_PARTIAL packet carries in its checksum field: the
+/// folded (not inverted) pseudo-header sum, as `tcp_v4_send_check` and
+/// `tcp_v6_send_check` leave it for the device to complete.
+///
+/// A complete checksum equals it by chance once in 65536 packets; such a
+/// masked packet keeps a stale checksum, the receiver drops it, and the
+/// sender's retransmission (with new timestamps) goes through.
+#[inline(always)]
+pub fn pseudo_header(tcp: &Tcp) -> u16 {
+    let mut sum: u32 = 0;
+    let start = if tcp.is_v6 { 0 } else { 12 };
+    let mut i = start;
+    while i < 16 {
+        sum += u16::from_be_bytes([tcp.src[i], tcp.src[i + 1]]) as u32;
+        sum += u16::from_be_bytes([tcp.dst[i], tcp.dst[i + 1]]) as u32;
+        i += 2;
+    }
+    sum += 6; // IPPROTO_TCP
+    sum += tcp.tcp_len as u32;
+    fold(sum)
 }

@@ -20,8 +20,8 @@ const MAX_IPV6_EXT: usize = 6;
 
 /// Outcome of header parsing.
 pub enum Parsed {
-    /// A TCP segment with a complete header.
-    Tcp(Tcp),
+    /// A TCP segment with a complete header, written to the `Tcp` passed in.
+    Tcp,
     /// An IPv4 or IPv6 fragment of a TCP datagram: it cannot be inspected
     /// alone. The ports are known for a first fragment that holds them.
     Fragment(Option<(u16, u16)>),
@@ -32,6 +32,7 @@ pub enum Parsed {
 }
 
 /// The parts of a TCP segment the inspector uses.
+#[derive(Clone, Copy)]
 pub struct Tcp {
     /// Source and destination addresses; IPv4 as IPv4-mapped IPv6.
     pub src: [u8; 16],
@@ -49,6 +50,8 @@ pub struct Tcp {
     pub payload_off: usize,
     /// Payload length according to the IP header (frame padding excluded).
     pub payload_len: usize,
+    /// TCP header and payload length (for the pseudo-header).
+    pub tcp_len: usize,
 }
 
 /// Source and destination port of a TCP header at `off`, if present.
@@ -64,7 +67,7 @@ fn be16(b: [u8; 2]) -> u16 {
 
 /// Parses from the Ethernet header to the start of the TCP payload.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Parsed {
+pub fn parse(ctx: &XdpContext, out: &mut Tcp) -> Parsed {
     // Destination and source MAC, then the first EtherType.
     let Some(mut proto) = read::<[u8; 2]>(ctx, 12).map(be16) else {
         return Parsed::Malformed;
@@ -82,14 +85,14 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         off += 4;
     }
     match proto {
-        ETH_P_IP => parse_ipv4(ctx, off),
-        ETH_P_IPV6 => parse_ipv6(ctx, off),
+        ETH_P_IP => parse_ipv4(ctx, off, out),
+        ETH_P_IPV6 => parse_ipv6(ctx, off, out),
         _ => Parsed::Other,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, off: usize) -> Parsed {
+fn parse_ipv4(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
     let Some(h) = read::<[u8; 20]>(ctx, off) else {
         return Parsed::Malformed;
     };
@@ -110,48 +113,40 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Parsed {
         let first = frag & 0x1fff == 0;
         return Parsed::Fragment(if first { ports_at(ctx, off + ihl) } else { None });
     }
-    let mut src = V4_MAPPED;
-    let mut dst = V4_MAPPED;
-    src[12..].copy_from_slice(&h[12..16]);
-    dst[12..].copy_from_slice(&h[16..20]);
-    let ip = Ip {
-        src,
-        dst,
-        is_v6: false,
-    };
-    parse_tcp(ctx, &ip, off + ihl, total - ihl)
+    out.src = V4_MAPPED;
+    out.dst = V4_MAPPED;
+    out.src[12..].copy_from_slice(&h[12..16]);
+    out.dst[12..].copy_from_slice(&h[16..20]);
+    out.is_v6 = false;
+    parse_tcp(ctx, off + ihl, total - ihl, out)
 }
 
 /// `::ffff:0.0.0.0`, the prefix of IPv4-mapped IPv6 addresses.
 const V4_MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
 
-struct Ip {
-    src: [u8; 16],
-    dst: [u8; 16],
-    is_v6: bool,
-}
+
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
-    let Some(h) = read::<[u8; 40]>(ctx, off) else {
+fn parse_ipv6(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
+    let Some(h) = read::<[u8; 8]>(ctx, off) else {
         return Parsed::Malformed;
     };
     if h[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let mut ip = Ip {
-        src: [0; 16],
-        dst: [0; 16],
-        is_v6: true,
+    let (Some(src), Some(dst)) = (read::<[u8; 16]>(ctx, off + 8), read::<[u8; 16]>(ctx, off + 24))
+    else {
+        return Parsed::Malformed;
     };
-    ip.src.copy_from_slice(&h[8..24]);
-    ip.dst.copy_from_slice(&h[24..40]);
+    out.src = src;
+    out.dst = dst;
+    out.is_v6 = true;
     let mut remaining = be16([h[4], h[5]]) as usize;
     let mut next = h[6];
     let mut off = off + 40;
     for _ in 0..MAX_IPV6_EXT {
         let len = match next {
-            IPPROTO_TCP => return parse_tcp(ctx, &ip, off, remaining),
+            IPPROTO_TCP => return parse_tcp(ctx, off, remaining, out),
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
                 let Some(e) = read::<[u8; 2]>(ctx, off) else {
@@ -190,7 +185,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
         off += len;
     }
     if next == IPPROTO_TCP {
-        return parse_tcp(ctx, &ip, off, remaining);
+        return parse_tcp(ctx, off, remaining, out);
     }
     // Longer chains than we follow: not something we can inspect.
     Parsed::Other
@@ -199,7 +194,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
 /// `ip_payload` is the length of the IP payload (TCP header and data) as the
 /// IP header states it.
 #[inline(always)]
-fn parse_tcp(ctx: &XdpContext, ip: &Ip, off: usize, ip_payload: usize) -> Parsed {
+fn parse_tcp(ctx: &XdpContext, off: usize, ip_payload: usize, out: &mut Tcp) -> Parsed {
     let Some(h) = read::<[u8; 20]>(ctx, off) else {
         return Parsed::Malformed;
     };
@@ -213,17 +208,14 @@ fn parse_tcp(ctx: &XdpContext, ip: &Ip, off: usize, ip_payload: usize) -> Parsed
     if ctx.data() + payload_off + payload_len > ctx.data_end() {
         return Parsed::Malformed;
     }
-    Parsed::Tcp(Tcp {
-        src: ip.src,
-        dst: ip.dst,
-        is_v6: ip.is_v6,
-        src_port: be16([h[0], h[1]]),
-        dst_port: be16([h[2], h[3]]),
-        seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
-        ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
-        flags: h[13],
-        l4_off: off,
-        payload_off,
-        payload_len,
-    })
+    out.src_port = be16([h[0], h[1]]);
+    out.dst_port = be16([h[2], h[3]]);
+    out.seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    out.ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+    out.flags = h[13];
+    out.l4_off = off;
+    out.payload_off = payload_off;
+    out.payload_len = payload_len;
+    out.tcp_len = ip_payload;
+    Parsed::Tcp
 }

@@ -12,16 +12,13 @@ use aya_ebpf::{
 use inspector_common::{
     config::{CFG_MIDSTREAM_DROP, CFG_MONITOR},
     counters::Counter,
-    flow::{
-        classify, Flow, FlowKey, SegClass, DIR_ACKED, DIR_FIN, DIR_RST, DIR_SYNCED,
-    },
+    flow::{classify, seq_diff, Flow, SegClass, DIR_ACKED, DIR_FIN, DIR_RST, DIR_SYNCED},
     smtp::cstate,
 };
 
 use crate::{
     access::ptr_at,
     csum,
-    headers::Tcp,
     maps::{config, count, count_n, FLOWS},
     scratch::{self, Scratch, BUF},
 };
@@ -38,62 +35,67 @@ enum Dir {
 }
 
 /// Inspects one TCP segment of an inspected port. Returns the XDP action.
-#[inline(always)]
-pub fn segment(ctx: &XdpContext, tcp: &Tcp, client_side: bool) -> u32 {
-    let dir = if client_side { Dir::Client } else { Dir::Server };
-    let key = if client_side {
-        FlowKey {
-            client: tcp.src,
-            server: tcp.dst,
-            client_port: tcp.src_port,
-            server_port: tcp.dst_port,
-        }
-    } else {
-        FlowKey {
-            client: tcp.dst,
-            server: tcp.src,
-            client_port: tcp.dst_port,
-            server_port: tcp.src_port,
-        }
+/// Not inlined: a BPF subprogram whose arguments are the same whatever path
+/// header parsing took (see `Scratch::tcp`).
+#[inline(never)]
+pub fn segment(ctx: &XdpContext, client_side: bool) -> u32 {
+    let Some(s) = scratch::get() else {
+        return xdp_action::XDP_PASS;
     };
+    let dir = if client_side { Dir::Client } else { Dir::Server };
+    // Read the header fields once; the flow key is built in place, since
+    // the BPF stack is small.
+    let t = &s.tcp;
+    let (flags, seq, ack, payload_len) = (t.flags, t.seq, t.ack, t.payload_len as u32);
+    let payload_off = t.payload_off;
+    if client_side {
+        s.key.client = t.src;
+        s.key.server = t.dst;
+        s.key.client_port = t.src_port;
+        s.key.server_port = t.dst_port;
+    } else {
+        s.key.client = t.dst;
+        s.key.server = t.src;
+        s.key.client_port = t.dst_port;
+        s.key.server_port = t.src_port;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let cfg = config();
     let monitor = cfg & CFG_MONITOR != 0;
 
-    if dir == Dir::Client && tcp.flags & (SYN | ACK) == SYN {
-        new_flow(&key, tcp, now);
+    if dir == Dir::Client && flags & (SYN | ACK) == SYN {
+        new_flow(s, seq, now);
     }
-    let Some(flow) = FLOWS.get_ptr_mut(&key) else {
-        return midstream(tcp, cfg, monitor);
+    let Some(flow) = FLOWS.get_ptr_mut(&s.key) else {
+        return midstream(payload_len, cfg, monitor);
     };
     let flow = unsafe { &mut *flow };
 
+    let closed_before = (flow.client.cur.flags | flow.server.cur.flags) & (DIR_FIN | DIR_RST) != 0;
     // Each direction writes only its own half of the entry.
     let cur = match dir {
         Dir::Client => &mut flow.client.cur,
         Dir::Server => &mut flow.server.cur,
     };
-    if dir == Dir::Server && tcp.flags & (SYN | ACK) == (SYN | ACK) {
-        cur.next_seq = tcp.seq.wrapping_add(1);
+    if dir == Dir::Server && flags & (SYN | ACK) == (SYN | ACK) {
+        cur.next_seq = seq.wrapping_add(1);
         cur.ckpt_seq = cur.next_seq;
         cur.flags |= DIR_SYNCED;
     }
     cur.last_ns = now;
-    if tcp.flags & ACK != 0 {
-        if cur.flags & DIR_ACKED == 0
-            || inspector_common::flow::seq_diff(tcp.ack, cur.acked) > 0
-        {
-            cur.acked = tcp.ack;
+    if flags & ACK != 0 {
+        if cur.flags & DIR_ACKED == 0 || seq_diff(ack, cur.acked) > 0 {
+            cur.acked = ack;
         }
         cur.flags |= DIR_ACKED;
     }
-    if tcp.flags & (FIN | RST) != 0 && cur.flags & (DIR_FIN | DIR_RST) == 0 {
+    if flags & (FIN | RST) != 0 && !closed_before {
         count(Counter::FlowsClosed);
     }
-    if tcp.flags & FIN != 0 {
+    if flags & FIN != 0 {
         cur.flags |= DIR_FIN;
     }
-    if tcp.flags & RST != 0 {
+    if flags & RST != 0 {
         cur.flags |= DIR_RST;
     }
     // The entry is not removed on FIN or RST: a FIN or RST that the receiver
@@ -101,37 +103,33 @@ pub fn segment(ctx: &XdpContext, tcp: &Tcp, client_side: bool) -> u32 {
     // of the flow into an uninspected midstream flow. `inspector attach`
     // expires closed and idle entries.
 
-    let len = tcp.payload_len as u32;
-    if len == 0 {
+    if payload_len == 0 {
         return xdp_action::XDP_PASS;
     }
     if cur.flags & DIR_SYNCED == 0 {
-        return midstream(tcp, cfg, monitor);
+        return midstream(payload_len, cfg, monitor);
     }
     count(Counter::PacketsInspected);
-    count_n(Counter::BytesInspected, len as u64);
-    if len as usize > BUF {
+    count_n(Counter::BytesInspected, payload_len as u64);
+    if payload_len as usize > BUF {
         // Cannot happen with single-buffer XDP frames; never pass what we
         // could not read.
         return drop(monitor);
     }
-    let seq = if tcp.flags & SYN != 0 {
-        tcp.seq.wrapping_add(1)
+    let seq = if flags & SYN != 0 {
+        seq.wrapping_add(1)
     } else {
-        tcp.seq
+        seq
     };
 
-    let Some(s) = scratch::get() else {
-        return xdp_action::XDP_PASS;
-    };
-    scratch::begin(s, &key, seq, len, monitor);
-    if !load(ctx, tcp.payload_off, s, len) {
+    scratch::begin(s, seq, payload_len, monitor);
+    if !load(ctx, payload_off, s, payload_len) {
         count(Counter::Malformed);
         return xdp_action::XDP_PASS;
     }
     let verdict = match dir {
-        Dir::Client => client_segment(flow, s, seq, len),
-        Dir::Server => server_segment(flow, s, seq, len),
+        Dir::Client => client_segment(flow, s, seq, payload_len),
+        Dir::Server => server_segment(flow, s, seq, payload_len),
     };
     let verdict = match verdict {
         Verdict::Pass if s.overflow != 0 => Verdict::Drop(Counter::MaskOverflowDrops),
@@ -141,7 +139,7 @@ pub fn segment(ctx: &XdpContext, tcp: &Tcp, client_side: bool) -> u32 {
         Verdict::Pass => {
             scratch::apply_masks(s);
             if s.dirty_lo < s.dirty_hi && !monitor {
-                write_back(ctx, tcp, s);
+                write_back(ctx, s);
             }
             xdp_action::XDP_PASS
         }
@@ -167,8 +165,8 @@ fn drop(monitor: bool) -> u32 {
 }
 
 #[inline(always)]
-fn midstream(tcp: &Tcp, cfg: u32, monitor: bool) -> u32 {
-    if tcp.payload_len == 0 {
+fn midstream(payload_len: u32, cfg: u32, monitor: bool) -> u32 {
+    if payload_len == 0 {
         return xdp_action::XDP_PASS;
     }
     count(Counter::Midstream);
@@ -179,7 +177,8 @@ fn midstream(tcp: &Tcp, cfg: u32, monitor: bool) -> u32 {
 }
 
 #[inline(always)]
-fn new_flow(key: &FlowKey, tcp: &Tcp, now: u64) {
+fn new_flow(s: &mut Scratch, seq: u32, now: u64) {
+    let key = &s.key;
     if let Some(old) = FLOWS.get_ptr(key) {
         let old = unsafe { &*old };
         let closed = (old.client.cur.flags | old.server.cur.flags) & (DIR_FIN | DIR_RST) != 0;
@@ -190,17 +189,14 @@ fn new_flow(key: &FlowKey, tcp: &Tcp, now: u64) {
         }
         let _ = FLOWS.remove(key);
     }
-    let Some(s) = scratch::get() else {
-        return;
-    };
     let flow = &mut s.new_flow;
     *flow = Flow::default();
     flow.created_ns = now;
-    flow.client.cur.next_seq = tcp.seq.wrapping_add(1);
+    flow.client.cur.next_seq = seq.wrapping_add(1);
     flow.client.cur.ckpt_seq = flow.client.cur.next_seq;
     flow.client.cur.flags = DIR_SYNCED;
     flow.client.cur.last_ns = now;
-    if FLOWS.insert(key, &*flow, BPF_NOEXIST as u64).is_ok() {
+    if FLOWS.insert(&s.key, &s.new_flow, BPF_NOEXIST as u64).is_ok() {
         count(Counter::FlowsCreated);
     }
 }
@@ -339,7 +335,9 @@ fn publish_server(flow: &mut Flow, s: &Scratch) {
 
 /// Writes the masked bytes back into the frame and fixes the checksum.
 #[inline(always)]
-fn write_back(ctx: &XdpContext, tcp: &Tcp, s: &mut Scratch) {
+fn write_back(ctx: &XdpContext, s: &mut Scratch) {
+    let payload_off = s.tcp.payload_off;
+    let l4_off = s.tcp.l4_off;
     let lo = unsafe { core::ptr::read_volatile(&s.dirty_lo) } as usize & (BUF - 1);
     let hi = s.dirty_hi as usize;
     if hi <= lo || hi > BUF {
@@ -352,7 +350,7 @@ fn write_back(ctx: &XdpContext, tcp: &Tcp, s: &mut Scratch) {
     let rc = unsafe {
         bpf_xdp_store_bytes(
             ctx.ctx,
-            (tcp.payload_off + lo) as u32,
+            (payload_off + lo) as u32,
             s.buf.as_mut_ptr().add(lo) as *mut _,
             n as u32,
         )
@@ -360,10 +358,19 @@ fn write_back(ctx: &XdpContext, tcp: &Tcp, s: &mut Scratch) {
     if rc != 0 {
         return;
     }
-    if let Some(p) = ptr_at::<[u8; 2]>(ctx, tcp.l4_off + 16) {
-        let p = p as *mut [u8; 2];
-        let check = u16::from_be_bytes(unsafe { *p });
-        let new = csum::update(check, s.csum_acc);
-        unsafe { *p = new.to_be_bytes() };
+    let Some(p) = ptr_at::<[u8; 2]>(ctx, l4_off + 16) else {
+        return;
+    };
+    let p = p as *mut [u8; 2];
+    let check = u16::from_be_bytes(unsafe { *p });
+    if check == csum::pseudo_header(&s.tcp) {
+        // CHECKSUM_PARTIAL (a locally sent packet, as on veth with offloads
+        // on): the field only holds the pseudo-header sum, and whoever sends
+        // the packet on computes the real checksum over the payload as it is
+        // now. Updating the field would corrupt it.
+        count(Counter::ChecksumPartial);
+        return;
     }
+    let new = csum::update(check, s.csum_acc);
+    unsafe { *p = new.to_be_bytes() };
 }

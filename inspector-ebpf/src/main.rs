@@ -22,19 +22,21 @@ use inspector_common::{
 use crate::headers::Parsed;
 use crate::maps::{config, count, port_inspected};
 
+
 /// XDP entry point: every frame of the interface passes through here.
 #[xdp]
 pub fn inspector_xdp(ctx: XdpContext) -> u32 {
     count(Counter::PacketsSeen);
-    match headers::parse(&ctx) {
-        Parsed::Tcp(tcp) => {
-            if port_inspected(tcp.dst_port) {
-                inspect::segment(&ctx, &tcp, true)
-            } else if port_inspected(tcp.src_port) {
-                inspect::segment(&ctx, &tcp, false)
-            } else {
-                xdp_action::XDP_PASS
+    let Some(s) = scratch::get() else {
+        return xdp_action::XDP_PASS;
+    };
+    match headers::parse(&ctx, &mut s.tcp) {
+        Parsed::Tcp => {
+            let client_side = port_inspected(s.tcp.dst_port);
+            if !client_side && !port_inspected(s.tcp.src_port) {
+                return xdp_action::XDP_PASS;
             }
+            inspect::segment(&ctx, client_side)
         }
         Parsed::Fragment(ports) => {
             count(Counter::Fragments);

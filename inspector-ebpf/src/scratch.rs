@@ -11,10 +11,13 @@ use inspector_common::{
     events::{kind, Event},
     flow::{Flow, FlowKey},
     smtp::{act, event, ClientState, Env, Out, Seg, ServerState, Shared},
-    verbs::{PolicyEntry, VerbKey, MAX_VERB},
+    verbs::{PolicyEntry, VerbKey},
 };
 
-use crate::maps::{count, count_n, count_verb, EVENTS, POLICY, SCRATCH};
+use crate::{
+    headers::Tcp,
+    maps::{count, count_n, count_verb, EVENTS, POLICY, SCRATCH},
+};
 
 /// Largest payload parsed: more than any single-buffer XDP frame holds
 /// (a 4 KiB page minus headroom and skb_shared_info).
@@ -33,6 +36,11 @@ pub struct Scratch {
     /// publish into it).
     pub shared: Shared,
     pub key: FlowKey,
+    /// The segment's headers, copied here by the entry point. Reading them
+    /// back from map memory also makes every header-parsing path (VLAN
+    /// tags, IPv6 extension headers) look alike to the verifier afterwards,
+    /// so it checks the inspection logic once instead of once per path.
+    pub tcp: Tcp,
     /// A new flow entry is built here (too big for the stack).
     pub new_flow: Flow,
     /// Next segment offset to parse, and where this run stops.
@@ -281,8 +289,7 @@ pub fn run_server(s: &mut Scratch, from: u32, to: u32) {
 
 /// Resets the per-segment fields.
 #[inline(always)]
-pub fn begin(s: &mut Scratch, key: &FlowKey, seq: u32, len: u32, monitor: bool) {
-    s.key = *key;
+pub fn begin(s: &mut Scratch, seq: u32, len: u32, monitor: bool) {
     s.seq = seq;
     s.len = len;
     s.held = 0;
