@@ -55,6 +55,8 @@ counters! {
     FlowsCreated => "flows_created",
     /// Flows that ended with FIN or RST.
     FlowsClosed => "flows_closed",
+    /// Flow entries removed by `inspector attach` after close or idle timeout (written by userspace).
+    FlowsExpired => "flows_expired",
     /// Payload packets of flows whose start was not seen (passed, or dropped with --midstream drop).
     Midstream => "midstream",
     /// Segments starting beyond the next expected byte, dropped so the sender retransmits in order.

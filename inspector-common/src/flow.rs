@@ -144,8 +144,14 @@ mod tests {
         let c = cur(1000, 990);
         assert_eq!(classify(1000, 5, &c, None), SegClass::InOrder);
         assert_eq!(classify(1001, 5, &c, None), SegClass::Future);
-        assert_eq!(classify(990, 10, &c, None), SegClass::Retransmit { overlap: 10 });
-        assert_eq!(classify(990, 20, &c, None), SegClass::Retransmit { overlap: 10 });
+        assert_eq!(
+            classify(990, 10, &c, None),
+            SegClass::Retransmit { overlap: 10 }
+        );
+        assert_eq!(
+            classify(990, 20, &c, None),
+            SegClass::Retransmit { overlap: 10 }
+        );
         assert_eq!(classify(990, 5, &c, None), SegClass::Unverifiable);
         assert_eq!(classify(980, 10, &c, None), SegClass::Unverifiable);
         assert_eq!(classify(980, 10, &c, Some(995)), SegClass::Acked);
@@ -156,7 +162,10 @@ mod tests {
     fn wraps() {
         let c = cur(5, u32::MAX - 4);
         assert_eq!(classify(5, 1, &c, None), SegClass::InOrder);
-        assert_eq!(classify(u32::MAX - 4, 10, &c, None), SegClass::Retransmit { overlap: 10 });
+        assert_eq!(
+            classify(u32::MAX - 4, 10, &c, None),
+            SegClass::Retransmit { overlap: 10 }
+        );
         assert_eq!(classify(u32::MAX, 1, &c, Some(2)), SegClass::Acked);
     }
 }

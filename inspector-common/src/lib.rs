@@ -5,14 +5,14 @@
 //! the map types.
 #![no_std]
 
+pub mod config;
 pub mod counters;
+pub mod events;
+pub mod flow;
 pub mod policy;
 pub mod ports;
 pub mod smtp;
 pub mod verbs;
-pub mod events;
-pub mod flow;
-pub mod config;
 
 /// `aya::Pod` for every type that crosses the kernel/user boundary. All are
 /// `#[repr(C)]` plain data without padding-dependent meaning.

@@ -111,7 +111,11 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
     let frag = be16([h[6], h[7]]);
     if frag & 0x3fff != 0 {
         let first = frag & 0x1fff == 0;
-        return Parsed::Fragment(if first { ports_at(ctx, off + ihl) } else { None });
+        return Parsed::Fragment(if first {
+            ports_at(ctx, off + ihl)
+        } else {
+            None
+        });
     }
     out.src = V4_MAPPED;
     out.dst = V4_MAPPED;
@@ -124,8 +128,6 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
 /// `::ffff:0.0.0.0`, the prefix of IPv4-mapped IPv6 addresses.
 const V4_MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
 
-
-
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
     let Some(h) = read::<[u8; 8]>(ctx, off) else {
@@ -134,8 +136,10 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
     if h[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let (Some(src), Some(dst)) = (read::<[u8; 16]>(ctx, off + 8), read::<[u8; 16]>(ctx, off + 24))
-    else {
+    let (Some(src), Some(dst)) = (
+        read::<[u8; 16]>(ctx, off + 8),
+        read::<[u8; 16]>(ctx, off + 24),
+    ) else {
         return Parsed::Malformed;
     };
     out.src = src;

@@ -3,10 +3,7 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
-    helpers::{
-        bpf_ktime_get_ns,
-        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
-    },
+    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     programs::XdpContext,
 };
 use inspector_common::{
@@ -42,7 +39,11 @@ pub fn segment(ctx: &XdpContext, client_side: bool) -> u32 {
     let Some(s) = scratch::get() else {
         return xdp_action::XDP_PASS;
     };
-    let dir = if client_side { Dir::Client } else { Dir::Server };
+    let dir = if client_side {
+        Dir::Client
+    } else {
+        Dir::Server
+    };
     // Read the header fields once; the flow key is built in place, since
     // the BPF stack is small.
     let t = &s.tcp;
@@ -196,7 +197,10 @@ fn new_flow(s: &mut Scratch, seq: u32, now: u64) {
     flow.client.cur.ckpt_seq = flow.client.cur.next_seq;
     flow.client.cur.flags = DIR_SYNCED;
     flow.client.cur.last_ns = now;
-    if FLOWS.insert(&s.key, &s.new_flow, BPF_NOEXIST as u64).is_ok() {
+    if FLOWS
+        .insert(&s.key, &s.new_flow, BPF_NOEXIST as u64)
+        .is_ok()
+    {
         count(Counter::FlowsCreated);
     }
 }
@@ -210,7 +214,12 @@ fn load(ctx: &XdpContext, off: usize, s: &mut Scratch, len: u32) -> bool {
         return false;
     }
     let rc = unsafe {
-        bpf_xdp_load_bytes(ctx.ctx, off as u32, s.buf.as_mut_ptr() as *mut _, len as u32)
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            off as u32,
+            s.buf.as_mut_ptr() as *mut _,
+            len as u32,
+        )
     };
     rc == 0
 }

@@ -22,7 +22,6 @@ use inspector_common::{
 use crate::headers::Parsed;
 use crate::maps::{config, count, port_inspected};
 
-
 /// XDP entry point: every frame of the interface passes through here.
 #[xdp]
 pub fn inspector_xdp(ctx: XdpContext) -> u32 {

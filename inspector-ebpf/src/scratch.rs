@@ -265,7 +265,12 @@ pub fn run_client(s: &mut Scratch, from: u32, to: u32, finish: bool) {
     s.end = to;
     if to > from {
         unsafe {
-            bpf_loop(to - from, client_step as *mut c_void, core::ptr::null_mut(), 0);
+            bpf_loop(
+                to - from,
+                client_step as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            );
         }
     }
     if finish && s.held == 0 {
@@ -282,7 +287,12 @@ pub fn run_server(s: &mut Scratch, from: u32, to: u32) {
     s.end = to;
     if to > from {
         unsafe {
-            bpf_loop(to - from, server_step as *mut c_void, core::ptr::null_mut(), 0);
+            bpf_loop(
+                to - from,
+                server_step as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            );
         }
     }
 }

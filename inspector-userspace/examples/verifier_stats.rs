@@ -24,7 +24,10 @@ fn main() -> Result<()> {
             );
         }
         Err(e) => {
-            println!("{}", inspector_userspace::loader::verifier_error("inspector_xdp", e));
+            println!(
+                "{}",
+                inspector_userspace::loader::verifier_error("inspector_xdp", e)
+            );
         }
     }
     Ok(())

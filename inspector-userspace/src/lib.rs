@@ -2,6 +2,8 @@
 //! object, pin-dir management, and reading counters. `main.rs` is the CLI;
 //! the end-to-end and BPF_PROG_TEST_RUN tests use these functions directly.
 
+pub mod events;
+pub mod flows;
 pub mod loader;
 pub mod pin;
 pub mod privilege;

@@ -9,12 +9,20 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::programs::{xdp::XdpLinkId, ProgramError, XdpMode};
 use clap::{Parser, Subcommand, ValueEnum};
-use inspector_common::ports::{DEFAULT_PORTS, NEVER_INSPECTED};
+use inspector_common::{
+    config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_DROP, CFG_MONITOR},
+    ports::{DEFAULT_PORTS, NEVER_INSPECTED},
+    verbs::{VerbKey, DEFAULT_ALLOWED},
+};
 use inspector_userspace::{
+    flows,
     loader::{self, MAP_NAMES},
     pin::{PinDir, DEFAULT_PIN_DIR},
     privilege, stats,
 };
+
+mod events_cmd;
+mod policy;
 use log::{info, warn};
 
 /// Oldest kernel the programs load on: bpf_xdp_load_bytes/store_bytes
@@ -71,6 +79,57 @@ enum Command {
         /// custom build of the kernel programs).
         #[arg(long, value_name = "FILE")]
         object: Option<PathBuf>,
+        /// Also allow VERB (repeat for each), on top of the fifteen verbs of
+        /// the default policy. Example: --allow STARTTLS
+        #[arg(long = "allow", value_name = "VERB")]
+        allow: Vec<String>,
+        /// Mask VERB although the default policy allows it (repeat for each).
+        /// Example: --deny VRFY
+        #[arg(long = "deny", value_name = "VERB")]
+        deny: Vec<String>,
+        /// What to do with payload of flows whose start the inspector did not
+        /// see (opened before it was attached, or evicted): `pass` them
+        /// untouched (counted as midstream) or `drop` them.
+        #[arg(long, value_enum, default_value_t = Midstream::Pass)]
+        midstream: Midstream,
+        /// IP fragments of inspected flows cannot be inspected: `drop` them
+        /// (default) or `pass` them uninspected.
+        #[arg(long, value_enum, default_value_t = Fragments::Drop)]
+        fragments: Fragments,
+        /// Count and report what would be masked or dropped, but change and
+        /// drop nothing.
+        #[arg(long)]
+        monitor: bool,
+    },
+    /// Show or change the verb policy of a running `inspector attach`, live.
+    ///
+    /// Changes apply to the next command of every flow, without reloading
+    /// anything and without disturbing sessions in progress.
+    #[command(after_help = "Examples:\n  \
+        inspector policy show\n  \
+        inspector policy allow STARTTLS\n  \
+        inspector policy deny VRFY EXPN")]
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+        /// Pin dir of the running `attach`.
+        #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR", global = true)]
+        pin_dir: PathBuf,
+    },
+    /// Stream masked-command and drop events of a running `inspector attach`.
+    ///
+    /// One line per event: time, action (mask, drop, would-mask in monitor
+    /// mode), client and server address and port, the verb (printable
+    /// characters, first 8) and, for drops, the reason. Runs until
+    /// interrupted. Only one `events` reader should run at a time.
+    #[command(after_help = "Example:\n  inspector events --json | jq 'select(.action==\"mask\")'")]
+    Events {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Pin dir of the running `attach`.
+        #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+        pin_dir: PathBuf,
     },
     /// Print the counters of a running `inspector attach`.
     ///
@@ -88,6 +147,38 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
         pin_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Print the allowed verbs (everything else is masked).
+    Show {
+        /// As a JSON object: {"allowed": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allow verbs (case-insensitive).
+    Allow {
+        #[arg(required = true, value_name = "VERB")]
+        verbs: Vec<String>,
+    },
+    /// Mask verbs (case-insensitive).
+    Deny {
+        #[arg(required = true, value_name = "VERB")]
+        verbs: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Midstream {
+    Pass,
+    Drop,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Fragments {
+    Drop,
+    Pass,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,8 +214,28 @@ fn main() -> ExitCode {
             ports,
             pin_dir,
             object,
-        } => attach(&ifaces, mode, &ports, &pin_dir, object.as_deref()),
+            allow,
+            deny,
+            midstream,
+            fragments,
+            monitor,
+        } => (|| {
+            let settings = Settings {
+                allowed: policy::with_changes(&default_policy()?, &allow, &deny)?,
+                config: config_word(midstream, fragments, monitor),
+            };
+            attach(
+                &ifaces,
+                mode,
+                &ports,
+                &pin_dir,
+                object.as_deref(),
+                &settings,
+            )
+        })(),
         Command::Stats { json, pin_dir } => print_stats(json, &pin_dir),
+        Command::Policy { action, pin_dir } => policy::run(action, &pin_dir),
+        Command::Events { json, pin_dir } => events_cmd::run(json, &pin_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,12 +272,40 @@ fn if_index(name: &str) -> Result<u32> {
     Ok(idx)
 }
 
+/// What `attach` writes into the maps besides the ports.
+struct Settings {
+    allowed: Vec<VerbKey>,
+    config: Config,
+}
+
+fn default_policy() -> Result<Vec<VerbKey>> {
+    DEFAULT_ALLOWED
+        .iter()
+        .map(|v| loader::parse_verb(v))
+        .collect()
+}
+
+fn config_word(midstream: Midstream, fragments: Fragments, monitor: bool) -> Config {
+    let mut flags = 0;
+    if midstream == Midstream::Drop {
+        flags |= CFG_MIDSTREAM_DROP;
+    }
+    if fragments == Fragments::Pass {
+        flags |= CFG_FRAGMENTS_PASS;
+    }
+    if monitor {
+        flags |= CFG_MONITOR;
+    }
+    Config { flags, _pad: 0 }
+}
+
 fn attach(
     ifaces: &[String],
     mode: Mode,
     ports: &[u16],
     pin_dir: &Path,
     object: Option<&Path>,
+    settings: &Settings,
 ) -> Result<()> {
     privilege::require_admin("attach")?;
     check_kernel()?;
@@ -198,7 +337,7 @@ fn attach(
     };
 
     let pins = PinDir::prepare(pin_dir)?;
-    let result = run_attached(ifaces, mode, &ports, &pins, bytes);
+    let result = run_attached(ifaces, mode, &ports, &pins, bytes, settings);
     // Whatever happened, leave no pins behind.
     let cleanup = pins.remove(MAP_NAMES);
     result.and(cleanup)
@@ -210,15 +349,12 @@ fn run_attached(
     ports: &[u16],
     pins: &PinDir,
     object: &[u8],
+    settings: &Settings,
 ) -> Result<()> {
     let mut ebpf = loader::open(object, Some(pins.path()))?;
     loader::set_ports(&mut ebpf, ports)?;
-    let allowed: Vec<_> = inspector_common::verbs::DEFAULT_ALLOWED
-        .iter()
-        .map(|v| loader::parse_verb(v))
-        .collect::<Result<_>>()?;
-    loader::set_policy(&mut ebpf, &allowed)?;
-    loader::set_config(&mut ebpf, Default::default())?;
+    loader::set_policy(&mut ebpf, &settings.allowed)?;
+    loader::set_config(&mut ebpf, settings.config)?;
     let prog = loader::load_xdp(&mut ebpf)?;
     let mut links: Vec<XdpLinkId> = Vec::new();
     for iface in ifaces {
@@ -241,13 +377,33 @@ fn run_attached(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(wait_for_signal())?;
+    rt.block_on(async {
+        tokio::select! {
+            r = wait_for_signal() => r,
+            r = expire_flows(pins.path()) => r,
+        }
+    })?;
     for id in links {
         prog.detach(id)
             .context("detaching the XDP program from an interface")?;
     }
     info!("detached from {}", ifaces.join(", "));
     Ok(())
+}
+
+/// Removes closed and idle flow entries every few seconds. Works on the
+/// pinned maps, like any other process would.
+async fn expire_flows(pin_dir: &Path) -> Result<()> {
+    let (mut flow_map, mut counters) = flows::open_pinned(pin_dir)?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        match flows::expire(&mut flow_map, &mut counters) {
+            Ok(n) if n > 0 => log::debug!("expired {n} flow entries"),
+            Ok(_) => {}
+            Err(e) => warn!("expiring flow entries: {e:#}"),
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {
@@ -281,11 +437,11 @@ fn attach_error(iface: &str, mode: Mode, e: ProgramError) -> anyhow::Error {
 
 fn print_stats(json: bool, pin_dir: &Path) -> Result<()> {
     privilege::require_bpf("stats")?;
-    let values = stats::read_pinned(pin_dir)?;
+    let snap = stats::Snapshot::read_pinned(pin_dir)?;
     if json {
-        println!("{}", stats::to_json(&values));
+        println!("{}", snap.to_json());
     } else {
-        print!("{}", stats::to_table(&values));
+        print!("{}", snap.to_table());
     }
     Ok(())
 }

@@ -4,7 +4,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
-use inspector_common::counters::{Counter, COUNTERS_MAP};
+use inspector_common::{
+    config::VERB_COUNTERS_MAP,
+    counters::{Counter, COUNTERS_MAP},
+    flow::{Flow, FlowKey, FLOWS_MAP},
+    verbs::{verb_name, VERB_SLOTS},
+};
 
 /// One counter, summed over all CPUs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,4 +72,125 @@ pub fn to_table(values: &[CounterValue]) -> String {
         out.push_str(&format!("{:<20} {:>14}  {}\n", v.name, v.value, help));
     }
     out
+}
+
+/// Seen and masked commands of one verb slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerbValue {
+    pub verb: &'static str,
+    pub seen: u64,
+    pub masked: u64,
+}
+
+/// Reads the per-verb counters pinned under `pin_dir`.
+pub fn read_verbs_pinned(pin_dir: &Path) -> Result<Vec<VerbValue>> {
+    let path = pin_dir.join(VERB_COUNTERS_MAP);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    read_verbs(Map::PerCpuArray(data))
+}
+
+/// Reads the per-verb counters from an open map.
+pub fn read_verbs(map: Map) -> Result<Vec<VerbValue>> {
+    let arr: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(map).context("verb counter map has an unexpected type")?;
+    let sum = |slot: u32| -> Result<u64> {
+        Ok(arr
+            .get(&slot, 0)
+            .with_context(|| format!("reading verb counter {slot}"))?
+            .iter()
+            .sum())
+    };
+    (0..VERB_SLOTS)
+        .map(|id| {
+            Ok(VerbValue {
+                verb: verb_name(id as u8),
+                seen: sum(id * 2)?,
+                masked: sum(id * 2 + 1)?,
+            })
+        })
+        .collect()
+}
+
+/// Number of entries in the pinned flow table (walks its keys).
+pub fn count_flows_pinned(pin_dir: &Path) -> Result<u64> {
+    let path = pin_dir.join(FLOWS_MAP);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let map: aya::maps::HashMap<_, FlowKey, Flow> =
+        aya::maps::HashMap::try_from(Map::LruHashMap(data))
+            .context("flow table has an unexpected type")?;
+    Ok(map.keys().filter(|k| k.is_ok()).count() as u64)
+}
+
+/// Everything `inspector stats` shows.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub counters: Vec<CounterValue>,
+    pub verbs: Vec<VerbValue>,
+    pub flows_active: u64,
+}
+
+impl Snapshot {
+    pub fn read_pinned(pin_dir: &Path) -> Result<Self> {
+        Ok(Self {
+            counters: read_pinned(pin_dir)?,
+            verbs: read_verbs_pinned(pin_dir)?,
+            flows_active: count_flows_pinned(pin_dir)?,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> u64 {
+        self.counters
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.value)
+            .unwrap_or(0)
+    }
+
+    /// One JSON object: every counter by name, `flows_active`, and
+    /// `verbs: {"VERB": {"seen": n, "masked": n}}` for verbs seen at least once.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut obj = match to_json(&self.counters) {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!("to_json returns an object"),
+        };
+        obj.insert("flows_active".into(), self.flows_active.into());
+        let verbs = self
+            .verbs
+            .iter()
+            .filter(|v| v.seen + v.masked > 0)
+            .map(|v| {
+                (
+                    v.verb.to_string(),
+                    serde_json::json!({"seen": v.seen, "masked": v.masked}),
+                )
+            })
+            .collect();
+        obj.insert("verbs".into(), serde_json::Value::Object(verbs));
+        serde_json::Value::Object(obj)
+    }
+
+    pub fn to_table(&self) -> String {
+        let mut out = to_table(&self.counters);
+        out.push_str(&format!(
+            "{:<20} {:>14}  {}\n",
+            "flows_active", self.flows_active, "Entries in the flow table now."
+        ));
+        let seen: Vec<_> = self
+            .verbs
+            .iter()
+            .filter(|v| v.seen + v.masked > 0)
+            .collect();
+        if !seen.is_empty() {
+            out.push_str(&format!(
+                "\n{:<12} {:>12} {:>12}\n",
+                "verb", "seen", "masked"
+            ));
+            for v in seen {
+                out.push_str(&format!("{:<12} {:>12} {:>12}\n", v.verb, v.seen, v.masked));
+            }
+        }
+        out
+    }
 }

@@ -1,0 +1,65 @@
+//! `inspector events`: the masked-command and drop events, as they happen.
+
+use std::{
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{Map, MapData, RingBuf};
+use inspector_common::events::{Event, EVENTS_MAP};
+use inspector_userspace::{events, flows::monotonic_ns, privilege};
+use tokio::io::unix::AsyncFd;
+
+/// Wall-clock time of a monotonic timestamp.
+fn wall(ts_ns: u64) -> String {
+    let age = Duration::from_nanos(monotonic_ns().saturating_sub(ts_ns));
+    let t = SystemTime::now() - age;
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn run(json: bool, pin_dir: &Path) -> Result<()> {
+    privilege::require_bpf("events")?;
+    let path = pin_dir.join(EVENTS_MAP);
+    if !path.exists() {
+        anyhow::bail!(
+            "no event ring at {}: is `inspector attach` running with --pin-dir {}?",
+            path.display(),
+            pin_dir.display()
+        );
+    }
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let ring = RingBuf::try_from(Map::RingBuf(data)).context("event map has an unexpected type")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        // SAFETY: the ring owns its fd, which stays open and the same for as
+        // long as the AsyncFd owns the ring.
+        let mut fd = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| anyhow::anyhow!("polling the event ring: {e}"))?;
+        loop {
+            tokio::select! {
+                guard = fd.readable_mut() => {
+                    let mut guard = guard?;
+                    let ring = guard.get_inner_mut();
+                    while let Some(item) = ring.next() {
+                        if item.len() < std::mem::size_of::<Event>() {
+                            continue;
+                        }
+                        let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+                        let w = wall(e.ts_ns);
+                        if json {
+                            println!("{}", events::to_json(&e, &w));
+                        } else {
+                            println!("{}", events::to_line(&e, &w));
+                        }
+                    }
+                    guard.clear_ready();
+                }
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    })
+}

@@ -1,0 +1,94 @@
+//! Expiry of flow-table entries. The kernel never deletes an entry on FIN
+//! or RST (a forged or rejected one must not end inspection of a live
+//! flow); `inspector attach` removes entries some time after the flow
+//! closed, or after it was idle for long. Under pressure the LRU evicts the
+//! least recently used entries by itself.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
+use inspector_common::{
+    counters::Counter,
+    flow::{Flow, FlowKey, DIR_FIN, DIR_RST},
+};
+
+/// How long a closed flow's entry stays (late retransmissions of the last
+/// segments must still be re-inspected, not passed as midstream).
+pub const CLOSED_GRACE: Duration = Duration::from_secs(60);
+/// How long an idle flow's entry stays. SMTP servers time out idle clients
+/// after 5 minutes (Postfix smtpd_timeout) and RFC 5321 lets a client wait
+/// 10 minutes for the end-of-data reply.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether an entry should go, at time `now` (ns).
+pub fn expired(flow: &Flow, now: u64) -> bool {
+    let last = flow
+        .client
+        .cur
+        .last_ns
+        .max(flow.server.cur.last_ns)
+        .max(flow.created_ns);
+    let idle = Duration::from_nanos(now.saturating_sub(last));
+    let closed = (flow.client.cur.flags | flow.server.cur.flags) & (DIR_FIN | DIR_RST) != 0;
+    (closed && idle >= CLOSED_GRACE) || idle >= IDLE_TIMEOUT
+}
+
+/// Removes expired entries and adds their number to the `flows_expired`
+/// counter. Returns how many were removed.
+pub fn expire<F, C>(
+    flows: &mut HashMap<F, FlowKey, Flow>,
+    counters: &mut PerCpuArray<C, u64>,
+) -> Result<u64>
+where
+    F: std::borrow::BorrowMut<MapData>,
+    C: std::borrow::BorrowMut<MapData>,
+{
+    let now = monotonic_ns();
+    let stale: Vec<FlowKey> = flows
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(_, f)| expired(f, now))
+        .map(|(k, _)| k)
+        .collect();
+    let mut removed = 0;
+    for k in &stale {
+        // Gone already (evicted, or removed concurrently) is fine.
+        if flows.remove(k).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        let idx = Counter::FlowsExpired as u32;
+        let mut values: Vec<u64> = counters.get(&idx, 0)?.iter().copied().collect();
+        // Only this process writes this slot; the kernel never does.
+        values[0] += removed;
+        counters
+            .set(idx, PerCpuValues::try_from(values)?, 0)
+            .context("updating flows_expired")?;
+    }
+    Ok(removed)
+}
+
+/// Opens the pinned flow table and counter map, for [`expire`].
+pub fn open_pinned(
+    pin_dir: &std::path::Path,
+) -> Result<(HashMap<MapData, FlowKey, Flow>, PerCpuArray<MapData, u64>)> {
+    use aya::maps::Map;
+    let open = |name: &str| -> Result<MapData> {
+        let p = pin_dir.join(name);
+        MapData::from_pin(&p).with_context(|| format!("opening pinned map {}", p.display()))
+    };
+    let flows = HashMap::try_from(Map::LruHashMap(open(inspector_common::flow::FLOWS_MAP)?))?;
+    let counters = PerCpuArray::try_from(Map::PerCpuArray(open(
+        inspector_common::counters::COUNTERS_MAP,
+    )?))?;
+    Ok((flows, counters))
+}

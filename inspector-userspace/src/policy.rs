@@ -1,0 +1,82 @@
+//! `inspector policy`: the verb policy of a running instance, live.
+
+use std::{collections::BTreeSet, path::Path};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, Map, MapData};
+use inspector_common::{
+    policy::POLICY_MAP,
+    verbs::{key_text, PolicyEntry, VerbKey, ALLOWED, MAX_VERB},
+};
+use inspector_userspace::{loader, privilege};
+
+use crate::PolicyAction;
+
+/// `base` with `allow` added and `deny` removed.
+pub fn with_changes(base: &[VerbKey], allow: &[String], deny: &[String]) -> Result<Vec<VerbKey>> {
+    let mut set: BTreeSet<VerbKey> = base.iter().copied().collect();
+    for v in allow {
+        set.insert(loader::parse_verb(v)?);
+    }
+    for v in deny {
+        set.remove(&loader::parse_verb(v)?);
+    }
+    Ok(set.into_iter().collect())
+}
+
+pub fn verb_string(k: VerbKey) -> String {
+    let mut t = [0u8; MAX_VERB];
+    let n = key_text(k, &mut t);
+    String::from_utf8_lossy(&t[..n]).into_owned()
+}
+
+fn open(pin_dir: &Path) -> Result<HashMap<MapData, VerbKey, PolicyEntry>> {
+    let path = pin_dir.join(POLICY_MAP);
+    if !path.exists() {
+        anyhow::bail!(
+            "no policy at {}: is `inspector attach` running with --pin-dir {}?",
+            path.display(),
+            pin_dir.display()
+        );
+    }
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Ok(HashMap::try_from(Map::HashMap(data))?)
+}
+
+/// The allowed verbs in a policy map.
+pub fn allowed(map: &HashMap<MapData, VerbKey, PolicyEntry>) -> Vec<VerbKey> {
+    map.iter()
+        .filter_map(|r| r.ok())
+        .filter(|(_, e)| e.flags & ALLOWED != 0)
+        .map(|(k, _)| k)
+        .collect()
+}
+
+pub fn run(action: PolicyAction, pin_dir: &Path) -> Result<()> {
+    privilege::require_bpf("policy")?;
+    let mut map = open(pin_dir)?;
+    let current = allowed(&map);
+    let (allow, deny) = match action {
+        PolicyAction::Show { json } => {
+            let mut names: Vec<String> = current.iter().map(|k| verb_string(*k)).collect();
+            names.sort();
+            if json {
+                println!("{}", serde_json::json!({ "allowed": names }));
+            } else {
+                println!("allowed: {}", names.join(" "));
+                println!("masked:  every other verb");
+            }
+            return Ok(());
+        }
+        PolicyAction::Allow { verbs } => (verbs, vec![]),
+        PolicyAction::Deny { verbs } => (vec![], verbs),
+    };
+    // Validate everything before touching the map.
+    let next = with_changes(&current, &allow, &deny)?;
+    loader::write_policy(&mut map, &next)?;
+    let mut names: Vec<String> = next.iter().map(|k| verb_string(*k)).collect();
+    names.sort();
+    println!("allowed: {}", names.join(" "));
+    Ok(())
+}
