@@ -1,0 +1,47 @@
+//! `cargo xtask fuzz`: runs the `parser` fuzz target of `fuzz/` (a cargo-fuzz
+//! crate outside the workspace) with libFuzzer on the nightly toolchain,
+//! installing cargo-fuzz first if it is missing.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::util;
+
+/// `cargo` (no toolchain override) with the outer cargo's environment
+/// removed, as [`util::nightly_cargo`] does.
+fn plain_cargo() -> Command {
+    let mut c = Command::new("cargo");
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_") || k.starts_with("RUSTC") || k == "RUSTUP_TOOLCHAIN" {
+            c.env_remove(&*k);
+        }
+    }
+    c
+}
+
+/// Installs cargo-fuzz unless `cargo fuzz` already works.
+fn ensure_cargo_fuzz() -> Result<()> {
+    let dir = util::root().join("fuzz");
+    if util::output(util::nightly_cargo(&dir).args(["fuzz", "--version"])).is_ok() {
+        return Ok(());
+    }
+    util::step("installing cargo-fuzz (cargo install cargo-fuzz --locked)");
+    util::run(plain_cargo().args(["install", "cargo-fuzz", "--locked"]))
+}
+
+/// Fuzzes the shared SMTP parser for `seconds` seconds. Fails if libFuzzer
+/// finds a crash (its input is left in `fuzz/artifacts/parser/`).
+pub fn run(seconds: u64) -> Result<()> {
+    ensure_cargo_fuzz()?;
+    let dir = util::root().join("fuzz");
+    util::step(&format!("fuzzing the SMTP parser for {seconds} s"));
+    let mut cmd = util::nightly_cargo(&dir);
+    cmd.args(["fuzz", "run", "parser", "--"]);
+    cmd.arg(format!("-max_total_time={seconds}"));
+    if dir.join("parser.dict").exists() {
+        cmd.arg("-dict=parser.dict");
+    }
+    util::run(&mut cmd)
+}
