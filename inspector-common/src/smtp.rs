@@ -303,11 +303,9 @@ impl ClientState {
             }
             cstate::BODY => self.body_byte(b, &mut out),
             cstate::CHUNK => self.skip(1),
-            cstate::SASL => {
-                if b == b'\n' {
-                    self.units = self.units.wrapping_add(1);
-                    self.start_gate(gate::SASL);
-                }
+            cstate::SASL if b == b'\n' => {
+                self.units = self.units.wrapping_add(1);
+                self.start_gate(gate::SASL);
             }
             _ => {} // OPAQUE
         }
@@ -570,11 +568,7 @@ impl ServerState {
                     }
                 }
             }
-            sstate::JUNK => {
-                if b == b'\n' {
-                    self.new_line();
-                }
-            }
+            sstate::JUNK if b == b'\n' => self.new_line(),
             _ => {} // OPAQUE
         }
         out

@@ -185,7 +185,8 @@ enum Act {
         shape: Shape,
         accept: bool,
         body: Vec<(Text, Eol)>,
-        lf_end: bool,
+        /// The end-of-data line: `.` then CRLF, LF or CR CR LF.
+        end: Eol,
         alt: u8,
     },
     Auth {
@@ -267,6 +268,9 @@ fn tok() -> impl Strategy<Value = Tok> {
             .prop_map(|(v, at, b)| Tok::Odd(v, at, b)),
         2 => (0..n, 1..8usize).prop_map(|(v, l)| Tok::Prefix(v, l)),
         2 => (0..n, letters(1..4)).prop_map(|(v, s)| Tok::Suffixed(v, s)),
+        // The longest verbs and a tail: nine bytes and more.
+        1 => (prop::sample::select(vec![15usize, 20]), letters(1..12))
+            .prop_map(|(v, s)| Tok::Suffixed(v, s)),
     ]
 }
 
@@ -315,27 +319,34 @@ fn chunk_bytes() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn act() -> impl Strategy<Value = Act> {
+/// `multi_cr_end`: whether an end of data may be `.` CR CR LF (Postfix
+/// strips every CR before the LF, see `end_of_data_with_several_crs`).
+fn act(multi_cr_end: bool) -> impl Strategy<Value = Act> {
+    let end = if multi_cr_end {
+        prop_oneof![Just(Eol::CrLf), Just(Eol::Lf), Just(Eol::CrCrLf)].boxed()
+    } else {
+        prop_oneof![Just(Eol::CrLf), Just(Eol::Lf)].boxed()
+    };
     prop_oneof![
         12 => (tok(), shape(), any::<u8>()).prop_map(|(tok, shape, alt)| Act::Cmd { tok, shape, alt }),
         2 => (prop::collection::vec(ws_byte(), 0..3), eol()).prop_map(|(ws, eol)| Act::Empty { ws, eol }),
         3 => (shape(), any::<bool>(), any::<u8>()).prop_map(|(shape, helo, alt)| Act::Hello {
             shape,
-            helo: helo && alt % 4 == 0,
+            helo: helo && alt.is_multiple_of(4),
             alt
         }),
         4 => (
             shape(),
             prop::bool::weighted(0.8),
             prop::collection::vec((text(), eol()), 0..8),
-            any::<bool>(),
+            end,
             any::<u8>()
         )
-            .prop_map(|(shape, accept, body, lf_end, alt)| Act::Data {
+            .prop_map(|(shape, accept, body, end, alt)| Act::Data {
                 shape,
                 accept,
                 body,
-                lf_end,
+                end,
                 alt
             }),
         3 => (shape(), any::<bool>(), prop::collection::vec((text(), eol()), 0..4), 0..3u8)
@@ -381,12 +392,16 @@ fn policy() -> impl Strategy<Value = Policy> {
 }
 
 fn script() -> impl Strategy<Value = Script> {
+    script_with(false)
+}
+
+fn script_with(multi_cr_end: bool) -> impl Strategy<Value = Script> {
     (
         policy(),
         prop::bool::weighted(0.7),
         any::<bool>(),
         prop::option::weighted(0.7, shape()),
-        prop::collection::vec(act(), 1..40),
+        prop::collection::vec(act(multi_cr_end), 1..40),
         prop::collection::vec(
             prop_oneof![3 => 1..8usize, 3 => 1..64usize, 2 => Just(usize::MAX)],
             1..12,
@@ -545,7 +560,7 @@ impl<'a> Builder<'a> {
 
     /// What a server says to a verb it does not know.
     fn unknown(&mut self, alt: u8) {
-        self.reply(if alt % 2 == 0 { 500 } else { 502 });
+        self.reply(if alt.is_multiple_of(2) { 500 } else { 502 });
     }
 
     fn flush(&mut self, gate: bool) {
@@ -617,7 +632,7 @@ impl<'a> Builder<'a> {
                 shape,
                 accept,
                 body,
-                lf_end,
+                end,
                 alt,
             } => {
                 let mut shape = shape.clone();
@@ -627,7 +642,7 @@ impl<'a> Builder<'a> {
                     return;
                 }
                 if !accept {
-                    self.reply(if alt % 2 == 0 { 503 } else { 554 });
+                    self.reply(if alt.is_multiple_of(2) { 503 } else { 554 });
                     self.flush(true);
                     return;
                 }
@@ -636,7 +651,8 @@ impl<'a> Builder<'a> {
                 for (t, e) in body {
                     self.text_line(t, *e, true);
                 }
-                self.raw(if *lf_end { b".\n" } else { b".\r\n" });
+                self.raw(b".");
+                self.raw(end.bytes());
                 self.reply(if alt % 4 == 1 { 554 } else { 250 });
             }
             Act::Auth {
@@ -689,7 +705,8 @@ impl<'a> Builder<'a> {
                 let mut args = chunk.len().to_string().into_bytes();
                 if *last {
                     args.push(shape.sep);
-                    args.extend_from_slice(b"LAST");
+                    let spellings: [&[u8]; 4] = [b"LAST", b"last", b"Last", b"lAsT"];
+                    args.extend_from_slice(spellings[(shape.case >> 60) as usize % 4]);
                 }
                 shape.args = Some(args);
                 let allowed = self.policy.allows(b"BDAT");
@@ -781,7 +798,7 @@ impl<'a> Builder<'a> {
                 self.flush(true);
             }
             b"AUTH" => {
-                self.reply(if alt % 2 == 0 { 503 } else { 535 });
+                self.reply(if alt.is_multiple_of(2) { 503 } else { 535 });
                 self.flush(true);
             }
             b"STARTTLS" => {
@@ -799,7 +816,7 @@ impl<'a> Builder<'a> {
                 self.done = true;
             }
             b"VRFY" => self.reply(252),
-            b"RCPT" if alt % 3 == 0 => self.reply(550),
+            b"RCPT" if alt.is_multiple_of(3) => self.reply(550),
             b"HELP" => self.reply_lines(214, &["2.0.0 Commands:", "2.0.0 HELO EHLO"], false),
             b"HELO" | b"MAIL" | b"RCPT" | b"RSET" | b"NOOP" | b"ETRN" => self.reply(250),
             _ => self.unknown(alt),
@@ -1278,9 +1295,18 @@ fn check_session(s: &Script) -> Result<Stats, TestCaseError> {
     Ok(stats)
 }
 
+/// Cases per run: `PROPTEST_CASES` if set (for a long soak), else enough to
+/// stay within a few seconds in a debug build.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 600,
+        cases: cases(),
         // Integration tests have no lib.rs for proptest to find: say where
         // failing cases are kept.
         failure_persistence: Some(Box::new(
@@ -1292,6 +1318,22 @@ proptest! {
 
     #[test]
     fn random_sessions(s in script()) {
+        check_session(&s)?;
+    }
+}
+
+proptest! {
+    // A known bug: its failures need not be kept.
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// The same, with `.` CR CR LF ends of data, which Postfix accepts.
+    #[test]
+    #[ignore = "bug: end of data `.\\r\\r\\n` not recognised (see end_of_data_with_several_crs)"]
+    fn random_sessions_with_multi_cr_end_of_data(s in script_with(true)) {
         check_session(&s)?;
     }
 }

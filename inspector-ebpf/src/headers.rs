@@ -3,9 +3,7 @@
 //! Each step checks the bytes it reads against the end of the frame and the
 //! lengths the headers claim; anything inconsistent is `Malformed`.
 
-use aya_ebpf::programs::XdpContext;
-
-use crate::access::read;
+use crate::{access::read, pkt::Packet};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -56,8 +54,8 @@ pub struct Tcp {
 
 /// Source and destination port of a TCP header at `off`, if present.
 #[inline(always)]
-fn ports_at(ctx: &XdpContext, off: usize) -> Option<(u16, u16)> {
-    read::<[u8; 4]>(ctx, off).map(|p| (be16([p[0], p[1]]), be16([p[2], p[3]])))
+fn ports_at<P: Packet>(ctx: &P, off: usize) -> Option<(u16, u16)> {
+    read::<P, [u8; 4]>(ctx, off).map(|p| (be16([p[0], p[1]]), be16([p[2], p[3]])))
 }
 
 #[inline(always)]
@@ -67,9 +65,9 @@ fn be16(b: [u8; 2]) -> u16 {
 
 /// Parses from the Ethernet header to the start of the TCP payload.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, out: &mut Tcp) -> Parsed {
+pub fn parse<P: Packet>(ctx: &P, out: &mut Tcp) -> Parsed {
     // Destination and source MAC, then the first EtherType.
-    let Some(mut proto) = read::<[u8; 2]>(ctx, 12).map(be16) else {
+    let Some(mut proto) = read::<P, [u8; 2]>(ctx, 12).map(be16) else {
         return Parsed::Malformed;
     };
     let mut off = 14usize;
@@ -78,7 +76,7 @@ pub fn parse(ctx: &XdpContext, out: &mut Tcp) -> Parsed {
             break;
         }
         // TCI (2 bytes) then the inner EtherType.
-        let Some(inner) = read::<[u8; 2]>(ctx, off + 2).map(be16) else {
+        let Some(inner) = read::<P, [u8; 2]>(ctx, off + 2).map(be16) else {
             return Parsed::Malformed;
         };
         proto = inner;
@@ -92,8 +90,8 @@ pub fn parse(ctx: &XdpContext, out: &mut Tcp) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
-    let Some(h) = read::<[u8; 20]>(ctx, off) else {
+fn parse_ipv4<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
+    let Some(h) = read::<P, [u8; 20]>(ctx, off) else {
         return Parsed::Malformed;
     };
     if h[0] >> 4 != 4 {
@@ -104,18 +102,18 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
     if ihl < 20 || total < ihl {
         return Parsed::Malformed;
     }
-    if h[9] != IPPROTO_TCP {
-        return Parsed::Other;
-    }
     // More-fragments flag or a non-zero fragment offset.
     let frag = be16([h[6], h[7]]);
     if frag & 0x3fff != 0 {
-        let first = frag & 0x1fff == 0;
-        return Parsed::Fragment(if first {
+        let first_tcp = frag & 0x1fff == 0 && h[9] == IPPROTO_TCP;
+        return Parsed::Fragment(if first_tcp {
             ports_at(ctx, off + ihl)
         } else {
             None
         });
+    }
+    if h[9] != IPPROTO_TCP {
+        return Parsed::Other;
     }
     out.src = V4_MAPPED;
     out.dst = V4_MAPPED;
@@ -129,16 +127,16 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
 const V4_MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
-    let Some(h) = read::<[u8; 8]>(ctx, off) else {
+fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
+    let Some(h) = read::<P, [u8; 8]>(ctx, off) else {
         return Parsed::Malformed;
     };
     if h[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
     let (Some(src), Some(dst)) = (
-        read::<[u8; 16]>(ctx, off + 8),
-        read::<[u8; 16]>(ctx, off + 24),
+        read::<P, [u8; 16]>(ctx, off + 8),
+        read::<P, [u8; 16]>(ctx, off + 24),
     ) else {
         return Parsed::Malformed;
     };
@@ -153,7 +151,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
             IPPROTO_TCP => return parse_tcp(ctx, off, remaining, out),
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
-                let Some(e) = read::<[u8; 2]>(ctx, off) else {
+                let Some(e) = read::<P, [u8; 2]>(ctx, off) else {
                     return Parsed::Malformed;
                 };
                 next = e[0];
@@ -161,7 +159,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
             }
             // Fragment header: next header, reserved, offset and flags.
             44 => {
-                let Some(e) = read::<[u8; 4]>(ctx, off) else {
+                let Some(e) = read::<P, [u8; 4]>(ctx, off) else {
                     return Parsed::Malformed;
                 };
                 let first = be16([e[2], e[3]]) >> 3 == 0;
@@ -174,7 +172,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
             }
             // Authentication header: (len + 2) * 4 bytes.
             51 => {
-                let Some(e) = read::<[u8; 2]>(ctx, off) else {
+                let Some(e) = read::<P, [u8; 2]>(ctx, off) else {
                     return Parsed::Malformed;
                 };
                 next = e[0];
@@ -198,8 +196,8 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, out: &mut Tcp) -> Parsed {
 /// `ip_payload` is the length of the IP payload (TCP header and data) as the
 /// IP header states it.
 #[inline(always)]
-fn parse_tcp(ctx: &XdpContext, off: usize, ip_payload: usize, out: &mut Tcp) -> Parsed {
-    let Some(h) = read::<[u8; 20]>(ctx, off) else {
+fn parse_tcp<P: Packet>(ctx: &P, off: usize, ip_payload: usize, out: &mut Tcp) -> Parsed {
+    let Some(h) = read::<P, [u8; 20]>(ctx, off) else {
         return Parsed::Malformed;
     };
     let doff = ((h[12] >> 4) as usize) * 4;
@@ -209,7 +207,7 @@ fn parse_tcp(ctx: &XdpContext, off: usize, ip_payload: usize, out: &mut Tcp) -> 
     let payload_off = off + doff;
     let payload_len = ip_payload - doff;
     // The IP header must not claim more bytes than the frame holds.
-    if ctx.data() + payload_off + payload_len > ctx.data_end() {
+    if payload_off + payload_len > ctx.total_len() {
         return Parsed::Malformed;
     }
     out.src_port = be16([h[0], h[1]]);

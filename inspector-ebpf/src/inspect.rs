@@ -1,11 +1,7 @@
 //! Flow tracking and the per-segment decision: which packets to parse, from
 //! which parser state, and what to do with the result.
 
-use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use inspector_common::{
     config::{CFG_MIDSTREAM_DROP, CFG_MONITOR},
     counters::Counter,
@@ -14,11 +10,13 @@ use inspector_common::{
 };
 
 use crate::{
-    access::ptr_at,
-    csum,
     maps::{config, count, count_n, FLOWS},
-    scratch::{self, Scratch, BUF},
+    pkt::Packet,
+    scratch::{self, Scratch},
 };
+
+/// Largest payload inspected: a 64 KiB GSO/GRO packet fits.
+const MAX_PAYLOAD: u32 = 65536;
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -35,9 +33,9 @@ enum Dir {
 /// Not inlined: a BPF subprogram whose arguments are the same whatever path
 /// header parsing took (see `Scratch::tcp`).
 #[inline(never)]
-pub fn segment(ctx: &XdpContext, client_side: bool) -> u32 {
+pub fn segment<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     let Some(s) = scratch::get() else {
-        return xdp_action::XDP_PASS;
+        return P::PASS;
     };
     let dir = if client_side {
         Dir::Client
@@ -68,7 +66,7 @@ pub fn segment(ctx: &XdpContext, client_side: bool) -> u32 {
         new_flow(s, seq, now);
     }
     let Some(flow) = FLOWS.get_ptr_mut(&s.key) else {
-        return midstream(payload_len, cfg, monitor);
+        return midstream::<P>(payload_len, cfg, monitor);
     };
     let flow = unsafe { &mut *flow };
 
@@ -105,17 +103,16 @@ pub fn segment(ctx: &XdpContext, client_side: bool) -> u32 {
     // expires closed and idle entries.
 
     if payload_len == 0 {
-        return xdp_action::XDP_PASS;
+        return P::PASS;
     }
     if cur.flags & DIR_SYNCED == 0 {
-        return midstream(payload_len, cfg, monitor);
+        return midstream::<P>(payload_len, cfg, monitor);
     }
     count(Counter::PacketsInspected);
     count_n(Counter::BytesInspected, payload_len as u64);
-    if payload_len as usize > BUF {
-        // Cannot happen with single-buffer XDP frames; never pass what we
-        // could not read.
-        return drop(monitor);
+    if payload_len > MAX_PAYLOAD {
+        // Larger than any TSO/GRO packet; never pass what was not read.
+        return drop::<P>(monitor);
     }
     let seq = if flags & SYN != 0 {
         seq.wrapping_add(1)
@@ -123,30 +120,26 @@ pub fn segment(ctx: &XdpContext, client_side: bool) -> u32 {
         seq
     };
 
-    scratch::begin(s, seq, payload_len, monitor);
-    if !load(ctx, payload_off, s, payload_len) {
-        count(Counter::Malformed);
-        return xdp_action::XDP_PASS;
-    }
+    scratch::begin(s, seq, payload_len, payload_off as u32, monitor);
     let verdict = match dir {
-        Dir::Client => client_segment(flow, s, seq, payload_len),
-        Dir::Server => server_segment(flow, s, seq, payload_len),
+        Dir::Client => client_segment(ctx, flow, s, seq, payload_len),
+        Dir::Server => server_segment(ctx, flow, s, seq, payload_len),
     };
     let verdict = match verdict {
         Verdict::Pass if s.overflow != 0 => Verdict::Drop(Counter::MaskOverflowDrops),
+        Verdict::Pass if s.load_failed != 0 => Verdict::Drop(Counter::Malformed),
         v => v,
     };
     match verdict {
         Verdict::Pass => {
-            scratch::apply_masks(s);
-            if s.dirty_lo < s.dirty_hi && !monitor {
-                write_back(ctx, s);
+            if s.masked_bytes != 0 && !monitor {
+                ctx.fix_checksum(&s.tcp, s.csum_acc);
             }
-            xdp_action::XDP_PASS
+            P::PASS
         }
         Verdict::Drop(c) => {
             count(c);
-            drop(monitor)
+            drop::<P>(monitor)
         }
     }
 }
@@ -157,24 +150,24 @@ enum Verdict {
 }
 
 #[inline(always)]
-fn drop(monitor: bool) -> u32 {
+fn drop<P: Packet>(monitor: bool) -> u32 {
     if monitor {
-        return xdp_action::XDP_PASS;
+        return P::PASS;
     }
     count(Counter::Dropped);
-    xdp_action::XDP_DROP
+    P::DROP
 }
 
 #[inline(always)]
-fn midstream(payload_len: u32, cfg: u32, monitor: bool) -> u32 {
+fn midstream<P: Packet>(payload_len: u32, cfg: u32, monitor: bool) -> u32 {
     if payload_len == 0 {
-        return xdp_action::XDP_PASS;
+        return P::PASS;
     }
     count(Counter::Midstream);
     if cfg & CFG_MIDSTREAM_DROP != 0 {
-        return drop(monitor);
+        return drop::<P>(monitor);
     }
-    xdp_action::XDP_PASS
+    P::PASS
 }
 
 #[inline(always)]
@@ -205,27 +198,14 @@ fn new_flow(s: &mut Scratch, seq: u32, now: u64) {
     }
 }
 
-/// Copies the payload into the scratch buffer.
 #[inline(always)]
-fn load(ctx: &XdpContext, off: usize, s: &mut Scratch, len: u32) -> bool {
-    // Keep the mask in the code: the verifier must see 0 < len <= BUF.
-    let len = unsafe { core::ptr::read_volatile(&len) } as usize;
-    if len == 0 || len > BUF {
-        return false;
-    }
-    let rc = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            off as u32,
-            s.buf.as_mut_ptr() as *mut _,
-            len as u32,
-        )
-    };
-    rc == 0
-}
-
-#[inline(always)]
-fn client_segment(flow: &mut Flow, s: &mut Scratch, seq: u32, len: u32) -> Verdict {
+fn client_segment<P: Packet>(
+    ctx: &P,
+    flow: &mut Flow,
+    s: &mut Scratch,
+    seq: u32,
+    len: u32,
+) -> Verdict {
     let peer_acked = if flow.server.cur.flags & DIR_ACKED != 0 {
         Some(flow.server.cur.acked)
     } else {
@@ -238,7 +218,7 @@ fn client_segment(flow: &mut Flow, s: &mut Scratch, seq: u32, len: u32) -> Verdi
     match classify(seq, len, &flow.client.cur, peer_acked) {
         SegClass::InOrder => {
             s.client = flow.client.state;
-            scratch::run_client(s, 0, len, true);
+            scratch::run_client(ctx, s, 0, len, true);
             if s.held != 0 {
                 return Verdict::Drop(Counter::AwaitingReplyDrops);
             }
@@ -255,7 +235,7 @@ fn client_segment(flow: &mut Flow, s: &mut Scratch, seq: u32, len: u32) -> Verdi
             // time, the bytes differ in a way that matters.
             s.client = flow.client.ckpt;
             s.report = 0;
-            scratch::run_client(s, 0, overlap, true);
+            scratch::run_client(ctx, s, 0, overlap, true);
             if s.held != 0 || s.client != flow.client.state {
                 return Verdict::Drop(Counter::RetransConflicts);
             }
@@ -263,7 +243,7 @@ fn client_segment(flow: &mut Flow, s: &mut Scratch, seq: u32, len: u32) -> Verdi
             if len > overlap {
                 s.report = 1;
                 s.seg.verb_start = overlap;
-                scratch::run_client(s, overlap, len, true);
+                scratch::run_client(ctx, s, overlap, len, true);
                 if s.held != 0 {
                     return Verdict::Drop(Counter::AwaitingReplyDrops);
                 }
@@ -283,7 +263,13 @@ fn client_segment(flow: &mut Flow, s: &mut Scratch, seq: u32, len: u32) -> Verdi
 }
 
 #[inline(always)]
-fn server_segment(flow: &mut Flow, s: &mut Scratch, seq: u32, len: u32) -> Verdict {
+fn server_segment<P: Packet>(
+    ctx: &P,
+    flow: &mut Flow,
+    s: &mut Scratch,
+    seq: u32,
+    len: u32,
+) -> Verdict {
     let peer_acked = if flow.client.cur.flags & DIR_ACKED != 0 {
         Some(flow.client.cur.acked)
     } else {
@@ -296,7 +282,7 @@ fn server_segment(flow: &mut Flow, s: &mut Scratch, seq: u32, len: u32) -> Verdi
     match classify(seq, len, &flow.server.cur, peer_acked) {
         SegClass::InOrder => {
             s.server = flow.server.state;
-            scratch::run_server(s, 0, len);
+            scratch::run_server(ctx, s, 0, len);
             flow.server.ckpt = flow.server.state;
             flow.server.state = s.server;
             flow.server.cur.ckpt_seq = seq;
@@ -306,13 +292,13 @@ fn server_segment(flow: &mut Flow, s: &mut Scratch, seq: u32, len: u32) -> Verdi
         }
         SegClass::Retransmit { overlap } => {
             s.server = flow.server.ckpt;
-            scratch::run_server(s, 0, overlap);
+            scratch::run_server(ctx, s, 0, overlap);
             if s.server != flow.server.state {
                 return Verdict::Drop(Counter::RetransConflicts);
             }
             count(Counter::RetransReinspected);
             if len > overlap {
-                scratch::run_server(s, overlap, len);
+                scratch::run_server(ctx, s, overlap, len);
                 flow.server.state = s.server;
                 flow.server.cur.next_seq = seq.wrapping_add(len);
                 publish_server(flow, s);
@@ -340,46 +326,4 @@ fn publish_server(flow: &mut Flow, s: &Scratch) {
     if flow.shared.chunking != s.shared.chunking {
         flow.shared.chunking = s.shared.chunking;
     }
-}
-
-/// Writes the masked bytes back into the frame and fixes the checksum.
-#[inline(always)]
-fn write_back(ctx: &XdpContext, s: &mut Scratch) {
-    let payload_off = s.tcp.payload_off;
-    let l4_off = s.tcp.l4_off;
-    let lo = unsafe { core::ptr::read_volatile(&s.dirty_lo) } as usize & (BUF - 1);
-    let hi = s.dirty_hi as usize;
-    if hi <= lo || hi > BUF {
-        return;
-    }
-    let n = unsafe { core::ptr::read_volatile(&(hi - lo)) } & (BUF - 1);
-    if n == 0 {
-        return;
-    }
-    let rc = unsafe {
-        bpf_xdp_store_bytes(
-            ctx.ctx,
-            (payload_off + lo) as u32,
-            s.buf.as_mut_ptr().add(lo) as *mut _,
-            n as u32,
-        )
-    };
-    if rc != 0 {
-        return;
-    }
-    let Some(p) = ptr_at::<[u8; 2]>(ctx, l4_off + 16) else {
-        return;
-    };
-    let p = p as *mut [u8; 2];
-    let check = u16::from_be_bytes(unsafe { *p });
-    if check == csum::pseudo_header(&s.tcp) {
-        // CHECKSUM_PARTIAL (a locally sent packet, as on veth with offloads
-        // on): the field only holds the pseudo-header sum, and whoever sends
-        // the packet on computes the real checksum over the payload as it is
-        // now. Updating the field would corrupt it.
-        count(Counter::ChecksumPartial);
-        return;
-    }
-    let new = csum::update(check, s.csum_acc);
-    unsafe { *p = new.to_be_bytes() };
 }

@@ -5,15 +5,22 @@
 //! `inspector-common`.
 #![no_std]
 #![no_main]
+// Map keys and values are passed by reference on purpose: by value they
+// would be copied onto the 512-byte BPF stack (a flow entry alone is 216).
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod access;
 mod csum;
 mod headers;
 mod inspect;
 mod maps;
+mod pkt;
 mod scratch;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use inspector_common::{
     config::{CFG_FRAGMENTS_PASS, CFG_MONITOR},
     counters::Counter,
@@ -21,21 +28,39 @@ use inspector_common::{
 
 use crate::headers::Parsed;
 use crate::maps::{config, count, port_inspected};
+use crate::pkt::Packet;
 
 /// XDP entry point: every frame of the interface passes through here.
 #[xdp]
 pub fn inspector_xdp(ctx: XdpContext) -> u32 {
+    run(&ctx)
+}
+
+/// TC (clsact) entry point, for ingress and egress: for hosts where XDP
+/// does not fit, such as one that runs the MTA itself (commands arrive on
+/// ingress, replies leave on egress).
+#[classifier]
+pub fn inspector_tc(ctx: TcContext) -> i32 {
+    run(&ctx) as i32
+}
+
+/// Parse the headers, decide whether the flow is inspected, inspect.
+#[inline(always)]
+fn run<P: Packet>(ctx: &P) -> u32 {
+    if ctx.seen_on_ingress() {
+        return P::PASS;
+    }
     count(Counter::PacketsSeen);
     let Some(s) = scratch::get() else {
-        return xdp_action::XDP_PASS;
+        return P::PASS;
     };
-    match headers::parse(&ctx, &mut s.tcp) {
+    match headers::parse(ctx, &mut s.tcp) {
         Parsed::Tcp => {
             let client_side = port_inspected(s.tcp.dst_port);
             if !client_side && !port_inspected(s.tcp.src_port) {
-                return xdp_action::XDP_PASS;
+                return P::PASS;
             }
-            inspect::segment(&ctx, client_side)
+            inspect::segment(ctx, client_side)
         }
         Parsed::Fragment(ports) => {
             count(Counter::Fragments);
@@ -48,15 +73,15 @@ pub fn inspector_xdp(ctx: XdpContext) -> u32 {
             let cfg = config();
             if inspected && cfg & (CFG_FRAGMENTS_PASS | CFG_MONITOR) == 0 {
                 count(Counter::Dropped);
-                return xdp_action::XDP_DROP;
+                return P::DROP;
             }
-            xdp_action::XDP_PASS
+            P::PASS
         }
         Parsed::Malformed => {
             count(Counter::Malformed);
-            xdp_action::XDP_PASS
+            P::PASS
         }
-        Parsed::Other => xdp_action::XDP_PASS,
+        Parsed::Other => P::PASS,
     }
 }
 

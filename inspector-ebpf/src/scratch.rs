@@ -17,6 +17,7 @@ use inspector_common::{
 use crate::{
     headers::Tcp,
     maps::{count, count_n, count_verb, EVENTS, POLICY, SCRATCH},
+    pkt::Packet,
 };
 
 /// Largest payload parsed: more than any single-buffer XDP frame holds
@@ -43,9 +44,15 @@ pub struct Scratch {
     pub tcp: Tcp,
     /// A new flow entry is built here (too big for the stack).
     pub new_flow: Flow,
-    /// Next segment offset to parse, and where this run stops.
+    /// Next segment offset to parse, and where this chunk stops.
     pub pos: u32,
     pub end: u32,
+    /// Segment offset of `buf[0]`.
+    pub base: u32,
+    /// Packet offset of the payload.
+    pub payload_off: u32,
+    /// A payload load or store failed.
+    pub load_failed: u32,
     /// Payload length (the whole segment).
     pub len: u32,
     pub seq: u32,
@@ -64,7 +71,8 @@ pub struct Scratch {
     pub mask_idx: u32,
     pub mask_pos: u32,
     pub masked_bytes: u32,
-    /// Span of masked bytes `[dirty_lo, dirty_hi)`; lo > hi when clean.
+    /// Span of masked bytes of the chunk in `buf`, `[dirty_lo, dirty_hi)`;
+    /// lo > hi when clean.
     pub dirty_lo: u32,
     pub dirty_hi: u32,
     /// Ones'-complement sum of (~old + new) over masked 16-bit words.
@@ -94,6 +102,37 @@ impl Env for KernelEnv<'_> {
 #[inline(always)]
 fn scratch() -> Option<&'static mut Scratch> {
     SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+type Callback = unsafe extern "C" fn(u64, *mut c_void) -> i64;
+
+/// Calls `cb` up to `n` times with `bpf_loop`. The callback works on the
+/// scratch area, which it reaches through the pointer passed as context.
+/// Handing `s` over this way also tells the compiler that the call changes
+/// `*s`: a `&mut` it believed nobody else could touch would otherwise let
+/// it keep stale copies of the fields across the call.
+#[inline(always)]
+fn for_each(n: u32, cb: Callback, s: &mut Scratch) {
+    let mut ctx: *mut Scratch = s;
+    unsafe {
+        bpf_loop(
+            n,
+            cb as *mut c_void,
+            &mut ctx as *mut *mut Scratch as *mut c_void,
+            0,
+        );
+    }
+}
+
+/// The scratch area from a `for_each` callback's context.
+#[inline(always)]
+unsafe fn from_ctx(ctx: *mut c_void) -> Option<&'static mut Scratch> {
+    let p = *(ctx as *mut *mut Scratch);
+    if p.is_null() {
+        None
+    } else {
+        Some(&mut *p)
+    }
 }
 
 /// Masked spans one segment can carry. A segment with more (hundreds of
@@ -126,8 +165,8 @@ fn add_mask(s: &mut Scratch, from: u32, to: u32) {
 /// writes `X` into the buffer and accounts for the checksum. Kept apart
 /// from the parser callback so that each callback stays small for the
 /// verifier.
-unsafe extern "C" fn mask_step(_i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = scratch() else {
+unsafe extern "C" fn mask_step(_i: u64, ctx: *mut c_void) -> i64 {
+    let Some(s) = from_ctx(ctx) else {
         return 1;
     };
     let ri = s.mask_idx as usize;
@@ -141,7 +180,8 @@ unsafe extern "C" fn mask_step(_i: u64, _ctx: *mut c_void) -> i64 {
         return 0;
     }
     s.mask_pos = p + 1;
-    let idx = p as usize & (BUF - 1);
+    let rel = p - s.base;
+    let idx = rel as usize & (BUF - 1);
     let old = s.buf[idx];
     if old != b'X' {
         s.buf[idx] = b'X';
@@ -150,32 +190,75 @@ unsafe extern "C" fn mask_step(_i: u64, _ctx: *mut c_void) -> i64 {
         let shift = if p & 1 == 0 { 8 } else { 0 };
         s.csum_acc += (!((old as u32) << shift) & 0xffff) + ((b'X' as u32) << shift);
         s.masked_bytes += 1;
-        if p < s.dirty_lo {
-            s.dirty_lo = p;
+        if rel < s.dirty_lo {
+            s.dirty_lo = rel;
         }
-        if p + 1 > s.dirty_hi {
-            s.dirty_hi = p + 1;
+        if rel + 1 > s.dirty_hi {
+            s.dirty_hi = rel + 1;
         }
     }
     0
 }
 
-/// Applies every recorded span to the buffer.
+/// Applies the spans recorded for the chunk in `buf` and writes the changed
+/// bytes back into the packet.
 #[inline(always)]
-pub fn apply_masks(s: &mut Scratch) {
+fn apply_masks<P: Packet>(p: &P, s: &mut Scratch) {
     if s.nmasks == 0 {
         return;
     }
     s.mask_idx = 0;
     s.mask_pos = 0;
+    s.dirty_lo = u32::MAX;
+    s.dirty_hi = 0;
+    let before = s.masked_bytes;
     // Each call masks a byte or moves to the next span.
-    let calls = s.len + MAX_MASKS as u32;
-    unsafe {
-        bpf_loop(calls, mask_step as *mut c_void, core::ptr::null_mut(), 0);
+    let calls = (s.end - s.base) + MAX_MASKS as u32;
+    for_each(calls, mask_step, s);
+    if s.report != 0 {
+        count_n(Counter::BytesMasked, (s.masked_bytes - before) as u64);
     }
-    if s.report != 0 || s.masked_bytes != 0 {
-        count_n(Counter::BytesMasked, s.masked_bytes as u64);
+    s.nmasks = 0;
+    if s.monitor != 0 {
+        return;
     }
+    // Keep the bounds visible to the verifier: lo < BUF and n < BUF, and the
+    // buffer is 2 * BUF long.
+    let lo = unsafe { core::ptr::read_volatile(&s.dirty_lo) } as usize & (BUF - 1);
+    let hi = s.dirty_hi as usize;
+    if hi <= lo || hi > BUF {
+        return;
+    }
+    let n = unsafe { core::ptr::read_volatile(&(hi - lo)) } & (BUF - 1);
+    if n == 0 {
+        return;
+    }
+    let off = s.payload_off + s.base + lo as u32;
+    if !p.store(off, unsafe { s.buf.as_mut_ptr().add(lo) }, n as u32) {
+        s.load_failed = 1;
+    }
+}
+
+/// Loads segment bytes `[from, min(from + BUF, to))` into the buffer.
+#[inline(always)]
+fn load_chunk<P: Packet>(p: &P, s: &mut Scratch, from: u32, to: u32) -> bool {
+    let mut n = to - from;
+    if n > BUF as u32 {
+        n = BUF as u32;
+    }
+    // Keep the bound in the code: the verifier must see 0 < n <= BUF.
+    let n = unsafe { core::ptr::read_volatile(&n) } as usize;
+    if n == 0 || n > BUF {
+        return false;
+    }
+    s.base = from;
+    s.pos = from;
+    s.end = from + n as u32;
+    if !p.load(s.payload_off + from, s.buf.as_mut_ptr(), n as u32) {
+        s.load_failed = 1;
+        return false;
+    }
+    true
 }
 
 #[inline(always)]
@@ -225,14 +308,14 @@ fn report_masked(s: &Scratch, verb_id: u8) {
     let _ = EVENTS.output::<Event>(&ev, 0);
 }
 
-unsafe extern "C" fn client_step(_i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = scratch() else {
+unsafe extern "C" fn client_step(_i: u64, ctx: *mut c_void) -> i64 {
+    let Some(s) = from_ctx(ctx) else {
         return 1;
     };
     if s.pos >= s.end {
         return 1;
     }
-    let b = s.buf[s.pos as usize & (BUF - 1)];
+    let b = s.buf[(s.pos - s.base) as usize & (BUF - 1)];
     let env = KernelEnv { shared: &s.shared };
     let out = s.client.step(b, s.pos, &mut s.seg, &env);
     handle(s, &out);
@@ -243,70 +326,83 @@ unsafe extern "C" fn client_step(_i: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
-unsafe extern "C" fn server_step(_i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = scratch() else {
+unsafe extern "C" fn server_step(_i: u64, ctx: *mut c_void) -> i64 {
+    let Some(s) = from_ctx(ctx) else {
         return 1;
     };
     if s.pos >= s.end {
         return 1;
     }
-    let b = s.buf[s.pos as usize & (BUF - 1)];
+    let b = s.buf[(s.pos - s.base) as usize & (BUF - 1)];
     let out = s.server.step(b, s.shared.client_gate);
     s.shared.publish_server(&out);
     s.pos += 1;
     0
 }
 
-/// Parses client bytes `[from, to)` of the segment in the scratch buffer.
-/// With `finish`, also decides a verb left open at `to`.
+/// Parses client bytes `[from, to)` of the segment, masking in the packet.
+/// A segment larger than the buffer (TC sees GSO packets) is parsed in
+/// chunks, each handled like a segment of its own: a verb cut by a chunk
+/// boundary is decided as if TCP had cut it there.
 #[inline(always)]
-pub fn run_client(s: &mut Scratch, from: u32, to: u32, finish: bool) {
-    s.pos = from;
-    s.end = to;
-    if to > from {
-        unsafe {
-            bpf_loop(
-                to - from,
-                client_step as *mut c_void,
-                core::ptr::null_mut(),
-                0,
-            );
+pub fn run_client<P: Packet>(p: &P, s: &mut Scratch, from: u32, to: u32, finish: bool) {
+    let mut start = from;
+    for _ in 0..P::MAX_CHUNKS {
+        if start >= to || s.held != 0 || s.load_failed != 0 {
+            return;
         }
+        if !load_chunk(p, s, start, to) {
+            return;
+        }
+        if start > from {
+            s.seg.verb_start = start;
+        }
+        for_each(s.end - s.pos, client_step, s);
+        if s.held != 0 {
+            return;
+        }
+        if finish || s.end < to {
+            let env = KernelEnv { shared: &s.shared };
+            let out = s.client.end_segment(s.end, &s.seg, &env);
+            handle(s, &out);
+        }
+        apply_masks(p, s);
+        start = s.end;
     }
-    if finish && s.held == 0 {
-        let env = KernelEnv { shared: &s.shared };
-        let out = s.client.end_segment(to, &s.seg, &env);
-        handle(s, &out);
+    if start < to {
+        s.load_failed = 1;
     }
 }
 
-/// Parses server bytes `[from, to)` of the segment in the scratch buffer.
+/// Parses server bytes `[from, to)` of the segment.
 #[inline(always)]
-pub fn run_server(s: &mut Scratch, from: u32, to: u32) {
-    s.pos = from;
-    s.end = to;
-    if to > from {
-        unsafe {
-            bpf_loop(
-                to - from,
-                server_step as *mut c_void,
-                core::ptr::null_mut(),
-                0,
-            );
+pub fn run_server<P: Packet>(p: &P, s: &mut Scratch, from: u32, to: u32) {
+    let mut start = from;
+    for _ in 0..P::MAX_CHUNKS {
+        if start >= to || s.load_failed != 0 {
+            return;
         }
+        if !load_chunk(p, s, start, to) {
+            return;
+        }
+        for_each(s.end - s.pos, server_step, s);
+        start = s.end;
+    }
+    if start < to {
+        s.load_failed = 1;
     }
 }
 
 /// Resets the per-segment fields.
 #[inline(always)]
-pub fn begin(s: &mut Scratch, seq: u32, len: u32, monitor: bool) {
+pub fn begin(s: &mut Scratch, seq: u32, len: u32, payload_off: u32, monitor: bool) {
     s.seq = seq;
+    s.payload_off = payload_off;
+    s.load_failed = 0;
     s.len = len;
     s.held = 0;
     s.report = 1;
     s.monitor = monitor as u32;
-    s.dirty_lo = u32::MAX;
-    s.dirty_hi = 0;
     s.csum_acc = 0;
     s.nmasks = 0;
     s.overflow = 0;

@@ -3,31 +3,35 @@
 //! Run as root: `cargo run --release --example verifier_stats`.
 
 use anyhow::{Context, Result};
-use aya::{programs::Xdp, EbpfLoader, VerifierLogLevel};
+use aya::{
+    programs::{SchedClassifier, Xdp},
+    EbpfLoader, VerifierLogLevel,
+};
 
 fn main() -> Result<()> {
     let mut ebpf = EbpfLoader::new()
         .verifier_log_level(VerifierLogLevel::STATS)
         .load(inspector_userspace::loader::EBPF_OBJECT)?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(inspector_userspace::loader::XDP_PROGRAM)
-        .context("no program")?
-        .try_into()?;
-    let started = std::time::Instant::now();
-    match prog.load() {
-        Ok(()) => {
-            let info = prog.info()?;
-            println!(
-                "loaded in {:?}; verified instructions: {:?}",
+    for name in ["inspector_xdp", "inspector_tc"] {
+        let started = std::time::Instant::now();
+        let prog = ebpf.program_mut(name).context("no program")?;
+        let r = match name {
+            "inspector_xdp" => {
+                let p: &mut Xdp = prog.try_into()?;
+                p.load().map(|_| p.info())
+            }
+            _ => {
+                let p: &mut SchedClassifier = prog.try_into()?;
+                p.load().map(|_| p.info())
+            }
+        };
+        match r {
+            Ok(info) => println!(
+                "{name}: loaded in {:?}; verified instructions: {:?}",
                 started.elapsed(),
-                info.verified_instruction_count()
-            );
-        }
-        Err(e) => {
-            println!(
-                "{}",
-                inspector_userspace::loader::verifier_error("inspector_xdp", e)
-            );
+                info?.verified_instruction_count()
+            ),
+            Err(e) => println!("{}", inspector_userspace::loader::verifier_error(name, e)),
         }
     }
     Ok(())

@@ -77,10 +77,13 @@ where
     Ok(removed)
 }
 
+/// The pinned flow table.
+pub type FlowMap = HashMap<MapData, FlowKey, Flow>;
+/// The pinned global counter map.
+pub type CounterMap = PerCpuArray<MapData, u64>;
+
 /// Opens the pinned flow table and counter map, for [`expire`].
-pub fn open_pinned(
-    pin_dir: &std::path::Path,
-) -> Result<(HashMap<MapData, FlowKey, Flow>, PerCpuArray<MapData, u64>)> {
+pub fn open_pinned(pin_dir: &std::path::Path) -> Result<(FlowMap, CounterMap)> {
     use aya::maps::Map;
     let open = |name: &str| -> Result<MapData> {
         let p = pin_dir.join(name);

@@ -25,6 +25,8 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// Name of the XDP entry point in the object.
 pub const XDP_PROGRAM: &str = "inspector_xdp";
+/// Name of the TC (clsact ingress/egress) entry point in the object.
+pub const TC_PROGRAM: &str = "inspector_tc";
 
 /// Every map of the object, by the name it is pinned under.
 pub const MAP_NAMES: &[&str] = &[
@@ -96,6 +98,17 @@ pub fn load_xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .try_into()
         .context("program has the wrong type")?;
     prog.load().map_err(|e| verifier_error(XDP_PROGRAM, e))?;
+    Ok(prog)
+}
+
+/// Loads (verifies) the TC program and returns it.
+pub fn load_tc(ebpf: &mut Ebpf) -> Result<&mut aya::programs::SchedClassifier> {
+    let prog: &mut aya::programs::SchedClassifier = ebpf
+        .program_mut(TC_PROGRAM)
+        .with_context(|| format!("the eBPF object has no program `{TC_PROGRAM}`"))?
+        .try_into()
+        .context("program has the wrong type")?;
+    prog.load().map_err(|e| verifier_error(TC_PROGRAM, e))?;
     Ok(prog)
 }
 

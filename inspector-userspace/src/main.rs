@@ -7,7 +7,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{xdp::XdpLinkId, ProgramError, XdpMode};
+use aya::programs::{
+    tc::{qdisc_add_clsact, SchedClassifierLinkId, TcError},
+    xdp::XdpLinkId,
+    ProgramError, SchedClassifier, TcAttachType, XdpMode,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 use inspector_common::{
     config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_DROP, CFG_MONITOR},
@@ -64,8 +68,10 @@ enum Command {
         /// Interface to attach to (repeat for each; a gateway needs both sides).
         #[arg(long = "iface", short = 'i', required = true, value_name = "IF")]
         ifaces: Vec<String>,
-        /// XDP attach mode: `xdp` lets the kernel choose (native when the
-        /// driver supports it), `xdp-skb` forces generic XDP.
+        /// Hook: `xdp` lets the kernel choose native or generic XDP,
+        /// `xdp-skb` forces generic XDP, `tc` attaches to clsact ingress and
+        /// egress (for a host that runs the MTA itself, or where XDP does not
+        /// fit).
         #[arg(long, value_enum, default_value_t = Mode::Xdp)]
         mode: Mode,
         /// Inspected server port (repeat for each). Default: 25 and 587.
@@ -187,19 +193,22 @@ enum Mode {
     Xdp,
     /// Generic (SKB) XDP: works on every interface, slower.
     XdpSkb,
+    /// TC clsact ingress and egress (TCX links on 6.6+).
+    Tc,
 }
 
 impl Mode {
     fn xdp_mode(self) -> XdpMode {
         match self {
-            Mode::Xdp => XdpMode::default(),
             Mode::XdpSkb => XdpMode::Skb,
+            _ => XdpMode::default(),
         }
     }
     fn name(self) -> &'static str {
         match self {
             Mode::Xdp => "xdp",
             Mode::XdpSkb => "xdp-skb",
+            Mode::Tc => "tc",
         }
     }
 }
@@ -355,14 +364,7 @@ fn run_attached(
     loader::set_ports(&mut ebpf, ports)?;
     loader::set_policy(&mut ebpf, &settings.allowed)?;
     loader::set_config(&mut ebpf, settings.config)?;
-    let prog = loader::load_xdp(&mut ebpf)?;
-    let mut links: Vec<XdpLinkId> = Vec::new();
-    for iface in ifaces {
-        match prog.attach(iface, mode.xdp_mode()) {
-            Ok(id) => links.push(id),
-            Err(e) => return Err(attach_error(iface, mode, e)),
-        }
-    }
+    let mut attached = Attached::attach(&mut ebpf, ifaces, mode)?;
     let port_list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
     // Tests and scripts wait for this line: everything is in place once it
     // is printed.
@@ -383,10 +385,7 @@ fn run_attached(
             r = expire_flows(pins.path()) => r,
         }
     })?;
-    for id in links {
-        prog.detach(id)
-            .context("detaching the XDP program from an interface")?;
-    }
+    attached.detach(&mut ebpf)?;
     info!("detached from {}", ifaces.join(", "));
     Ok(())
 }
@@ -417,6 +416,84 @@ async fn wait_for_signal() -> Result<()> {
     Ok(())
 }
 
+/// The links `attach` made, to undo them on exit.
+enum Attached {
+    Xdp(Vec<XdpLinkId>),
+    Tc(Vec<SchedClassifierLinkId>),
+}
+
+impl Attached {
+    fn attach(ebpf: &mut aya::Ebpf, ifaces: &[String], mode: Mode) -> Result<Self> {
+        match mode {
+            Mode::Tc => {
+                let tcx = aya::util::KernelVersion::current()
+                    .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+                    .unwrap_or(false);
+                let prog = loader::load_tc(ebpf)?;
+                let mut links = Vec::new();
+                for iface in ifaces {
+                    if !tcx {
+                        // Before TCX the filters hang off a clsact qdisc.
+                        if let Err(e) = qdisc_add_clsact(iface) {
+                            let exists = matches!(&e, TcError::NetlinkError(n)
+                                if n.raw_os_error() == Some(libc::EEXIST));
+                            if !exists {
+                                return Err(anyhow::Error::new(e)
+                                    .context(format!("adding a clsact qdisc to `{iface}`")));
+                            }
+                        }
+                    }
+                    for t in [TcAttachType::Ingress, TcAttachType::Egress] {
+                        let id = prog.attach(iface, t).map_err(|e| {
+                            anyhow::Error::new(e)
+                                .context(format!("attaching the TC program to `{iface}` ({t:?})"))
+                        })?;
+                        links.push(id);
+                    }
+                }
+                Ok(Attached::Tc(links))
+            }
+            _ => {
+                let prog = loader::load_xdp(ebpf)?;
+                let mut links = Vec::new();
+                for iface in ifaces {
+                    match prog.attach(iface, mode.xdp_mode()) {
+                        Ok(id) => links.push(id),
+                        Err(e) => return Err(attach_error(iface, mode, e)),
+                    }
+                }
+                Ok(Attached::Xdp(links))
+            }
+        }
+    }
+
+    fn detach(&mut self, ebpf: &mut aya::Ebpf) -> Result<()> {
+        match self {
+            Attached::Xdp(links) => {
+                let prog: &mut aya::programs::Xdp = ebpf
+                    .program_mut(loader::XDP_PROGRAM)
+                    .context("program vanished")?
+                    .try_into()?;
+                for id in links.drain(..) {
+                    prog.detach(id)
+                        .context("detaching the XDP program from an interface")?;
+                }
+            }
+            Attached::Tc(links) => {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(loader::TC_PROGRAM)
+                    .context("program vanished")?
+                    .try_into()?;
+                for id in links.drain(..) {
+                    prog.detach(id)
+                        .context("detaching the TC program from an interface")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn attach_error(iface: &str, mode: Mode, e: ProgramError) -> anyhow::Error {
     let errno = match &e {
         ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
@@ -424,8 +501,8 @@ fn attach_error(iface: &str, mode: Mode, e: ProgramError) -> anyhow::Error {
     };
     match errno {
         Some(libc::EBUSY) | Some(libc::EEXIST) => anyhow::anyhow!(
-            "interface `{iface}` already has an XDP program attached; remove it first \
-             (`ip link set dev {iface} xdp off`) or choose another interface"
+            "interface `{iface}` already has an XDP program attached: if it is another \
+             `inspector attach`, stop that one; otherwise remove it (`ip link set dev {iface} xdp off`)"
         ),
         Some(libc::EOPNOTSUPP) => anyhow::anyhow!(
             "interface `{iface}` does not support XDP mode {}; try --mode xdp-skb",

@@ -7,7 +7,7 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use inspector_common::{
     config::VERB_COUNTERS_MAP,
     counters::{Counter, COUNTERS_MAP},
-    flow::{Flow, FlowKey, FLOWS_MAP},
+    flow::{Flow, FlowKey, DIR_FIN, DIR_RST, FLOWS_MAP},
     verbs::{verb_name, VERB_SLOTS},
 };
 
@@ -112,15 +112,23 @@ pub fn read_verbs(map: Map) -> Result<Vec<VerbValue>> {
         .collect()
 }
 
-/// Number of entries in the pinned flow table (walks its keys).
-pub fn count_flows_pinned(pin_dir: &Path) -> Result<u64> {
+/// Entries in the pinned flow table: `(tracked, active)`, where active
+/// ones have seen neither FIN nor RST (closed ones wait for expiry).
+pub fn count_flows_pinned(pin_dir: &Path) -> Result<(u64, u64)> {
     let path = pin_dir.join(FLOWS_MAP);
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;
     let map: aya::maps::HashMap<_, FlowKey, Flow> =
         aya::maps::HashMap::try_from(Map::LruHashMap(data))
             .context("flow table has an unexpected type")?;
-    Ok(map.keys().filter(|k| k.is_ok()).count() as u64)
+    let (mut tracked, mut active) = (0, 0);
+    for (_, f) in map.iter().filter_map(|r| r.ok()) {
+        tracked += 1;
+        if (f.client.cur.flags | f.server.cur.flags) & (DIR_FIN | DIR_RST) == 0 {
+            active += 1;
+        }
+    }
+    Ok((tracked, active))
 }
 
 /// Everything `inspector stats` shows.
@@ -128,16 +136,31 @@ pub fn count_flows_pinned(pin_dir: &Path) -> Result<u64> {
 pub struct Snapshot {
     pub counters: Vec<CounterValue>,
     pub verbs: Vec<VerbValue>,
+    /// Entries in the flow table.
+    pub flows_tracked: u64,
+    /// Entries of flows that saw neither FIN nor RST.
     pub flows_active: u64,
 }
 
 impl Snapshot {
     pub fn read_pinned(pin_dir: &Path) -> Result<Self> {
+        // The counters first: their error says what to do when nothing runs.
+        let counters = read_pinned(pin_dir)?;
+        let (flows_tracked, flows_active) = count_flows_pinned(pin_dir)?;
         Ok(Self {
-            counters: read_pinned(pin_dir)?,
+            counters,
             verbs: read_verbs_pinned(pin_dir)?,
-            flows_active: count_flows_pinned(pin_dir)?,
+            flows_tracked,
+            flows_active,
         })
+    }
+
+    /// Entries the LRU evicted: every created entry is still tracked, was
+    /// expired by `attach`, or was evicted.
+    pub fn flows_evicted(&self) -> u64 {
+        self.get("flows_created")
+            .saturating_sub(self.flows_tracked)
+            .saturating_sub(self.get("flows_expired"))
     }
 
     pub fn get(&self, name: &str) -> u64 {
@@ -155,7 +178,9 @@ impl Snapshot {
             serde_json::Value::Object(m) => m,
             _ => unreachable!("to_json returns an object"),
         };
+        obj.insert("flows_tracked".into(), self.flows_tracked.into());
         obj.insert("flows_active".into(), self.flows_active.into());
+        obj.insert("flows_evicted".into(), self.flows_evicted().into());
         let verbs = self
             .verbs
             .iter()
@@ -173,10 +198,25 @@ impl Snapshot {
 
     pub fn to_table(&self) -> String {
         let mut out = to_table(&self.counters);
-        out.push_str(&format!(
-            "{:<20} {:>14}  {}\n",
-            "flows_active", self.flows_active, "Entries in the flow table now."
-        ));
+        for (name, v, help) in [
+            (
+                "flows_tracked",
+                self.flows_tracked,
+                "Entries in the flow table now.",
+            ),
+            (
+                "flows_active",
+                self.flows_active,
+                "Of those, flows that saw neither FIN nor RST.",
+            ),
+            (
+                "flows_evicted",
+                self.flows_evicted(),
+                "Entries the LRU evicted under pressure (created - tracked - expired).",
+            ),
+        ] {
+            out.push_str(&format!("{name:<20} {v:>14}  {help}\n"));
+        }
         let seen: Vec<_> = self
             .verbs
             .iter()

@@ -1,0 +1,138 @@
+//! What the inspection logic needs from a packet, for XDP frames and for
+//! socket buffers (TC). The two differ in their helpers and, above all, in
+//! checksums: an skb knows whether its checksum is complete or left to the
+//! device (CHECKSUM_PARTIAL), an XDP frame does not.
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{
+        bpf_l4_csum_replace, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
+    },
+    programs::{TcContext, XdpContext},
+};
+
+use crate::{access::ptr_at, csum, headers::Tcp, maps::count};
+use inspector_common::counters::Counter;
+
+pub trait Packet {
+    /// Start and end of the directly readable (linear) part.
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Length of the whole packet, linear part and fragments.
+    fn total_len(&self) -> usize;
+    /// Copies `len` bytes at `off` into `dst`.
+    fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool;
+    /// Writes `len` bytes from `src` at `off`.
+    fn store(&self, off: u32, src: *mut u8, len: u32) -> bool;
+    /// Applies `acc`, the ones'-complement sum of (~old + new) over every
+    /// changed payload word, to the TCP checksum.
+    fn fix_checksum(&self, tcp: &Tcp, acc: u32);
+    /// Whether this packet was already inspected by this program on another
+    /// hook: TC egress of a packet that was forwarded, hence seen on the
+    /// ingress of the interface it came in on.
+    fn seen_on_ingress(&self) -> bool;
+    /// Buffer-sized chunks a segment can span: a single-buffer XDP frame
+    /// always fits in one, a TC skb can be a 64 KiB GSO/GRO packet.
+    const MAX_CHUNKS: u32;
+    /// The program's return codes.
+    const PASS: u32;
+    const DROP: u32;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn total_len(&self) -> usize {
+        // Single-buffer frames only (the program is not xdp.frags).
+        XdpContext::data_end(self) - XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool {
+        unsafe { bpf_xdp_load_bytes(self.ctx, off, dst as *mut _, len) == 0 }
+    }
+    #[inline(always)]
+    fn store(&self, off: u32, src: *mut u8, len: u32) -> bool {
+        unsafe { bpf_xdp_store_bytes(self.ctx, off, src as *mut _, len) == 0 }
+    }
+    #[inline(always)]
+    fn fix_checksum(&self, tcp: &Tcp, acc: u32) {
+        let Some(p) = ptr_at::<_, [u8; 2]>(self, tcp.l4_off + 16) else {
+            return;
+        };
+        let p = p as *mut [u8; 2];
+        let check = u16::from_be_bytes(unsafe { *p });
+        if check == csum::pseudo_header(tcp) {
+            // CHECKSUM_PARTIAL (a locally sent packet, as on veth with
+            // offloads on): the field only holds the pseudo-header sum, and
+            // whoever sends the packet on computes the real checksum over the
+            // payload as it is now. Updating the field would corrupt it.
+            count(Counter::ChecksumPartial);
+            return;
+        }
+        let new = csum::update(check, acc);
+        unsafe { *p = new.to_be_bytes() };
+    }
+    #[inline(always)]
+    fn seen_on_ingress(&self) -> bool {
+        false
+    }
+    // Native XDP frames fit in one buffer, but generic XDP (xdp-skb) hands
+    // the program whole GSO packets, linearised, of up to 64 KiB.
+    const MAX_CHUNKS: u32 = 16;
+    const PASS: u32 = xdp_action::XDP_PASS;
+    const DROP: u32 = xdp_action::XDP_DROP;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn total_len(&self) -> usize {
+        self.len() as usize
+    }
+    #[inline(always)]
+    fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool {
+        unsafe { bpf_skb_load_bytes(self.skb.skb as *const _, off, dst as *mut _, len) == 0 }
+    }
+    #[inline(always)]
+    fn store(&self, off: u32, src: *mut u8, len: u32) -> bool {
+        // No BPF_F_RECOMPUTE_CSUM: the checksum field is changed by exactly
+        // the opposite of the payload change, so the sum over the segment,
+        // which a CHECKSUM_COMPLETE skb->csum holds, stays the same.
+        unsafe { bpf_skb_store_bytes(self.skb.skb, off, src as *const _, len, 0) == 0 }
+    }
+    #[inline(always)]
+    fn fix_checksum(&self, tcp: &Tcp, acc: u32) {
+        // Size 0: `to` is a precomputed difference. The kernel applies it to
+        // a complete checksum and leaves a CHECKSUM_PARTIAL one alone.
+        let diff = csum::fold(acc) as u64;
+        unsafe {
+            bpf_l4_csum_replace(self.skb.skb, (tcp.l4_off + 16) as u32, 0, diff, 0);
+        }
+    }
+    #[inline(always)]
+    fn seen_on_ingress(&self) -> bool {
+        // ingress_ifindex is 0 for locally generated packets, and equals
+        // ifindex on ingress; anything else is a forwarded packet leaving.
+        let (ingress, ifindex) =
+            unsafe { ((*self.skb.skb).ingress_ifindex, (*self.skb.skb).ifindex) };
+        ingress != 0 && ingress != ifindex
+    }
+    const MAX_CHUNKS: u32 = 16;
+    const PASS: u32 = TC_ACT_OK as u32;
+    const DROP: u32 = TC_ACT_SHOT as u32;
+}
