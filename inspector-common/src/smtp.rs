@@ -319,8 +319,14 @@ impl ClientState {
     pub fn end_segment<E: Env>(&mut self, seg_len: u32, seg: &Seg, env: &E) -> Out {
         let mut out = Out::default();
         if self.state == cstate::VERB {
-            let flags = env.policy(self.verb).map(|e| e.flags).unwrap_or(0);
-            if flags & (ALLOWED | PREFIX) == 0 {
+            let entry = env.policy(self.verb);
+            let flags = entry.map(|e| e.flags).unwrap_or(0);
+            // A well-known verb that is denied but also the start of an
+            // allowed one (a custom policy) could end right here: mask it.
+            let known_denied = entry
+                .map(|e| e.verb_id != crate::verbs::OTHER && e.flags & ALLOWED == 0)
+                .unwrap_or(false);
+            if flags & (ALLOWED | PREFIX) == 0 || known_denied {
                 self.state = cstate::VERB_MASKED;
                 out.act = act::MASK;
                 out.mask_from = seg.verb_start;
@@ -495,7 +501,8 @@ impl ClientState {
             }
             (b'\n', _) => body::BOL,
             (b'.', body::BOL) => body::DOT,
-            (b'\r', body::DOT) => body::DOT_CR,
+            // Postfix strips every CR before the LF: ".\r\r\n" ends data too.
+            (b'\r', body::DOT | body::DOT_CR) => body::DOT_CR,
             _ => body::MID,
         };
     }

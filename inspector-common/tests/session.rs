@@ -165,3 +165,13 @@ fn starttls_accepted_makes_flow_opaque() {
         "\x16\x03\x01VERB\r\n"
     );
 }
+
+#[test]
+fn well_known_denied_verb_that_prefixes_an_allowed_one_is_masked_at_a_segment_end() {
+    // A custom policy allows SENDX but not SEND: a segment that ends right
+    // after SEND cannot wait for what follows.
+    let mut s = Session::new(&["EHLO", "SENDX"]);
+    assert_eq!(s.client_sends(&["SEND", "\r\n"]).unwrap(), "XXXX\r\n");
+    let mut s = Session::new(&["EHLO", "SENDX"]);
+    assert_eq!(s.client_sends(&["SENDX\r\n"]).unwrap(), "SENDX\r\n");
+}

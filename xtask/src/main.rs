@@ -6,6 +6,7 @@
 //! tests and the demo use.
 
 mod demo;
+mod fuzz;
 mod setup;
 mod util;
 
@@ -39,6 +40,12 @@ enum Task {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Fuzz the shared SMTP parser with cargo-fuzz (nightly, libFuzzer).
+    Fuzz {
+        /// How long to fuzz, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Build a namespace gateway, attach the inspector, run real SMTP
     /// sessions through it and show what it saw. Cleans up after itself.
     Demo,
@@ -55,6 +62,10 @@ fn main() -> Result<()> {
         Task::Test { no_lint, filter } => {
             setup::run()?;
             test(no_lint, filter.as_deref())
+        }
+        Task::Fuzz { seconds } => {
+            setup::run()?;
+            fuzz::run(seconds)
         }
         Task::Demo => {
             setup::run()?;
@@ -111,6 +122,8 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
         "-p",
         "xtask",
     ]))?;
+    util::step("fuzzing the shared parser (bounded time)");
+    fuzz::run(60)?;
     build()?;
     util::step("kernel and end-to-end tests (as root, one at a time)");
     let mut cmd = util::cargo();
