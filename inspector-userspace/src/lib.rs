@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod flows;
+pub mod links;
 pub mod loader;
 pub mod pin;
 pub mod privilege;

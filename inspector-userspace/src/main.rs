@@ -7,11 +7,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{
-    tc::{qdisc_add_clsact, SchedClassifierLinkId, TcError},
-    xdp::XdpLinkId,
-    ProgramError, SchedClassifier, TcAttachType, XdpMode,
-};
+use aya::programs::{ProgramError, XdpMode};
 use clap::{Parser, Subcommand, ValueEnum};
 use inspector_common::{
     config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_DROP, CFG_MONITOR},
@@ -20,6 +16,7 @@ use inspector_common::{
 };
 use inspector_userspace::{
     flows,
+    links::{self, Hook},
     loader::{self, MAP_NAMES},
     pin::{PinDir, DEFAULT_PIN_DIR},
     privilege, stats,
@@ -106,6 +103,23 @@ enum Command {
         /// drop nothing.
         #[arg(long)]
         monitor: bool,
+        /// On SIGINT/SIGTERM, leave the programs attached and the maps
+        /// pinned: the kernel keeps inspecting, and the next `attach` on the
+        /// same pin dir takes over without losing flow state (upgrades,
+        /// restarts). `inspector detach` removes everything.
+        #[arg(long)]
+        persist: bool,
+    },
+    /// Remove what `attach` left attached or pinned (after `attach --persist`
+    /// or a crash). With --iface, only that interface's hooks.
+    #[command(after_help = "Examples:\n  inspector detach\n  inspector detach --iface eth1")]
+    Detach {
+        /// Only detach from this interface (repeat for each).
+        #[arg(long = "iface", short = 'i', value_name = "IF")]
+        ifaces: Vec<String>,
+        /// Pin dir of the inspector to remove.
+        #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+        pin_dir: PathBuf,
     },
     /// Show or change the verb policy of a running `inspector attach`, live.
     ///
@@ -228,10 +242,12 @@ fn main() -> ExitCode {
             midstream,
             fragments,
             monitor,
+            persist,
         } => (|| {
             let settings = Settings {
                 allowed: policy::with_changes(&default_policy()?, &allow, &deny)?,
                 config: config_word(midstream, fragments, monitor),
+                persist,
             };
             attach(
                 &ifaces,
@@ -243,6 +259,7 @@ fn main() -> ExitCode {
             )
         })(),
         Command::Stats { json, pin_dir } => print_stats(json, &pin_dir),
+        Command::Detach { ifaces, pin_dir } => detach(&ifaces, &pin_dir),
         Command::Policy { action, pin_dir } => policy::run(action, &pin_dir),
         Command::Events { json, pin_dir } => events_cmd::run(json, &pin_dir),
     };
@@ -285,6 +302,7 @@ fn if_index(name: &str) -> Result<u32> {
 struct Settings {
     allowed: Vec<VerbKey>,
     config: Config,
+    persist: bool,
 }
 
 fn default_policy() -> Result<Vec<VerbKey>> {
@@ -346,10 +364,53 @@ fn attach(
     };
 
     let pins = PinDir::prepare(pin_dir)?;
+    // Links pinned by an earlier instance (crashed, or run with --persist):
+    // that instance's programs are still inspecting.
+    let earlier = !links::pinned(pins.path())?.is_empty();
     let result = run_attached(ifaces, mode, &ports, &pins, bytes, settings);
-    // Whatever happened, leave no pins behind.
+    let keep = match &result {
+        Ok(()) => settings.persist,
+        // A failed takeover leaves the earlier instance as it was.
+        Err(_) => earlier,
+    };
+    if keep {
+        return result;
+    }
     let cleanup = pins.remove(MAP_NAMES);
     result.and(cleanup)
+}
+
+fn detach(ifaces: &[String], pin_dir: &Path) -> Result<()> {
+    privilege::require_admin("detach")?;
+    if !pin_dir.exists() {
+        bail!(
+            "nothing to detach: {} does not exist (is the inspector attached with another --pin-dir?)",
+            pin_dir.display()
+        );
+    }
+    let pins = PinDir::lock_existing(pin_dir)?;
+    let all = links::pinned(pins.path())?;
+    let chosen: Vec<_> = all
+        .iter()
+        .filter(|e| ifaces.is_empty() || ifaces.contains(&e.iface))
+        .collect();
+    for i in ifaces {
+        if !all.iter().any(|e| &e.iface == i) {
+            bail!(
+                "the inspector at {} is not attached to `{i}`",
+                pin_dir.display()
+            );
+        }
+    }
+    for e in &chosen {
+        links::remove(&e.path)?;
+        println!("detached from {} ({})", e.iface, e.hook.name());
+    }
+    if chosen.len() == all.len() {
+        pins.remove(MAP_NAMES)?;
+        println!("removed {}", pin_dir.display());
+    }
+    Ok(())
 }
 
 fn run_attached(
@@ -364,7 +425,13 @@ fn run_attached(
     loader::set_ports(&mut ebpf, ports)?;
     loader::set_policy(&mut ebpf, &settings.allowed)?;
     loader::set_config(&mut ebpf, settings.config)?;
-    let mut attached = Attached::attach(&mut ebpf, ifaces, mode)?;
+    let mut attached = Attached::attach(&mut ebpf, pins.path(), ifaces, mode)?;
+    if attached.taken_over > 0 {
+        info!(
+            "took over {} pinned link(s) of an earlier instance: flows keep their state",
+            attached.taken_over
+        );
+    }
     let port_list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
     // Tests and scripts wait for this line: everything is in place once it
     // is printed.
@@ -385,8 +452,18 @@ fn run_attached(
             r = expire_flows(pins.path()) => r,
         }
     })?;
-    attached.detach(&mut ebpf)?;
-    info!("detached from {}", ifaces.join(", "));
+    if settings.persist {
+        // Dropping the pinned links leaves them attached: the kernel goes on
+        // inspecting until the next `attach` takes over or `detach` runs.
+        drop(attached);
+        info!(
+            "left the inspector attached to {} (--persist); `inspector detach` removes it",
+            ifaces.join(", ")
+        );
+    } else {
+        attached.remove()?;
+        info!("detached from {}", ifaces.join(", "));
+    }
     Ok(())
 }
 
@@ -416,79 +493,109 @@ async fn wait_for_signal() -> Result<()> {
     Ok(())
 }
 
-/// The links `attach` made, to undo them on exit.
-enum Attached {
-    Xdp(Vec<XdpLinkId>),
-    Tc(Vec<SchedClassifierLinkId>),
+/// The links `attach` holds (all pinned), to undo them on exit.
+struct Attached {
+    links: Vec<(PathBuf, aya::programs::links::PinnedLink)>,
+    taken_over: usize,
 }
 
 impl Attached {
-    fn attach(ebpf: &mut aya::Ebpf, ifaces: &[String], mode: Mode) -> Result<Self> {
-        match mode {
+    fn attach(ebpf: &mut aya::Ebpf, pin_dir: &Path, ifaces: &[String], mode: Mode) -> Result<Self> {
+        // Pinned links of another mode cannot be taken over.
+        for e in links::pinned(pin_dir)? {
+            let ok = matches!(
+                (mode, e.hook),
+                (Mode::Tc, Hook::TcIngress | Hook::TcEgress)
+                    | (Mode::Xdp | Mode::XdpSkb, Hook::Xdp)
+            );
+            if !ok {
+                bail!(
+                    "{} holds a {} link on `{}` from an earlier run in another mode; \
+                     run `inspector detach --pin-dir {}` first",
+                    pin_dir.display(),
+                    e.hook.name(),
+                    e.iface,
+                    pin_dir.display()
+                );
+            }
+        }
+        let mut out = Attached {
+            links: Vec::new(),
+            taken_over: 0,
+        };
+        let result = out.attach_all(ebpf, pin_dir, ifaces, mode);
+        if result.is_err() {
+            // Leave nothing half-attached.
+            let _ = out.remove();
+        }
+        result.map(|_| out)
+    }
+
+    fn attach_all(
+        &mut self,
+        ebpf: &mut aya::Ebpf,
+        pin_dir: &Path,
+        ifaces: &[String],
+        mode: Mode,
+    ) -> Result<()> {
+        let outcomes: Vec<(PathBuf, links::Outcome)> = match mode {
             Mode::Tc => {
                 let tcx = aya::util::KernelVersion::current()
                     .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
                     .unwrap_or(false);
+                if !tcx {
+                    bail!("--mode tc needs TCX links (Linux 6.6 or newer); use --mode xdp");
+                }
                 let prog = loader::load_tc(ebpf)?;
-                let mut links = Vec::new();
+                let mut v = Vec::new();
                 for iface in ifaces {
-                    if !tcx {
-                        // Before TCX the filters hang off a clsact qdisc.
-                        if let Err(e) = qdisc_add_clsact(iface) {
-                            let exists = matches!(&e, TcError::NetlinkError(n)
-                                if n.raw_os_error() == Some(libc::EEXIST));
-                            if !exists {
-                                return Err(anyhow::Error::new(e)
-                                    .context(format!("adding a clsact qdisc to `{iface}`")));
-                            }
-                        }
-                    }
-                    for t in [TcAttachType::Ingress, TcAttachType::Egress] {
-                        let id = prog.attach(iface, t).map_err(|e| {
-                            anyhow::Error::new(e)
-                                .context(format!("attaching the TC program to `{iface}` ({t:?})"))
-                        })?;
-                        links.push(id);
+                    for hook in [Hook::TcIngress, Hook::TcEgress] {
+                        let o = links::attach_tc(prog, pin_dir, iface, hook)?;
+                        v.push((links::link_path(pin_dir, iface, hook), o));
                     }
                 }
-                Ok(Attached::Tc(links))
+                v
             }
             _ => {
                 let prog = loader::load_xdp(ebpf)?;
-                let mut links = Vec::new();
+                let mut v = Vec::new();
                 for iface in ifaces {
-                    match prog.attach(iface, mode.xdp_mode()) {
-                        Ok(id) => links.push(id),
-                        Err(e) => return Err(attach_error(iface, mode, e)),
+                    let o = links::attach_xdp(prog, pin_dir, iface, mode.xdp_mode(), |e| {
+                        attach_error(iface, mode, e)
+                    });
+                    match o {
+                        Ok(o) => v.push((links::link_path(pin_dir, iface, Hook::Xdp), o)),
+                        Err(e) => {
+                            for (path, o) in v {
+                                self.keep(path, o);
+                            }
+                            return Err(e);
+                        }
                     }
                 }
-                Ok(Attached::Xdp(links))
+                v
             }
+        };
+        for (path, o) in outcomes {
+            self.keep(path, o);
         }
+        Ok(())
     }
 
-    fn detach(&mut self, ebpf: &mut aya::Ebpf) -> Result<()> {
-        match self {
-            Attached::Xdp(links) => {
-                let prog: &mut aya::programs::Xdp = ebpf
-                    .program_mut(loader::XDP_PROGRAM)
-                    .context("program vanished")?
-                    .try_into()?;
-                for id in links.drain(..) {
-                    prog.detach(id)
-                        .context("detaching the XDP program from an interface")?;
-                }
-            }
-            Attached::Tc(links) => {
-                let prog: &mut SchedClassifier = ebpf
-                    .program_mut(loader::TC_PROGRAM)
-                    .context("program vanished")?
-                    .try_into()?;
-                for id in links.drain(..) {
-                    prog.detach(id)
-                        .context("detaching the TC program from an interface")?;
-                }
-            }
+    fn keep(&mut self, path: PathBuf, o: links::Outcome) {
+        if matches!(o, links::Outcome::TakenOver(_)) {
+            self.taken_over += 1;
+        }
+        self.links.push((path, o.into_link()));
+    }
+
+    /// Detaches every link (unpins it, closes it).
+    fn remove(&mut self) -> Result<()> {
+        for (path, link) in self.links.drain(..) {
+            let fd = link
+                .unpin()
+                .with_context(|| format!("unpinning {}", path.display()))?;
+            drop(fd);
         }
         Ok(())
     }

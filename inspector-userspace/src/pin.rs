@@ -104,6 +104,24 @@ impl PinDir {
         })
     }
 
+    /// Locks an existing pin dir (for `detach`): fails if an `attach` runs.
+    pub fn lock_existing(path: &Path) -> Result<Self> {
+        let lock = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            bail!(
+                "an `inspector attach` is running with pin dir {}: stop it (SIGTERM) instead; \
+                 without --persist it detaches on its own",
+                path.display()
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            mounted: None,
+            _lock: lock,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -117,6 +135,16 @@ impl PinDir {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e).with_context(|| format!("removing pin {}", p.display())),
             }
+        }
+        // Links left pinned (an interface not attached this time).
+        for e in crate::links::pinned(&self.path)? {
+            crate::links::remove(&e.path)?;
+        }
+        let links = self.path.join(crate::links::LINKS_DIR);
+        match std::fs::remove_dir(&links) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", links.display())),
         }
         if let Some(m) = &self.mounted {
             let c = CString::new(m.as_os_str().as_bytes())?;
