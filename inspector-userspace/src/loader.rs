@@ -12,7 +12,7 @@ use inspector_common::{
     config::{Config, CONFIG_MAP, VERB_COUNTERS_MAP},
     counters::COUNTERS_MAP,
     events::EVENTS_MAP,
-    flow::FLOWS_MAP,
+    flow::{DEFAULT_MAX_FLOWS, FLOWS_MAP},
     policy::{entry_for, for_each_key, POLICY_MAP},
     ports::{port_slot, PORTS_MAP, PORT_WORDS},
     verbs::{key_of, PolicyEntry, VerbKey},
@@ -68,7 +68,63 @@ impl std::error::Error for VerifierRejected {}
 /// pinned there is reused instead of created (that is how a restarted daemon
 /// keeps the live state).
 pub fn open(object: &[u8], pin_dir: Option<&Path>) -> Result<Ebpf> {
+    open_with(object, pin_dir, None)
+}
+
+/// Key and value sizes each map must have: a map pinned by another version
+/// with another layout must not be reused.
+fn expected_layout(name: &str) -> Option<(u32, u32)> {
+    use inspector_common::flow::{Flow, FlowKey};
+    use std::mem::size_of;
+    Some(match name {
+        COUNTERS_MAP | VERB_COUNTERS_MAP | PORTS_MAP => (4, 8),
+        POLICY_MAP => (size_of::<VerbKey>() as u32, size_of::<PolicyEntry>() as u32),
+        FLOWS_MAP => (size_of::<FlowKey>() as u32, size_of::<Flow>() as u32),
+        CONFIG_MAP => (4, size_of::<Config>() as u32),
+        _ => return None,
+    })
+}
+
+/// Checks the maps already pinned in `pin_dir` against this version.
+fn check_pinned(pin_dir: &Path, max_flows: u32) -> Result<()> {
+    for name in MAP_NAMES {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .with_context(|| format!("reading pinned map {}", path.display()))?;
+        let again = format!(
+            "run `inspector detach --pin-dir {}` first (this forgets the state of open flows)",
+            pin_dir.display()
+        );
+        if let Some((k, v)) = expected_layout(name) {
+            if (info.key_size(), info.value_size()) != (k, v) {
+                anyhow::bail!(
+                    "pinned map {} has another layout (from another version of inspector); {again}",
+                    path.display()
+                );
+            }
+        }
+        if *name == FLOWS_MAP && info.max_entries() != max_flows {
+            anyhow::bail!(
+                "the pinned flow table holds {} flows, {max_flows} were asked for; {again}",
+                info.max_entries()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// [`open`] with a flow-table size (default [`DEFAULT_MAX_FLOWS`]).
+pub fn open_with(object: &[u8], pin_dir: Option<&Path>, max_flows: Option<u32>) -> Result<Ebpf> {
+    let max_flows = max_flows.unwrap_or(DEFAULT_MAX_FLOWS);
+    if let Some(d) = pin_dir {
+        check_pinned(d, max_flows)?;
+    }
     let mut loader = EbpfLoader::new();
+    loader.map_max_entries(FLOWS_MAP, max_flows);
     let paths: Vec<_> = pin_dir
         .map(|d| MAP_NAMES.iter().map(|n| (*n, d.join(n))).collect())
         .unwrap_or_default();

@@ -22,6 +22,8 @@ use inspector_userspace::{
     privilege, stats,
 };
 
+use inspector_userspace::settings::{Action, PolicyFile};
+
 mod events_cmd;
 mod policy;
 use log::{info, warn};
@@ -92,23 +94,46 @@ enum Command {
         deny: Vec<String>,
         /// What to do with payload of flows whose start the inspector did not
         /// see (opened before it was attached, or evicted): `pass` them
-        /// untouched (counted as midstream) or `drop` them.
-        #[arg(long, value_enum, default_value_t = Midstream::Pass)]
-        midstream: Midstream,
+        /// untouched (counted as midstream; the default) or `drop` them.
+        #[arg(long, value_enum)]
+        midstream: Option<Midstream>,
         /// IP fragments of inspected flows cannot be inspected: `drop` them
-        /// (default) or `pass` them uninspected.
-        #[arg(long, value_enum, default_value_t = Fragments::Drop)]
-        fragments: Fragments,
+        /// (the default) or `pass` them uninspected.
+        #[arg(long, value_enum)]
+        fragments: Option<Fragments>,
         /// Count and report what would be masked or dropped, but change and
         /// drop nothing.
         #[arg(long)]
         monitor: bool,
+        /// Read settings from a TOML policy file (ports, allow/deny/allowed,
+        /// midstream, fragments, monitor, max_flows); options given on the
+        /// command line apply on top. See README "Policy file".
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Serve the counters in Prometheus text format on ADDR, e.g.
+        /// 127.0.0.1:9725 (GET /metrics).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Flow table size (entries; least recently used flows are evicted
+        /// when it is full). Default 65536, about 19 MB.
+        #[arg(long, value_name = "N")]
+        max_flows: Option<u32>,
         /// On SIGINT/SIGTERM, leave the programs attached and the maps
         /// pinned: the kernel keeps inspecting, and the next `attach` on the
         /// same pin dir takes over without losing flow state (upgrades,
         /// restarts). `inspector detach` removes everything.
         #[arg(long)]
         persist: bool,
+    },
+    /// Show what is attached where, the live policy, flows and uptime.
+    #[command(after_help = "Examples:\n  inspector status\n  inspector status --json")]
+    Status {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Pin dir of the inspector.
+        #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+        pin_dir: PathBuf,
     },
     /// Remove what `attach` left attached or pinned (after `attach --persist`
     /// or a crash). With --iface, only that interface's hooks.
@@ -161,8 +186,11 @@ enum Command {
     )]
     Stats {
         /// Print one JSON object whose keys are the counter names.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Refresh every SECS seconds with per-second rates, until Ctrl-C.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<f64>,
         /// Pin dir of the running `attach`.
         #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
         pin_dir: PathBuf,
@@ -243,11 +271,42 @@ fn main() -> ExitCode {
             fragments,
             monitor,
             persist,
+            policy: policy_file,
+            max_flows,
+            metrics,
         } => (|| {
+            let file = match &policy_file {
+                Some(p) => PolicyFile::read(p)?,
+                None => PolicyFile::default(),
+            };
+            let base = match &file.allowed {
+                Some(list) => policy::with_changes(&[], list, &[])?,
+                None => default_policy()?,
+            };
+            let base = policy::with_changes(&base, &file.allow, &file.deny)?;
+            let midstream = midstream.or(file.midstream.map(|a| match a {
+                Action::Pass => Midstream::Pass,
+                Action::Drop => Midstream::Drop,
+            }));
+            let fragments = fragments.or(file.fragments.map(|a| match a {
+                Action::Pass => Fragments::Pass,
+                Action::Drop => Fragments::Drop,
+            }));
+            let ports = if ports.is_empty() {
+                file.ports.clone().unwrap_or_default()
+            } else {
+                ports
+            };
             let settings = Settings {
-                allowed: policy::with_changes(&default_policy()?, &allow, &deny)?,
-                config: config_word(midstream, fragments, monitor),
+                allowed: policy::with_changes(&base, &allow, &deny)?,
+                config: config_word(
+                    midstream.unwrap_or(Midstream::Pass),
+                    fragments.unwrap_or(Fragments::Drop),
+                    monitor || file.monitor.unwrap_or(false),
+                ),
                 persist,
+                max_flows: max_flows.or(file.max_flows),
+                metrics,
             };
             attach(
                 &ifaces,
@@ -258,7 +317,25 @@ fn main() -> ExitCode {
                 &settings,
             )
         })(),
-        Command::Stats { json, pin_dir } => print_stats(json, &pin_dir),
+        Command::Stats {
+            json,
+            pin_dir,
+            watch,
+        } => match watch {
+            Some(secs) => watch_stats(secs, &pin_dir),
+            None => print_stats(json, &pin_dir),
+        },
+        Command::Status { json, pin_dir } => (|| {
+            privilege::require_bpf("status")?;
+            let allowed = policy::allowed_names(&pin_dir)?;
+            let st = inspector_userspace::status::Status::read(&pin_dir, allowed)?;
+            if json {
+                println!("{}", st.to_json());
+            } else {
+                print!("{}", st.to_text());
+            }
+            Ok(())
+        })(),
         Command::Detach { ifaces, pin_dir } => detach(&ifaces, &pin_dir),
         Command::Policy { action, pin_dir } => policy::run(action, &pin_dir),
         Command::Events { json, pin_dir } => events_cmd::run(json, &pin_dir),
@@ -303,6 +380,8 @@ struct Settings {
     allowed: Vec<VerbKey>,
     config: Config,
     persist: bool,
+    max_flows: Option<u32>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn default_policy() -> Result<Vec<VerbKey>> {
@@ -421,7 +500,7 @@ fn run_attached(
     object: &[u8],
     settings: &Settings,
 ) -> Result<()> {
-    let mut ebpf = loader::open(object, Some(pins.path()))?;
+    let mut ebpf = loader::open_with(object, Some(pins.path()), settings.max_flows)?;
     loader::set_ports(&mut ebpf, ports)?;
     loader::set_policy(&mut ebpf, &settings.allowed)?;
     loader::set_config(&mut ebpf, settings.config)?;
@@ -432,6 +511,20 @@ fn run_attached(
             attached.taken_over
         );
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Bound before the readiness line below, so that whoever waits for it
+    // can scrape at once.
+    let metrics = match settings.metrics {
+        Some(addr) => {
+            let l = rt.block_on(inspector_userspace::metrics::bind(addr))?;
+            info!("serving metrics on http://{addr}/metrics");
+            Some(l)
+        }
+        None => None,
+    };
     let port_list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
     // Tests and scripts wait for this line: everything is in place once it
     // is printed.
@@ -442,14 +535,17 @@ fn run_attached(
         port_list.join(","),
         pins.path().display()
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     rt.block_on(async {
+        let serve_metrics = async {
+            match metrics {
+                Some(l) => inspector_userspace::metrics::serve(l, pins.path().to_path_buf()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = wait_for_signal() => r,
             r = expire_flows(pins.path()) => r,
+            r = serve_metrics => r,
         }
     })?;
     if settings.persist {
@@ -616,6 +712,39 @@ fn attach_error(iface: &str, mode: Mode, e: ProgramError) -> anyhow::Error {
             mode.name()
         ),
         _ => anyhow::Error::new(e).context(format!("attaching to interface `{iface}`")),
+    }
+}
+
+fn watch_stats(secs: f64, pin_dir: &Path) -> Result<()> {
+    privilege::require_bpf("stats")?;
+    if !(secs.is_finite() && secs >= 0.1) {
+        bail!("--watch needs an interval of at least 0.1 seconds");
+    }
+    let interval = std::time::Duration::from_secs_f64(secs);
+    let mut prev = stats::Snapshot::read_pinned(pin_dir)?;
+    let mut prev_t = std::time::Instant::now();
+    loop {
+        std::thread::sleep(interval);
+        let now = stats::Snapshot::read_pinned(pin_dir)?;
+        let dt = prev_t.elapsed().as_secs_f64();
+        prev_t = std::time::Instant::now();
+        // Clear the screen and go home, like watch(1).
+        print!("\x1b[2J\x1b[H");
+        println!(
+            "inspector stats, every {secs} s ({})  Ctrl-C to stop\n",
+            pin_dir.display()
+        );
+        println!("{:<22} {:>14} {:>12}", "counter", "total", "per second");
+        for c in &now.counters {
+            let before = prev.get(c.name);
+            let rate = c.value.saturating_sub(before) as f64 / dt;
+            println!("{:<22} {:>14} {:>12.1}", c.name, c.value, rate);
+        }
+        println!(
+            "{:<22} {:>14}\n{:<22} {:>14}",
+            "flows_tracked", now.flows_tracked, "flows_active", now.flows_active
+        );
+        prev = now;
     }
 }
 

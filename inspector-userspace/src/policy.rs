@@ -53,6 +53,14 @@ pub fn allowed(map: &HashMap<MapData, VerbKey, PolicyEntry>) -> Vec<VerbKey> {
         .collect()
 }
 
+/// Names of the allowed verbs of the pinned policy, sorted.
+pub fn allowed_names(pin_dir: &Path) -> Result<Vec<String>> {
+    let map = open(pin_dir)?;
+    let mut names: Vec<String> = allowed(&map).iter().map(|k| verb_string(*k)).collect();
+    names.sort();
+    Ok(names)
+}
+
 pub fn run(action: PolicyAction, pin_dir: &Path) -> Result<()> {
     privilege::require_bpf("policy")?;
     let mut map = open(pin_dir)?;

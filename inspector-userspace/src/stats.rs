@@ -67,7 +67,7 @@ pub fn to_table(values: &[CounterValue]) -> String {
         let help = Counter::ALL
             .iter()
             .find(|c| c.name() == v.name)
-            .map(|c| c.help())
+            .map(|c| c.help().trim())
             .unwrap_or("");
         out.push_str(&format!("{:<20} {:>14}  {}\n", v.name, v.value, help));
     }
