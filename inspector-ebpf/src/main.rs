@@ -44,6 +44,27 @@ pub fn inspector_tc(ctx: TcContext) -> i32 {
     run(&ctx) as i32
 }
 
+/// Benchmark baseline (`cargo xtask bench`): an XDP program that only passes.
+/// Never attached by `inspector`.
+#[xdp]
+pub fn bench_pass(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
+/// Benchmark baseline: the same header parsing as `inspector_xdp`, up to the
+/// TCP header, then pass. The per-packet cost of the inspector on non-SMTP
+/// traffic is measured against it. Never attached by `inspector`.
+#[xdp]
+pub fn bench_parse(ctx: XdpContext) -> u32 {
+    let Some(s) = scratch::get() else {
+        return aya_ebpf::bindings::xdp_action::XDP_PASS;
+    };
+    let parsed = headers::parse(&ctx, &mut s.tcp);
+    // Keep the parse from being optimised away.
+    core::hint::black_box(&parsed);
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
 /// Parse the headers, decide whether the flow is inspected, inspect.
 #[inline(always)]
 fn run<P: Packet>(ctx: &P) -> u32 {

@@ -50,9 +50,8 @@ impl PolicyFile {
 
     pub fn parse(text: &str) -> Result<Self> {
         // toml's message names the line and the key; keep it on one line.
-        let f: PolicyFile = toml::from_str(text).map_err(|e| {
-            anyhow::anyhow!("{}", e.to_string().replace('\n', " ").trim().to_string())
-        })?;
+        let f: PolicyFile = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace('\n', " ").trim()))?;
         for v in f.allowed.iter().flatten().chain(&f.allow).chain(&f.deny) {
             crate::loader::parse_verb(v)?;
         }
