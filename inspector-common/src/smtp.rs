@@ -249,6 +249,20 @@ impl ClientState {
         }
     }
 
+    /// Whether every byte other than LF leaves this state exactly as it is
+    /// (and is kept): the middle of a body line, the arguments of a command
+    /// other than BDAT, a SASL line. The kernel then skips ahead to the next
+    /// LF a word at a time instead of stepping byte by byte.
+    #[inline(always)]
+    pub fn skips_to_lf(&self) -> bool {
+        match self.state {
+            cstate::BODY => self.sub == body::MID,
+            cstate::ARGS => self.verb_id != id::BDAT,
+            cstate::SASL => true,
+            _ => false,
+        }
+    }
+
     /// Starts a segment.
     #[inline(always)]
     pub fn begin_segment(&self) -> Seg {
@@ -505,6 +519,63 @@ impl ClientState {
             (b'\r', body::DOT | body::DOT_CR) => body::DOT_CR,
             _ => body::MID,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoEnv;
+    impl Env for NoEnv {
+        fn policy(&self, _: VerbKey) -> Option<PolicyEntry> {
+            None
+        }
+        fn gate_reply(&self, _: u32) -> Option<u16> {
+            None
+        }
+        fn chunking(&self) -> bool {
+            false
+        }
+    }
+
+    /// The kernel's word-at-a-time skip is only correct if this holds.
+    #[test]
+    fn skip_to_lf_states_ignore_every_other_byte() {
+        let mut states = [ClientState::default(); 64];
+        let mut n = 0;
+        for state in 0..=cstate::OPAQUE {
+            for sub in 0..=8 {
+                for verb_id in [id::DATA, id::BDAT, crate::verbs::OTHER] {
+                    let st = ClientState {
+                        state,
+                        sub,
+                        verb_id,
+                        flags: F_ALLOWED,
+                        units: 7,
+                        count: 3,
+                        ..Default::default()
+                    };
+                    if st.skips_to_lf() {
+                        states[n] = st;
+                        n += 1;
+                    }
+                }
+            }
+        }
+        assert!(n >= 3);
+        for &st in &states[..n] {
+            for b in 0..=255u8 {
+                if b == b'\n' {
+                    continue;
+                }
+                let mut after = st;
+                let mut seg = Seg::default();
+                let out = after.step(b, 5, &mut seg, &NoEnv);
+                assert_eq!(after, st, "state {st:?} changed on byte {b:#x}");
+                assert_eq!(out, Out::default(), "state {st:?} byte {b:#x}");
+            }
+        }
     }
 }
 

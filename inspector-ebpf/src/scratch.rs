@@ -308,12 +308,69 @@ fn report_masked(s: &Scratch, verb_id: u8) {
     let _ = EVENTS.output::<Event>(&ev, 0);
 }
 
+/// Words scanned per callback call in the skip-to-LF fast path.
+const SKIP_WORDS: u32 = 8;
+
+/// Whether a little-endian word holds a LF byte (SWAR zero-byte test on
+/// `w ^ 0x0a..0a`).
+#[inline(always)]
+fn has_lf(w: u64) -> bool {
+    let x = w ^ 0x0a0a_0a0a_0a0a_0a0a;
+    (x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080) != 0
+}
+
+/// Fast paths that move `s.pos` without stepping the parser byte by byte.
+/// Returns true if it advanced.
+#[inline(always)]
+fn skip_ahead(s: &mut Scratch) -> bool {
+    if s.client.state == inspector_common::smtp::cstate::CHUNK {
+        // A BDAT chunk: its bytes are not looked at.
+        let n = core::cmp::min(s.client.count, (s.end - s.pos) as u64);
+        if n == 0 {
+            return false;
+        }
+        s.client.skip(n);
+        s.pos += n as u32;
+        return true;
+    }
+    if !s.client.skips_to_lf() {
+        return false;
+    }
+    // Aligned words of the buffer up to the next one holding a LF; bytes
+    // before it cannot change the state (ClientState::skips_to_lf).
+    let mut rel = s.pos - s.base;
+    if rel & 7 != 0 {
+        return false;
+    }
+    let start = rel;
+    let lim = s.end - s.base;
+    for _ in 0..SKIP_WORDS {
+        if rel + 8 > lim {
+            break;
+        }
+        let i = rel as usize & (BUF - 8);
+        let w = unsafe { (s.buf.as_ptr().add(i) as *const u64).read() };
+        if has_lf(u64::from_le(w)) {
+            break;
+        }
+        rel += 8;
+    }
+    if rel == start {
+        return false;
+    }
+    s.pos = s.base + rel;
+    true
+}
+
 unsafe extern "C" fn client_step(_i: u64, ctx: *mut c_void) -> i64 {
     let Some(s) = from_ctx(ctx) else {
         return 1;
     };
     if s.pos >= s.end {
         return 1;
+    }
+    if skip_ahead(s) {
+        return 0;
     }
     let b = s.buf[(s.pos - s.base) as usize & (BUF - 1)];
     let env = KernelEnv { shared: &s.shared };
