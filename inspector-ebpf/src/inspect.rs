@@ -5,8 +5,10 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use inspector_common::{
     config::{CFG_MIDSTREAM_DROP, CFG_MONITOR},
     counters::Counter,
+    events::{kind, reason},
     flow::{classify, seq_diff, Flow, SegClass, DIR_ACKED, DIR_FIN, DIR_RST, DIR_SYNCED},
     smtp::cstate,
+    verbs::OTHER,
 };
 
 use crate::{
@@ -58,15 +60,18 @@ pub fn segment<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         s.key.client_port = t.dst_port;
         s.key.server_port = t.src_port;
     }
+    s.seq = seq;
+    s.monitor = 0;
     let now = unsafe { bpf_ktime_get_ns() };
     let cfg = config();
     let monitor = cfg & CFG_MONITOR != 0;
+    s.monitor = monitor as u32;
 
     if dir == Dir::Client && flags & (SYN | ACK) == SYN {
         new_flow(s, seq, now);
     }
     let Some(flow) = FLOWS.get_ptr_mut(&s.key) else {
-        return midstream::<P>(payload_len, cfg, monitor);
+        return midstream::<P>(s, payload_len, cfg, monitor);
     };
     let flow = unsafe { &mut *flow };
 
@@ -106,7 +111,7 @@ pub fn segment<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         return P::PASS;
     }
     if cur.flags & DIR_SYNCED == 0 {
-        return midstream::<P>(payload_len, cfg, monitor);
+        return midstream::<P>(s, payload_len, cfg, monitor);
     }
     count(Counter::PacketsInspected);
     count_n(Counter::BytesInspected, payload_len as u64);
@@ -139,8 +144,23 @@ pub fn segment<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         }
         Verdict::Drop(c) => {
             count(c);
+            scratch::report(s, kind::DROPPED, reason_of(c), OTHER);
             drop::<P>(monitor)
         }
+    }
+}
+
+/// The event reason of a drop counter.
+#[inline(always)]
+fn reason_of(c: Counter) -> u8 {
+    match c {
+        Counter::OutOfOrderDrops => reason::OUT_OF_ORDER,
+        Counter::RetransConflicts => reason::CONFLICT,
+        Counter::RetransUnverifiable => reason::UNVERIFIABLE,
+        Counter::AwaitingReplyDrops => reason::AWAITING_REPLY,
+        Counter::MaskOverflowDrops => reason::TOO_MANY_MASKS,
+        Counter::Midstream => reason::MIDSTREAM,
+        _ => 0,
     }
 }
 
@@ -159,11 +179,12 @@ fn drop<P: Packet>(monitor: bool) -> u32 {
 }
 
 #[inline(always)]
-fn midstream<P: Packet>(payload_len: u32, cfg: u32, monitor: bool) -> u32 {
+fn midstream<P: Packet>(s: &Scratch, payload_len: u32, cfg: u32, monitor: bool) -> u32 {
     if payload_len == 0 {
         return P::PASS;
     }
     count(Counter::Midstream);
+    scratch::report(s, kind::MIDSTREAM, reason::MIDSTREAM, OTHER);
     if cfg & CFG_MIDSTREAM_DROP != 0 {
         return drop::<P>(monitor);
     }

@@ -294,18 +294,32 @@ fn handle(s: &mut Scratch, out: &Out) {
 
 #[inline(always)]
 fn report_masked(s: &Scratch, verb_id: u8) {
-    let ev = Event {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        flow: s.key,
-        kind: kind::MASKED,
-        reason: 0,
-        verb_id,
-        monitor: s.monitor as u8,
-        verb: s.client.verb.to_le_bytes(),
-        seq: s.seq,
-    };
-    // A full ring only loses the event; the counters still have it.
-    let _ = EVENTS.output::<Event>(&ev, 0);
+    report(s, kind::MASKED, 0, verb_id);
+}
+
+/// Sends an event to `inspector events`. Written straight into the ring
+/// (reserve/submit) rather than built on the small BPF stack. A full ring
+/// only loses the event; the counters still have it.
+#[inline(always)]
+pub fn report(s: &Scratch, kind: u8, reason: u8, verb_id: u8) {
+    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        let ev = entry.as_mut_ptr();
+        unsafe {
+            (*ev).ts_ns = bpf_ktime_get_ns();
+            (*ev).flow = s.key;
+            (*ev).kind = kind;
+            (*ev).reason = reason;
+            (*ev).verb_id = verb_id;
+            (*ev).monitor = s.monitor as u8;
+            (*ev).verb = if kind == kind::MASKED {
+                s.client.verb.to_le_bytes()
+            } else {
+                [0; 8]
+            };
+            (*ev).seq = s.seq;
+        }
+        entry.submit(0);
+    }
 }
 
 /// Words scanned per callback call in the skip-to-LF fast path.

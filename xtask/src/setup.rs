@@ -21,6 +21,8 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "haproxy",
     "util-linux",
+    "procps",
+    "curl",
 ];
 
 pub fn run() -> Result<()> {
