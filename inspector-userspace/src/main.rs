@@ -38,8 +38,10 @@ const MIN_KERNEL: (u32, u32) = (5, 18);
     version,
     about = "ESMTP command firewall in the Linux kernel (eBPF/XDP)",
     long_about = "ESMTP command firewall in the Linux kernel (eBPF/XDP).\n\n\
-        Attach it to the interfaces of a mail gateway; it inspects SMTP on the inspected \
-        ports (default 25 and 587) and reports what it saw.\n\n\
+        Attach it to the interfaces of a mail gateway: it parses SMTP on the inspected \
+        ports (default 25 and 587) and masks disallowed command verbs in place with `X`, \
+        so the server answers 500 and the session goes on. Allowed by default, as on the \
+        PIX/ASA: DATA HELO MAIL NOOP QUIT RCPT RSET AUTH EHLO ETRN HELP SAML SEND SOML VRFY.\n\n\
         Exit status: 0 success, 1 error (one line on stderr says what and what to do), \
         2 bad command line.",
     after_help = "Examples:\n  \
@@ -56,13 +58,18 @@ struct Cli {
 enum Command {
     /// Load the inspector, attach it to interfaces and run until SIGINT/SIGTERM.
     ///
-    /// Attaches the XDP program to every --iface, pins its maps under
-    /// --pin-dir (mounting a bpffs there if none is mounted) and stays in the
-    /// foreground. On SIGINT or SIGTERM it detaches from every interface and
-    /// removes its pins.
+    /// Attaches the XDP (or TC) program to every --iface, pins its maps and
+    /// links under --pin-dir (mounting a bpffs there if none is mounted),
+    /// expires closed flows, and stays in the foreground. On SIGINT or
+    /// SIGTERM it detaches from every interface and removes its pins, unless
+    /// --persist. If the pin dir holds the links of an earlier instance (it
+    /// crashed, or ran with --persist), they are taken over: the new program
+    /// replaces the old one atomically and open flows keep their state.
     #[command(after_help = "Examples:\n  \
         inspector attach --iface eth0 --iface eth1\n  \
-        inspector attach --iface eth0 --port 25 --port 2525 --mode xdp-skb")]
+        inspector attach --iface eth0 --iface eth1 --policy /etc/inspector/policy.toml --persist\n  \
+        inspector attach --iface eth0 --port 25 --port 2525 --mode xdp-skb\n  \
+        inspector attach --iface eth0 --mode tc --monitor --metrics 127.0.0.1:9725")]
     Attach {
         /// Interface to attach to (repeat for each; a gateway needs both sides).
         #[arg(long = "iface", short = 'i', required = true, value_name = "IF")]
