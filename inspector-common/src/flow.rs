@@ -33,9 +33,7 @@ pub struct FlowKey {
 pub struct Cursor {
     /// Next expected sequence number.
     pub next_seq: u32,
-    /// Sequence number of the last in-order segment; the checkpoint is the
-    /// parser state just before it.
-    pub ckpt_seq: u32,
+    pub _pad: u32,
     /// Highest acknowledgement this direction's sender has sent for the
     /// other direction (that is, how much of the other stream its peer has).
     pub acked: u32,
@@ -54,11 +52,60 @@ pub const DIR_RST: u32 = 4;
 /// `acked` is valid.
 pub const DIR_ACKED: u32 = 8;
 
+/// Checkpoints kept per direction: the parser state at the start of each
+/// of the last `CHECKPOINTS` in-order segments. A retransmission that starts
+/// at one of them is re-inspected from it; four cover the segments a sender
+/// typically has in flight when one is lost between gateway and server.
+pub const CHECKPOINTS: usize = 4;
+
+/// A ring of (sequence number, parser state at that sequence number).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checkpoints<S: Copy> {
+    pub seq: [u32; CHECKPOINTS],
+    pub state: [S; CHECKPOINTS],
+    /// Bit i set: slot i holds a checkpoint.
+    pub valid: u32,
+    /// Slot the next checkpoint goes to.
+    pub next: u32,
+}
+
+impl<S: Copy> Checkpoints<S> {
+    /// Records that the stream at `seq` had parser state `state`.
+    #[inline(always)]
+    pub fn record(&mut self, seq: u32, state: &S) {
+        let i = self.next as usize % CHECKPOINTS;
+        self.seq[i] = seq;
+        self.state[i] = *state;
+        self.valid |= 1 << i;
+        self.next = (self.next + 1) % CHECKPOINTS as u32;
+    }
+
+    /// The state in slot `i` (the modulo keeps a panic path out of BPF code).
+    #[inline(always)]
+    pub fn at(&self, i: usize) -> S {
+        self.state[i % CHECKPOINTS]
+    }
+
+    /// The slot of the checkpoint at `seq`.
+    #[inline(always)]
+    pub fn find(&self, seq: u32) -> Option<usize> {
+        let mut i = 0;
+        while i < CHECKPOINTS {
+            if self.valid & (1 << i) != 0 && self.seq[i] == seq {
+                return Some(i);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientDir {
     pub state: ClientState,
-    pub ckpt: ClientState,
+    pub ckpts: Checkpoints<ClientState>,
     pub cur: Cursor,
 }
 
@@ -66,7 +113,7 @@ pub struct ClientDir {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServerDir {
     pub state: ServerState,
-    pub ckpt: ServerState,
+    pub ckpts: Checkpoints<ServerState>,
     pub cur: Cursor,
 }
 
@@ -88,13 +135,12 @@ pub enum SegClass {
     InOrder,
     /// Starts beyond it: a gap. Dropped, so the sender retransmits in order.
     Future,
-    /// Starts where the last in-order segment started and covers at least
-    /// all of it: re-inspect from the checkpoint. `overlap` bytes were seen.
-    Retransmit { overlap: u32 },
+    /// Starts before it: `overlap` of its bytes (possibly more than it has)
+    /// were inspected already. Re-inspected from a checkpoint if there is
+    /// one at its start.
+    Old { overlap: u32 },
     /// Old bytes the receiver already acknowledged: it will discard them.
     Acked,
-    /// Old bytes that cannot be re-inspected from the checkpoint.
-    Unverifiable,
 }
 
 /// Signed distance `a - b` in sequence space.
@@ -120,52 +166,82 @@ pub fn classify(seq: u32, len: u32, cur: &Cursor, peer_acked: Option<u32>) -> Se
             return SegClass::Acked;
         }
     }
-    let overlap = cur.next_seq.wrapping_sub(seq);
-    if seq == cur.ckpt_seq && len >= overlap {
-        return SegClass::Retransmit { overlap };
+    SegClass::Old {
+        overlap: cur.next_seq.wrapping_sub(seq),
     }
-    SegClass::Unverifiable
+}
+
+/// What a retransmission must be compared with after re-inspection: the
+/// state at its end, which is the current state if it reaches the next
+/// expected byte, or the checkpoint at its end otherwise. `None` when no
+/// state is known there (it ends inside an earlier segment).
+#[inline(always)]
+pub fn expected_after<S: Copy>(
+    seq: u32,
+    len: u32,
+    overlap: u32,
+    current: &S,
+    ckpts: &Checkpoints<S>,
+) -> Option<S> {
+    if len >= overlap {
+        return Some(*current);
+    }
+    ckpts.find(seq.wrapping_add(len)).map(|i| ckpts.at(i))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn cur(next: u32, ckpt: u32) -> Cursor {
+    fn cur(next: u32) -> Cursor {
         Cursor {
             next_seq: next,
-            ckpt_seq: ckpt,
             ..Default::default()
         }
     }
 
     #[test]
     fn classes() {
-        let c = cur(1000, 990);
+        let c = cur(1000);
         assert_eq!(classify(1000, 5, &c, None), SegClass::InOrder);
         assert_eq!(classify(1001, 5, &c, None), SegClass::Future);
-        assert_eq!(
-            classify(990, 10, &c, None),
-            SegClass::Retransmit { overlap: 10 }
-        );
-        assert_eq!(
-            classify(990, 20, &c, None),
-            SegClass::Retransmit { overlap: 10 }
-        );
-        assert_eq!(classify(990, 5, &c, None), SegClass::Unverifiable);
-        assert_eq!(classify(980, 10, &c, None), SegClass::Unverifiable);
+        assert_eq!(classify(990, 10, &c, None), SegClass::Old { overlap: 10 });
+        assert_eq!(classify(990, 20, &c, None), SegClass::Old { overlap: 10 });
+        assert_eq!(classify(980, 10, &c, None), SegClass::Old { overlap: 20 });
         assert_eq!(classify(980, 10, &c, Some(995)), SegClass::Acked);
-        assert_eq!(classify(980, 20, &c, Some(995)), SegClass::Unverifiable);
+        assert_eq!(
+            classify(980, 20, &c, Some(995)),
+            SegClass::Old { overlap: 20 }
+        );
     }
 
     #[test]
     fn wraps() {
-        let c = cur(5, u32::MAX - 4);
+        let c = cur(5);
         assert_eq!(classify(5, 1, &c, None), SegClass::InOrder);
         assert_eq!(
             classify(u32::MAX - 4, 10, &c, None),
-            SegClass::Retransmit { overlap: 10 }
+            SegClass::Old { overlap: 10 }
         );
         assert_eq!(classify(u32::MAX, 1, &c, Some(2)), SegClass::Acked);
+    }
+
+    #[test]
+    fn checkpoint_ring_keeps_the_last_four() {
+        let mut r: Checkpoints<u8> = Default::default();
+        assert_eq!(r.find(0), None);
+        for (i, seq) in [10u32, 20, 30, 40, 50].iter().enumerate() {
+            r.record(*seq, &(i as u8));
+        }
+        assert_eq!(r.find(10), None, "the oldest was overwritten");
+        for (i, seq) in [20u32, 30, 40, 50].iter().enumerate() {
+            assert_eq!(r.at(r.find(*seq).unwrap()), i as u8 + 1);
+        }
+        // A retransmission of [20, 30) ends at the checkpoint at 30.
+        assert_eq!(expected_after(20, 10, 30, &9, &r), Some(2));
+        // One reaching the next expected byte compares with the current state.
+        assert_eq!(expected_after(20, 30, 30, &9, &r), Some(9));
+        // One ending inside a segment cannot be checked.
+        assert_eq!(expected_after(20, 5, 30, &9, &r), None);
     }
 }

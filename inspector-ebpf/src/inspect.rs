@@ -6,7 +6,9 @@ use inspector_common::{
     config::{CFG_MIDSTREAM_DROP, CFG_MONITOR},
     counters::Counter,
     events::{kind, reason},
-    flow::{classify, seq_diff, Flow, SegClass, DIR_ACKED, DIR_FIN, DIR_RST, DIR_SYNCED},
+    flow::{
+        classify, expected_after, seq_diff, Flow, SegClass, DIR_ACKED, DIR_FIN, DIR_RST, DIR_SYNCED,
+    },
     smtp::cstate,
     verbs::OTHER,
 };
@@ -81,9 +83,9 @@ pub fn segment<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         Dir::Client => &mut flow.client.cur,
         Dir::Server => &mut flow.server.cur,
     };
-    if dir == Dir::Server && flags & (SYN | ACK) == (SYN | ACK) {
+    if dir == Dir::Server && flags & (SYN | ACK) == (SYN | ACK) && cur.flags & DIR_SYNCED == 0 {
+        // Only the first: a forged or late SYN-ACK must not move the stream.
         cur.next_seq = seq.wrapping_add(1);
-        cur.ckpt_seq = cur.next_seq;
         cur.flags |= DIR_SYNCED;
     }
     cur.last_ns = now;
@@ -208,7 +210,6 @@ fn new_flow(s: &mut Scratch, seq: u32, now: u64) {
     *flow = Flow::default();
     flow.created_ns = now;
     flow.client.cur.next_seq = seq.wrapping_add(1);
-    flow.client.cur.ckpt_seq = flow.client.cur.next_seq;
     flow.client.cur.flags = DIR_SYNCED;
     flow.client.cur.last_ns = now;
     if FLOWS
@@ -243,22 +244,32 @@ fn client_segment<P: Packet>(
             if s.held != 0 {
                 return Verdict::Drop(Counter::AwaitingReplyDrops);
             }
-            flow.client.ckpt = flow.client.state;
+            flow.client.ckpts.record(seq, &flow.client.state);
             flow.client.state = s.client;
-            flow.client.cur.ckpt_seq = seq;
             flow.client.cur.next_seq = seq.wrapping_add(len);
             flow.shared.publish_client(&s.client);
             Verdict::Pass
         }
-        SegClass::Retransmit { overlap } => {
-            // Re-inspect what was seen from the checkpoint: same bytes, same
-            // masks. If the parser does not end where it ended the first
-            // time, the bytes differ in a way that matters.
-            s.client = flow.client.ckpt;
+        SegClass::Old { overlap } => {
+            // Re-inspect the bytes seen before from the checkpoint at the
+            // segment's start: same bytes, same masks. If the parser does not
+            // end where it ended the first time, the bytes differ in a way
+            // that matters.
+            let Some(i) = flow.client.ckpts.find(seq) else {
+                return Verdict::Drop(Counter::RetransUnverifiable);
+            };
+            s.client = flow.client.ckpts.at(i);
             s.report = 0;
-            scratch::run_client(ctx, s, 0, overlap, true);
-            if s.held != 0 || s.client != flow.client.state {
-                return Verdict::Drop(Counter::RetransConflicts);
+            let seen = if len < overlap { len } else { overlap };
+            scratch::run_client(ctx, s, 0, seen, true);
+            let expected =
+                expected_after(seq, len, overlap, &flow.client.state, &flow.client.ckpts);
+            match expected {
+                None => return Verdict::Drop(Counter::RetransUnverifiable),
+                Some(e) if s.held != 0 || s.client != e => {
+                    return Verdict::Drop(Counter::RetransConflicts)
+                }
+                _ => {}
             }
             count(Counter::RetransReinspected);
             if len > overlap {
@@ -268,6 +279,9 @@ fn client_segment<P: Packet>(
                 if s.held != 0 {
                     return Verdict::Drop(Counter::AwaitingReplyDrops);
                 }
+                flow.client
+                    .ckpts
+                    .record(seq.wrapping_add(overlap), &flow.client.state);
                 flow.client.state = s.client;
                 flow.client.cur.next_seq = seq.wrapping_add(len);
                 flow.shared.publish_client(&s.client);
@@ -279,7 +293,6 @@ fn client_segment<P: Packet>(
             Verdict::Pass
         }
         SegClass::Future => Verdict::Drop(Counter::OutOfOrderDrops),
-        SegClass::Unverifiable => Verdict::Drop(Counter::RetransUnverifiable),
     }
 }
 
@@ -304,22 +317,35 @@ fn server_segment<P: Packet>(
         SegClass::InOrder => {
             s.server = flow.server.state;
             scratch::run_server(ctx, s, 0, len);
-            flow.server.ckpt = flow.server.state;
+            flow.server.ckpts.record(seq, &flow.server.state);
             flow.server.state = s.server;
-            flow.server.cur.ckpt_seq = seq;
             flow.server.cur.next_seq = seq.wrapping_add(len);
             publish_server(flow, s);
             Verdict::Pass
         }
-        SegClass::Retransmit { overlap } => {
-            s.server = flow.server.ckpt;
-            scratch::run_server(ctx, s, 0, overlap);
-            if s.server != flow.server.state {
-                return Verdict::Drop(Counter::RetransConflicts);
+        SegClass::Old { overlap } => {
+            let Some(i) = flow.server.ckpts.find(seq) else {
+                return Verdict::Drop(Counter::RetransUnverifiable);
+            };
+            s.server = flow.server.ckpts.at(i);
+            let seen = if len < overlap { len } else { overlap };
+            scratch::run_server(ctx, s, 0, seen);
+            let expected =
+                expected_after(seq, len, overlap, &flow.server.state, &flow.server.ckpts);
+            match expected {
+                None => return Verdict::Drop(Counter::RetransUnverifiable),
+                Some(e) if s.server != e => return Verdict::Drop(Counter::RetransConflicts),
+                _ => {}
             }
             count(Counter::RetransReinspected);
             if len > overlap {
+                // What was re-published while re-inspecting is what the
+                // flow already has; start the new bytes from the flow's view.
+                s.shared = flow.shared;
                 scratch::run_server(ctx, s, overlap, len);
+                flow.server
+                    .ckpts
+                    .record(seq.wrapping_add(overlap), &flow.server.state);
                 flow.server.state = s.server;
                 flow.server.cur.next_seq = seq.wrapping_add(len);
                 publish_server(flow, s);
@@ -331,7 +357,6 @@ fn server_segment<P: Packet>(
             Verdict::Pass
         }
         SegClass::Future => Verdict::Drop(Counter::OutOfOrderDrops),
-        SegClass::Unverifiable => Verdict::Drop(Counter::RetransUnverifiable),
     }
 }
 
