@@ -89,10 +89,11 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
     let root = util::root();
     let ebpf = root.join("inspector-ebpf");
     if !no_lint {
-        util::step("fmt: host workspace and eBPF crate");
+        util::step("fmt: host workspace, eBPF crate, fuzz crate");
         util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
         util::run(util::nightly_cargo(&ebpf).args(["fmt", "--check"]))?;
-        util::step("clippy: host workspace (all targets) and eBPF crate");
+        util::run(util::nightly_cargo(&root.join("fuzz")).args(["fmt", "--check"]))?;
+        util::step("clippy: host workspace (all targets), eBPF crate, fuzz crate");
         util::run(util::cargo().args([
             "clippy",
             "--workspace",
@@ -110,6 +111,10 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        util::run(
+            util::nightly_cargo(&root.join("fuzz"))
+                .args(["clippy", "--locked", "--", "-D", "warnings"]),
+        )?;
     }
     util::step("unit and property tests (inspector-common, inspector-userspace, xtask)");
     util::run(util::cargo().args([
