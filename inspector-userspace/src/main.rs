@@ -282,6 +282,9 @@ fn main() -> ExitCode {
             max_flows,
             metrics,
         } => (|| {
+            if max_flows == Some(0) {
+                bail!("--max-flows must be at least 1");
+            }
             let file = match &policy_file {
                 Some(p) => PolicyFile::read(p)?,
                 None => PolicyFile::default(),
@@ -507,16 +510,13 @@ fn run_attached(
     object: &[u8],
     settings: &Settings,
 ) -> Result<()> {
+    // Everything that can fail comes before anything changes what the
+    // kernel does: a failed takeover must leave the running instance as it
+    // was (its program, its ports, its policy).
     let mut ebpf = loader::open_with(object, Some(pins.path()), settings.max_flows)?;
-    loader::set_ports(&mut ebpf, ports)?;
-    loader::set_policy(&mut ebpf, &settings.allowed)?;
-    loader::set_config(&mut ebpf, settings.config)?;
-    let mut attached = Attached::attach(&mut ebpf, pins.path(), ifaces, mode)?;
-    if attached.taken_over > 0 {
-        info!(
-            "took over {} pinned link(s) of an earlier instance: flows keep their state",
-            attached.taken_over
-        );
+    match mode {
+        Mode::Tc => drop(loader::load_tc(&mut ebpf)?),
+        _ => drop(loader::load_xdp(&mut ebpf)?),
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -525,13 +525,35 @@ fn run_attached(
     // Bound before the readiness line below, so that whoever waits for it
     // can scrape at once.
     let metrics = match settings.metrics {
-        Some(addr) => {
-            let l = rt.block_on(inspector_userspace::metrics::bind(addr))?;
-            info!("serving metrics on http://{addr}/metrics");
-            Some(l)
-        }
+        Some(addr) => Some(rt.block_on(inspector_userspace::metrics::bind(addr))?),
         None => None,
     };
+    let write_settings = |ebpf: &mut aya::Ebpf| -> Result<()> {
+        loader::set_ports(ebpf, ports)?;
+        loader::set_policy(ebpf, &settings.allowed)?;
+        loader::set_config(ebpf, settings.config)
+    };
+    let takeover = !links::pinned(pins.path())?.is_empty();
+    if !takeover {
+        // A fresh program must never run with empty maps (no ports, a
+        // policy that masks everything): settings first.
+        write_settings(&mut ebpf)?;
+    }
+    let mut attached = Attached::attach(&mut ebpf, pins.path(), ifaces, mode)?;
+    if takeover {
+        // The earlier program ran with the earlier settings until the swap;
+        // the new one starts with them too, then gets the new ones.
+        write_settings(&mut ebpf)?;
+    }
+    if attached.taken_over > 0 {
+        info!(
+            "took over {} pinned link(s) of an earlier instance: flows keep their state",
+            attached.taken_over
+        );
+    }
+    if let Some(addr) = settings.metrics {
+        info!("serving metrics on http://{addr}/metrics");
+    }
     let port_list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
     // Tests and scripts wait for this line: everything is in place once it
     // is printed.
@@ -596,9 +618,25 @@ async fn wait_for_signal() -> Result<()> {
     Ok(())
 }
 
+fn loaded_xdp(ebpf: &mut aya::Ebpf) -> Result<&mut aya::programs::Xdp> {
+    Ok(ebpf
+        .program_mut(loader::XDP_PROGRAM)
+        .context("the XDP program is missing")?
+        .try_into()?)
+}
+
+fn loaded_tc(ebpf: &mut aya::Ebpf) -> Result<&mut aya::programs::SchedClassifier> {
+    Ok(ebpf
+        .program_mut(loader::TC_PROGRAM)
+        .context("the TC program is missing")?
+        .try_into()?)
+}
+
 /// The links `attach` holds (all pinned), to undo them on exit.
 struct Attached {
     links: Vec<(PathBuf, aya::programs::links::PinnedLink)>,
+    /// Links made by this run (the others were taken over).
+    made: Vec<PathBuf>,
     taken_over: usize,
 }
 
@@ -624,12 +662,18 @@ impl Attached {
         }
         let mut out = Attached {
             links: Vec::new(),
+            made: Vec::new(),
             taken_over: 0,
         };
         let result = out.attach_all(ebpf, pin_dir, ifaces, mode);
         if result.is_err() {
-            // Leave nothing half-attached.
-            let _ = out.remove();
+            // Leave nothing half-attached: undo the links this run made
+            // (taken-over ones belong to the earlier instance and stay).
+            for (path, link) in std::mem::take(&mut out.links) {
+                if out.made.contains(&path) {
+                    let _ = link.unpin();
+                }
+            }
         }
         result.map(|_| out)
     }
@@ -649,7 +693,7 @@ impl Attached {
                 if !tcx {
                     bail!("--mode tc needs TCX links (Linux 6.6 or newer); use --mode xdp");
                 }
-                let prog = loader::load_tc(ebpf)?;
+                let prog = loaded_tc(ebpf)?;
                 let mut v = Vec::new();
                 for iface in ifaces {
                     for hook in [Hook::TcIngress, Hook::TcEgress] {
@@ -660,7 +704,7 @@ impl Attached {
                 v
             }
             _ => {
-                let prog = loader::load_xdp(ebpf)?;
+                let prog = loaded_xdp(ebpf)?;
                 let mut v = Vec::new();
                 for iface in ifaces {
                     let o = links::attach_xdp(prog, pin_dir, iface, mode.xdp_mode(), |e| {
@@ -688,6 +732,8 @@ impl Attached {
     fn keep(&mut self, path: PathBuf, o: links::Outcome) {
         if matches!(o, links::Outcome::TakenOver(_)) {
             self.taken_over += 1;
+        } else {
+            self.made.push(path.clone());
         }
         self.links.push((path, o.into_link()));
     }

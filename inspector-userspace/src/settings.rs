@@ -55,6 +55,11 @@ impl PolicyFile {
         for v in f.allowed.iter().flatten().chain(&f.allow).chain(&f.deny) {
             crate::loader::parse_verb(v)?;
         }
+        if let Some(p) = f.ports.iter().flatten().find(|p| **p == 465 || **p == 0) {
+            anyhow::bail!(
+                "ports: port {p} cannot be inspected (465 carries implicit TLS, 0 is no port)"
+            );
+        }
         if let Some(0) = f.max_flows {
             anyhow::bail!("max_flows must be at least 1");
         }
@@ -88,6 +93,7 @@ mod tests {
             ("midstream = \"maybe\"", "unknown variant"),
             ("ports = [70000]", "invalid value"),
             ("max_flows = 0", "at least 1"),
+            ("ports = [25, 465]", "implicit TLS"),
             ("ports = [", "TOML"),
         ] {
             let e = format!("{:#}", PolicyFile::parse(text).unwrap_err());
