@@ -49,7 +49,7 @@ counters! {
     CommandsSeen => "commands_seen",
     /// Commands whose verb was masked (or would have been, in monitor mode).
     CommandsMasked => "commands_masked",
-    /// Payload bytes replaced by `X`.
+    /// Payload bytes replaced by `X` (in monitor mode: that would have been).
     BytesMasked => "bytes_masked",
     /// Flows whose SYN was seen and that got a table entry.
     FlowsCreated => "flows_created",

@@ -119,7 +119,9 @@ impl Packet for TcContext {
     fn fix_checksum(&self, tcp: &Tcp, acc: u32) {
         // Size 0: `to` is a precomputed difference. The kernel applies it to
         // a complete checksum and leaves a CHECKSUM_PARTIAL one alone.
-        let diff = csum::fold(acc) as u64;
+        // `acc` sums big-endian word values; the kernel adds the difference
+        // to the field as it sits in memory, in network byte order.
+        let diff = csum::fold(acc).to_be() as u64;
         unsafe {
             bpf_l4_csum_replace(self.skb.skb, (tcp.l4_off + 16) as u32, 0, diff, 0);
         }

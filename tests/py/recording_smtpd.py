@@ -38,6 +38,7 @@ import os
 import signal
 import sys
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult
 
 
@@ -197,6 +198,20 @@ def accept_any_login(server, session, envelope, mechanism, auth_data):
     return AuthResult(success=True)
 
 
+def accept_only(user, password):
+    """An authenticator that accepts exactly one login and password (PLAIN
+    and LOGIN), so that a mangled base64 line fails the authentication."""
+
+    def check(server, session, envelope, mechanism, auth_data):
+        ok = (
+            getattr(auth_data, "login", None) == user.encode()
+            and getattr(auth_data, "password", None) == password.encode()
+        )
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+    return check
+
+
 async def serve(args):
     recorder = Recorder(args.log)
     handler = Handler(recorder)
@@ -206,8 +221,15 @@ async def serve(args):
         enable_SMTPUTF8=args.smtputf8,
         timeout=args.timeout,
     )
-    if args.auth:
+    if args.auth_user:
+        user, _, password = args.auth_user.partition(":")
+        kwargs.update(auth_require_tls=False, authenticator=accept_only(user, password))
+    elif args.auth:
         kwargs.update(auth_require_tls=False, authenticator=accept_any_login)
+
+    # aiosmtpd hangs up after 5 unrecognised commands in a session; the
+    # tests send more masked commands than that on purpose.
+    aiosmtpd.smtp.BOGUS_LIMIT = args.bogus_limit
 
     def factory():
         return RecordingSMTP(handler, recorder, loop=loop, **kwargs)
@@ -241,6 +263,8 @@ def main():
     p.add_argument("--hostname", default="server.test", help="name in the greeting")
     p.add_argument("--smtputf8", action="store_true", help="advertise SMTPUTF8 and accept 8-bit arguments")
     p.add_argument("--auth", action="store_true", help="offer AUTH without TLS and accept any credentials")
+    p.add_argument("--auth-user", metavar="USER:PASSWORD", help="offer AUTH without TLS and accept only this login")
+    p.add_argument("--bogus-limit", type=int, default=1000, help="unrecognised commands before aiosmtpd hangs up (its own default: 5)")
     p.add_argument("--timeout", type=float, default=60.0, help="idle timeout of a session, seconds")
     args = p.parse_args()
     asyncio.run(serve(args))

@@ -9,18 +9,27 @@
 //!   ([`inspector::Inspector`]), and its counters via `inspector stats`.
 //! - [`smtpd`]: the recording aiosmtpd server (`tests/py/recording_smtpd.py`),
 //!   the judge of what the server really received.
+//! - [`postfix`]: a real Postfix instance with its own configuration in a
+//!   namespace, delivering into a Maildir.
+//! - [`client`]: the scripted SMTP client (`tests/py/smtp_client.py`):
+//!   exact bytes and exact segmentation.
 //! - [`frame`]: hand-built Ethernet/VLAN/IPv4/IPv6/TCP/UDP frames with real
 //!   checksums, for BPF_PROG_TEST_RUN.
 //! - [`xdp`]: the embedded XDP program loaded in this process and run on
 //!   frames with BPF_PROG_TEST_RUN.
+//! - [`kernel`]: the XDP or TC program driven through whole TCP sessions
+//!   with BPF_PROG_TEST_RUN, with every counter.
 //!
 //! Everything here needs root, and the tests run one at a time
 //! (`--test-threads=1`). Nothing waits a fixed time: every wait polls a
 //! readiness condition with a deadline.
 
+pub mod client;
 pub mod frame;
 pub mod inspector;
+pub mod kernel;
 pub mod netns;
+pub mod postfix;
 pub mod proc;
 pub mod smtpd;
 pub mod xdp;
@@ -141,6 +150,11 @@ fn remove_stale() {
             let name = e.file_name().to_string_lossy().into_owned();
             if is_stale(&name) {
                 eprintln!("removing stale {}", e.path().display());
+                // A Postfix instance of a killed run: stop its master first.
+                if let Some(pid) = postfix::master_pid_in(&e.path()) {
+                    eprintln!("killing stale Postfix master {pid}");
+                    postfix::kill_master(pid);
+                }
                 // bpffs folders hold only pins: remove those, then the folder.
                 let _ = std::fs::remove_dir_all(e.path());
             }

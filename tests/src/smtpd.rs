@@ -67,7 +67,7 @@ impl RecordingSmtpd {
     }
 
     /// As [`RecordingSmtpd::start`], with extra script options
-    /// (`--smtputf8`, `--auth`).
+    /// (`--smtputf8`, `--auth`, `--auth-user USER:PASSWORD`).
     pub fn start_with(ns: &NetNs, hosts: &[IpAddr], port: u16, extra: &[&str]) -> RecordingSmtpd {
         crate::remove_stale_once();
         let dir = tempfile::Builder::new()
@@ -126,9 +126,15 @@ impl RecordingSmtpd {
     /// The raw bytes of every line read in the command phase, all
     /// connections, in order (CRLF included).
     pub fn command_lines(&self) -> Vec<Vec<u8>> {
+        self.lines("command")
+    }
+
+    /// The raw bytes of every line read in `phase` ("command", "data" or
+    /// "auth": the answers to AUTH challenges), all connections, in order.
+    pub fn lines(&self, phase: &str) -> Vec<Vec<u8>> {
         self.records()
             .iter()
-            .filter(|r| r["event"] == "line" && r["phase"] == "command")
+            .filter(|r| r["event"] == "line" && r["phase"] == phase)
             .map(|r| from_hex(r["hex"].as_str().unwrap_or_default()))
             .collect()
     }

@@ -5,6 +5,7 @@
 //! built against the nightly's own libLLVM, and the Debian packages that the
 //! tests and the demo use.
 
+mod bench;
 mod demo;
 mod fuzz;
 mod setup;
@@ -49,6 +50,14 @@ enum Task {
     /// Build a namespace gateway, attach the inspector, run real SMTP
     /// sessions through it and show what it saw. Cleans up after itself.
     Demo,
+    /// Benchmark: in-kernel cost per packet (BPF_PROG_TEST_RUN) and end to
+    /// end through a namespace gateway against baselines; writes
+    /// target/bench/report.json.
+    Bench {
+        /// A smoke run of well under a minute (small counts, one round).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -71,6 +80,11 @@ fn main() -> Result<()> {
             setup::run()?;
             build()?;
             demo::run()
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            build()?;
+            bench::run(quick)
         }
     }
 }

@@ -1,0 +1,960 @@
+//! Masking by the real kernel programs, under BPF_PROG_TEST_RUN, enforcing
+//! the default policy: whole TCP sessions (SYN, SYN-ACK, greeting,
+//! commands, replies) with consistent sequence numbers, run through the
+//! loaded XDP program (and the TC program), frame by frame.
+//!
+//! Every masked frame is checked byte by byte against the expected frame
+//! (only the verb bytes become `X`, only the TCP checksum field changes in
+//! the headers), and its TCP checksum is recomputed here from scratch, by
+//! this file's own parser and ones'-complement sum, and once more by scapy.
+//!
+//! Needs root (loads eBPF programs); run with `--test-threads=1`.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use inspector_common::config::{CFG_MIDSTREAM_DROP, CFG_MONITOR};
+use inspector_tests::{
+    frame::{
+        Ext, Frame, Ipv4, Ipv6, Tcp, Udp, ETH_P_8021AD, ETH_P_8021Q, L4, TCP_OPTS_12, TCP_OPTS_40,
+    },
+    kernel::{Hook, Loaded, Outcome, Session, Shape, Verdict, TC_ACT_OK, TC_ACT_SHOT},
+    proc::{cmd, run},
+    smtpd::PYTHON,
+};
+
+// ---------------------------------------------------------------------
+// An independent view of a frame: headers parsed and the TCP checksum
+// recomputed without the frame builder's code.
+// ---------------------------------------------------------------------
+
+/// Where things are in an Ethernet frame carrying TCP.
+#[derive(Debug)]
+struct Layout {
+    /// Offset of the TCP header.
+    l4: usize,
+    /// TCP header plus payload, as the IP header says.
+    tcp_len: usize,
+    /// Offset of the payload.
+    payload: usize,
+    /// The pseudo-header (RFC 793 for IPv4, RFC 8200 8.1 for IPv6).
+    pseudo: Vec<u8>,
+}
+
+fn be16(b: &[u8], at: usize) -> usize {
+    u16::from_be_bytes([b[at], b[at + 1]]) as usize
+}
+
+fn layout(f: &[u8]) -> Layout {
+    let mut off = 12;
+    let mut ethertype = be16(f, off);
+    off += 2;
+    while ethertype == 0x8100 || ethertype == 0x88a8 {
+        ethertype = be16(f, off + 2);
+        off += 4;
+    }
+    let (l4, tcp_len, mut pseudo) = match ethertype {
+        0x0800 => {
+            let ihl = (f[off] & 0x0f) as usize * 4;
+            let total = be16(f, off + 2);
+            assert_eq!(f[off + 9], 6, "not TCP");
+            let tcp_len = total - ihl;
+            let mut p = f[off + 12..off + 20].to_vec();
+            p.extend_from_slice(&[0, 6]);
+            p.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+            (off + ihl, tcp_len, p)
+        }
+        0x86dd => {
+            let end = off + 40 + be16(f, off + 4);
+            let mut next = f[off + 6];
+            let mut l4 = off + 40;
+            loop {
+                match next {
+                    0 | 43 | 60 => {
+                        next = f[l4];
+                        l4 += (f[l4 + 1] as usize + 1) * 8;
+                    }
+                    51 => {
+                        next = f[l4];
+                        l4 += (f[l4 + 1] as usize + 2) * 4;
+                    }
+                    6 => break,
+                    other => panic!("unexpected IPv6 next header {other}"),
+                }
+            }
+            let tcp_len = end - l4;
+            let mut p = f[off + 8..off + 40].to_vec();
+            p.extend_from_slice(&(tcp_len as u32).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 6]);
+            (l4, tcp_len, p)
+        }
+        other => panic!("not IP: ethertype {other:#06x}"),
+    };
+    pseudo.shrink_to_fit();
+    let doff = (f[l4 + 12] >> 4) as usize * 4;
+    Layout {
+        l4,
+        tcp_len,
+        payload: l4 + doff,
+        pseudo,
+    }
+}
+
+/// 32-bit ones'-complement accumulation of big-endian 16-bit words (odd
+/// tail padded with zero), folded to 16 bits.
+fn ones_sum(chunks: &[&[u8]]) -> u16 {
+    let mut sum: u64 = 0;
+    for chunk in chunks {
+        let mut words = chunk.chunks_exact(2);
+        for w in &mut words {
+            sum += ((w[0] as u64) << 8) | w[1] as u64;
+        }
+        if let [last] = words.remainder() {
+            sum += (*last as u64) << 8;
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// The TCP checksum field of `f`.
+fn tcp_check_field(f: &[u8]) -> u16 {
+    let l = layout(f);
+    be16(f, l.l4 + 16) as u16
+}
+
+/// Whether the TCP checksum of `f` verifies: the sum over pseudo-header
+/// and segment, checksum included, is all ones.
+fn tcp_checksum_valid(f: &[u8]) -> bool {
+    let l = layout(f);
+    ones_sum(&[&l.pseudo, &f[l.l4..l.l4 + l.tcp_len]]) == 0xffff
+}
+
+/// What a CHECKSUM_PARTIAL packet holds in its checksum field: the folded,
+/// not inverted, pseudo-header sum (as `tcp_v4_send_check` leaves it).
+fn pseudo_header_sum(f: &[u8]) -> u16 {
+    ones_sum(&[&layout(f).pseudo])
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn show(b: &[u8]) -> String {
+    b.iter()
+        .flat_map(|c| std::ascii::escape_default(*c))
+        .map(char::from)
+        .collect()
+}
+
+// ---------------------------------------------------------------------
+// Frame shapes and sessions.
+// ---------------------------------------------------------------------
+
+fn client_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(41000);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn v4() -> Shape {
+    Box::new(|t, r| {
+        let ip = Ipv4::tcp(t);
+        Frame::ipv4(if r { ip.reply() } else { ip })
+    })
+}
+
+fn v6() -> Shape {
+    Box::new(|t, r| {
+        let ip = Ipv6::tcp(t);
+        Frame::ipv6(if r { ip.reply() } else { ip })
+    })
+}
+
+/// Every header shape SPEC 1 names, by name.
+fn shapes() -> Vec<(&'static str, Shape)> {
+    vec![
+        ("IPv4", v4()),
+        (
+            "IPv4 with 8 bytes of IP options",
+            Box::new(|t, r| {
+                let ip = Ipv4::tcp(t).options(&[1, 1, 1, 1, 148, 4, 0, 0]);
+                Frame::ipv4(if r { ip.reply() } else { ip })
+            }),
+        ),
+        ("IPv6", v6()),
+        (
+            "IPv6, hop-by-hop + destination options",
+            Box::new(|t, r| {
+                let ip = Ipv6::tcp(t).ext(Ext::hop_by_hop()).ext(Ext::dest_opts(2));
+                Frame::ipv6(if r { ip.reply() } else { ip })
+            }),
+        ),
+        (
+            "IPv4, one 802.1Q tag",
+            Box::new(|t, r| v4()(t, r).vlan(ETH_P_8021Q, 10)),
+        ),
+        (
+            "IPv4, 802.1ad + 802.1Q",
+            Box::new(|t, r| v4()(t, r).vlan(ETH_P_8021AD, 100).vlan(ETH_P_8021Q, 10)),
+        ),
+        (
+            "IPv6 + destination options, 802.1ad + 802.1Q",
+            Box::new(|t, r| {
+                let ip = Ipv6::tcp(t).ext(Ext::dest_opts(1));
+                Frame::ipv6(if r { ip.reply() } else { ip })
+                    .vlan(ETH_P_8021AD, 100)
+                    .vlan(ETH_P_8021Q, 10)
+            }),
+        ),
+        (
+            "IPv4, TCP doff 8",
+            Box::new(|t: Tcp, r| v4()(t.options(&TCP_OPTS_12), r)),
+        ),
+        (
+            "IPv4, TCP doff 15",
+            Box::new(|t: Tcp, r| v4()(t.options(&TCP_OPTS_40), r)),
+        ),
+        (
+            "IPv6 + hop-by-hop, TCP doff 15, one 802.1Q tag",
+            Box::new(|t: Tcp, r| {
+                let ip = Ipv6::tcp(t.options(&TCP_OPTS_40)).ext(Ext::hop_by_hop());
+                Frame::ipv6(if r { ip.reply() } else { ip }).vlan(ETH_P_8021Q, 7)
+            }),
+        ),
+    ]
+}
+
+/// An opened session (handshake and greeting run) on a fresh port.
+fn session<'a>(prog: &'a Loaded, shape: Shape) -> Session<'a> {
+    let mut s = Session::new(prog, shape, client_port(), 25);
+    s.open();
+    s
+}
+
+/// Checks a frame that must come out with exactly its payload replaced by
+/// `want` and a TCP checksum that verifies.
+fn assert_masked_frame(what: &str, input: &[u8], o: &Outcome, want: &[u8]) {
+    assert_rewritten_frame(what, input, o, want);
+    assert_checksum_valid(what, o);
+}
+
+/// The payload and headers part of [`assert_masked_frame`]: exactly the
+/// payload replaced by `want`, no header byte changed but the checksum.
+fn assert_rewritten_frame(what: &str, input: &[u8], o: &Outcome, want: &[u8]) {
+    assert_eq!(
+        o.verdict,
+        Verdict::Pass,
+        "{what}: dropped; {:?}",
+        o.delta.nonzero()
+    );
+    let out = &o.data_out;
+    assert_eq!(out.len(), input.len(), "{what}: the frame changed length");
+    let l = layout(input);
+    assert_eq!(
+        show(&out[l.payload..]),
+        show(want),
+        "{what}: payload as it left the program"
+    );
+    // Headers: identical but for the TCP checksum field.
+    let mut out_hdr = out[..l.payload].to_vec();
+    let mut in_hdr = input[..l.payload].to_vec();
+    out_hdr[l.l4 + 16..l.l4 + 18].fill(0);
+    in_hdr[l.l4 + 16..l.l4 + 18].fill(0);
+    assert_eq!(
+        hex(&out_hdr),
+        hex(&in_hdr),
+        "{what}: a header byte other than the TCP checksum changed"
+    );
+}
+
+/// The TCP checksum of the program's output verifies.
+fn assert_checksum_valid(what: &str, o: &Outcome) {
+    let out = &o.data_out;
+    if tcp_checksum_valid(out) {
+        return;
+    }
+    let l = layout(out);
+    let mut zeroed = out.clone();
+    zeroed[l.l4 + 16..l.l4 + 18].fill(0);
+    let want = !ones_sum(&[&l.pseudo, &zeroed[l.l4..l.l4 + l.tcp_len]]);
+    panic!(
+        "{what}: TCP checksum {:#06x} of the output does not verify (the masked \
+         segment's checksum is {want:#06x})\nout: {}",
+        tcp_check_field(out),
+        hex(out)
+    );
+}
+
+/// Sends `payload` from the client; it must come out as `want` (which may
+/// equal `payload`), with a valid checksum.
+fn send_expect(s: &mut Session, what: &str, payload: &[u8], want: &[u8]) -> Outcome {
+    let frame = s.client_frame(payload);
+    let o = s.run_client_frame(&frame, payload.len());
+    assert_masked_frame(what, &frame, &o, want);
+    o
+}
+
+/// Number of command lines in `payload` (LF-terminated).
+fn lines(payload: &[u8]) -> usize {
+    payload.iter().filter(|b| **b == b'\n').count()
+}
+
+/// One "500 command not recognized" reply per command line (what a
+/// server answers a masked verb with), so the session stays in step.
+fn replies_500(s: &mut Session, n: usize) {
+    let mut r = Vec::new();
+    for _ in 0..n {
+        r.extend_from_slice(b"500 5.5.2 Error: command not recognized\r\n");
+    }
+    if !r.is_empty() {
+        s.server(&r);
+    }
+}
+
+/// `(payload, what the server must get, masked verbs, verb slot)`.
+const MASKED_CASES: &[(&[u8], &[u8], u64, &str)] = &[
+    (b"STARTTLS\r\n", b"XXXXXXXX\r\n", 1, "STARTTLS"),
+    (b"  vErB x\r\n", b"  XXXX x\r\n", 1, "VERB"),
+    (b"X-FOO bar\r\n", b"XXXXX bar\r\n", 1, "other"),
+    (b"NOOP\r\nXEXCH50\r\n", b"NOOP\r\nXXXXXXX\r\n", 1, "XEXCH50"),
+    (b" XEXCH50 x\r\n", b" XXXXXXX x\r\n", 1, "XEXCH50"),
+    (b"\tatrn\n", b"\tXXXX\n", 1, "ATRN"),
+    (b"\x0b\x0cOnEx\tx\r\n", b"\x0b\x0cXXXX\tx\r\n", 1, "ONEX"),
+    (
+        b"\r starttls\x0b\r\n",
+        b"\r XXXXXXXX\x0b\r\n",
+        1,
+        "STARTTLS",
+    ),
+    (b"BDAT 10 LAST\r\n", b"XXXX 10 LAST\r\n", 1, "BDAT"),
+    (b"EXPN staff\r\n", b"XXXX staff\r\n", 1, "EXPN"),
+    (b"TURN\r\n", b"XXXX\r\n", 1, "TURN"),
+    (
+        b"XCLIENT ADDR=1.2.3.4\r\n",
+        b"XXXXXXX ADDR=1.2.3.4\r\n",
+        1,
+        "XCLIENT",
+    ),
+    (b"MAILFROM:<a@b>\r\n", b"XXXXXXXXXXXXXX\r\n", 1, "other"),
+    (
+        b"VERB\r\nVERB\nverb x\r\n",
+        b"XXXX\r\nXXXX\nXXXX x\r\n",
+        3,
+        "VERB",
+    ),
+];
+
+// ---------------------------------------------------------------------
+// SPEC 2, 3: what is masked, and how.
+// ---------------------------------------------------------------------
+
+#[test]
+fn disallowed_verbs_are_masked_in_place() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let mut s = session(&prog, v4());
+    s.client(b"EHLO client.test\r\n");
+    s.server(b"250-server.test\r\n250 PIPELINING\r\n");
+    for (payload, want, masked, slot) in MASKED_CASES {
+        let what = show(payload);
+        let o = send_expect(&mut s, &what, payload, want);
+        let changed = payload
+            .iter()
+            .zip(want.iter())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            o.get("commands_masked"),
+            *masked,
+            "{what}: {:?}",
+            o.delta.nonzero()
+        );
+        assert_eq!(o.get("commands_seen"), lines(payload) as u64, "{what}");
+        assert_eq!(o.get("bytes_masked"), changed as u64, "{what}");
+        assert_eq!(o.verbs.masked(slot), *masked, "{what}: {:?}", o.verbs);
+        assert_eq!(o.get("dropped"), 0, "{what}");
+        replies_500(&mut s, lines(payload));
+    }
+    // The session goes on: an allowed command after all that is untouched.
+    send_expect(&mut s, "QUIT", b"QUIT\r\n", b"QUIT\r\n");
+}
+
+#[test]
+fn allowed_commands_pass_byte_for_byte() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let mut s = session(&prog, v4());
+    let cases: &[(&[u8], &[u8])] = &[
+        (
+            b"EHLO client.test\r\n",
+            b"250-server.test\r\n250 PIPELINING\r\n",
+        ),
+        (b"HELO client.test\r\n", b"250 server.test\r\n"),
+        (b"  noop\r\n", b"250 ok\r\n"),
+        (b"\tNOOP\tx\r\n", b"250 ok\r\n"),
+        (b"\x0bNoOp\x0b\n", b"250 ok\r\n"),
+        (b"NOOP\n", b"250 ok\r\n"),
+        (b"RSET\r\n", b"250 ok\r\n"),
+        (b"VRFY postmaster\r\n", b"252 maybe\r\n"),
+        (b"ETRN example.com\r\n", b"250 queued\r\n"),
+        (b"HELP\r\n", b"214 see RFC 5321\r\n"),
+        (b"SAML FROM:<a@b>\r\n", b"502 no\r\n"),
+        (b"SEND FROM:<a@b>\r\n", b"502 no\r\n"),
+        (b"SOML FROM:<a@b>\r\n", b"502 no\r\n"),
+        // AUTH refused: no SASL exchange follows, commands go on.
+        (
+            b"AUTH PLAIN AHVzZXIAcGFzcw==\r\n",
+            b"504 5.5.4 unknown mechanism\r\n",
+        ),
+        (
+            b"MAIL FROM:<STARTTLS@example.com> BODY=8BITMIME\r\n",
+            b"250 ok\r\n",
+        ),
+        (b"RCPT TO:<verb@example.com>\r\n", b"250 ok\r\n"),
+        (
+            b"NOOP\r\nRSET\r\nNOOP\r\n",
+            b"250 ok\r\n250 ok\r\n250 ok\r\n",
+        ),
+        // DATA refused: still commands afterwards.
+        (b"DATA\r\n", b"554 5.5.1 Error: no valid recipients\r\n"),
+        (b"QUIT\r\n", b"221 bye\r\n"),
+    ];
+    let mut seen = 0;
+    for (payload, reply) in cases {
+        let what = show(payload);
+        let frame = s.client_frame(payload);
+        let o = s.run_client_frame(&frame, payload.len());
+        assert_eq!(o.verdict, Verdict::Pass, "{what}: {:?}", o.delta.nonzero());
+        assert!(
+            o.data_out == frame,
+            "{what}: an allowed command was changed"
+        );
+        assert_eq!(o.get("commands_masked"), 0, "{what}");
+        assert_eq!(o.get("bytes_masked"), 0, "{what}");
+        assert_eq!(o.get("commands_seen"), lines(payload) as u64, "{what}");
+        seen += lines(payload);
+        s.server(reply);
+    }
+    assert_eq!(seen, 21);
+}
+
+#[test]
+fn checksums_stay_valid_for_every_header_shape() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let mut outputs = Vec::new();
+    for (name, shape) in shapes() {
+        let mut s = session(&prog, shape);
+        for (payload, want) in [
+            (&b"STARTTLS\r\n"[..], &b"XXXXXXXX\r\n"[..]),
+            (b" XEXCH50 x\r\n", b" XXXXXXX x\r\n"),
+            (b"NOOP\r\nvErB\r\nX-FOO\r\n", b"NOOP\r\nXXXX\r\nXXXXX\r\n"),
+        ] {
+            let frame = s.client_frame(payload);
+            let o = s.run_client_frame(&frame, payload.len());
+            assert_masked_frame(&format!("{name}: {}", show(payload)), &frame, &o, want);
+            assert_eq!(o.get("checksum_partial"), 0, "{name}");
+            outputs.push(o.data_out);
+            replies_500(&mut s, lines(payload));
+        }
+    }
+    scapy_agrees(&outputs);
+}
+
+/// scapy recomputes the TCP checksum of every frame and must find the one
+/// the frame carries.
+fn scapy_agrees(frames: &[Vec<u8>]) {
+    let script = r#"
+import logging, sys
+logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
+from scapy.all import Ether, TCP
+bad = 0
+for h in sys.argv[1:]:
+    p = Ether(bytes.fromhex(h))
+    assert TCP in p, p.summary()
+    q = p.copy()
+    del q[TCP].chksum
+    want = Ether(bytes(q))[TCP].chksum
+    if p[TCP].chksum != want:
+        bad += 1
+        print("MISMATCH", hex(p[TCP].chksum), hex(want), p.summary())
+    else:
+        print("ok", p.summary())
+sys.exit(1 if bad else 0)
+"#;
+    let mut c = cmd(PYTHON, &["-c", script]);
+    c.args(frames.iter().map(|f| hex(f)));
+    let out = run(&mut c);
+    out.assert_success();
+    assert_eq!(out.stdout_str().lines().count(), frames.len(), "{out}");
+}
+
+#[test]
+fn checksum_partial_is_left_for_the_offload_to_complete() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    for (name, shape) in [
+        ("IPv4", v4()),
+        ("IPv6 + extension headers", shapes().remove(3).1),
+    ] {
+        let mut s = session(&prog, shape);
+        let payload = b"STARTTLS\r\n";
+        let mut frame = s.client_frame(payload);
+        let l = layout(&frame);
+        let partial = pseudo_header_sum(&frame);
+        frame[l.l4 + 16..l.l4 + 18].copy_from_slice(&partial.to_be_bytes());
+        let o = s.run_client_frame(&frame, payload.len());
+        assert_eq!(o.verdict, Verdict::Pass, "{name}");
+        assert_eq!(
+            show(&o.data_out[l.payload..]),
+            show(b"XXXXXXXX\r\n"),
+            "{name}: payload"
+        );
+        assert_eq!(
+            tcp_check_field(&o.data_out),
+            partial,
+            "{name}: the pseudo-header sum of a CHECKSUM_PARTIAL packet was changed"
+        );
+        assert_eq!(
+            o.get("checksum_partial"),
+            1,
+            "{name}: {:?}",
+            o.delta.nonzero()
+        );
+        // What the device then computes over the masked payload verifies.
+        let mut completed = o.data_out.clone();
+        completed[l.l4 + 16..l.l4 + 18].fill(0);
+        let sum = ones_sum(&[&l.pseudo, &completed[l.l4..l.l4 + l.tcp_len]]);
+        completed[l.l4 + 16..l.l4 + 18].copy_from_slice(&(!sum).to_be_bytes());
+        assert!(tcp_checksum_valid(&completed));
+        replies_500(&mut s, 1);
+
+        // A complete checksum in the same flow is updated, not left alone.
+        let o = send_expect(&mut s, name, b"VERB\r\n", b"XXXX\r\n");
+        assert_eq!(o.get("checksum_partial"), 0, "{name}");
+    }
+}
+
+// ---------------------------------------------------------------------
+// SPEC 1, 7: everything else passes untouched.
+// ---------------------------------------------------------------------
+
+#[test]
+fn non_smtp_frames_pass_byte_for_byte() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let starttls = b"STARTTLS\r\nVERB\r\n";
+    let frames: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "TCP SYN to port 80",
+            v4()(Tcp::syn(42000, 80), false).bytes(),
+        ),
+        (
+            "TCP to port 80",
+            v4()(Tcp::new(42000, 80).payload(starttls), false).bytes(),
+        ),
+        (
+            "TCP to port 465",
+            v4()(Tcp::new(42001, 465).payload(starttls), false).bytes(),
+        ),
+        (
+            "TCP to port 2525 over IPv6",
+            v6()(Tcp::new(42002, 2525).payload(starttls), false).bytes(),
+        ),
+        (
+            "UDP to port 25",
+            Frame::ipv4(Ipv4::udp(Udp::new(42003, 25, starttls))).bytes(),
+        ),
+        (
+            "UDP to port 587 over IPv6, one tag",
+            Frame::ipv6(Ipv6::udp(Udp::new(42004, 587, starttls)))
+                .vlan(ETH_P_8021Q, 3)
+                .bytes(),
+        ),
+        ("ARP", Frame::arp().bytes()),
+        (
+            "ICMP",
+            Frame::ipv4(Ipv4::new(L4::Raw(
+                1,
+                b"\x08\x00\x00\x00STARTTLS\r\n".to_vec(),
+            )))
+            .bytes(),
+        ),
+        (
+            "IPv6 no next header",
+            Frame::ipv6(Ipv6::new(L4::Raw(59, starttls.to_vec()))).bytes(),
+        ),
+    ];
+    for (name, f) in &frames {
+        let o = prog.run(f);
+        assert_eq!(o.verdict, Verdict::Pass, "{name}");
+        assert!(o.data_out == *f, "{name}: changed");
+        assert_eq!(o.get("commands_seen"), 0, "{name}");
+        assert_eq!(o.get("packets_inspected"), 0, "{name}");
+    }
+}
+
+// ---------------------------------------------------------------------
+// SPEC 4: stream awareness.
+// ---------------------------------------------------------------------
+
+#[test]
+fn a_verb_split_across_segments_is_masked_in_every_part() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let cases: &[&[(&[u8], &[u8])]] = &[
+        &[(b"ST", b"XX"), (b"ARTTLS\r\n", b"XXXXXX\r\n")],
+        &[(b"S", b"S"), (b"TARTTLS\r\n", b"XXXXXXX\r\n")],
+        &[(b"S", b"S"), (b"T", b"X"), (b"ARTTLS\r\n", b"XXXXXX\r\n")],
+        &[(b"  s", b"  s"), (b"tarttls x\r\n", b"XXXXXXX x\r\n")],
+        &[(b"SEN", b"SEN"), (b"DX\r\n", b"XX\r\n")],
+        &[
+            (b"VE", b"XX"),
+            (b"R", b"X"),
+            (b"B", b"X"),
+            (b"\r\n", b"\r\n"),
+        ],
+        &[(b"NOOP\r\nXEX", b"NOOP\r\nXXX"), (b"CH50\r\n", b"XXXX\r\n")],
+        // Allowed verbs split anywhere pass untouched.
+        &[(b"NO", b"NO"), (b"OP\r\n", b"OP\r\n")],
+        &[(b"SE", b"SE"), (b"ND x\r\n", b"ND x\r\n")],
+        &[(b"E", b"E"), (b"H", b"H"), (b"LO x\r\n", b"LO x\r\n")],
+    ];
+    for parts in cases {
+        let mut s = session(&prog, v4());
+        let all: Vec<u8> = parts.iter().flat_map(|p| p.0.to_vec()).collect();
+        for (i, (payload, want)) in parts.iter().enumerate() {
+            send_expect(&mut s, &format!("{} part {i}", show(&all)), payload, want);
+        }
+    }
+}
+
+#[test]
+fn an_out_of_order_segment_is_dropped_until_the_gap_is_filled() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let mut s = session(&prog, v4());
+    send_expect(&mut s, "NOOP", b"NOOP\r\n", b"NOOP\r\n");
+    s.server(b"250 ok\r\n");
+    // "NOOP\r\n" is lost; the segment after it arrives first.
+    let ahead = s.client_frame_at(s.cseq.wrapping_add(6), b"STARTTLS\r\n");
+    let o = prog.run(&ahead);
+    assert_eq!(o.verdict, Verdict::Drop, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("out_of_order_drops"), 1);
+    assert_eq!(o.get("dropped"), 1);
+    assert_eq!(o.get("commands_seen"), 0, "a dropped segment was parsed");
+    // The sender retransmits in order: both are inspected.
+    send_expect(&mut s, "lost NOOP", b"NOOP\r\n", b"NOOP\r\n");
+    let o = send_expect(&mut s, "STARTTLS", b"STARTTLS\r\n", b"XXXXXXXX\r\n");
+    assert_eq!(o.get("commands_masked"), 1);
+}
+
+#[test]
+fn retransmissions_are_masked_as_the_original_was() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let mut s = session(&prog, v4());
+    let first = s.client_frame(b"STARTTLS\r\n");
+    let o1 = s.run_client_frame(&first, 10);
+    assert_masked_frame("STARTTLS", &first, &o1, b"XXXXXXXX\r\n");
+
+    // The same segment again (the server's ACK was lost).
+    let o2 = prog.run(&first);
+    assert_masked_frame("retransmitted STARTTLS", &first, &o2, b"XXXXXXXX\r\n");
+    assert!(
+        o2.data_out == o1.data_out,
+        "masked differently the second time"
+    );
+    assert_eq!(o2.get("retrans_reinspected"), 1, "{:?}", o2.delta.nonzero());
+    assert_eq!(o2.get("dropped"), 0);
+
+    // A retransmission that carries more bytes than the original: the old
+    // part is re-masked, the new part inspected.
+    let longer_in = s.client_frame_at(s.cseq.wrapping_sub(10), b"STARTTLS\r\nVERB\r\n");
+    let o3 = prog.run(&longer_in);
+    assert_masked_frame(
+        "longer retransmission",
+        &longer_in,
+        &o3,
+        b"XXXXXXXX\r\nXXXX\r\n",
+    );
+    assert_eq!(o3.get("retrans_reinspected"), 1);
+    assert_eq!(o3.get("commands_masked"), 1, "only VERB is new");
+    s.cseq = s.cseq.wrapping_add(6);
+    replies_500(&mut s, 2);
+    let o = send_expect(&mut s, "next", b"ONEX\r\n", b"XXXX\r\n");
+    assert_eq!(o.get("commands_masked"), 1);
+
+    // Bytes the server already acknowledged pass (it discards them).
+    s.server(b"500 no\r\n");
+    let acked = s.client_frame_at(s.cseq.wrapping_sub(6), b"ONEX\r\n");
+    let o = prog.run(&acked);
+    assert_eq!(o.verdict, Verdict::Pass);
+    assert_eq!(o.get("retrans_acked"), 1, "{:?}", o.delta.nonzero());
+}
+
+/// Loss after the gateway with several segments in flight: the inspector
+/// passed A, B and C, the server got only B and C (it still acknowledges
+/// up to A), and the client retransmits A, then B and C in one segment.
+/// Each is re-inspected and masked as the first time (SPEC 5).
+#[test]
+fn earlier_segments_in_flight_are_re_inspected_when_retransmitted() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let mut s = session(&prog, v4());
+    send_expect(&mut s, "EHLO", b"EHLO x\r\n", b"EHLO x\r\n");
+    s.server(b"250 ok\r\n");
+    let a_seq = s.cseq;
+    let a = s.client_frame(b"STARTTLS\r\n");
+    let oa = s.run_client_frame(&a, 10);
+    assert_masked_frame("A", &a, &oa, b"XXXXXXXX\r\n");
+    send_expect(&mut s, "B", b"VERB x\r\n", b"XXXX x\r\n");
+    send_expect(&mut s, "C", b"NOOP\r\n", b"NOOP\r\n");
+
+    let o = prog.run(&a);
+    assert_masked_frame("A retransmitted", &a, &o, b"XXXXXXXX\r\n");
+    assert_eq!(o.get("retrans_reinspected"), 1, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("commands_masked"), 0, "counted twice");
+
+    let bc = s.client_frame_at(a_seq.wrapping_add(10), b"VERB x\r\nNOOP\r\n");
+    let o = prog.run(&bc);
+    assert_masked_frame(
+        "B and C retransmitted together",
+        &bc,
+        &o,
+        b"XXXX x\r\nNOOP\r\n",
+    );
+    assert_eq!(o.get("retrans_reinspected"), 1, "{:?}", o.delta.nonzero());
+
+    // A retransmission of A whose bytes would change what follows.
+    let forged = s.client_frame_at(a_seq, b"DATA\r\nNOOP");
+    let o = prog.run(&forged);
+    assert_eq!(o.verdict, Verdict::Drop, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("retrans_conflicts"), 1);
+
+    // And the flow goes on.
+    s.server(b"500 no\r\n500 no\r\n250 ok\r\n");
+    send_expect(&mut s, "after", b"ONEX\r\n", b"XXXX\r\n");
+}
+
+#[test]
+fn a_conflicting_retransmission_is_dropped() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    for (original, forged) in [
+        (&b"NOOP\r\n"[..], &b"DATA\r\n"[..]),
+        (b"NOOP x\r\n", b"VERB x\r\n"),
+        (b"MAIL FROM:<a@b>\r\n", b"MAIL FROM:<a@b\r\nV"),
+    ] {
+        let what = format!("{} then {}", show(original), show(forged));
+        let mut s = session(&prog, v4());
+        s.client(b"EHLO x\r\n");
+        s.server(b"250 ok\r\n");
+        send_expect(&mut s, &what, original, original);
+        let forged_frame = s.client_frame_at(s.cseq.wrapping_sub(original.len() as u32), forged);
+        let o = prog.run(&forged_frame);
+        assert_eq!(o.verdict, Verdict::Drop, "{what}: {:?}", o.delta.nonzero());
+        assert_eq!(o.get("retrans_conflicts"), 1, "{what}");
+        assert_eq!(o.get("dropped"), 1, "{what}");
+        // The flow goes on as the original made it.
+        s.server(b"250 ok\r\n");
+        send_expect(&mut s, &what, b"VERB\r\n", b"XXXX\r\n");
+    }
+}
+
+#[test]
+fn a_flow_whose_syn_was_not_seen_passes_untouched_or_is_dropped() {
+    let payload = b"STARTTLS\r\n";
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let s = Session::new(&prog, v4(), client_port(), 25);
+    let frame = s.client_frame(payload);
+    let o = prog.run(&frame);
+    assert_eq!(o.verdict, Verdict::Pass);
+    assert!(o.data_out == frame, "a midstream flow was modified");
+    assert_eq!(o.get("midstream"), 1, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("commands_masked"), 0);
+    assert_eq!(o.get("commands_seen"), 0);
+
+    let prog = Loaded::new(Hook::Xdp, CFG_MIDSTREAM_DROP);
+    let s = Session::new(&prog, v6(), client_port(), 587);
+    let frame = s.client_frame(payload);
+    let o = prog.run(&frame);
+    assert_eq!(o.verdict, Verdict::Drop);
+    assert_eq!(o.get("midstream"), 1, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("dropped"), 1);
+    // A flow that was seen from its SYN is not affected by the option.
+    let mut s = session(&prog, v6());
+    send_expect(&mut s, "tracked flow", payload, b"XXXXXXXX\r\n");
+}
+
+#[test]
+fn bytes_after_data_wait_for_the_354_and_the_body_is_not_inspected() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let mut s = session(&prog, v4());
+    for (c, r) in [
+        (&b"EHLO x\r\n"[..], &b"250 ok\r\n"[..]),
+        (b"MAIL FROM:<a@b>\r\n", b"250 ok\r\n"),
+        (b"RCPT TO:<c@d>\r\n", b"250 ok\r\n"),
+    ] {
+        send_expect(&mut s, "envelope", c, c);
+        s.server(r);
+    }
+    send_expect(&mut s, "DATA", b"DATA\r\n", b"DATA\r\n");
+    let body = b"Subject: t\r\n\r\nSTARTTLS\r\nVERB x\r\nBDAT 10\r\n..\r\n";
+    let early = s.client_frame(body);
+    let o = prog.run(&early);
+    assert_eq!(o.verdict, Verdict::Drop, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("awaiting_reply_drops"), 1);
+    assert_eq!(o.get("dropped"), 1);
+
+    let o = s.server(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+    assert_eq!(o.get("dropped"), 0);
+    // The retransmitted body is accepted now, and not inspected.
+    let o = s.run_client_frame(&early, body.len());
+    assert_masked_frame("body", &early, &o, body);
+    assert_eq!(o.get("bodies"), 1, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("commands_seen"), 0);
+    // The end of the body and a pipelined command in the same segment.
+    let o = send_expect(
+        &mut s,
+        "end of data + STARTTLS",
+        b"last line\r\n.\r\nSTARTTLS\r\n",
+        b"last line\r\n.\r\nXXXXXXXX\r\n",
+    );
+    assert_eq!(o.get("commands_masked"), 1);
+    s.server(b"250 queued\r\n500 unknown\r\n");
+
+    // DATA refused: what follows is commands again.
+    send_expect(&mut s, "DATA", b"DATA\r\n", b"DATA\r\n");
+    s.server(b"554 5.5.1 Error: no valid recipients\r\n");
+    let o = send_expect(
+        &mut s,
+        "VERB after a refused DATA",
+        b"VERB\r\n",
+        b"XXXX\r\n",
+    );
+    assert_eq!(o.get("commands_masked"), 1);
+    assert_eq!(o.get("bodies"), 0);
+}
+
+#[test]
+fn sasl_lines_chunks_and_tls_are_not_inspected() {
+    // AUTH answered 334: the base64 lines pass untouched (each would be a
+    // masked "verb" if inspected), until 235.
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let mut s = session(&prog, v4());
+    send_expect(&mut s, "AUTH LOGIN", b"AUTH LOGIN\r\n", b"AUTH LOGIN\r\n");
+    let o = s.server(b"334 VXNlcm5hbWU6\r\n");
+    assert_eq!(o.get("dropped"), 0);
+    let o = send_expect(&mut s, "user", b"dGVzdA==\r\n", b"dGVzdA==\r\n");
+    assert_eq!(o.get("sasl_exchanges"), 1, "{:?}", o.delta.nonzero());
+    s.server(b"334 UGFzc3dvcmQ6\r\n");
+    send_expect(&mut s, "password", b"U1RBUlRUTFM=\r\n", b"U1RBUlRUTFM=\r\n");
+    s.server(b"235 2.7.0 Authentication successful\r\n");
+    send_expect(&mut s, "after AUTH", b"VERB\r\n", b"XXXX\r\n");
+
+    // An allowed BDAT after CHUNKING: the chunk passes uninspected.
+    let mut prog = Loaded::new(Hook::Xdp, 0);
+    let mut allowed: Vec<&str> = inspector_common::verbs::DEFAULT_ALLOWED.to_vec();
+    allowed.extend(["BDAT", "STARTTLS"]);
+    prog.set_policy(&allowed);
+    let mut s = session(&prog, v4());
+    send_expect(&mut s, "EHLO", b"EHLO x\r\n", b"EHLO x\r\n");
+    s.server(b"250-server.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
+    for c in [&b"MAIL FROM:<a@b>\r\n"[..], b"RCPT TO:<c@d>\r\n"] {
+        send_expect(&mut s, "envelope", c, c);
+    }
+    let o = send_expect(
+        &mut s,
+        "BDAT with its chunk",
+        b"BDAT 10 LAST\r\nSTARTTLS\r\nVERB\r\n",
+        b"BDAT 10 LAST\r\nSTARTTLS\r\nXXXX\r\n",
+    );
+    assert_eq!(o.get("bdat_chunks"), 1, "{:?}", o.delta.nonzero());
+    s.server(b"250 ok\r\n250 ok\r\n250 ok\r\n500 no\r\n");
+
+    // An allowed STARTTLS answered 220: the flow is opaque.
+    send_expect(&mut s, "STARTTLS", b"STARTTLS\r\n", b"STARTTLS\r\n");
+    let o = s.server(b"220 2.0.0 Ready to start TLS\r\n");
+    assert_eq!(o.get("dropped"), 0);
+    let o = send_expect(
+        &mut s,
+        "TLS",
+        b"\x16\x03\x01VERB\r\n",
+        b"\x16\x03\x01VERB\r\n",
+    );
+    assert_eq!(o.get("starttls_sessions"), 1, "{:?}", o.delta.nonzero());
+}
+
+// ---------------------------------------------------------------------
+// SPEC 8 and monitor mode.
+// ---------------------------------------------------------------------
+
+#[test]
+fn monitor_mode_changes_nothing_but_counts() {
+    let prog = Loaded::new(Hook::Xdp, CFG_MONITOR);
+    let mut s = session(&prog, v4());
+    let mut masked = 0;
+    for (payload, _, n, slot) in MASKED_CASES {
+        let frame = s.client_frame(payload);
+        let o = s.run_client_frame(&frame, payload.len());
+        assert_eq!(o.verdict, Verdict::Pass, "{}", show(payload));
+        assert!(
+            o.data_out == frame,
+            "{}: changed in monitor mode",
+            show(payload)
+        );
+        assert_eq!(o.get("commands_masked"), *n, "{}", show(payload));
+        assert_eq!(o.verbs.masked(slot), *n, "{}", show(payload));
+        masked += n;
+        replies_500(&mut s, lines(payload));
+    }
+    assert_eq!(masked, 16);
+    // Nothing is dropped either.
+    let ahead = s.client_frame_at(s.cseq.wrapping_add(100), b"VERB\r\n");
+    let o = prog.run(&ahead);
+    assert_eq!(o.verdict, Verdict::Pass);
+    assert!(o.data_out == ahead);
+    assert_eq!(o.get("dropped"), 0);
+}
+
+// ---------------------------------------------------------------------
+// The TC program, the same way.
+// ---------------------------------------------------------------------
+
+/// The TC sessions of [`the_tc_program_masks_and_drops_as_xdp_does`]:
+/// for every header shape, masked and split verbs, then an out-of-order
+/// segment. Returns the masked frames.
+fn tc_sessions(check_checksums: bool) -> Vec<Outcome> {
+    let prog = Loaded::new(Hook::Tc, 0);
+    let mut outputs = Vec::new();
+    for (name, shape) in shapes() {
+        let mut s = session(&prog, shape);
+        for (payload, want) in [
+            (&b"STARTTLS\r\n"[..], &b"XXXXXXXX\r\n"[..]),
+            (b" XEXCH50 x\r\nNOOP\r\n", b" XXXXXXX x\r\nNOOP\r\n"),
+            (b"S", b"S"),
+            (b"TARTTLS\r\n", b"XXXXXXX\r\n"),
+        ] {
+            let what = format!("TC, {name}: {}", show(payload));
+            let frame = s.client_frame(payload);
+            let o = s.run_client_frame(&frame, payload.len());
+            assert_eq!(o.return_value, TC_ACT_OK, "{what}");
+            assert_rewritten_frame(&what, &frame, &o, want);
+            if check_checksums {
+                assert_checksum_valid(&what, &o);
+            }
+            outputs.push(o);
+            replies_500(&mut s, lines(payload));
+        }
+        // Out of order: TC_ACT_SHOT.
+        let ahead = s.client_frame_at(s.cseq.wrapping_add(1), b"VERB\r\n");
+        let o = prog.run(&ahead);
+        assert_eq!(o.verdict, Verdict::Drop, "TC, {name}");
+        assert_eq!(o.return_value, TC_ACT_SHOT);
+        assert_eq!(o.get("out_of_order_drops"), 1, "TC, {name}");
+    }
+    outputs
+}
+
+#[test]
+fn the_tc_program_masks_and_drops_as_xdp_does() {
+    tc_sessions(false);
+}
+
+#[test]
+fn the_tc_program_keeps_tcp_checksums_valid() {
+    let outputs: Vec<Vec<u8>> = tc_sessions(true).into_iter().map(|o| o.data_out).collect();
+    scapy_agrees(&outputs);
+}

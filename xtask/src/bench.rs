@@ -1,0 +1,310 @@
+//! `cargo xtask bench [--quick]`: what the inspector costs, measured against
+//! baselines run in the same command, with medians and spread over repeated
+//! runs. Prints a Markdown report and writes the same figures to
+//! `target/bench/report.json` (and `report.md`); `INSPECTOR_BENCH_DIR`
+//! overrides the folder. Methodology and caveats: `bench/README.md`.
+//!
+//! 1. In-kernel cost per packet (BPF_PROG_TEST_RUN): `inspector_xdp` against
+//!    `bench_parse` and `bench_pass` on the same frames ([`kernel`]).
+//! 2. End to end through the namespace gateway of TESTBED.md: `smtp-source`
+//!    to `smtp-sink`, plain forwarding against the inspector (XDP, TC),
+//!    an XDP program that only passes, an iptables string match and HAProxy
+//!    ([`e2e`]).
+//! 3. Memory per tracked flow and of all maps, and throughput with thousands
+//!    of idle SMTP flows tracked.
+//!
+//! Runs as root. Everything it creates (namespaces, veths, pin dirs, a temp
+//! folder) carries `inbench-<pid>` and is removed on exit, also after an
+//! error or Ctrl-C; leftovers of a killed run are removed by the next one.
+
+mod e2e;
+mod frame;
+mod gateway;
+mod kernel;
+mod stats;
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::util::{root, step};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether SIGINT or SIGTERM arrived: long loops stop and clean up.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// The notes every report carries: what the figures mean.
+const NOTES: &[&str] = &[
+    "In-kernel figures are BPF_PROG_TEST_RUN averages: the kernel runs the program `repeat` times on one buffer and reports the mean time per run, truncated to whole ns.",
+    "Stateful cases (b)-(f): the flow is built first (SYN, SYN-ACK, greeting; for (d) also MAIL/RCPT/DATA and 250/250/354). With repeat N every run after the first is a retransmission of the same segment, which the inspector re-parses from its checkpoint: the same per-byte work as the first pass, plus a comparison of the resulting parser state. The fresh-flow rows measure the first, in-order pass (one run per flow).",
+    "Case (e) runs in monitor mode: the mask is computed but not stored, so every repetition sees the original bytes. The cost of the real in-place masking and checksum fix is the fresh-flow row (e1), enforcing, one run per flow, checked to come out masked with a valid checksum.",
+    "Ratios are taken per round against bench_parse (the inspector's own header parsing, then XDP_PASS) run on the same frame in the same round; the spread is over rounds.",
+    "Every run is checked: verdict XDP_PASS, frame unchanged (or masked as expected), counters showing the intended path (inspected, re-inspected, nothing dropped); any mismatch fails the benchmark.",
+    "End to end: the configurations run one after the other in each round, rounds repeat; veth offloads are at their defaults. An XDP program without frags support on a veth makes the peer turn GSO off, so xdp_bench_pass shows the cost of XDP on veth itself, separate from the inspector's.",
+    "The inspector configurations are checked to have seen SMTP commands (stats counters are in the JSON).",
+];
+
+pub fn run(quick: bool) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask bench needs root (network namespaces, XDP, bpffs, BPF_PROG_TEST_RUN)");
+    }
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let nofile = raise_nofile(65536);
+    gateway::remove_stale();
+
+    let started = Instant::now();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let object = target.join("ebpf/bpfel-unknown-none/release/inspector");
+    let inspector = target.join("release/inspector");
+    for p in [&object, &inspector] {
+        if !p.exists() {
+            bail!("{} is missing: run `cargo xtask build` first", p.display());
+        }
+    }
+    let out_dir = std::env::var_os("INSPECTOR_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.join("bench"));
+    let tmp = TempDir::new()?;
+
+    let meta = metadata(quick)?;
+    let kp = if quick {
+        kernel::Params {
+            samples: 3,
+            repeat: 5000,
+            fresh_flows: 100,
+        }
+    } else {
+        kernel::Params {
+            samples: 7,
+            repeat: 100_000,
+            fresh_flows: 1000,
+        }
+    };
+    let mut ep = if quick {
+        e2e::Params {
+            rounds: 1,
+            sessions: 20,
+            small_messages: 200,
+            small_bytes: 1000,
+            large_messages: 20,
+            large_bytes: 1 << 20,
+            latency_sessions: 30,
+            idle_flows: 1000,
+        }
+    } else {
+        // Runs of a second or more each (a few hundred ms are too noisy on
+        // a shared machine), five rounds for the medians.
+        e2e::Params {
+            rounds: 5,
+            sessions: 20,
+            small_messages: 5000,
+            small_bytes: 1000,
+            large_messages: 200,
+            large_bytes: 1 << 20,
+            latency_sessions: 1000,
+            idle_flows: 10_000,
+        }
+    };
+
+    // Idle flows: one descriptor each here, one each in the idle server.
+    let max_idle = (nofile as usize).saturating_sub(1000);
+    if ep.idle_flows > max_idle {
+        eprintln!(
+            "bench: the open-file limit is {nofile}: {max_idle} idle flows instead of {}",
+            ep.idle_flows
+        );
+        ep.idle_flows = max_idle;
+    }
+    step(&format!(
+        "bench: in-kernel cost (BPF_PROG_TEST_RUN, {} samples x repeat {}, about {:.0} s)",
+        kp.samples,
+        kp.repeat,
+        kernel::estimate(kp).as_secs_f64()
+    ));
+    let k = kernel::run(&object, kp)?;
+    eprint!("{}", k.markdown());
+
+    step("bench: end to end through a namespace gateway, memory and scale");
+    let e = e2e::run(
+        &e2e::Env {
+            inspector: &inspector,
+            object: &object,
+            tmp: &tmp.0,
+        },
+        ep,
+    )?;
+
+    let mut meta = meta;
+    meta["loadavg_end"] = json!(loadavg());
+    meta["duration_s"] = stats::num(started.elapsed().as_secs_f64());
+    let report = json!({
+        "schema": 1,
+        "meta": meta,
+        "kernel": k.json(),
+        "end_to_end": e.json(),
+        "notes": NOTES,
+    });
+    let md = markdown(&report, &k.markdown(), &e.markdown());
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let json_path = out_dir.join("report.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
+    std::fs::write(out_dir.join("report.md"), &md)?;
+    println!("{md}");
+    eprintln!("bench: wrote {}", json_path.display());
+    Ok(())
+}
+
+fn markdown(report: &Value, kernel_md: &str, e2e_md: &str) -> String {
+    let m = &report["meta"];
+    let mut s = format!(
+        "## inspector benchmark ({})\n\n\
+         - machine: {} ({} CPUs), {} MiB RAM\n\
+         - kernel: {}\n\
+         - commit: {}{}\n\
+         - date: {}\n\
+         - load average at start / end: {} / {}\n\n",
+        if m["quick"] == true { "quick" } else { "full" },
+        m["cpu_model"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["mem_mib"],
+        m["kernel"].as_str().unwrap_or("?"),
+        m["commit"].as_str().unwrap_or("?"),
+        if m["dirty"] == true {
+            " (dirty: uncommitted changes)"
+        } else {
+            ""
+        },
+        m["date"].as_str().unwrap_or("?"),
+        m["loadavg_start"].as_str().unwrap_or("?"),
+        m["loadavg_end"].as_str().unwrap_or("?"),
+    );
+    s.push_str(kernel_md);
+    s.push('\n');
+    s.push_str(e2e_md);
+    s.push_str("\n### Notes\n\n");
+    for n in NOTES {
+        s.push_str(&format!("- {n}\n"));
+    }
+    s
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let o = cmd.output().ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Machine, kernel, commit and date.
+fn metadata(quick: bool) -> Result<Value> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0);
+    let r = root();
+    let git = |args: &[&str]| output(Command::new("git").arg("-C").arg(&r).args(args));
+    let commit = git(&["rev-parse", "HEAD"]).context("git rev-parse HEAD failed")?;
+    let dirty = git(&["status", "--porcelain"])
+        .map(|s| !s.is_empty())
+        .unwrap_or(true);
+    Ok(json!({
+        "quick": quick,
+        "cpu_model": cpu_model,
+        "cores": cores,
+        "mem_mib": mem_mib,
+        "kernel": output(Command::new("uname").arg("-r")).unwrap_or_default(),
+        "commit": commit,
+        "dirty": dirty,
+        "date": output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])).unwrap_or_default(),
+        "loadavg_start": loadavg(),
+    }))
+}
+
+/// Many idle flows need many file descriptors (children inherit this): the
+/// soft limit goes up to `n`, or to the hard limit if that is lower (raising
+/// the hard limit needs CAP_SYS_RESOURCE, which a container may lack).
+fn raise_nofile(n: u64) -> u64 {
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) != 0 {
+            return 0;
+        }
+        if cur.rlim_cur >= n {
+            return cur.rlim_cur;
+        }
+        let want = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n.max(cur.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+            return n;
+        }
+        let soft = libc::rlimit {
+            rlim_cur: n.min(cur.rlim_max),
+            rlim_max: cur.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+            return soft.rlim_cur;
+        }
+        cur.rlim_cur
+    }
+}
+
+/// `$TMPDIR/inbench-<pid>`, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let p = std::env::temp_dir().join(format!("{}-{}", gateway::PREFIX, std::process::id()));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,876 @@
+//! End to end through the namespace gateway: Postfix `smtp-source` in the
+//! client namespace, `smtp-sink` in the server namespace, and in between
+//! plain forwarding or one of the filters, configuration after
+//! configuration, round after round.
+//!
+//! Also memory (what the kernel accounts for the maps of a running
+//! `inspector attach`) and scale (throughput with thousands of idle SMTP
+//! flows tracked).
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+
+use super::{
+    gateway::{in_netns, timed, Daemon, Gateway, NetnsHolder, Side, PREFIX},
+    interrupted,
+    stats::{num, quantile, Summary},
+};
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    pub rounds: usize,
+    /// Parallel smtp-source sessions.
+    pub sessions: usize,
+    pub small_messages: usize,
+    pub small_bytes: usize,
+    pub large_messages: usize,
+    pub large_bytes: usize,
+    /// Sequential sessions of the latency client, per configuration and round.
+    pub latency_sessions: usize,
+    /// Idle SMTP flows held open for the scale measurement.
+    pub idle_flows: usize,
+}
+
+/// What sits in the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    None,
+    XdpPass,
+    InspectorXdp,
+    InspectorTc,
+    Iptables,
+    Haproxy,
+}
+
+pub const FILTERS: [Filter; 6] = [
+    Filter::None,
+    Filter::XdpPass,
+    Filter::InspectorXdp,
+    Filter::InspectorTc,
+    Filter::Iptables,
+    Filter::Haproxy,
+];
+
+impl Filter {
+    pub fn id(self) -> &'static str {
+        match self {
+            Filter::None => "forwarding",
+            Filter::XdpPass => "xdp_bench_pass",
+            Filter::InspectorXdp => "inspector_xdp",
+            Filter::InspectorTc => "inspector_tc",
+            Filter::Iptables => "iptables_string",
+            Filter::Haproxy => "haproxy_tcp",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Filter::None => "plain forwarding, no filter",
+            Filter::XdpPass => {
+                "bench_pass (XDP_PASS only) on both gateway veths: the cost of XDP on veth itself"
+            }
+            Filter::InspectorXdp => "inspector attach --mode xdp on both gateway veths",
+            Filter::InspectorTc => "inspector attach --mode tc on both gateway veths",
+            Filter::Iptables => {
+                "iptables FORWARD -p tcp --dport 25 -m string --algo bm --string STARTTLS -j DROP"
+            }
+            Filter::Haproxy => {
+                "HAProxy, TCP mode, client connects to 10.200.1.1:25, relayed to 10.200.2.2:25"
+            }
+        }
+    }
+
+    /// Where the client connects.
+    fn target(self) -> &'static str {
+        match self {
+            Filter::Haproxy => "10.200.1.1:25",
+            _ => "10.200.2.2:25",
+        }
+    }
+}
+
+/// Paths the benchmark needs.
+pub struct Env<'a> {
+    pub inspector: &'a Path,
+    pub object: &'a Path,
+    pub tmp: &'a Path,
+}
+
+static PIN_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A filter in place; removed on drop.
+struct Active {
+    daemon: Option<Daemon>,
+    _xdp: Option<NetnsHolder>,
+    iptables: Option<String>,
+    pin_dir: Option<PathBuf>,
+}
+
+const IPTABLES_RULE: &[&str] = &[
+    "FORWARD", "-p", "tcp", "--dport", "25", "-m", "string", "--algo", "bm", "--string",
+    "STARTTLS", "-j", "DROP",
+];
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.stop();
+        }
+        if let Some(ns) = &self.iptables {
+            let _ = Command::new("ip")
+                .args(["netns", "exec", ns, "iptables", "-D"])
+                .args(IPTABLES_RULE)
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some(p) = &self.pin_dir {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+fn activate(gw: &Gateway, env: &Env, f: Filter) -> Result<Active> {
+    let mut a = Active {
+        daemon: None,
+        _xdp: None,
+        iptables: None,
+        pin_dir: None,
+    };
+    match f {
+        Filter::None => {}
+        Filter::XdpPass => {
+            let object = env.object.to_path_buf();
+            let ifaces = [gw.gw_client_if.clone(), gw.gw_server_if.clone()];
+            a._xdp = Some(NetnsHolder::start(&gw.ns_path(Side::Gateway), move || {
+                let mut ebpf = aya::Ebpf::load_file(&object)?;
+                let p: &mut aya::programs::Xdp = ebpf
+                    .program_mut(super::kernel::BENCH_PASS)
+                    .context("no bench_pass program")?
+                    .try_into()?;
+                p.load()?;
+                for i in &ifaces {
+                    p.attach(i, aya::programs::XdpMode::default())
+                        .with_context(|| format!("attaching bench_pass to {i}"))?;
+                }
+                Ok(ebpf)
+            })?);
+        }
+        Filter::InspectorXdp | Filter::InspectorTc => {
+            let pin = PathBuf::from(format!(
+                "/sys/fs/bpf/{PREFIX}-{}-{}",
+                gw.id,
+                PIN_SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            a.pin_dir = Some(pin.clone());
+            let mode = if f == Filter::InspectorXdp {
+                "xdp"
+            } else {
+                "tc"
+            };
+            let mut cmd = gw.nsenter(Side::Gateway, env.inspector);
+            cmd.args(["attach", "--iface", &gw.gw_client_if, "--iface"])
+                .arg(&gw.gw_server_if)
+                .args(["--mode", mode, "--pin-dir"])
+                .arg(&pin)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut d = Daemon::spawn(&format!("inspector attach --mode {mode}"), &mut cmd)?;
+            d.wait_stderr("attached to", Duration::from_secs(60))?;
+            a.daemon = Some(d);
+        }
+        Filter::Iptables => {
+            let ns = gw.ns(Side::Gateway);
+            let st = gw
+                .exec(Side::Gateway, "iptables")
+                .arg("-A")
+                .args(IPTABLES_RULE)
+                .status()?;
+            ensure!(st.success(), "adding the iptables rule failed");
+            a.iptables = Some(ns);
+        }
+        Filter::Haproxy => {
+            let cfg = env.tmp.join("haproxy.cfg");
+            let log = env.tmp.join("haproxy.log");
+            // maxconn needs about two descriptors per connection, within
+            // the open-file limit.
+            std::fs::write(
+                &cfg,
+                "global\n    maxconn 4000\n\
+                 defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n\
+                 listen smtp\n    bind 10.200.1.1:25\n    server sink 10.200.2.2:25\n",
+            )?;
+            let mut cmd = gw.exec(Side::Gateway, "haproxy");
+            cmd.arg("-f")
+                .arg(&cfg)
+                .arg("-db")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?);
+            a.daemon = Some(Daemon::spawn("haproxy", &mut cmd)?);
+            if let Err(e) = gw.wait_listening(Side::Gateway, "10.200.1.1:25") {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(e.context(format!("haproxy did not start: {}", said.trim())));
+            }
+        }
+    }
+    Ok(a)
+}
+
+/// `inspector stats --json` of an attach.
+fn inspector_stats(gw: &Gateway, env: &Env, pin: &Path) -> Result<Value> {
+    let out = gw
+        .nsenter(Side::Gateway, env.inspector)
+        .args(["stats", "--json", "--pin-dir"])
+        .arg(pin)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "inspector stats failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    serde_json::from_slice(&out.stdout).context("inspector stats --json printed no JSON")
+}
+
+fn smtp_source(
+    gw: &Gateway,
+    target: &str,
+    sessions: usize,
+    messages: usize,
+    bytes: usize,
+) -> Result<Duration> {
+    let mut c = gw.exec(Side::Client, "smtp-source");
+    c.args(["-s", &sessions.to_string(), "-m", &messages.to_string()])
+        .args([
+            "-l",
+            &bytes.to_string(),
+            "-f",
+            "a@example.org",
+            "-t",
+            "b@example.com",
+        ])
+        .arg(target);
+    timed(&mut c, Duration::from_secs(600))
+}
+
+/// Reads one (possibly multi-line) reply and checks its code.
+fn expect(r: &mut impl BufRead, code: &str) -> Result<()> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            bail!("connection closed while waiting for {code}");
+        }
+        ensure!(
+            line.starts_with(code),
+            "expected {code}, the server said {}",
+            line.trim_end()
+        );
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok(());
+        }
+    }
+}
+
+/// One full session (connect, EHLO, MAIL, RCPT, DATA, body, QUIT); returns
+/// the time from connect to the QUIT reply.
+fn one_session(addr: SocketAddr) -> Result<Duration> {
+    let t0 = Instant::now();
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    expect(&mut r, "220")?;
+    for (cmd, code) in [
+        (&b"EHLO bench.example.org\r\n"[..], "250"),
+        (b"MAIL FROM:<a@example.org>\r\n", "250"),
+        (b"RCPT TO:<b@example.com>\r\n", "250"),
+        (b"DATA\r\n", "354"),
+        (
+            b"Subject: latency probe\r\n\r\nA short message.\r\n.\r\n",
+            "250",
+        ),
+        (b"QUIT\r\n", "221"),
+    ] {
+        w.write_all(cmd)?;
+        expect(&mut r, code)?;
+    }
+    Ok(t0.elapsed())
+}
+
+/// `n` sequential sessions from the client namespace; latencies in ms.
+fn latency(gw: &Gateway, target: &str, n: usize) -> Result<Vec<f64>> {
+    let addr: SocketAddr = target.parse()?;
+    in_netns(&gw.ns_path(Side::Client), move || {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            if interrupted() {
+                bail!("interrupted");
+            }
+            v.push(one_session(addr)?.as_secs_f64() * 1e3);
+        }
+        Ok(v)
+    })
+}
+
+/// Opens `n` SMTP sessions to the idle server (greeting read, EHLO
+/// answered) and keeps them open.
+fn open_idle(gw: &Gateway, n: usize) -> Result<Vec<TcpStream>> {
+    in_netns(&gw.ns_path(Side::Client), move || {
+        let addr: SocketAddr = "10.200.2.2:587".parse()?;
+        let threads = 4;
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let count = n / threads + usize::from(t < n % threads);
+                std::thread::spawn(move || -> Result<Vec<TcpStream>> {
+                    let mut v = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        if interrupted() {
+                            bail!("interrupted");
+                        }
+                        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+                        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                        let mut r = BufReader::new(s.try_clone()?);
+                        expect(&mut r, "220")?;
+                        (&s).write_all(b"EHLO idle.example.org\r\n")?;
+                        expect(&mut r, "250")?;
+                        v.push(s);
+                    }
+                    Ok(v)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(n);
+        for h in handles {
+            all.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("idle client thread panicked"))??,
+            );
+        }
+        Ok(all)
+    })
+}
+
+/// One configuration's figures over the rounds.
+#[derive(Default)]
+struct Series {
+    small_msgs_per_s: Vec<f64>,
+    large_mb_per_s: Vec<f64>,
+    latency_p50_ms: Vec<f64>,
+    latency_p99_ms: Vec<f64>,
+    /// Inspector counters after each round (what it saw), if it ran.
+    counters: Vec<Value>,
+    /// How XDP ended up attached to the gateway's veths, if it was.
+    xdp_mode: Option<String>,
+}
+
+/// The XDP attach mode of `iface` in the gateway (`ip -j link`), if any.
+fn xdp_mode(gw: &Gateway, iface: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args([
+            "-j",
+            "-n",
+            &gw.ns(Side::Gateway),
+            "link",
+            "show",
+            "dev",
+            iface,
+        ])
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mode = v.get(0)?.get("xdp")?.get("mode")?.as_u64()?;
+    Some(
+        match mode {
+            1 => "native (driver)",
+            2 => "generic (skb)",
+            3 => "offload",
+            4 => "multi",
+            _ => "unknown",
+        }
+        .to_string(),
+    )
+}
+
+pub struct Report {
+    params: Params,
+    configs: Vec<(Filter, Series)>,
+    memory: Value,
+    scale: Value,
+}
+
+fn measure(gw: &Gateway, p: &Params, target: &str, s: &mut Series) -> Result<()> {
+    let t = smtp_source(gw, target, p.sessions, p.small_messages, p.small_bytes)?;
+    s.small_msgs_per_s
+        .push(p.small_messages as f64 / t.as_secs_f64());
+    let t = smtp_source(gw, target, p.sessions, p.large_messages, p.large_bytes)?;
+    s.large_mb_per_s
+        .push((p.large_messages * p.large_bytes) as f64 / 1e6 / t.as_secs_f64());
+    let lat = latency(gw, target, p.latency_sessions)?;
+    s.latency_p50_ms.push(quantile(&lat, 0.50));
+    s.latency_p99_ms.push(quantile(&lat, 0.99));
+    Ok(())
+}
+
+/// Counters that show the inspector really was in the path, and anything it
+/// dropped.
+fn inspector_summary(stats: &Value) -> Value {
+    let g = |k: &str| stats.get(k).cloned().unwrap_or(Value::Null);
+    json!({
+        "packets_inspected": g("packets_inspected"),
+        "commands_seen": g("commands_seen"),
+        "commands_masked": g("commands_masked"),
+        "bodies": g("bodies"),
+        "flows_created": g("flows_created"),
+        "dropped": g("dropped"),
+        "out_of_order_drops": g("out_of_order_drops"),
+        "retrans_reinspected": g("retrans_reinspected"),
+        "retrans_conflicts": g("retrans_conflicts"),
+        "retrans_unverifiable": g("retrans_unverifiable"),
+        "awaiting_reply_drops": g("awaiting_reply_drops"),
+        "midstream": g("midstream"),
+    })
+}
+
+pub fn run(env: &Env, p: Params) -> Result<Report> {
+    eprintln!("bench: building the namespace gateway");
+    let gw = Gateway::build()?;
+    let mut sink = {
+        let mut c = gw.exec(Side::Server, "smtp-sink");
+        c.args(["-u", "nobody", "-m", "1024", "10.200.2.2:25", "1024"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Daemon::spawn("smtp-sink", &mut c)?
+    };
+    gw.wait_listening(Side::Server, "10.200.2.2:25")?;
+    let mut idle_sink = {
+        let m = (p.idle_flows + 1000).to_string();
+        let mut c = gw.exec(Side::Server, "smtp-sink");
+        c.args([
+            "-u",
+            "nobody",
+            "-t",
+            "3600",
+            "-m",
+            &m,
+            "10.200.2.2:587",
+            "16384",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        Daemon::spawn("smtp-sink (idle flows, port 587)", &mut c)?
+    };
+    gw.wait_listening(Side::Server, "10.200.2.2:587")?;
+
+    // Warm-up: one pass through plain forwarding (ARP, page cache, ...).
+    smtp_source(
+        &gw,
+        "10.200.2.2:25",
+        p.sessions,
+        p.sessions * 2,
+        p.small_bytes,
+    )?;
+
+    let mut configs: Vec<(Filter, Series)> =
+        FILTERS.iter().map(|f| (*f, Series::default())).collect();
+    for round in 0..p.rounds {
+        for (f, series) in configs.iter_mut() {
+            if interrupted() {
+                bail!("interrupted");
+            }
+            eprintln!("bench: round {}/{}: {}", round + 1, p.rounds, f.id());
+            sink.check_alive()?;
+            let active = activate(&gw, env, *f)?;
+            if series.xdp_mode.is_none() {
+                series.xdp_mode = xdp_mode(&gw, &gw.gw_client_if);
+            }
+            measure(&gw, &p, f.target(), series)
+                .with_context(|| format!("measuring {}", f.id()))?;
+            if let Some(pin) = &active.pin_dir {
+                let st = inspector_stats(&gw, env, pin)?;
+                let cmds = st
+                    .get("commands_seen")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+                ensure!(
+                    cmds > 0,
+                    "{}: the inspector saw no command: it was not in the path",
+                    f.id()
+                );
+                series.counters.push(inspector_summary(&st));
+            }
+            drop(active);
+        }
+    }
+
+    eprintln!("bench: memory and scale ({} idle flows)", p.idle_flows);
+    let (memory, scale) = memory_and_scale(&gw, env, &p, &mut sink, &mut idle_sink)?;
+    Ok(Report {
+        params: p,
+        configs,
+        memory,
+        scale,
+    })
+}
+
+/// One pinned map, as the kernel accounts it (`bpftool map show`).
+fn pinned_maps(pin: &Path) -> Result<Vec<Value>> {
+    let mut maps = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(pin)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        if e.file_type()?.is_dir() {
+            continue;
+        }
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned"])
+            .arg(e.path())
+            .output()
+            .context("running bpftool")?;
+        if !out.status.success() {
+            continue; // not a map (a pinned program or link)
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")?;
+        maps.push(json!({
+            "id": v.get("id").cloned().unwrap_or(Value::Null),
+            "pin": e.file_name().to_string_lossy(),
+            "type": v.get("type").cloned().unwrap_or(Value::Null),
+            "key_bytes": v.get("bytes_key").cloned().unwrap_or(Value::Null),
+            "value_bytes": v.get("bytes_value").cloned().unwrap_or(Value::Null),
+            "max_entries": v.get("max_entries").cloned().unwrap_or(Value::Null),
+            "memlock_bytes": v.get("bytes_memlock").cloned().unwrap_or(Value::Null),
+        }));
+    }
+    Ok(maps)
+}
+
+/// Every distinct BPF map a process holds open (pinned or not), as the
+/// kernel accounts it: ids from /proc/PID/fdinfo, details from bpftool.
+fn process_maps(pid: u32) -> Result<Vec<Value>> {
+    let mut ids = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        if let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            ids.insert(id);
+        }
+    }
+    let mut maps = Vec::new();
+    for id in ids {
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "show", "id", &id.to_string()])
+            .output()
+            .context("running bpftool")?;
+        if !out.status.success() {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")?;
+        maps.push(json!({
+            "id": id,
+            "name": v.get("name").cloned().unwrap_or(Value::Null),
+            "type": v.get("type").cloned().unwrap_or(Value::Null),
+            "max_entries": v.get("max_entries").cloned().unwrap_or(Value::Null),
+            "memlock_bytes": v.get("bytes_memlock").cloned().unwrap_or(Value::Null),
+        }));
+    }
+    Ok(maps)
+}
+
+fn memory_and_scale(
+    gw: &Gateway,
+    env: &Env,
+    p: &Params,
+    sink: &mut Daemon,
+    idle_sink: &mut Daemon,
+) -> Result<(Value, Value)> {
+    use inspector_common::flow::{Flow, FlowKey};
+    let key = std::mem::size_of::<FlowKey>();
+    let value = std::mem::size_of::<Flow>();
+
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut tracked = Vec::new();
+    let mut memory = Value::Null;
+    for round in 0..p.rounds {
+        if interrupted() {
+            bail!("interrupted");
+        }
+        sink.check_alive()?;
+        idle_sink.check_alive()?;
+        let active = activate(gw, env, Filter::InspectorXdp)?;
+        let pin = active.pin_dir.clone().context("no pin dir")?;
+        if round == 0 {
+            let maps = pinned_maps(&pin)?;
+            let total: u64 = maps
+                .iter()
+                .filter_map(|m| m["memlock_bytes"].as_u64())
+                .sum();
+            let flows = maps
+                .iter()
+                .find(|m| m["pin"] == inspector_common::flow::FLOWS_MAP)
+                .cloned()
+                .context("no pinned flow table")?;
+            let entries = flows["max_entries"].as_u64().unwrap_or(0);
+            let memlock = flows["memlock_bytes"].as_u64().unwrap_or(0);
+            let pid = active.daemon.as_ref().map(|d| d.pid()).unwrap_or(0);
+            let mut all = process_maps(pid)?;
+            for m in all.iter_mut() {
+                let pin = maps
+                    .iter()
+                    .find(|p| p["id"] == m["id"])
+                    .map(|p| p["pin"].clone());
+                m["pinned_as"] = pin.unwrap_or(Value::Null);
+            }
+            let all_total: u64 = all.iter().filter_map(|m| m["memlock_bytes"].as_u64()).sum();
+            memory = json!({
+                "flow_key_bytes": key,
+                "flow_value_bytes": value,
+                "flow_key_plus_value_bytes": key + value,
+                "flow_table_max_entries": entries,
+                "flow_table_memlock_bytes": memlock,
+                "kernel_bytes_per_flow": num(memlock as f64 / entries.max(1) as f64),
+                "total_map_memlock_bytes": total,
+                "process_map_memlock_bytes": all_total,
+                "maps": maps,
+                "process_maps": all,
+            });
+        }
+        // Alternate the order, so that neither always runs first.
+        let idle_first = round % 2 == 1;
+        let small = |gw: &Gateway| -> Result<f64> {
+            let t = smtp_source(
+                gw,
+                "10.200.2.2:25",
+                p.sessions,
+                p.small_messages,
+                p.small_bytes,
+            )?;
+            Ok(p.small_messages as f64 / t.as_secs_f64())
+        };
+        if !idle_first {
+            without.push(small(gw)?);
+        }
+        let t0 = Instant::now();
+        let idle = open_idle(gw, p.idle_flows)?;
+        let opened_in = t0.elapsed();
+        let st = inspector_stats(gw, env, &pin)?;
+        let active_flows = st.get("flows_active").and_then(|v| v.as_u64()).unwrap_or(0);
+        ensure!(
+            active_flows >= p.idle_flows as u64,
+            "{} idle flows open, the inspector tracks only {active_flows} active flows",
+            p.idle_flows
+        );
+        tracked.push(json!({
+            "flows_active": active_flows,
+            "flows_tracked": st.get("flows_tracked").cloned().unwrap_or(Value::Null),
+            "opened_in_s": num(opened_in.as_secs_f64()),
+        }));
+        with.push(small(gw)?);
+        drop(idle);
+        if idle_first {
+            std::thread::sleep(Duration::from_secs(1));
+            without.push(small(gw)?);
+        }
+        drop(active);
+    }
+    let w = Summary::of(&without);
+    let i = Summary::of(&with);
+    let scale = json!({
+        "filter": Filter::InspectorXdp.id(),
+        "idle_flows": p.idle_flows,
+        "rounds": p.rounds,
+        "small_msgs_per_s_without_idle": w.json(),
+        "small_msgs_per_s_with_idle": i.json(),
+        "ratio_with_to_without": num(i.median / w.median),
+        "tracked": tracked,
+    });
+    Ok((memory, scale))
+}
+
+impl Report {
+    pub fn json(&self) -> Value {
+        let base = &self.configs[0].1;
+        let b_small = Summary::of(&base.small_msgs_per_s).median;
+        let b_large = Summary::of(&base.large_mb_per_s).median;
+        let b_p50 = Summary::of(&base.latency_p50_ms).median;
+        let configs: Vec<Value> = self
+            .configs
+            .iter()
+            .map(|(f, s)| {
+                let small = Summary::of(&s.small_msgs_per_s);
+                let large = Summary::of(&s.large_mb_per_s);
+                let p50 = Summary::of(&s.latency_p50_ms);
+                json!({
+                    "id": f.id(),
+                    "description": f.describe(),
+                    "small_msgs_per_s": small.json(),
+                    "large_mb_per_s": large.json(),
+                    "latency_p50_ms": p50.json(),
+                    "latency_p99_ms": Summary::of(&s.latency_p99_ms).json(),
+                    "small_ratio_to_forwarding": num(small.median / b_small),
+                    "large_ratio_to_forwarding": num(large.median / b_large),
+                    "latency_p50_ratio_to_forwarding": num(p50.median / b_p50),
+                    "inspector_counters": s.counters,
+                    "xdp_mode": s.xdp_mode,
+                })
+            })
+            .collect();
+        let p = &self.params;
+        json!({
+            "rounds": p.rounds,
+            "parallel_sessions": p.sessions,
+            "small_messages": p.small_messages,
+            "small_message_bytes": p.small_bytes,
+            "large_messages": p.large_messages,
+            "large_message_bytes": p.large_bytes,
+            "latency_sessions": p.latency_sessions,
+            "offloads": "veth defaults",
+            "configs": configs,
+            "memory": self.memory,
+            "scale": self.scale,
+        })
+    }
+
+    pub fn markdown(&self) -> String {
+        let p = &self.params;
+        let mut s = format!(
+            "### End to end through the namespace gateway ({} round(s), interleaved; median [min–max])\n\n\
+             smtp-source -s {} to smtp-sink: {} messages of {} B (msg/s), {} messages of {} B (MB/s = 10^6 B/s); \
+             latency: {} sequential full sessions (connect to 221 after QUIT) per round, p50 and p99.\n\n",
+            p.rounds,
+            p.sessions,
+            p.small_messages,
+            p.small_bytes,
+            p.large_messages,
+            p.large_bytes,
+            p.latency_sessions
+        );
+        s.push_str("| configuration | small msg/s | vs fwd | 1 MiB msgs MB/s | vs fwd | latency p50 ms | latency p99 ms |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        let base = &self.configs[0].1;
+        let b_small = Summary::of(&base.small_msgs_per_s).median;
+        let b_large = Summary::of(&base.large_mb_per_s).median;
+        for (f, x) in &self.configs {
+            let small = Summary::of(&x.small_msgs_per_s);
+            let large = Summary::of(&x.large_mb_per_s);
+            s.push_str(&format!(
+                "| {} | {} | {:.2} | {} | {:.2} | {} | {} |\n",
+                f.id(),
+                small.cell(0),
+                small.median / b_small,
+                large.cell(0),
+                large.median / b_large,
+                Summary::of(&x.latency_p50_ms).cell(2),
+                Summary::of(&x.latency_p99_ms).cell(2),
+            ));
+        }
+        s.push('\n');
+        for (f, x) in &self.configs {
+            let mode = x
+                .xdp_mode
+                .as_deref()
+                .map(|m| format!(" (XDP attached: {m})"))
+                .unwrap_or_default();
+            s.push_str(&format!("- `{}`: {}{mode}\n", f.id(), f.describe()));
+        }
+        s.push_str("\nWhat the inspector counted (sum over the rounds; `inspector stats`):\n\n");
+        s.push_str("| configuration | packets inspected | commands | bodies | dropped | of which out of order | retransmissions re-inspected |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        for (f, x) in &self.configs {
+            if x.counters.is_empty() {
+                continue;
+            }
+            let sum = |k: &str| -> u64 { x.counters.iter().filter_map(|c| c[k].as_u64()).sum() };
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                f.id(),
+                sum("packets_inspected"),
+                sum("commands_seen"),
+                sum("bodies"),
+                sum("dropped"),
+                sum("out_of_order_drops"),
+                sum("retrans_reinspected"),
+            ));
+        }
+        let m = &self.memory;
+        s.push_str("\n### Memory (inspector attach --mode xdp, default sizes)\n\n");
+        s.push_str("| figure | value |\n|---|---:|\n");
+        for (label, k) in [
+            (
+                "flow key + value (FlowKey + Flow), bytes",
+                "flow_key_plus_value_bytes",
+            ),
+            ("flow table entries (max)", "flow_table_max_entries"),
+            (
+                "flow table memlock (kernel), bytes",
+                "flow_table_memlock_bytes",
+            ),
+            ("kernel bytes per tracked flow", "kernel_bytes_per_flow"),
+            (
+                "all pinned maps, memlock bytes (bpftool)",
+                "total_map_memlock_bytes",
+            ),
+            (
+                "every map the attach process holds, pinned or not, memlock bytes",
+                "process_map_memlock_bytes",
+            ),
+        ] {
+            s.push_str(&format!("| {label} | {} |\n", m[k]));
+        }
+        if let Some(maps) = m["process_maps"].as_array() {
+            s.push_str("\nEvery map the attach process holds (bpftool; memlock is the kernel's accounting):\n\n");
+            s.push_str(
+                "| map | pinned as | type | max entries | memlock B |\n|---|---|---|---:|---:|\n",
+            );
+            for x in maps {
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {} |\n",
+                    x["name"].as_str().unwrap_or("?"),
+                    x["pinned_as"].as_str().unwrap_or("(not pinned)"),
+                    x["type"].as_str().unwrap_or("?"),
+                    x["max_entries"],
+                    x["memlock_bytes"]
+                ));
+            }
+        }
+        let sc = &self.scale;
+        let cell = |v: &Value| {
+            format!(
+                "{} [{}–{}]",
+                fmt0(&v["median"]),
+                fmt0(&v["min"]),
+                fmt0(&v["max"])
+            )
+        };
+        s.push_str(&format!(
+            "\n### Scale: small-message throughput with {} idle SMTP flows tracked (inspector XDP)\n\n\
+             | without idle flows msg/s | with idle flows msg/s | ratio |\n|---:|---:|---:|\n| {} | {} | {:.2} |\n",
+            sc["idle_flows"],
+            cell(&sc["small_msgs_per_s_without_idle"]),
+            cell(&sc["small_msgs_per_s_with_idle"]),
+            sc["ratio_with_to_without"].as_f64().unwrap_or(f64::NAN)
+        ));
+        s
+    }
+}
+
+fn fmt0(v: &Value) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.0}"))
+        .unwrap_or_else(|| "n/a".into())
+}
