@@ -263,6 +263,26 @@ impl ClientState {
         }
     }
 
+    /// Whether the body fast path applies: in a body, at a line start or in
+    /// the middle of a line (not right after a line-start dot).
+    #[inline(always)]
+    pub fn body_scannable(&self) -> bool {
+        self.state == cstate::BODY && (self.sub == body::MID || self.sub == body::BOL)
+    }
+
+    /// After the kernel skipped body bytes that hold no line-start dot: the
+    /// line position is all that changed (the last byte was a LF or not).
+    #[inline(always)]
+    pub fn body_skipped(&mut self, ends_with_lf: bool) {
+        self.sub = if ends_with_lf { body::BOL } else { body::MID };
+    }
+
+    /// Whether a body scan starts at a line start.
+    #[inline(always)]
+    pub fn at_line_start(&self) -> bool {
+        self.sub == body::BOL
+    }
+
     /// Starts a segment.
     #[inline(always)]
     pub fn begin_segment(&self) -> Seg {

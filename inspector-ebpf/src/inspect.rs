@@ -240,7 +240,7 @@ fn client_segment<P: Packet>(
     match classify(seq, len, &flow.client.cur, peer_acked) {
         SegClass::InOrder => {
             s.client = flow.client.state;
-            scratch::run_client(ctx, s, 0, len, true);
+            scratch::run_client(ctx, s, 0, len);
             if s.held != 0 {
                 return Verdict::Drop(Counter::AwaitingReplyDrops);
             }
@@ -261,7 +261,7 @@ fn client_segment<P: Packet>(
             s.client = flow.client.ckpts.at(i);
             s.report = 0;
             let seen = if len < overlap { len } else { overlap };
-            scratch::run_client(ctx, s, 0, seen, true);
+            scratch::run_client(ctx, s, 0, seen);
             let expected =
                 expected_after(seq, len, overlap, &flow.client.state, &flow.client.ckpts);
             match expected {
@@ -275,7 +275,7 @@ fn client_segment<P: Packet>(
             if len > overlap {
                 s.report = 1;
                 s.seg.verb_start = overlap;
-                scratch::run_client(ctx, s, overlap, len, true);
+                scratch::run_client(ctx, s, overlap, len);
                 if s.held != 0 {
                     return Verdict::Drop(Counter::AwaitingReplyDrops);
                 }

@@ -28,6 +28,12 @@ pub trait Packet {
     /// Applies `acc`, the ones'-complement sum of (~old + new) over every
     /// changed payload word, to the TCP checksum.
     fn fix_checksum(&self, tcp: &Tcp, acc: u32);
+    /// The raw context pointer, and the context back from it (to reach the
+    /// packet from a `bpf_loop` callback).
+    fn raw(&self) -> *mut core::ffi::c_void;
+    /// # Safety
+    /// `p` must come from [`Packet::raw`] of the same program invocation.
+    unsafe fn from_raw(p: *mut core::ffi::c_void) -> Self;
     /// Whether this packet was already inspected by this program on another
     /// hook: TC egress of a packet that was forwarded, hence seen on the
     /// ingress of the interface it came in on.
@@ -41,6 +47,14 @@ pub trait Packet {
 }
 
 impl Packet for XdpContext {
+    #[inline(always)]
+    fn raw(&self) -> *mut core::ffi::c_void {
+        self.ctx as *mut _
+    }
+    #[inline(always)]
+    unsafe fn from_raw(p: *mut core::ffi::c_void) -> Self {
+        XdpContext::new(p as *mut _)
+    }
     #[inline(always)]
     fn data(&self) -> usize {
         XdpContext::data(self)
@@ -92,6 +106,14 @@ impl Packet for XdpContext {
 }
 
 impl Packet for TcContext {
+    #[inline(always)]
+    fn raw(&self) -> *mut core::ffi::c_void {
+        self.skb.skb as *mut _
+    }
+    #[inline(always)]
+    unsafe fn from_raw(p: *mut core::ffi::c_void) -> Self {
+        TcContext::new(p as *mut _)
+    }
     #[inline(always)]
     fn data(&self) -> usize {
         TcContext::data(self)

@@ -53,6 +53,8 @@ pub struct Scratch {
     pub payload_off: u32,
     /// A payload load or store failed.
     pub load_failed: u32,
+    /// Segment offset of the next chunk to parse.
+    pub next_chunk: u32,
     /// Payload length (the whole segment).
     pub len: u32,
     pub seq: u32,
@@ -322,15 +324,112 @@ pub fn report(s: &Scratch, kind: u8, reason: u8, verb_id: u8) {
     }
 }
 
-/// Words scanned per callback call in the skip-to-LF fast path.
+/// Words scanned per callback call by the fast paths.
 const SKIP_WORDS: u32 = 8;
+const BODY_WORDS: u32 = 32;
 
-/// Whether a little-endian word holds a LF byte (SWAR zero-byte test on
-/// `w ^ 0x0a..0a`).
+const LFS: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+const DOTS: u64 = 0x2e2e_2e2e_2e2e_2e2e;
+
+/// SWAR zero-byte test: bit 7 of every byte of `x` that is zero is set (and
+/// possibly of a byte 0x01 just above a zero byte: a false positive only
+/// ever sends the caller to the careful byte-by-byte path).
 #[inline(always)]
-fn has_lf(w: u64) -> bool {
-    let x = w ^ 0x0a0a_0a0a_0a0a_0a0a;
-    (x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080) != 0
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080
+}
+
+/// Index of the lowest flagged byte of a non-zero `zero_bytes` result,
+/// without a count-trailing-zeros instruction (BPF has none).
+#[inline(always)]
+fn lowest_byte(m: u64) -> u32 {
+    let mut m = m & m.wrapping_neg();
+    let mut i = 0;
+    if m & 0xffff_ffff == 0 {
+        i += 4;
+        m >>= 32;
+    }
+    if m & 0xffff == 0 {
+        i += 2;
+        m >>= 16;
+    }
+    if m & 0xff == 0 {
+        i += 1;
+    }
+    i
+}
+
+/// The aligned little-endian word at buffer offset `rel` (a multiple of 8).
+#[inline(always)]
+fn word(s: &Scratch, rel: u32) -> u64 {
+    let i = rel as usize & (BUF - 8);
+    u64::from_le(unsafe { (s.buf.as_ptr().add(i) as *const u64).read() })
+}
+
+/// Body fast path: skips whole words that cannot hold the start of an
+/// end-of-data line (a `.` right after a LF, or at the line start the scan
+/// begins at). LFs inside such words only move the line position.
+#[inline(always)]
+fn scan_body(s: &mut Scratch) -> bool {
+    let mut rel = s.pos - s.base;
+    if rel & 7 != 0 {
+        return false;
+    }
+    let start = rel;
+    let lim = s.end - s.base;
+    let mut bol = s.client.at_line_start();
+    for _ in 0..BODY_WORDS {
+        if rel + 8 > lim {
+            break;
+        }
+        let w = word(s, rel);
+        let lf = zero_bytes(w ^ LFS);
+        let dot = zero_bytes(w ^ DOTS);
+        let line_start = (lf << 8) | if bol { 0x80 } else { 0 };
+        if line_start & dot != 0 {
+            break;
+        }
+        bol = (w >> 56) as u8 == b'\n';
+        rel += 8;
+    }
+    if rel == start {
+        return false;
+    }
+    s.client.body_skipped(bol);
+    s.pos = s.base + rel;
+    true
+}
+
+/// Command arguments and SASL lines: jumps to the next LF (or as far as a
+/// few words reach), the only byte that matters there.
+#[inline(always)]
+fn scan_to_lf(s: &mut Scratch) -> bool {
+    let rel = s.pos - s.base;
+    let lim = s.end - s.base;
+    let mut at = rel & !7;
+    // Ignore the bytes of the first word that come before `pos`.
+    let mut keep = u64::MAX << (8 * (rel & 7));
+    for _ in 0..SKIP_WORDS {
+        if at + 8 > lim {
+            break;
+        }
+        let lf = zero_bytes(word(s, at) ^ LFS) & keep;
+        if lf != 0 {
+            let to = at + lowest_byte(lf);
+            if to <= rel {
+                return false;
+            }
+            s.pos = s.base + to;
+            return true;
+        }
+        at += 8;
+        keep = u64::MAX;
+    }
+    if at <= rel {
+        return false;
+    }
+    s.pos = s.base + at;
+    true
 }
 
 /// Fast paths that move `s.pos` without stepping the parser byte by byte.
@@ -347,33 +446,13 @@ fn skip_ahead(s: &mut Scratch) -> bool {
         s.pos += n as u32;
         return true;
     }
-    if !s.client.skips_to_lf() {
-        return false;
+    if s.client.body_scannable() {
+        return scan_body(s);
     }
-    // Aligned words of the buffer up to the next one holding a LF; bytes
-    // before it cannot change the state (ClientState::skips_to_lf).
-    let mut rel = s.pos - s.base;
-    if rel & 7 != 0 {
-        return false;
+    if s.client.skips_to_lf() {
+        return scan_to_lf(s);
     }
-    let start = rel;
-    let lim = s.end - s.base;
-    for _ in 0..SKIP_WORDS {
-        if rel + 8 > lim {
-            break;
-        }
-        let i = rel as usize & (BUF - 8);
-        let w = unsafe { (s.buf.as_ptr().add(i) as *const u64).read() };
-        if has_lf(u64::from_le(w)) {
-            break;
-        }
-        rel += 8;
-    }
-    if rel == start {
-        return false;
-    }
-    s.pos = s.base + rel;
-    true
+    false
 }
 
 unsafe extern "C" fn client_step(_i: u64, ctx: *mut c_void) -> i64 {
@@ -411,56 +490,111 @@ unsafe extern "C" fn server_step(_i: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
+/// What a chunk callback needs: the scratch area and the packet, both by
+/// pointer from the caller's stack, and the range to parse.
+#[repr(C)]
+struct ChunkCtx {
+    s: *mut Scratch,
+    pkt: *mut c_void,
+    from: u32,
+    to: u32,
+}
+
+/// One buffer-sized chunk of client bytes per call: load it, parse it byte
+/// by byte (an inner `bpf_loop`), decide an open verb at its end, write the
+/// masks back. Running the chunks from a `bpf_loop` too means the verifier
+/// checks the parser callback once per call site, not once per chunk.
+unsafe extern "C" fn client_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
+    let c = &*(ctx as *const ChunkCtx);
+    if c.s.is_null() {
+        return 1;
+    }
+    let s = &mut *c.s;
+    let p = P::from_raw(c.pkt);
+    let start = s.next_chunk;
+    if start >= c.to || s.held != 0 || s.load_failed != 0 {
+        return 1;
+    }
+    if !load_chunk(&p, s, start, c.to) {
+        return 1;
+    }
+    if start > c.from {
+        s.seg.verb_start = start;
+    }
+    for_each(s.end - s.pos, client_step, s);
+    if s.held != 0 {
+        return 1;
+    }
+    let env = KernelEnv { shared: &s.shared };
+    let out = s.client.end_segment(s.end, &s.seg, &env);
+    handle(s, &out);
+    apply_masks(&p, s);
+    s.next_chunk = s.end;
+    0
+}
+
+/// One chunk of server bytes per call.
+unsafe extern "C" fn server_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
+    let c = &*(ctx as *const ChunkCtx);
+    if c.s.is_null() {
+        return 1;
+    }
+    let s = &mut *c.s;
+    let p = P::from_raw(c.pkt);
+    let start = s.next_chunk;
+    if start >= c.to || s.load_failed != 0 {
+        return 1;
+    }
+    if !load_chunk(&p, s, start, c.to) {
+        return 1;
+    }
+    for_each(s.end - s.pos, server_step, s);
+    s.next_chunk = s.end;
+    0
+}
+
+/// Runs `cb` over the chunks of `[from, to)`.
+#[inline(always)]
+fn chunks<P: Packet>(p: &P, s: &mut Scratch, from: u32, to: u32, cb: Callback) {
+    s.next_chunk = from;
+    let mut c = ChunkCtx {
+        s,
+        pkt: p.raw(),
+        from,
+        to,
+    };
+    unsafe {
+        bpf_loop(
+            P::MAX_CHUNKS,
+            cb as *mut c_void,
+            &mut c as *mut ChunkCtx as *mut c_void,
+            0,
+        );
+    }
+    // `s` was handed over through `c`; read the cursor back through it.
+    let s = unsafe { &mut *c.s };
+    if s.next_chunk < to && s.held == 0 {
+        // More than MAX_CHUNKS buffers: never pass what was not read.
+        s.load_failed = 1;
+    }
+}
+
 /// Parses client bytes `[from, to)` of the segment, masking in the packet.
 /// A segment larger than the buffer (TC sees GSO packets) is parsed in
 /// chunks, each handled like a segment of its own: a verb cut by a chunk
 /// boundary is decided as if TCP had cut it there.
 #[inline(always)]
-pub fn run_client<P: Packet>(p: &P, s: &mut Scratch, from: u32, to: u32, finish: bool) {
-    let mut start = from;
-    for _ in 0..P::MAX_CHUNKS {
-        if start >= to || s.held != 0 || s.load_failed != 0 {
-            return;
-        }
-        if !load_chunk(p, s, start, to) {
-            return;
-        }
-        if start > from {
-            s.seg.verb_start = start;
-        }
-        for_each(s.end - s.pos, client_step, s);
-        if s.held != 0 {
-            return;
-        }
-        if finish || s.end < to {
-            let env = KernelEnv { shared: &s.shared };
-            let out = s.client.end_segment(s.end, &s.seg, &env);
-            handle(s, &out);
-        }
-        apply_masks(p, s);
-        start = s.end;
-    }
-    if start < to {
-        s.load_failed = 1;
+pub fn run_client<P: Packet>(p: &P, s: &mut Scratch, from: u32, to: u32) {
+    if from < to {
+        chunks(p, s, from, to, client_chunk::<P>);
     }
 }
 
 /// Parses server bytes `[from, to)` of the segment.
 #[inline(always)]
 pub fn run_server<P: Packet>(p: &P, s: &mut Scratch, from: u32, to: u32) {
-    let mut start = from;
-    for _ in 0..P::MAX_CHUNKS {
-        if start >= to || s.load_failed != 0 {
-            return;
-        }
-        if !load_chunk(p, s, start, to) {
-            return;
-        }
-        for_each(s.end - s.pos, server_step, s);
-        start = s.end;
-    }
-    if start < to {
-        s.load_failed = 1;
+    if from < to {
+        chunks(p, s, from, to, server_chunk::<P>);
     }
 }
 

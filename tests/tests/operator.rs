@@ -1754,8 +1754,18 @@ fn max_flows_evicts_and_sessions_go_on() {
     }
     let s3 = stats(&bed.gateway, &dir);
     assert_eq!(counter(&s3, "flows_created"), OPEN as u64 + 3, "{s3}");
+    // The LRU may have room again (its per-CPU free lists evict before the
+    // table is completely full), so evictions need not grow here; they must
+    // stay consistent with what was created, tracked and expired.
     assert!(
-        counter(&s3, "flows_evicted") > counter(&s, "flows_evicted"),
+        counter(&s3, "flows_evicted") >= counter(&s, "flows_evicted"),
+        "{s3}"
+    );
+    assert_eq!(
+        counter(&s3, "flows_evicted"),
+        counter(&s3, "flows_created")
+            - counter(&s3, "flows_tracked")
+            - counter(&s3, "flows_expired"),
         "{s3}"
     );
     assert!(counter(&s3, "flows_tracked") <= 16, "{s3}");
