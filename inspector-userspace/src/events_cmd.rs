@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{Map, MapData, RingBuf};
+use aya::maps::{Map, RingBuf};
 use inspector_common::events::{Event, EVENTS_MAP};
 use inspector_userspace::{events, flows::monotonic_ns, privilege};
 use tokio::io::unix::AsyncFd;
@@ -20,16 +20,7 @@ fn wall(ts_ns: u64) -> String {
 
 pub fn run(json: bool, pin_dir: &Path) -> Result<()> {
     privilege::require_bpf("events")?;
-    let path = pin_dir.join(EVENTS_MAP);
-    if !path.exists() {
-        anyhow::bail!(
-            "no event ring at {}: is `inspector attach` running with --pin-dir {}?",
-            path.display(),
-            pin_dir.display()
-        );
-    }
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = inspector_userspace::pin::open_map(pin_dir, EVENTS_MAP, "event ring")?;
     let ring = RingBuf::try_from(Map::RingBuf(data)).context("event map has an unexpected type")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -85,10 +85,7 @@ pub type CounterMap = PerCpuArray<MapData, u64>;
 /// Opens the pinned flow table and counter map, for [`expire`].
 pub fn open_pinned(pin_dir: &std::path::Path) -> Result<(FlowMap, CounterMap)> {
     use aya::maps::Map;
-    let open = |name: &str| -> Result<MapData> {
-        let p = pin_dir.join(name);
-        MapData::from_pin(&p).with_context(|| format!("opening pinned map {}", p.display()))
-    };
+    let open = |name: &str| crate::pin::open_map(pin_dir, name, "map");
     let flows = HashMap::try_from(Map::LruHashMap(open(inspector_common::flow::FLOWS_MAP)?))?;
     let counters = PerCpuArray::try_from(Map::PerCpuArray(open(
         inspector_common::counters::COUNTERS_MAP,

@@ -160,3 +160,19 @@ impl PinDir {
         }
     }
 }
+
+/// Opens the map `name` pinned under `pin_dir`. `what` names it in the
+/// error when it is not there, which almost always means that no `attach`
+/// runs with that pin dir.
+pub fn open_map(pin_dir: &Path, name: &str, what: &str) -> Result<aya::maps::MapData> {
+    let path = pin_dir.join(name);
+    if !path.exists() {
+        bail!(
+            "no {what} at {}: is `inspector attach` running with --pin-dir {}?",
+            path.display(),
+            pin_dir.display()
+        );
+    }
+    aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))
+}

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeSet, path::Path};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aya::maps::{HashMap, Map, MapData};
 use inspector_common::{
     policy::POLICY_MAP,
@@ -31,16 +31,7 @@ pub fn verb_string(k: VerbKey) -> String {
 }
 
 fn open(pin_dir: &Path) -> Result<HashMap<MapData, VerbKey, PolicyEntry>> {
-    let path = pin_dir.join(POLICY_MAP);
-    if !path.exists() {
-        anyhow::bail!(
-            "no policy at {}: is `inspector attach` running with --pin-dir {}?",
-            path.display(),
-            pin_dir.display()
-        );
-    }
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = inspector_userspace::pin::open_map(pin_dir, POLICY_MAP, "policy")?;
     Ok(HashMap::try_from(Map::HashMap(data))?)
 }
 

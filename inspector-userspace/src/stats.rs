@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{Map, PerCpuArray};
 use inspector_common::{
     config::VERB_COUNTERS_MAP,
     counters::{Counter, COUNTERS_MAP},
@@ -20,16 +20,7 @@ pub struct CounterValue {
 
 /// Reads every global counter from the map pinned under `pin_dir`.
 pub fn read_pinned(pin_dir: &Path) -> Result<Vec<CounterValue>> {
-    let path = pin_dir.join(COUNTERS_MAP);
-    if !path.exists() {
-        anyhow::bail!(
-            "no counters at {}: is `inspector attach` running with --pin-dir {}?",
-            path.display(),
-            pin_dir.display()
-        );
-    }
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = crate::pin::open_map(pin_dir, COUNTERS_MAP, "counters")?;
     read_map(Map::PerCpuArray(data))
 }
 
@@ -84,9 +75,7 @@ pub struct VerbValue {
 
 /// Reads the per-verb counters pinned under `pin_dir`.
 pub fn read_verbs_pinned(pin_dir: &Path) -> Result<Vec<VerbValue>> {
-    let path = pin_dir.join(VERB_COUNTERS_MAP);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = crate::pin::open_map(pin_dir, VERB_COUNTERS_MAP, "verb counters")?;
     read_verbs(Map::PerCpuArray(data))
 }
 
@@ -115,9 +104,7 @@ pub fn read_verbs(map: Map) -> Result<Vec<VerbValue>> {
 /// Entries in the pinned flow table: `(tracked, active)`, where active
 /// ones have seen neither FIN nor RST (closed ones wait for expiry).
 pub fn count_flows_pinned(pin_dir: &Path) -> Result<(u64, u64)> {
-    let path = pin_dir.join(FLOWS_MAP);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = crate::pin::open_map(pin_dir, FLOWS_MAP, "flow table")?;
     let map: aya::maps::HashMap<_, FlowKey, Flow> =
         aya::maps::HashMap::try_from(Map::LruHashMap(data))
             .context("flow table has an unexpected type")?;

@@ -8,8 +8,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context, Result};
-use aya::maps::{Array, Map, MapData};
+use anyhow::Result;
+use aya::maps::{Array, Map};
 use inspector_common::{
     config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_DROP, CFG_MONITOR, CONFIG_MAP},
     ports::{port_slot, PORTS_MAP, PORT_WORDS},
@@ -59,10 +59,7 @@ impl Status {
             }
             hooks.push((e.iface, e.hook.name().to_string(), id));
         }
-        let open = |name: &str| -> Result<MapData> {
-            let p = pin_dir.join(name);
-            MapData::from_pin(&p).with_context(|| format!("opening pinned map {}", p.display()))
-        };
+        let open = |name: &str| crate::pin::open_map(pin_dir, name, "map");
         let cfg: Array<_, Config> = Array::try_from(Map::Array(open(CONFIG_MAP)?))?;
         let config = cfg.get(&0, 0)?;
         let ports_map: Array<_, u64> = Array::try_from(Map::Array(open(PORTS_MAP)?))?;
