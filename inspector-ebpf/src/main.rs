@@ -6,7 +6,7 @@
 #![no_std]
 #![no_main]
 // Map keys and values are passed by reference on purpose: by value they
-// would be copied onto the 512-byte BPF stack (a flow entry alone is 216).
+// would be copied onto the 512-byte BPF stack (a flow entry alone is 432 bytes).
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod access;

@@ -122,7 +122,7 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
         /// Flow table size (entries; least recently used flows are evicted
-        /// when it is full). Default 65536, about 19 MB.
+        /// when it is full). Default 65536, about 35 MB.
         #[arg(long, value_name = "N")]
         max_flows: Option<u32>,
         /// On SIGINT/SIGTERM, leave the programs attached and the maps
