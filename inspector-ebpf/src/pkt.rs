@@ -6,8 +6,8 @@
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{
-        bpf_l4_csum_replace, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_load_bytes,
-        bpf_xdp_store_bytes,
+        bpf_l4_csum_replace, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_get_buff_len,
+        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::{TcContext, XdpContext},
 };
@@ -65,8 +65,8 @@ impl Packet for XdpContext {
     }
     #[inline(always)]
     fn total_len(&self) -> usize {
-        // Single-buffer frames only (the program is not xdp.frags).
-        XdpContext::data_end(self) - XdpContext::data(self)
+        // The linear part and every fragment of a multi-buffer frame.
+        unsafe { bpf_xdp_get_buff_len(self.ctx) as usize }
     }
     #[inline(always)]
     fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool {
@@ -98,8 +98,8 @@ impl Packet for XdpContext {
     fn seen_on_ingress(&self) -> bool {
         false
     }
-    // Native XDP frames fit in one buffer, but generic XDP (xdp-skb) hands
-    // the program whole GSO packets, linearised, of up to 64 KiB.
+    // Multi-buffer frames (GSO on veth, jumbo frames) and generic XDP's
+    // linearised GSO packets reach 64 KiB.
     const MAX_CHUNKS: u32 = 16;
     const PASS: u32 = xdp_action::XDP_PASS;
     const DROP: u32 = xdp_action::XDP_DROP;

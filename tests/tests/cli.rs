@@ -337,7 +337,10 @@ fn object_with_uninitialised_read() -> Vec<u8> {
             section.name().unwrap_or("?").to_string(),
         )
     };
-    assert_eq!(section_name, "xdp", "the XDP program's section");
+    assert_eq!(
+        section_name, "xdp.frags",
+        "the XDP program's section (multi-buffer aware)"
+    );
     // BPF_ALU64 | BPF_MOV | BPF_X, dst r0, src r5.
     bytes[at..at + 8].copy_from_slice(&[0xbf, 0x50, 0, 0, 0, 0, 0, 0]);
     bytes
