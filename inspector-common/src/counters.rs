@@ -71,6 +71,8 @@ counters! {
     RetransUnverifiable => "retrans_unverifiable",
     /// Client segments sent before the reply they depend on (DATA, AUTH, STARTTLS), dropped until it arrives.
     AwaitingReplyDrops => "awaiting_reply_drops",
+    /// Flows reset because they could not be normalised: a command whose reply decides how the next bytes are read (DATA, AUTH, STARTTLS) sent together with those bytes (the segment becomes a RST to the server).
+    FlowsReset => "flows_reset",
     /// Segments with more masked verbs than one packet can carry (dropped).
     MaskOverflowDrops => "mask_overflow_drops",
     /// Message bodies (DATA accepted with 354).

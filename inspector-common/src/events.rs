@@ -15,6 +15,8 @@ pub mod kind {
     pub const DROPPED: u8 = 2;
     /// A packet of a flow whose start was not seen passed (or was dropped).
     pub const MIDSTREAM: u8 = 3;
+    /// A flow was reset (its segment turned into a RST to the server).
+    pub const RESET: u8 = 4;
 }
 
 /// Why a segment was dropped (`Event::reason`).
@@ -26,6 +28,10 @@ pub mod reason {
     pub const TOO_MANY_MASKS: u8 = 5;
     pub const FRAGMENT: u8 = 6;
     pub const MIDSTREAM: u8 = 7;
+    /// Bytes that depend on a reply were sent with the command itself.
+    pub const BYTES_BEFORE_REPLY: u8 = 8;
+    /// The flow was reset by the inspector earlier.
+    pub const FLOW_RESET: u8 = 9;
 }
 
 #[repr(C)]

@@ -51,6 +51,9 @@ pub const DIR_FIN: u32 = 2;
 pub const DIR_RST: u32 = 4;
 /// `acked` is valid.
 pub const DIR_ACKED: u32 = 8;
+/// The inspector reset this flow (client direction only): later client
+/// payload is dropped.
+pub const DIR_RESET: u32 = 16;
 
 /// Checkpoints kept per direction: the parser state at the start of each
 /// of the last `CHECKPOINTS` in-order segments. A retransmission that starts

@@ -28,15 +28,22 @@ pub fn update(check: u16, acc: u32) -> u16 {
 /// sender's retransmission (with new timestamps) goes through.
 #[inline(always)]
 pub fn pseudo_header(tcp: &Tcp) -> u16 {
+    pseudo(&tcp.src, &tcp.dst, tcp.is_v6, tcp.tcp_len)
+}
+
+/// The folded pseudo-header sum of a TCP segment of `tcp_len` bytes. The
+/// sum does not depend on the order of the addresses.
+#[inline(always)]
+pub fn pseudo(src: &[u8; 16], dst: &[u8; 16], is_v6: bool, tcp_len: usize) -> u16 {
     let mut sum: u32 = 0;
-    let start = if tcp.is_v6 { 0 } else { 12 };
+    let start = if is_v6 { 0 } else { 12 };
     let mut i = start;
     while i < 16 {
-        sum += u16::from_be_bytes([tcp.src[i], tcp.src[i + 1]]) as u32;
-        sum += u16::from_be_bytes([tcp.dst[i], tcp.dst[i + 1]]) as u32;
+        sum += u16::from_be_bytes([src[i], src[i + 1]]) as u32;
+        sum += u16::from_be_bytes([dst[i], dst[i + 1]]) as u32;
         i += 2;
     }
     sum += 6; // IPPROTO_TCP
-    sum += tcp.tcp_len as u32;
+    sum += tcp_len as u32;
     fold(sum)
 }

@@ -44,6 +44,8 @@ pub struct Tcp {
     pub flags: u8,
     /// Offset of the TCP header from the start of the frame.
     pub l4_off: usize,
+    /// Offset of the IP header from the start of the frame.
+    pub l3_off: usize,
     /// Offset of the first payload byte from the start of the frame.
     pub payload_off: usize,
     /// Payload length according to the IP header (frame padding excluded).
@@ -120,6 +122,7 @@ fn parse_ipv4<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
     out.src[12..].copy_from_slice(&h[12..16]);
     out.dst[12..].copy_from_slice(&h[16..20]);
     out.is_v6 = false;
+    out.l3_off = off;
     parse_tcp(ctx, off + ihl, total - ihl, out)
 }
 
@@ -143,6 +146,7 @@ fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
     out.src = src;
     out.dst = dst;
     out.is_v6 = true;
+    out.l3_off = off;
     let mut remaining = be16([h[4], h[5]]) as usize;
     let mut next = h[6];
     let mut off = off + 40;

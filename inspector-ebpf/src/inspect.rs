@@ -7,7 +7,8 @@ use inspector_common::{
     counters::Counter,
     events::{kind, reason},
     flow::{
-        classify, expected_after, seq_diff, Flow, SegClass, DIR_ACKED, DIR_FIN, DIR_RST, DIR_SYNCED,
+        classify, expected_after, seq_diff, Flow, SegClass, DIR_ACKED, DIR_FIN, DIR_RESET, DIR_RST,
+        DIR_SYNCED,
     },
     smtp::cstate,
     verbs::OTHER,
@@ -16,6 +17,7 @@ use inspector_common::{
 use crate::{
     maps::{config, count, count_n, FLOWS},
     pkt::Packet,
+    rst,
     scratch::{self, Scratch},
 };
 
@@ -145,9 +147,36 @@ pub fn segment<P: Packet>(ctx: &P, client_side: bool) -> u32 {
             P::PASS
         }
         Verdict::Drop(c) => {
-            count(c);
+            if c != Counter::Dropped {
+                count(c);
+            }
             scratch::report(s, kind::DROPPED, reason_of(c), OTHER);
             drop::<P>(monitor)
+        }
+        Verdict::Reset => {
+            count(Counter::FlowsReset);
+            scratch::report(s, kind::RESET, reason::BYTES_BEFORE_REPLY, OTHER);
+            if monitor {
+                return P::PASS;
+            }
+            // Later client payload of this flow is dropped.
+            flow.client.cur.flags |= DIR_RESET;
+            if rst::rewrite(ctx, s, false) {
+                P::PASS
+            } else {
+                drop::<P>(monitor)
+            }
+        }
+        Verdict::ResetClient => {
+            // The server has its RST; the client learns at its next segment
+            // (its retransmission) instead of retrying for minutes.
+            count(Counter::Dropped);
+            scratch::report(s, kind::RESET, reason::FLOW_RESET, OTHER);
+            if rst::rewrite(ctx, s, true) {
+                ctx.bounce()
+            } else {
+                P::DROP
+            }
         }
     }
 }
@@ -162,6 +191,7 @@ fn reason_of(c: Counter) -> u8 {
         Counter::AwaitingReplyDrops => reason::AWAITING_REPLY,
         Counter::MaskOverflowDrops => reason::TOO_MANY_MASKS,
         Counter::Midstream => reason::MIDSTREAM,
+        Counter::Dropped => reason::FLOW_RESET,
         _ => 0,
     }
 }
@@ -169,6 +199,10 @@ fn reason_of(c: Counter) -> u8 {
 enum Verdict {
     Pass,
     Drop(Counter),
+    /// Turn the segment into a RST to the server and stop the flow.
+    Reset,
+    /// The flow was reset: answer the client's segment with a RST.
+    ResetClient,
 }
 
 #[inline(always)]
@@ -233,6 +267,9 @@ fn client_segment<P: Packet>(
     } else {
         None
     };
+    if flow.client.cur.flags & DIR_RESET != 0 {
+        return Verdict::ResetClient;
+    }
     if flow.client.state.state == cstate::OPAQUE {
         return Verdict::Pass;
     }
@@ -242,6 +279,13 @@ fn client_segment<P: Packet>(
             s.client = flow.client.state;
             scratch::run_client(ctx, s, 0, len);
             if s.held != 0 {
+                if flow.client.state.state != cstate::AWAIT_GATE {
+                    // The command that opened the gate is in this very
+                    // segment, with bytes after it: the server cannot get
+                    // the command without them, and they cannot be judged
+                    // before its reply. No retransmission can fix that.
+                    return Verdict::Reset;
+                }
                 return Verdict::Drop(Counter::AwaitingReplyDrops);
             }
             flow.client.ckpts.record(seq, &flow.client.state);

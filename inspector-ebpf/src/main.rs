@@ -15,6 +15,7 @@ mod headers;
 mod inspect;
 mod maps;
 mod pkt;
+mod rst;
 mod scratch;
 
 use aya_ebpf::{

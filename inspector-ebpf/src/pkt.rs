@@ -6,8 +6,9 @@
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{
-        bpf_l4_csum_replace, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_get_buff_len,
-        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_skb_store_bytes, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
     },
     programs::{TcContext, XdpContext},
 };
@@ -21,6 +22,9 @@ pub trait Packet {
     fn data_end(&self) -> usize;
     /// Length of the whole packet, linear part and fragments.
     fn total_len(&self) -> usize;
+    /// Cuts the packet to `len` bytes (every packet pointer is invalid
+    /// afterwards).
+    fn trim_to(&self, len: u32) -> bool;
     /// Copies `len` bytes at `off` into `dst`.
     fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool;
     /// Writes `len` bytes from `src` at `off`.
@@ -38,6 +42,9 @@ pub trait Packet {
     /// hook: TC egress of a packet that was forwarded, hence seen on the
     /// ingress of the interface it came in on.
     fn seen_on_ingress(&self) -> bool;
+    /// The verdict that sends the (rewritten) packet back out of the
+    /// interface it came in on.
+    fn bounce(&self) -> u32;
     /// Buffer-sized chunks a segment can span: a single-buffer XDP frame
     /// always fits in one, a TC skb can be a 64 KiB GSO/GRO packet.
     const MAX_CHUNKS: u32;
@@ -69,6 +76,11 @@ impl Packet for XdpContext {
         unsafe { bpf_xdp_get_buff_len(self.ctx) as usize }
     }
     #[inline(always)]
+    fn trim_to(&self, len: u32) -> bool {
+        let delta = len as i64 - self.total_len() as i64;
+        delta <= 0 && unsafe { bpf_xdp_adjust_tail(self.ctx, delta as i32) } == 0
+    }
+    #[inline(always)]
     fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool {
         unsafe { bpf_xdp_load_bytes(self.ctx, off, dst as *mut _, len) == 0 }
     }
@@ -97,6 +109,10 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn seen_on_ingress(&self) -> bool {
         false
+    }
+    #[inline(always)]
+    fn bounce(&self) -> u32 {
+        xdp_action::XDP_TX
     }
     // Multi-buffer frames (GSO on veth, jumbo frames) and generic XDP's
     // linearised GSO packets reach 64 KiB.
@@ -127,6 +143,10 @@ impl Packet for TcContext {
         self.len() as usize
     }
     #[inline(always)]
+    fn trim_to(&self, len: u32) -> bool {
+        unsafe { bpf_skb_change_tail(self.skb.skb, len, 0) == 0 }
+    }
+    #[inline(always)]
     fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool {
         unsafe { bpf_skb_load_bytes(self.skb.skb as *const _, off, dst as *mut _, len) == 0 }
     }
@@ -155,6 +175,11 @@ impl Packet for TcContext {
         let (ingress, ifindex) =
             unsafe { ((*self.skb.skb).ingress_ifindex, (*self.skb.skb).ifindex) };
         ingress != 0 && ingress != ifindex
+    }
+    #[inline(always)]
+    fn bounce(&self) -> u32 {
+        let ifindex = unsafe { (*self.skb.skb).ifindex };
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
     }
     const MAX_CHUNKS: u32 = 16;
     const PASS: u32 = TC_ACT_OK as u32;

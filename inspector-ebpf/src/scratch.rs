@@ -42,6 +42,9 @@ pub struct Scratch {
     /// tags, IPv6 extension headers) look alike to the verifier afterwards,
     /// so it checks the inspection logic once instead of once per path.
     pub tcp: Tcp,
+    /// Headers being rewritten into a RST (see `rst.rs`); twice as long as
+    /// used, for the verifier's sake (see `buf`).
+    pub hdr: [u8; 2 * crate::rst::HDR_MAX],
     /// A new flow entry is built here (too big for the stack).
     pub new_flow: Flow,
     /// Next segment offset to parse, and where this chunk stops.

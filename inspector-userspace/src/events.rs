@@ -44,6 +44,7 @@ pub fn kind_name(k: u8) -> &'static str {
         kind::MASKED => "masked",
         kind::DROPPED => "dropped",
         kind::MIDSTREAM => "midstream",
+        kind::RESET => "reset",
         _ => "unknown",
     }
 }
@@ -57,6 +58,8 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::TOO_MANY_MASKS => "too-many-masked-verbs",
         reason::FRAGMENT => "fragment",
         reason::MIDSTREAM => "midstream",
+        reason::BYTES_BEFORE_REPLY => "bytes-sent-before-reply",
+        reason::FLOW_RESET => "flow-was-reset",
         _ => "",
     }
 }
@@ -69,6 +72,8 @@ pub fn action(e: &Event) -> &'static str {
         (kind::DROPPED, 0) => "drop",
         (kind::DROPPED, _) => "would-drop",
         (kind::MIDSTREAM, _) => "pass",
+        (kind::RESET, 0) => "reset",
+        (kind::RESET, _) => "would-reset",
         _ => "?",
     }
 }

@@ -37,12 +37,17 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const TC_ACT_REDIRECT: u32 = 7;
 
 /// What the program decided, whatever the hook's return codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Pass,
     Drop,
+    /// Sent back out of the interface it came in on (XDP_TX, or a TC
+    /// redirect to the same device).
+    Bounce,
 }
 
 /// Every counter by name (`Counter::name`), summed over CPUs.
@@ -255,6 +260,7 @@ impl Loaded {
         let verdict = match (self.hook, r.return_value) {
             (Hook::Xdp, XDP_PASS) | (Hook::Tc, TC_ACT_OK) => Verdict::Pass,
             (Hook::Xdp, XDP_DROP) | (Hook::Tc, TC_ACT_SHOT) => Verdict::Drop,
+            (Hook::Xdp, XDP_TX) | (Hook::Tc, TC_ACT_REDIRECT) => Verdict::Bounce,
             (h, v) => panic!("{h:?} program returned {v}, neither pass nor drop"),
         };
         Outcome {

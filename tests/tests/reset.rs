@@ -1,0 +1,248 @@
+//! SPEC 5's last resort: a flow the inspector cannot normalise is reset.
+//! A client that sends DATA and the message in one segment (RFC 2920
+//! forbids it) cannot be served: the server must not get DATA without what
+//! follows, and what follows cannot be judged before the reply to DATA. The
+//! segment becomes a RST to the server; the client's next segment is turned
+//! around into a RST to the client. Checked on the frames the programs
+//! return (BPF_PROG_TEST_RUN), with checksums recomputed here.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use inspector_tests::{
+    frame::{Frame, Ipv4, Ipv6},
+    kernel::{Hook, Loaded, Session, Shape, Verdict},
+};
+
+fn client_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(47000);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn v4() -> Shape {
+    Box::new(|t, r| {
+        let ip = Ipv4::tcp(t);
+        Frame::ipv4(if r { ip.reply() } else { ip })
+    })
+}
+
+fn v6() -> Shape {
+    Box::new(|t, r| {
+        let ip = Ipv6::tcp(t);
+        Frame::ipv6(if r { ip.reply() } else { ip })
+    })
+}
+
+/// The parts of an untagged Ethernet + IPv4/IPv6 (no extension headers) +
+/// TCP frame this test looks at.
+#[derive(Debug)]
+struct Seg {
+    dst_mac: Vec<u8>,
+    src_mac: Vec<u8>,
+    src_ip: Vec<u8>,
+    dst_ip: Vec<u8>,
+    src_port: u16,
+    dst_port: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload_len: usize,
+    checksum_ok: bool,
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn ones_sum(parts: &[&[u8]]) -> u32 {
+    let mut sum = 0u32;
+    for p in parts {
+        for c in p.chunks(2) {
+            let w = if c.len() == 2 {
+                be16(c, 0)
+            } else {
+                (c[0] as u16) << 8
+            };
+            sum += w as u32;
+        }
+    }
+    sum
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+fn parse(f: &[u8]) -> Seg {
+    let ethertype = be16(f, 12);
+    let (l4, src_ip, dst_ip, tcp_len) = match ethertype {
+        0x0800 => {
+            let ihl = (f[14] & 0x0f) as usize * 4;
+            let total = be16(f, 16) as usize;
+            // The IPv4 header checksum must verify too.
+            assert_eq!(
+                fold(ones_sum(&[&f[14..14 + ihl]])),
+                0xffff,
+                "IPv4 header checksum"
+            );
+            (
+                14 + ihl,
+                f[26..30].to_vec(),
+                f[30..34].to_vec(),
+                total - ihl,
+            )
+        }
+        0x86dd => (
+            54,
+            f[22..38].to_vec(),
+            f[38..54].to_vec(),
+            be16(f, 18) as usize,
+        ),
+        e => panic!("ethertype {e:#x}"),
+    };
+    assert!(f.len() >= l4 + tcp_len, "frame shorter than the IP length");
+    let tcp = &f[l4..l4 + tcp_len];
+    let doff = (tcp[12] >> 4) as usize * 4;
+    let mut pseudo = src_ip.clone();
+    pseudo.extend_from_slice(&dst_ip);
+    let len = tcp_len as u32;
+    if ethertype == 0x0800 {
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        pseudo.extend_from_slice(&len.to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 6]);
+    }
+    Seg {
+        dst_mac: f[0..6].to_vec(),
+        src_mac: f[6..12].to_vec(),
+        src_ip,
+        dst_ip,
+        src_port: be16(tcp, 0),
+        dst_port: be16(tcp, 2),
+        seq: be32(tcp, 4),
+        ack: be32(tcp, 8),
+        flags: tcp[13],
+        payload_len: tcp_len - doff,
+        checksum_ok: fold(ones_sum(&[&pseudo, tcp])) == 0xffff,
+    }
+}
+
+const RST_ACK: u8 = 0x14;
+
+fn data_with_the_message(hook: Hook, shape: Shape) {
+    let prog = Loaded::new(hook, 0);
+    let mut s = Session::new(&prog, shape, client_port(), 25);
+    s.open();
+    for (c, r) in [
+        (&b"MAIL FROM:<a@b>\r\n"[..], &b"250 ok\r\n"[..]),
+        (b"RCPT TO:<c@d>\r\n", b"250 ok\r\n"),
+    ] {
+        s.client(c);
+        s.server(r);
+    }
+    let early = b"DATA\r\nSubject: early talker\r\n\r\nbody\r\n.\r\n";
+    let frame = s.client_frame(early);
+    let before = parse(&frame);
+    let o = prog.run(&frame);
+    assert_eq!(
+        o.verdict,
+        Verdict::Pass,
+        "{hook:?}: {:?}",
+        o.delta.nonzero()
+    );
+    assert_eq!(o.get("flows_reset"), 1, "{:?}", o.delta.nonzero());
+    let rst = parse(&o.data_out);
+    assert_eq!(rst.flags, RST_ACK, "{hook:?}: {rst:?}");
+    assert_eq!(rst.payload_len, 0, "{hook:?}: the payload is cut off");
+    assert!(
+        rst.checksum_ok,
+        "{hook:?}: TCP checksum of the RST to the server"
+    );
+    assert_eq!(
+        (
+            rst.src_ip,
+            rst.dst_ip,
+            rst.src_port,
+            rst.dst_port,
+            rst.seq,
+            rst.ack
+        ),
+        (
+            before.src_ip.clone(),
+            before.dst_ip.clone(),
+            before.src_port,
+            before.dst_port,
+            before.seq,
+            before.ack
+        ),
+        "{hook:?}: same flow, same sequence number (the one the server expects)"
+    );
+
+    // The client retransmits: it gets a RST back, from the server's address.
+    let o = prog.run(&frame);
+    assert_eq!(
+        o.verdict,
+        Verdict::Bounce,
+        "{hook:?}: {:?}",
+        o.delta.nonzero()
+    );
+    let back = parse(&o.data_out);
+    assert_eq!(back.flags, RST_ACK, "{hook:?}: {back:?}");
+    assert_eq!(back.payload_len, 0);
+    assert!(
+        back.checksum_ok,
+        "{hook:?}: TCP checksum of the RST to the client"
+    );
+    assert_eq!(
+        (back.dst_mac, back.src_mac),
+        (before.src_mac, before.dst_mac)
+    );
+    assert_eq!((back.src_ip, back.dst_ip), (before.dst_ip, before.src_ip));
+    assert_eq!(
+        (back.src_port, back.dst_port),
+        (before.dst_port, before.src_port)
+    );
+    assert_eq!(back.seq, before.ack, "in the client's window");
+    assert_eq!(back.ack, before.seq.wrapping_add(early.len() as u32));
+}
+
+#[test]
+fn data_sent_with_the_message_resets_the_flow_xdp_ipv4() {
+    data_with_the_message(Hook::Xdp, v4());
+}
+
+#[test]
+fn data_sent_with_the_message_resets_the_flow_xdp_ipv6() {
+    data_with_the_message(Hook::Xdp, v6());
+}
+
+#[test]
+fn data_sent_with_the_message_resets_the_flow_tc_ipv4() {
+    data_with_the_message(Hook::Tc, v4());
+}
+
+#[test]
+fn data_sent_with_the_message_resets_the_flow_tc_ipv6() {
+    data_with_the_message(Hook::Tc, v6());
+}
+
+/// Bytes sent after DATA in a later segment, before the 354: only that
+/// segment waits (dropped, retransmitted); the flow is not reset.
+#[test]
+fn a_later_segment_before_the_reply_is_only_held() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let mut s = Session::new(&prog, v4(), client_port(), 25);
+    s.open();
+    s.client(b"DATA\r\n");
+    let o = prog.run(&s.client_frame(b"body\r\n"));
+    assert_eq!(o.verdict, Verdict::Drop);
+    assert_eq!(o.get("awaiting_reply_drops"), 1);
+    assert_eq!(o.get("flows_reset"), 0);
+}
