@@ -159,8 +159,12 @@ pub fn segment<P: Packet>(ctx: &P, client_side: bool) -> u32 {
             if monitor {
                 return P::PASS;
             }
-            // Later client payload of this flow is dropped.
-            flow.client.cur.flags |= DIR_RESET;
+            // Later client segments are answered with a RST; the entry
+            // counts as closed and expires like any closed flow.
+            if (flow.client.cur.flags | flow.server.cur.flags) & (DIR_FIN | DIR_RST) == 0 {
+                count(Counter::FlowsClosed);
+            }
+            flow.client.cur.flags |= DIR_RESET | DIR_RST;
             if rst::rewrite(ctx, s, false) {
                 P::PASS
             } else {

@@ -158,6 +158,7 @@ fn data_with_the_message(hook: Hook, shape: Shape) {
         o.delta.nonzero()
     );
     assert_eq!(o.get("flows_reset"), 1, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("flows_closed"), 1, "the reset flow counts as closed");
     let rst = parse(&o.data_out);
     assert_eq!(rst.flags, RST_ACK, "{hook:?}: {rst:?}");
     assert_eq!(rst.payload_len, 0, "{hook:?}: the payload is cut off");
