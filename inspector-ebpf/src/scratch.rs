@@ -386,11 +386,15 @@ fn scan_body(s: &mut Scratch) -> bool {
             break;
         }
         let w = word(s, rel);
-        let lf = zero_bytes(w ^ LFS);
         let dot = zero_bytes(w ^ DOTS);
-        let line_start = (lf << 8) | if bol { 0x80 } else { 0 };
-        if line_start & dot != 0 {
-            break;
+        // Most words hold no dot at all (base64 never does): only then is
+        // the LF test needed.
+        if dot != 0 {
+            let lf = zero_bytes(w ^ LFS);
+            let line_start = (lf << 8) | if bol { 0x80 } else { 0 };
+            if line_start & dot != 0 {
+                break;
+            }
         }
         bol = (w >> 56) as u8 == b'\n';
         rel += 8;
