@@ -43,6 +43,18 @@ pub struct Cursor {
     pub last_ns: u64,
 }
 
+impl Cursor {
+    /// The acknowledgement this direction's sender last sent, if it sent one.
+    #[inline(always)]
+    pub fn acked_if_known(&self) -> Option<u32> {
+        if self.flags & DIR_ACKED != 0 {
+            Some(self.acked)
+        } else {
+            None
+        }
+    }
+}
+
 /// This direction's sequence numbers are known (SYN or SYN-ACK seen).
 pub const DIR_SYNCED: u32 = 1;
 /// This direction sent a FIN.

@@ -65,7 +65,6 @@ pub fn segment<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         s.key.server_port = t.src_port;
     }
     s.seq = seq;
-    s.monitor = 0;
     let now = unsafe { bpf_ktime_get_ns() };
     let cfg = config();
     let monitor = cfg & CFG_MONITOR != 0;
@@ -129,7 +128,7 @@ pub fn segment<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         seq
     };
 
-    scratch::begin(s, seq, payload_len, payload_off as u32, monitor);
+    scratch::begin(s, seq, payload_off as u32);
     let verdict = match dir {
         Dir::Client => client_segment(ctx, flow, s, seq, payload_len),
         Dir::Server => server_segment(ctx, flow, s, seq, payload_len),
@@ -266,11 +265,7 @@ fn client_segment<P: Packet>(
     seq: u32,
     len: u32,
 ) -> Verdict {
-    let peer_acked = if flow.server.cur.flags & DIR_ACKED != 0 {
-        Some(flow.server.cur.acked)
-    } else {
-        None
-    };
+    let peer_acked = flow.server.cur.acked_if_known();
     if flow.client.cur.flags & DIR_RESET != 0 {
         return Verdict::ResetClient;
     }
@@ -308,7 +303,7 @@ fn client_segment<P: Packet>(
             };
             s.client = flow.client.ckpts.at(i);
             s.report = 0;
-            let seen = if len < overlap { len } else { overlap };
+            let seen = len.min(overlap);
             scratch::run_client(ctx, s, 0, seen);
             let expected =
                 expected_after(seq, len, overlap, &flow.client.state, &flow.client.ckpts);
@@ -352,11 +347,7 @@ fn server_segment<P: Packet>(
     seq: u32,
     len: u32,
 ) -> Verdict {
-    let peer_acked = if flow.client.cur.flags & DIR_ACKED != 0 {
-        Some(flow.client.cur.acked)
-    } else {
-        None
-    };
+    let peer_acked = flow.client.cur.acked_if_known();
     if flow.server.state.opaque() {
         return Verdict::Pass;
     }
@@ -376,7 +367,7 @@ fn server_segment<P: Packet>(
                 return Verdict::Drop(Counter::RetransUnverifiable);
             };
             s.server = flow.server.ckpts.at(i);
-            let seen = if len < overlap { len } else { overlap };
+            let seen = len.min(overlap);
             scratch::run_server(ctx, s, 0, seen);
             let expected =
                 expected_after(seq, len, overlap, &flow.server.state, &flow.server.ckpts);

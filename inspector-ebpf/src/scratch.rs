@@ -58,8 +58,6 @@ pub struct Scratch {
     pub load_failed: u32,
     /// Segment offset of the next chunk to parse.
     pub next_chunk: u32,
-    /// Payload length (the whole segment).
-    pub len: u32,
     pub seq: u32,
     /// Set when a step returned HOLD.
     pub held: u32,
@@ -104,8 +102,9 @@ impl Env for KernelEnv<'_> {
     }
 }
 
+/// This CPU's scratch area.
 #[inline(always)]
-fn scratch() -> Option<&'static mut Scratch> {
+pub fn get() -> Option<&'static mut Scratch> {
     SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
@@ -286,7 +285,7 @@ fn handle(s: &mut Scratch, out: &Out) {
             if out.masked != 0 {
                 count(Counter::CommandsMasked);
                 count_verb(out.verb_id, true);
-                report_masked(s, out.verb_id);
+                report(s, kind::MASKED, 0, out.verb_id);
             }
         }
         event::BODY_START => count(Counter::Bodies),
@@ -295,11 +294,6 @@ fn handle(s: &mut Scratch, out: &Out) {
         event::SASL_START => count(Counter::SaslExchanges),
         _ => {}
     }
-}
-
-#[inline(always)]
-fn report_masked(s: &Scratch, verb_id: u8) {
-    report(s, kind::MASKED, 0, verb_id);
 }
 
 /// Sends an event to `inspector events`. Written straight into the ring
@@ -445,7 +439,7 @@ fn scan_to_lf(s: &mut Scratch) -> bool {
 fn skip_ahead(s: &mut Scratch) -> bool {
     if s.client.state == inspector_common::smtp::cstate::CHUNK {
         // A BDAT chunk: its bytes are not looked at.
-        let n = core::cmp::min(s.client.count, (s.end - s.pos) as u64);
+        let n = core::cmp::min(s.client.skippable(), (s.end - s.pos) as u64);
         if n == 0 {
             return false;
         }
@@ -507,25 +501,34 @@ struct ChunkCtx {
     to: u32,
 }
 
+/// Loads the next chunk of a `chunks` run into the buffer. Returns the
+/// scratch area, the packet, the chunk's start and the run's start; `None`
+/// once the run is over (or held, or a load failed).
+#[inline(always)]
+unsafe fn next_chunk<P: Packet>(ctx: *mut c_void) -> Option<(&'static mut Scratch, P, u32, u32)> {
+    let c = &*(ctx as *const ChunkCtx);
+    if c.s.is_null() {
+        return None;
+    }
+    let s = &mut *c.s;
+    let p = P::from_raw(c.pkt);
+    let start = s.next_chunk;
+    // A server run never holds; the check only ends client runs.
+    if start >= c.to || s.held != 0 || s.load_failed != 0 || !load_chunk(&p, s, start, c.to) {
+        return None;
+    }
+    Some((s, p, start, c.from))
+}
+
 /// One buffer-sized chunk of client bytes per call: load it, parse it byte
 /// by byte (an inner `bpf_loop`), decide an open verb at its end, write the
 /// masks back. Running the chunks from a `bpf_loop` too means the verifier
 /// checks the parser callback once per call site, not once per chunk.
 unsafe extern "C" fn client_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
-    let c = &*(ctx as *const ChunkCtx);
-    if c.s.is_null() {
+    let Some((s, p, start, from)) = next_chunk::<P>(ctx) else {
         return 1;
-    }
-    let s = &mut *c.s;
-    let p = P::from_raw(c.pkt);
-    let start = s.next_chunk;
-    if start >= c.to || s.held != 0 || s.load_failed != 0 {
-        return 1;
-    }
-    if !load_chunk(&p, s, start, c.to) {
-        return 1;
-    }
-    if start > c.from {
+    };
+    if start > from {
         s.seg.verb_start = start;
     }
     for_each(s.end - s.pos, client_step, s);
@@ -542,19 +545,9 @@ unsafe extern "C" fn client_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
 
 /// One chunk of server bytes per call.
 unsafe extern "C" fn server_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
-    let c = &*(ctx as *const ChunkCtx);
-    if c.s.is_null() {
+    let Some((s, _, _, _)) = next_chunk::<P>(ctx) else {
         return 1;
-    }
-    let s = &mut *c.s;
-    let p = P::from_raw(c.pkt);
-    let start = s.next_chunk;
-    if start >= c.to || s.load_failed != 0 {
-        return 1;
-    }
-    if !load_chunk(&p, s, start, c.to) {
-        return 1;
-    }
+    };
     for_each(s.end - s.pos, server_step, s);
     s.next_chunk = s.end;
     0
@@ -607,21 +600,15 @@ pub fn run_server<P: Packet>(p: &P, s: &mut Scratch, from: u32, to: u32) {
 
 /// Resets the per-segment fields.
 #[inline(always)]
-pub fn begin(s: &mut Scratch, seq: u32, len: u32, payload_off: u32, monitor: bool) {
+pub fn begin(s: &mut Scratch, seq: u32, payload_off: u32) {
     s.seq = seq;
     s.payload_off = payload_off;
     s.load_failed = 0;
-    s.len = len;
     s.held = 0;
     s.report = 1;
-    s.monitor = monitor as u32;
     s.csum_acc = 0;
     s.nmasks = 0;
     s.overflow = 0;
     s.masked_bytes = 0;
     s.seg = Seg::default();
-}
-
-pub fn get() -> Option<&'static mut Scratch> {
-    scratch()
 }

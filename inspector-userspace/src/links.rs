@@ -96,9 +96,7 @@ pub fn pinned(pin_dir: &Path) -> Result<Vec<PinnedEntry>> {
 
 /// The program id a pinned link runs.
 pub fn program_id(path: &Path) -> Result<u32> {
-    let link = PinnedLink::from_pin(path)
-        .with_context(|| format!("opening pinned link {}", path.display()))?;
-    let fd: FdLink = link.into();
+    let fd: FdLink = open(path)?.into();
     Ok(fd.info().context("reading link info")?.program_id())
 }
 
@@ -118,6 +116,26 @@ impl Outcome {
     }
 }
 
+fn open(path: &Path) -> Result<PinnedLink> {
+    PinnedLink::from_pin(path).with_context(|| format!("opening pinned link {}", path.display()))
+}
+
+/// Pins a link this run made.
+fn pin_new(fd: FdLink, path: &Path) -> Result<Outcome> {
+    let pinned = fd
+        .pin(path)
+        .with_context(|| format!("pinning link {}", path.display()))?;
+    Ok(Outcome::New(pinned))
+}
+
+/// After `attach_to_link` swapped the program in: the program hands the
+/// link back (dropped here: closing that fd leaves the pin, which is what
+/// keeps the link alive) and the pin is opened again to be held.
+fn taken_over<L>(link: L, path: &Path) -> Result<Outcome> {
+    drop(link);
+    Ok(Outcome::TakenOver(open(path)?))
+}
+
 fn ensure_links_dir(pin_dir: &Path) -> Result<()> {
     let d = pin_dir.join(LINKS_DIR);
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))
@@ -134,29 +152,18 @@ pub fn attach_xdp(
     ensure_links_dir(pin_dir)?;
     let path = link_path(pin_dir, iface, Hook::Xdp);
     if path.exists() {
-        let pinned = PinnedLink::from_pin(&path)
-            .with_context(|| format!("opening pinned link {}", path.display()))?;
-        let fd: FdLink = pinned.into();
+        let fd: FdLink = open(&path)?.into();
         let link = XdpLink::try_from(fd).context("the pinned link is not an XDP link")?;
         let id = prog
             .attach_to_link(link)
             .with_context(|| format!("replacing the program of the pinned link on `{iface}`"))?;
-        // The program hands the link back; closing that fd leaves the pin,
-        // which is what keeps the link alive.
-        drop(prog.take_link(id)?);
-        return Ok(Outcome::TakenOver(PinnedLink::from_pin(&path).map_err(
-            |e| anyhow::Error::new(e).context(format!("reopening {}", path.display())),
-        )?));
+        return taken_over(prog.take_link(id)?, &path);
     }
     let id = prog.attach(iface, mode).map_err(map_err)?;
-    let link = prog.take_link(id)?;
-    let fd = FdLink::try_from(link).context(
+    let fd = FdLink::try_from(prog.take_link(id)?).context(
         "the kernel attached XDP through netlink, not a bpf_link (kernel older than 5.9?)",
     )?;
-    let pinned = fd
-        .pin(&path)
-        .with_context(|| format!("pinning link {}", path.display()))?;
-    Ok(Outcome::New(pinned))
+    pin_new(fd, &path)
 }
 
 /// Attaches `prog` to `iface` on TC ingress or egress, or takes over.
@@ -174,37 +181,26 @@ pub fn attach_tc(
         Hook::Xdp => bail!("not a TC hook"),
     };
     if path.exists() {
-        let pinned = PinnedLink::from_pin(&path)
-            .with_context(|| format!("opening pinned link {}", path.display()))?;
-        let fd: FdLink = pinned.into();
+        let fd: FdLink = open(&path)?.into();
         let link = aya::programs::tc::SchedClassifierLink::try_from(fd)
             .context("the pinned link is not a TCX link")?;
         let id = prog
             .attach_to_link(link)
             .with_context(|| format!("replacing the program of the pinned link on `{iface}`"))?;
-        drop(prog.take_link(id)?);
-        return Ok(Outcome::TakenOver(PinnedLink::from_pin(&path).map_err(
-            |e| anyhow::Error::new(e).context(format!("reopening {}", path.display())),
-        )?));
+        return taken_over(prog.take_link(id)?, &path);
     }
     let id = prog.attach(iface, t).map_err(|e| {
         anyhow::Error::new(e).context(format!("attaching the TC program to `{iface}` ({t:?})"))
     })?;
-    let link = prog.take_link(id)?;
-    let fd = FdLink::try_from(link).context(
+    let fd = FdLink::try_from(prog.take_link(id)?).context(
         "the kernel attached TC through netlink, not a TCX link (kernel older than 6.6?)",
     )?;
-    let pinned = fd
-        .pin(&path)
-        .with_context(|| format!("pinning link {}", path.display()))?;
-    Ok(Outcome::New(pinned))
+    pin_new(fd, &path)
 }
 
 /// Detaches a pinned link: unpins it and closes the last reference.
 pub fn remove(path: &Path) -> Result<()> {
-    let link = PinnedLink::from_pin(path)
-        .with_context(|| format!("opening pinned link {}", path.display()))?;
-    let fd = link
+    let fd = open(path)?
         .unpin()
         .with_context(|| format!("unpinning {}", path.display()))?;
     drop(fd);

@@ -132,18 +132,16 @@ pub fn open_with(object: &[u8], pin_dir: Option<&Path>, max_flows: Option<u32>) 
         loader.map_pin_path(name, path.as_path());
     }
     loader.load(object).map_err(|e| match e {
-        EbpfError::MapError(ref m) => anyhow::Error::new(e_to_io(m)).context(format!(
+        // The map error is in the message; as a source it would be printed
+        // a second time.
+        EbpfError::MapError(ref m) => anyhow::anyhow!(
             "creating the eBPF maps failed: {m}{}",
             pin_dir
                 .map(|d| format!(" (pin dir {})", d.display()))
                 .unwrap_or_default()
-        )),
+        ),
         other => anyhow::Error::new(other).context("parsing the embedded eBPF object failed"),
     })
-}
-
-fn e_to_io(m: &aya::maps::MapError) -> std::io::Error {
-    std::io::Error::other(m.to_string())
 }
 
 /// Loads (verifies) the XDP program and returns it, ready to attach or run.
