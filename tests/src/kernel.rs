@@ -401,3 +401,26 @@ impl<'a> Session<'a> {
         self
     }
 }
+
+/// A client port not used before in this process (each test drives its own
+/// flow through the shared flow table).
+pub fn client_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(41000);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Plain IPv4 frames.
+pub fn v4() -> Shape {
+    Box::new(|t, r| {
+        let ip = crate::frame::Ipv4::tcp(t);
+        crate::frame::Frame::ipv4(if r { ip.reply() } else { ip })
+    })
+}
+
+/// Plain IPv6 frames.
+pub fn v6() -> Shape {
+    Box::new(|t, r| {
+        let ip = crate::frame::Ipv6::tcp(t);
+        crate::frame::Frame::ipv6(if r { ip.reply() } else { ip })
+    })
+}

@@ -197,6 +197,28 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
+/// Exit status 1 and exactly one line on stderr, `inspector: error: ...`,
+/// containing every string of `mentions`.
+pub fn assert_one_line_error(what: &str, code: Option<i32>, stderr: &str, mentions: &[&str]) {
+    assert_eq!(code, Some(1), "{what}: exit status; stderr:\n{stderr}");
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: expected one line on stderr, got:\n{stderr}"
+    );
+    assert!(
+        lines[0].starts_with("inspector: error: "),
+        "{what}: stderr does not start with `inspector: error: `:\n{stderr}"
+    );
+    for m in mentions {
+        assert!(
+            lines[0].contains(m),
+            "{what}: the error does not mention `{m}`:\n{stderr}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

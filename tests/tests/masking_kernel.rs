@@ -10,14 +10,14 @@
 //!
 //! Needs root (loads eBPF programs); run with `--test-threads=1`.
 
-use std::sync::atomic::{AtomicU16, Ordering};
-
 use inspector_common::config::{CFG_MIDSTREAM_DROP, CFG_MONITOR};
 use inspector_tests::{
     frame::{
         Ext, Frame, Ipv4, Ipv6, Tcp, Udp, ETH_P_8021AD, ETH_P_8021Q, L4, TCP_OPTS_12, TCP_OPTS_40,
     },
-    kernel::{Hook, Loaded, Outcome, Session, Shape, Verdict, TC_ACT_OK, TC_ACT_SHOT},
+    kernel::{
+        client_port, v4, v6, Hook, Loaded, Outcome, Session, Shape, Verdict, TC_ACT_OK, TC_ACT_SHOT,
+    },
     proc::{cmd, run},
     smtpd::PYTHON,
 };
@@ -151,25 +151,6 @@ fn show(b: &[u8]) -> String {
 // ---------------------------------------------------------------------
 // Frame shapes and sessions.
 // ---------------------------------------------------------------------
-
-fn client_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(41000);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn v4() -> Shape {
-    Box::new(|t, r| {
-        let ip = Ipv4::tcp(t);
-        Frame::ipv4(if r { ip.reply() } else { ip })
-    })
-}
-
-fn v6() -> Shape {
-    Box::new(|t, r| {
-        let ip = Ipv6::tcp(t);
-        Frame::ipv6(if r { ip.reply() } else { ip })
-    })
-}
 
 /// Every header shape SPEC 1 names, by name.
 fn shapes() -> Vec<(&'static str, Shape)> {

@@ -24,6 +24,7 @@ use std::{
 
 use inspector_common::{counters::Counter, verbs::DEFAULT_ALLOWED};
 use inspector_tests::{
+    assert_one_line_error,
     client::code_of,
     inspector::{unique_pin_dir, Attach, AttachFailed, ATTACH_TIMEOUT, READY_LINE},
     inspector_bin,
@@ -226,28 +227,6 @@ fn verb_counts(stats: &Value, verb: &str) -> (u64, u64) {
         v["seen"].as_u64().unwrap_or(0),
         v["masked"].as_u64().unwrap_or(0),
     )
-}
-
-/// Exit status 1 and exactly one line on stderr, `inspector: error: ...`,
-/// mentioning every string of `mentions`.
-fn assert_one_line_error(what: &str, code: Option<i32>, stderr: &str, mentions: &[&str]) {
-    assert_eq!(code, Some(1), "{what}: exit status; stderr:\n{stderr}");
-    let lines: Vec<&str> = stderr.trim_end().lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{what}: expected one line on stderr, got:\n{stderr}"
-    );
-    assert!(
-        lines[0].starts_with("inspector: error: "),
-        "{what}: stderr does not start with `inspector: error: `:\n{stderr}"
-    );
-    for m in mentions {
-        assert!(
-            lines[0].contains(m),
-            "{what}: the error does not mention `{m}`:\n{stderr}"
-        );
-    }
 }
 
 fn assert_failed(what: &str, out: &Finished, mentions: &[&str]) {

@@ -6,31 +6,7 @@
 //! around into a RST to the client. Checked on the frames the programs
 //! return (BPF_PROG_TEST_RUN), with checksums recomputed here.
 
-use std::sync::atomic::{AtomicU16, Ordering};
-
-use inspector_tests::{
-    frame::{Frame, Ipv4, Ipv6},
-    kernel::{Hook, Loaded, Session, Shape, Verdict},
-};
-
-fn client_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(47000);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn v4() -> Shape {
-    Box::new(|t, r| {
-        let ip = Ipv4::tcp(t);
-        Frame::ipv4(if r { ip.reply() } else { ip })
-    })
-}
-
-fn v6() -> Shape {
-    Box::new(|t, r| {
-        let ip = Ipv6::tcp(t);
-        Frame::ipv6(if r { ip.reply() } else { ip })
-    })
-}
+use inspector_tests::kernel::{client_port, v4, v6, Hook, Loaded, Session, Shape, Verdict};
 
 /// The parts of an untagged Ethernet + IPv4/IPv6 (no extension headers) +
 /// TCP frame this test looks at.
