@@ -12,6 +12,9 @@ use crate::util::{output, run as exec, step};
 const APT_PACKAGES: &[&str] = &[
     "postfix",
     "swaks",
+    // swaks needs it for IPv6 (it names it as a recommendation only, so
+    // --no-install-recommends leaves it out).
+    "libio-socket-inet6-perl",
     "python3-aiosmtpd",
     "python3-scapy",
     "ethtool",
