@@ -377,12 +377,18 @@ fn check_kernel() -> Result<()> {
 }
 
 fn if_index(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name).context("interface name contains a NUL byte")?;
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        bail!("unknown interface `{name}` (see `ip link` for the interfaces of this network namespace)");
-    }
-    Ok(idx)
+    // SIOCGIFINDEX needs a socket of the caller's network namespace, any kind.
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )
+    .context("opening a socket to look up interfaces")?;
+    rustix::net::netdevice::name_to_index(&sock, name).map_err(|_| {
+        anyhow::anyhow!(
+            "unknown interface `{name}` (see `ip link` for the interfaces of this network namespace)"
+        )
+    })
 }
 
 /// What `attach` writes into the maps besides the ports.
@@ -752,15 +758,16 @@ impl Attached {
 
 fn attach_error(iface: &str, mode: Mode, e: ProgramError) -> anyhow::Error {
     let errno = match &e {
-        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        ProgramError::SyscallError(s) => Some(rustix::io::Errno::from_io_error(&s.io_error)),
         _ => None,
     };
-    match errno {
-        Some(libc::EBUSY) | Some(libc::EEXIST) => anyhow::anyhow!(
+    use rustix::io::Errno;
+    match errno.flatten() {
+        Some(Errno::BUSY | Errno::EXIST) => anyhow::anyhow!(
             "interface `{iface}` already has an XDP program attached: if it is another \
              `inspector attach`, stop that one; otherwise remove it (`ip link set dev {iface} xdp off`)"
         ),
-        Some(libc::EOPNOTSUPP) => anyhow::anyhow!(
+        Some(Errno::OPNOTSUPP) => anyhow::anyhow!(
             "interface `{iface}` does not support XDP mode {}; try --mode xdp-skb",
             mode.name()
         ),
