@@ -94,6 +94,8 @@ fn check_iface(name: &str) -> Result<()> {
     }
 }
 
+/// Loads, attaches, runs until a signal, then detaches (or, with
+/// --persist, leaves the links pinned).
 fn run_attached(
     args: &AttachArgs,
     settings: &Settings,
@@ -118,29 +120,7 @@ fn run_attached(
         Some(addr) => Some(rt.block_on(metrics::bind(addr))?),
         None => None,
     };
-    let write_settings = |ebpf: &mut aya::Ebpf| -> Result<()> {
-        loader::set_ports(ebpf, &settings.ports)?;
-        loader::set_policy(ebpf, &settings.allowed)?;
-        loader::set_config(ebpf, settings.config)
-    };
-    let takeover = !links::pinned(pins.path())?.is_empty();
-    if !takeover {
-        // A fresh program must never run with empty maps (no ports, a
-        // policy that masks everything): settings first.
-        write_settings(&mut ebpf)?;
-    }
-    let links = LinkSet::attach(&mut ebpf, pins.path(), &args.ifaces, args.mode)?;
-    if takeover {
-        // The earlier program ran with the earlier settings until the swap;
-        // the new one starts with them too, then gets the new ones.
-        write_settings(&mut ebpf)?;
-    }
-    if links.taken_over() > 0 {
-        info!(
-            "took over {} pinned link(s) of an earlier instance: flows keep their state",
-            links.taken_over()
-        );
-    }
+    let links = attach_with_settings(&mut ebpf, args, settings, pins.path())?;
     if let Some(addr) = args.metrics {
         info!("serving metrics on http://{addr}/metrics");
     }
@@ -154,19 +134,7 @@ fn run_attached(
         ports.join(","),
         pins.path().display()
     );
-    rt.block_on(async {
-        let serve_metrics = async {
-            match metrics {
-                Some(l) => metrics::serve(l, pins.path().to_path_buf()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            r = wait_for_signal() => r,
-            r = expire_flows(pins.path()) => r,
-            r = serve_metrics => r,
-        }
-    })?;
+    rt.block_on(run_until_signal(metrics, pins.path()))?;
     if args.persist {
         // Dropping the pinned links leaves them attached: the kernel goes on
         // inspecting until the next `attach` takes over or `detach` runs.
@@ -177,6 +145,57 @@ fn run_attached(
         info!("detached from {ifaces}");
     }
     Ok(())
+}
+
+/// Writes the settings into the maps and attaches the loaded program (or
+/// swaps it into the links an earlier instance left), in the order that
+/// never lets a program run without settings.
+fn attach_with_settings(
+    ebpf: &mut aya::Ebpf,
+    args: &AttachArgs,
+    settings: &Settings,
+    pin_dir: &Path,
+) -> Result<LinkSet> {
+    let write_settings = |ebpf: &mut aya::Ebpf| -> Result<()> {
+        loader::set_ports(ebpf, &settings.ports)?;
+        loader::set_policy(ebpf, &settings.allowed)?;
+        loader::set_config(ebpf, settings.config)
+    };
+    let takeover = !links::pinned(pin_dir)?.is_empty();
+    if !takeover {
+        // A fresh program must never run with empty maps (no ports, a
+        // policy that masks everything): settings first.
+        write_settings(ebpf)?;
+    }
+    let links = LinkSet::attach(ebpf, pin_dir, &args.ifaces, args.mode)?;
+    if takeover {
+        // The earlier program ran with the earlier settings until the swap;
+        // the new one starts with them too, then gets the new ones.
+        write_settings(ebpf)?;
+    }
+    if links.taken_over() > 0 {
+        info!(
+            "took over {} pinned link(s) of an earlier instance: flows keep their state",
+            links.taken_over()
+        );
+    }
+    Ok(links)
+}
+
+/// The daemon's life: expire flows and serve metrics until SIGINT or
+/// SIGTERM (or until one of them fails).
+async fn run_until_signal(metrics: Option<tokio::net::TcpListener>, pin_dir: &Path) -> Result<()> {
+    let serve_metrics = async {
+        match metrics {
+            Some(l) => metrics::serve(l, pin_dir.to_path_buf()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = wait_for_signal() => r,
+        r = expire_flows(pin_dir) => r,
+        r = serve_metrics => r,
+    }
 }
 
 /// Removes closed and idle flow entries every few seconds. Works on the
