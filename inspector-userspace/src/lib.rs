@@ -1,6 +1,8 @@
 //! The `inspector` tool as a library: loading and attaching the embedded eBPF
-//! object, pin-dir management, and reading counters. `main.rs` is the CLI;
-//! the end-to-end and BPF_PROG_TEST_RUN tests use these functions directly.
+//! object, settings and their checks, pin-dir and link management, and
+//! reading counters. The binary (`main.rs` dispatching to `cmd/`, with the
+//! command line in `cli.rs`) is a thin layer on top; the end-to-end and
+//! BPF_PROG_TEST_RUN tests use these functions directly.
 
 pub mod events;
 pub mod flows;

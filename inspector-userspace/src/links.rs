@@ -9,14 +9,58 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{
-    links::{FdLink, PinnedLink},
-    xdp::XdpLink,
-    ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    util::KernelVersion,
+    Ebpf,
 };
+use rustix::io::Errno;
+
+use crate::loader;
 
 /// Folder of the pinned links inside the pin dir.
 pub const LINKS_DIR: &str = "links";
+
+/// How `attach` hooks the programs in (`--mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Native XDP where the driver supports it, generic otherwise.
+    Xdp,
+    /// Generic (SKB) XDP: works on every interface, slower.
+    XdpSkb,
+    /// TC clsact ingress and egress (TCX links on 6.6+).
+    Tc,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Xdp => "xdp",
+            Mode::XdpSkb => "xdp-skb",
+            Mode::Tc => "tc",
+        }
+    }
+
+    /// The hooks a mode attaches to on every interface; a pinned link on
+    /// another hook belongs to another mode.
+    pub fn hooks(self) -> &'static [Hook] {
+        match self {
+            Mode::Xdp | Mode::XdpSkb => &[Hook::Xdp],
+            Mode::Tc => &[Hook::TcIngress, Hook::TcEgress],
+        }
+    }
+
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            Mode::XdpSkb => XdpMode::Skb,
+            _ => XdpMode::default(),
+        }
+    }
+}
 
 /// Where a link is hooked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +240,134 @@ pub fn attach_tc(
         "the kernel attached TC through netlink, not a TCX link (kernel older than 6.6?)",
     )?;
     pin_new(fd, &path)
+}
+
+/// The pinned links of one `attach`, to undo on exit.
+pub struct LinkSet {
+    links: Vec<(PathBuf, PinnedLink)>,
+    /// Links made by this run (the others were taken over).
+    made: Vec<PathBuf>,
+    taken_over: usize,
+}
+
+impl LinkSet {
+    /// Attaches the loaded program of `mode` to every interface, taking
+    /// over the links an earlier instance left pinned in `pin_dir`. On
+    /// failure nothing this run made stays attached.
+    pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path, ifaces: &[String], mode: Mode) -> Result<Self> {
+        // Pinned links of another mode cannot be taken over.
+        for e in pinned(pin_dir)? {
+            if !mode.hooks().contains(&e.hook) {
+                bail!(
+                    "{} holds a {} link on `{}` from an earlier run in another mode; \
+                     run `inspector detach --pin-dir {}` first",
+                    pin_dir.display(),
+                    e.hook.name(),
+                    e.iface,
+                    pin_dir.display()
+                );
+            }
+        }
+        let mut out = LinkSet {
+            links: Vec::new(),
+            made: Vec::new(),
+            taken_over: 0,
+        };
+        if let Err(e) = out.attach_all(ebpf, pin_dir, ifaces, mode) {
+            // Leave nothing half-attached: undo the links this run made
+            // (taken-over ones belong to the earlier instance and stay).
+            for (path, link) in std::mem::take(&mut out.links) {
+                if out.made.contains(&path) {
+                    let _ = link.unpin();
+                }
+            }
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    fn attach_all(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pin_dir: &Path,
+        ifaces: &[String],
+        mode: Mode,
+    ) -> Result<()> {
+        if mode == Mode::Tc {
+            let tcx = KernelVersion::current()
+                .map(|v| v >= KernelVersion::new(6, 6, 0))
+                .unwrap_or(false);
+            if !tcx {
+                bail!("--mode tc needs TCX links (Linux 6.6 or newer); use --mode xdp");
+            }
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(loader::TC_PROGRAM)
+                .context("the TC program is missing")?
+                .try_into()?;
+            for iface in ifaces {
+                for &hook in mode.hooks() {
+                    let o = attach_tc(prog, pin_dir, iface, hook)?;
+                    self.keep(link_path(pin_dir, iface, hook), o);
+                }
+            }
+        } else {
+            let prog: &mut Xdp = ebpf
+                .program_mut(loader::XDP_PROGRAM)
+                .context("the XDP program is missing")?
+                .try_into()?;
+            for iface in ifaces {
+                let o = attach_xdp(prog, pin_dir, iface, mode.xdp_mode(), |e| {
+                    xdp_attach_error(iface, mode, e)
+                })?;
+                self.keep(link_path(pin_dir, iface, Hook::Xdp), o);
+            }
+        }
+        Ok(())
+    }
+
+    fn keep(&mut self, path: PathBuf, o: Outcome) {
+        if matches!(o, Outcome::TakenOver(_)) {
+            self.taken_over += 1;
+        } else {
+            self.made.push(path.clone());
+        }
+        self.links.push((path, o.into_link()));
+    }
+
+    /// How many links of an earlier instance now run this run's program.
+    pub fn taken_over(&self) -> usize {
+        self.taken_over
+    }
+
+    /// Detaches every link (unpins it, closes it).
+    pub fn remove(mut self) -> Result<()> {
+        for (path, link) in self.links.drain(..) {
+            let fd = link
+                .unpin()
+                .with_context(|| format!("unpinning {}", path.display()))?;
+            drop(fd);
+        }
+        Ok(())
+    }
+}
+
+/// What to do when XDP cannot be attached to `iface`, for the operator.
+fn xdp_attach_error(iface: &str, mode: Mode, e: ProgramError) -> anyhow::Error {
+    let errno = match &e {
+        ProgramError::SyscallError(s) => Errno::from_io_error(&s.io_error),
+        _ => None,
+    };
+    match errno {
+        Some(Errno::BUSY | Errno::EXIST) => anyhow::anyhow!(
+            "interface `{iface}` already has an XDP program attached: if it is another \
+             `inspector attach`, stop that one; otherwise remove it (`ip link set dev {iface} xdp off`)"
+        ),
+        Some(Errno::OPNOTSUPP) => anyhow::anyhow!(
+            "interface `{iface}` does not support XDP mode {}; try --mode xdp-skb",
+            mode.name()
+        ),
+        _ => anyhow::Error::new(e).context(format!("attaching to interface `{iface}`")),
+    }
 }
 
 /// Detaches a pinned link: unpins it and closes the last reference.

@@ -1,31 +1,61 @@
-//! Prometheus text exposition of the counters (`attach --metrics ADDR`).
-//! A deliberately tiny HTTP responder: GET /metrics, one response per
-//! connection; everything else gets 404.
+//! Prometheus exposition of the counters (`attach --metrics ADDR`): GET
+//! /metrics (or /) answers the counters in text format 0.0.4, anything
+//! else 404.
+//!
+//! The values are read from the pinned maps on each scrape, so there is no
+//! registry of live metrics: each scrape builds the metric families and the
+//! `prometheus` crate's text encoder writes them (escaping, format). The
+//! HTTP side is hyper's HTTP/1 server on the daemon's runtime, with a limit
+//! on concurrent connections and on how long a client may take.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{convert::Infallible, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
-use inspector_common::counters::Counter;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header::CONTENT_TYPE,
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
+use inspector_common::counters::Counter;
+use prometheus::{
+    proto::{self, LabelPair, MetricFamily, MetricType},
+    Encoder, TextEncoder,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::stats::Snapshot;
 
-/// The snapshot in Prometheus text format 0.0.4.
-pub fn render(s: &Snapshot) -> String {
-    let mut o = String::new();
+/// Scrapes served at once; a connection over the limit is closed at once
+/// (a scraper tries again at its next interval).
+const MAX_CONNECTIONS: usize = 8;
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may last, request and response.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (out of file descriptors, say), so that a
+/// persistent failure does not spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// The snapshot as Prometheus metric families: `inspector_<counter>_total`
+/// for every counter, the flow gauges, and `inspector_commands_total` by
+/// verb and action.
+pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
     for c in &s.counters {
         let help = Counter::ALL
             .iter()
             .find(|k| k.name() == c.name)
             .map(|k| k.help().trim())
             .unwrap_or("");
-        let name = format!("inspector_{}_total", c.name);
-        o.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-            c.value
+        out.push(family(
+            &format!("inspector_{}_total", c.name),
+            help,
+            MetricType::COUNTER,
+            vec![sample(&[], c.value, MetricType::COUNTER)],
         ));
     }
     for (name, v, help) in [
@@ -40,64 +70,208 @@ pub fn render(s: &Snapshot) -> String {
             "Tracked flows that saw neither FIN nor RST.",
         ),
     ] {
-        o.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+        out.push(family(
+            name,
+            help,
+            MetricType::GAUGE,
+            vec![sample(&[], v, MetricType::GAUGE)],
         ));
     }
-    o.push_str("# HELP inspector_commands_total Commands by verb; action is seen or masked.\n");
-    o.push_str("# TYPE inspector_commands_total counter\n");
-    for v in &s.verbs {
-        o.push_str(&format!(
-            "inspector_commands_total{{verb=\"{}\",action=\"seen\"}} {}\n",
-            v.verb, v.seen
-        ));
-        o.push_str(&format!(
-            "inspector_commands_total{{verb=\"{}\",action=\"masked\"}} {}\n",
-            v.verb, v.masked
-        ));
-    }
-    o
+    let commands = s
+        .verbs
+        .iter()
+        .flat_map(|v| {
+            [("seen", v.seen), ("masked", v.masked)].map(|(action, n)| {
+                sample(
+                    &[("verb", v.verb), ("action", action)],
+                    n,
+                    MetricType::COUNTER,
+                )
+            })
+        })
+        .collect();
+    out.push(family(
+        "inspector_commands_total",
+        "Commands by verb; action is seen or masked.",
+        MetricType::COUNTER,
+        commands,
+    ));
+    out
 }
 
-/// Binds `addr` (fails at once if it cannot) and returns the serving task.
+fn family(name: &str, help: &str, kind: MetricType, samples: Vec<proto::Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f.set_metric(samples);
+    f
+}
+
+/// One sample. Labels stay in the order given (verb first), as built by
+/// hand rather than through the crate's label-sorting metric vectors.
+fn sample(labels: &[(&str, &str)], value: u64, kind: MetricType) -> proto::Metric {
+    let mut m = proto::Metric::default();
+    m.set_label(
+        labels
+            .iter()
+            .map(|(n, v)| {
+                let mut l = LabelPair::default();
+                l.set_name(n.to_string());
+                l.set_value(v.to_string());
+                l
+            })
+            .collect(),
+    );
+    // The exposition format carries every value as a float; counters are
+    // exact up to 2^53.
+    let value = value as f64;
+    if kind == MetricType::GAUGE {
+        let mut g = proto::Gauge::default();
+        g.set_value(value);
+        m.set_gauge(g);
+    } else {
+        let mut c = proto::Counter::default();
+        c.set_value(value);
+        m.set_counter(c);
+    }
+    m
+}
+
+/// The snapshot in Prometheus text format 0.0.4.
+pub fn render(s: &Snapshot) -> Result<String> {
+    TextEncoder::new()
+        .encode_to_string(&families(s))
+        .context("encoding the metrics")
+}
+
+/// Binds `addr`, so that a taken port fails `attach` before it changes
+/// anything.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening for metrics on {addr}"))
 }
 
-pub async fn serve(listener: TcpListener, pin_dir: PathBuf) -> Result<()> {
+/// Serves scrapes on `listener` until the runtime stops.
+pub async fn serve(listener: TcpListener, pin_dir: std::path::PathBuf) -> Result<()> {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let pin_dir: Arc<Path> = pin_dir.into();
     loop {
-        let (mut sock, _) = listener
-            .accept()
-            .await
-            .context("accepting a metrics client")?;
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                log::warn!("accepting a metrics client: {e}");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            log::debug!("metrics: {MAX_CONNECTIONS} connections open, closing a new one");
+            continue;
+        };
         let pin_dir = pin_dir.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if req.starts_with("GET ") && (path == "/metrics" || path == "/") {
-                match Snapshot::read_pinned(&pin_dir) {
-                    Ok(s) => ("200 OK", render(&s)),
-                    Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
-                }
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
+            let service = service_fn(move |req| {
+                let response = respond(&req, &pin_dir);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(sock), service);
+            // A client error or a timeout only ends that connection.
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
         });
+    }
+}
+
+fn respond(req: &Request<Incoming>, pin_dir: &Path) -> Response<Full<Bytes>> {
+    let scrape = matches!(*req.method(), Method::GET | Method::HEAD)
+        && matches!(req.uri().path(), "/metrics" | "/");
+    let (status, body) = if !scrape {
+        (StatusCode::NOT_FOUND, "try /metrics\n".to_string())
+    } else {
+        match Snapshot::read_pinned(pin_dir).and_then(|s| render(&s)) {
+            Ok(text) => (StatusCode::OK, text),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")),
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        TextEncoder::new()
+            .format_type()
+            .parse()
+            .expect("the text format's content type is a valid header value"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{CounterValue, VerbValue};
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            counters: Counter::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, c)| CounterValue {
+                    name: c.name(),
+                    value: i as u64 * 1000 + 7,
+                })
+                .collect(),
+            verbs: vec![
+                VerbValue {
+                    verb: "STARTTLS",
+                    seen: 3,
+                    masked: 2,
+                },
+                VerbValue {
+                    verb: "EHLO",
+                    seen: 9_007_199_254_740_992,
+                    masked: 0,
+                },
+            ],
+            flows_tracked: 5,
+            flows_active: 4,
+        }
+    }
+
+    /// The exposition scrapers and the operator tests read: names, TYPE
+    /// lines, label order, integer values.
+    #[test]
+    fn renders_every_counter_gauge_and_verb() {
+        let text = render(&snapshot()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            let name = format!("inspector_{}_total", c.name());
+            assert!(
+                lines.contains(&format!("# TYPE {name} counter").as_str()),
+                "{text}"
+            );
+            let help = format!("# HELP {name} {}", c.help().trim());
+            assert!(lines.contains(&help.as_str()), "{text}");
+            let value = format!("{name} {}", i * 1000 + 7);
+            assert!(lines.contains(&value.as_str()), "{text}");
+        }
+        for want in [
+            "# TYPE inspector_flows_tracked gauge",
+            "inspector_flows_tracked 5",
+            "# TYPE inspector_flows_active gauge",
+            "inspector_flows_active 4",
+            "# TYPE inspector_commands_total counter",
+            "inspector_commands_total{verb=\"STARTTLS\",action=\"seen\"} 3",
+            "inspector_commands_total{verb=\"STARTTLS\",action=\"masked\"} 2",
+            "inspector_commands_total{verb=\"EHLO\",action=\"seen\"} 9007199254740992",
+            "inspector_commands_total{verb=\"EHLO\",action=\"masked\"} 0",
+        ] {
+            assert!(lines.contains(&want), "no `{want}` in:\n{text}");
+        }
     }
 }

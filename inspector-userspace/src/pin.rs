@@ -6,46 +6,41 @@
 //! hold regular files, but a directory fd can carry a lock.
 
 use std::{
-    ffi::CString,
     fs::File,
-    os::{fd::AsRawFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
+use rustix::{
+    fs::{flock, statfs, FlockOperation, FsWord},
+    io::Errno,
+    mount::{mount, unmount, MountFlags, UnmountFlags},
+};
 
 /// Default pin directory, the normal place on a host.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/inspector";
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `f_type` of a bpf filesystem (BPF_FS_MAGIC in linux/magic.h).
+const BPF_FS_MAGIC: FsWord = 0xcafe_4a11;
 
 /// Whether `path` is on a bpf filesystem.
 pub fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    statfs(path).is_ok_and(|st| st.f_type == BPF_FS_MAGIC)
 }
 
 fn mount_bpffs(at: &Path) -> Result<()> {
-    let target = CString::new(at.as_os_str().as_bytes())?;
-    let fstype = CString::new("bpf")?;
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mounting a bpf filesystem at {}", at.display()));
+    mount("bpf", at, "bpf", MountFlags::empty(), None)
+        .with_context(|| format!("mounting a bpf filesystem at {}", at.display()))
+}
+
+/// Takes the instance lock on an open pin dir without waiting: `Ok(false)`
+/// when another process holds it.
+fn try_lock(dir: &File, path: &Path) -> Result<bool> {
+    match flock(dir, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
-    Ok(())
 }
 
 /// A prepared, locked pin directory. Dropping it releases the lock.
@@ -85,17 +80,12 @@ impl PinDir {
             bail!("pin dir {} is not on a bpf filesystem", path.display());
         }
         let lock = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                bail!(
-                    "pin dir {} is in use by another running `inspector attach`; stop it first, \
-                     or pass a different --pin-dir",
-                    path.display()
-                );
-            }
-            return Err(err).with_context(|| format!("locking {}", path.display()));
+        if !try_lock(&lock, path)? {
+            bail!(
+                "pin dir {} is in use by another running `inspector attach`; stop it first, \
+                 or pass a different --pin-dir",
+                path.display()
+            );
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -107,8 +97,7 @@ impl PinDir {
     /// Locks an existing pin dir (for `detach`): fails if an `attach` runs.
     pub fn lock_existing(path: &Path) -> Result<Self> {
         let lock = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
+        if !try_lock(&lock, path)? {
             bail!(
                 "an `inspector attach` is running with pin dir {}: stop it (SIGTERM) instead; \
                  without --persist it detaches on its own",
@@ -147,11 +136,8 @@ impl PinDir {
             Err(e) => return Err(e).with_context(|| format!("removing {}", links.display())),
         }
         if let Some(m) = &self.mounted {
-            let c = CString::new(m.as_os_str().as_bytes())?;
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("unmounting {}", m.display()));
-            }
+            unmount(m, UnmountFlags::DETACH)
+                .with_context(|| format!("unmounting {}", m.display()))?;
         }
         match std::fs::remove_dir(&self.path) {
             Ok(()) => Ok(()),

@@ -1,6 +1,6 @@
 //! `inspector policy`: the verb policy of a running instance, live.
 
-use std::{collections::BTreeSet, path::Path};
+use std::path::Path;
 
 use anyhow::Result;
 use aya::maps::{HashMap, Map, MapData};
@@ -8,23 +8,11 @@ use inspector_common::{
     policy::POLICY_MAP,
     verbs::{key_text, PolicyEntry, VerbKey, ALLOWED, MAX_VERB},
 };
-use inspector_userspace::{loader, privilege};
+use inspector_userspace::{loader, privilege, settings::with_changes};
 
-use crate::PolicyAction;
+use crate::cli::{PolicyAction, PolicyArgs};
 
-/// `base` with `allow` added and `deny` removed.
-pub fn with_changes(base: &[VerbKey], allow: &[String], deny: &[String]) -> Result<Vec<VerbKey>> {
-    let mut set: BTreeSet<VerbKey> = base.iter().copied().collect();
-    for v in allow {
-        set.insert(loader::parse_verb(v)?);
-    }
-    for v in deny {
-        set.remove(&loader::parse_verb(v)?);
-    }
-    Ok(set.into_iter().collect())
-}
-
-pub fn verb_string(k: VerbKey) -> String {
+fn verb_string(k: VerbKey) -> String {
     let mut t = [0u8; MAX_VERB];
     let n = key_text(k, &mut t);
     String::from_utf8_lossy(&t[..n]).into_owned()
@@ -36,7 +24,7 @@ fn open(pin_dir: &Path) -> Result<HashMap<MapData, VerbKey, PolicyEntry>> {
 }
 
 /// The allowed verbs in a policy map.
-pub fn allowed(map: &HashMap<MapData, VerbKey, PolicyEntry>) -> Vec<VerbKey> {
+fn allowed(map: &HashMap<MapData, VerbKey, PolicyEntry>) -> Vec<VerbKey> {
     map.iter()
         .filter_map(|r| r.ok())
         .filter(|(_, e)| e.flags & ALLOWED != 0)
@@ -52,9 +40,10 @@ pub fn allowed_names(pin_dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-pub fn run(action: PolicyAction, pin_dir: &Path) -> Result<()> {
+pub fn run(args: PolicyArgs) -> Result<()> {
+    let PolicyArgs { action, pin_dir } = args;
     privilege::require_bpf("policy")?;
-    let mut map = open(pin_dir)?;
+    let mut map = open(&pin_dir)?;
     let current = allowed(&map);
     let (allow, deny) = match action {
         PolicyAction::Show { json } => {
@@ -71,7 +60,8 @@ pub fn run(action: PolicyAction, pin_dir: &Path) -> Result<()> {
         PolicyAction::Allow { verbs } => (verbs, vec![]),
         PolicyAction::Deny { verbs } => (vec![], verbs),
     };
-    // Validate everything before touching the map.
+    // Check every verb (the rules of `attach --allow/--deny`) before
+    // touching the map.
     let next = with_changes(&current, &allow, &deny)?;
     loader::write_policy(&mut map, &next)?;
     let mut names: Vec<String> = next.iter().map(|k| verb_string(*k)).collect();

@@ -1,15 +1,14 @@
 //! `inspector events`: the masked-command and drop events, as they happen.
 
-use std::{
-    path::Path,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use aya::maps::{Map, RingBuf};
 use inspector_common::events::{Event, EVENTS_MAP};
 use inspector_userspace::{events, flows::monotonic_ns, privilege};
 use tokio::io::unix::AsyncFd;
+
+use crate::cli::EventsArgs;
 
 /// Wall-clock time of a monotonic timestamp.
 fn wall(ts_ns: u64) -> String {
@@ -18,9 +17,10 @@ fn wall(ts_ns: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-pub fn run(json: bool, pin_dir: &Path) -> Result<()> {
+pub fn run(args: EventsArgs) -> Result<()> {
+    let EventsArgs { json, pin_dir } = args;
     privilege::require_bpf("events")?;
-    let data = inspector_userspace::pin::open_map(pin_dir, EVENTS_MAP, "event ring")?;
+    let data = inspector_userspace::pin::open_map(&pin_dir, EVENTS_MAP, "event ring")?;
     let ring = RingBuf::try_from(Map::RingBuf(data)).context("event map has an unexpected type")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -39,6 +39,9 @@ pub fn run(json: bool, pin_dir: &Path) -> Result<()> {
                         if item.len() < std::mem::size_of::<Event>() {
                             continue;
                         }
+                        // SAFETY: the item holds at least one Event (checked
+                        // above), read unaligned, and Event is plain data
+                        // for which every bit pattern is a value.
                         let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
                         let w = wall(e.ts_ns);
                         if json {

@@ -1,0 +1,243 @@
+//! The command line: what `inspector --help` shows, and nothing else.
+//! Parsing only: the checks on the values live with the settings they make
+//! (`settings.rs`, the same rules as for the policy file) or with the
+//! command that uses them (`cmd/`).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use inspector_userspace::{
+    links::Mode,
+    pin::DEFAULT_PIN_DIR,
+    settings::{Action, Given},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "inspector",
+    version,
+    about = "ESMTP command firewall in the Linux kernel (eBPF/XDP)",
+    long_about = "ESMTP command firewall in the Linux kernel (eBPF/XDP).\n\n\
+        Attach it to the interfaces of a mail gateway: it parses SMTP on the inspected \
+        ports (default 25 and 587) and masks disallowed command verbs in place with `X`, \
+        so the server answers 500 and the session goes on. Allowed by default, as on the \
+        PIX/ASA: DATA HELO MAIL NOOP QUIT RCPT RSET AUTH EHLO ETRN HELP SAML SEND SOML VRFY.\n\n\
+        Exit status: 0 success, 1 error (one line on stderr says what and what to do), \
+        2 bad command line.",
+    after_help = "Examples:\n  \
+        inspector attach --iface eth0 --iface eth1\n  \
+        inspector stats\n  \
+        inspector stats --json"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load the inspector, attach it to interfaces and run until SIGINT/SIGTERM.
+    ///
+    /// Attaches the XDP (or TC) program to every --iface, pins its maps and
+    /// links under --pin-dir (mounting a bpffs there if none is mounted),
+    /// expires closed flows, and stays in the foreground. On SIGINT or
+    /// SIGTERM it detaches from every interface and removes its pins, unless
+    /// --persist. If the pin dir holds the links of an earlier instance (it
+    /// crashed, or ran with --persist), they are taken over: the new program
+    /// replaces the old one atomically and open flows keep their state.
+    #[command(after_help = "Examples:\n  \
+        inspector attach --iface eth0 --iface eth1\n  \
+        inspector attach --iface eth0 --iface eth1 --policy /etc/inspector/policy.toml --persist\n  \
+        inspector attach --iface eth0 --port 25 --port 2525 --mode xdp-skb\n  \
+        inspector attach --iface eth0 --mode tc --monitor --metrics 127.0.0.1:9725")]
+    Attach(AttachArgs),
+    /// Show what is attached where, the live policy, flows and uptime.
+    #[command(after_help = "Examples:\n  inspector status\n  inspector status --json")]
+    Status(StatusArgs),
+    /// Remove what `attach` left attached or pinned (after `attach --persist`
+    /// or a crash). With --iface, only that interface's hooks.
+    #[command(after_help = "Examples:\n  inspector detach\n  inspector detach --iface eth1")]
+    Detach(DetachArgs),
+    /// Show or change the verb policy of a running `inspector attach`, live.
+    ///
+    /// Changes apply to the next command of every flow, without reloading
+    /// anything and without disturbing sessions in progress.
+    #[command(after_help = "Examples:\n  \
+        inspector policy show\n  \
+        inspector policy allow STARTTLS\n  \
+        inspector policy deny VRFY EXPN")]
+    Policy(PolicyArgs),
+    /// Stream masked-command and drop events of a running `inspector attach`.
+    ///
+    /// One line per event: time, action (mask, drop, would-mask in monitor
+    /// mode), client and server address and port, the verb (printable
+    /// characters, first 8) and, for drops, the reason. Runs until
+    /// interrupted. Only one `events` reader should run at a time.
+    #[command(after_help = "Example:\n  inspector events --json | jq 'select(.action==\"mask\")'")]
+    Events(EventsArgs),
+    /// Print the counters of a running `inspector attach`.
+    ///
+    /// Reads the per-CPU counter map pinned by `attach` and prints each
+    /// counter summed over all CPUs. Safe to run at any time, from any
+    /// process with CAP_BPF.
+    #[command(
+        after_help = "Examples:\n  inspector stats\n  inspector stats --json | jq .packets_inspected"
+    )]
+    Stats(StatsArgs),
+}
+
+// The options structs carry no doc comment of their own: the subcommand's
+// help comes from its variant above.
+
+#[derive(Args)]
+pub struct AttachArgs {
+    /// Interface to attach to (repeat for each; a gateway needs both sides).
+    #[arg(long = "iface", short = 'i', required = true, value_name = "IF")]
+    pub ifaces: Vec<String>,
+    /// Hook: `xdp` lets the kernel choose native or generic XDP,
+    /// `xdp-skb` forces generic XDP, `tc` attaches to clsact ingress and
+    /// egress (for a host that runs the MTA itself, or where XDP does not
+    /// fit).
+    #[arg(long, value_enum, default_value_t = Mode::Xdp)]
+    pub mode: Mode,
+    /// Inspected server port (repeat for each). Default: 25 and 587.
+    /// Port 465 (implicit TLS) cannot be inspected and is refused.
+    #[arg(long = "port", short = 'p', value_name = "N")]
+    pub ports: Vec<u16>,
+    /// Folder on a bpf filesystem for the pinned maps.
+    #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+    pub pin_dir: PathBuf,
+    /// Load this eBPF object file instead of the embedded one (to try a
+    /// custom build of the kernel programs).
+    #[arg(long, value_name = "FILE")]
+    pub object: Option<PathBuf>,
+    /// Also allow VERB (repeat for each), on top of the fifteen verbs of
+    /// the default policy. Example: --allow STARTTLS
+    #[arg(long = "allow", value_name = "VERB")]
+    pub allow: Vec<String>,
+    /// Mask VERB although the default policy allows it (repeat for each).
+    /// Example: --deny VRFY
+    #[arg(long = "deny", value_name = "VERB")]
+    pub deny: Vec<String>,
+    /// What to do with payload of flows whose start the inspector did not
+    /// see (opened before it was attached, or evicted): `pass` them
+    /// untouched (counted as midstream; the default) or `drop` them.
+    #[arg(long, value_enum)]
+    pub midstream: Option<Action>,
+    /// IP fragments of inspected flows cannot be inspected: `drop` them
+    /// (the default) or `pass` them uninspected.
+    #[arg(long, value_enum)]
+    pub fragments: Option<Action>,
+    /// Count and report what would be masked or dropped, but change and
+    /// drop nothing.
+    #[arg(long)]
+    pub monitor: bool,
+    /// Read settings from a TOML policy file (ports, allow/deny/allowed,
+    /// midstream, fragments, monitor, max_flows); options given on the
+    /// command line apply on top. See README "Policy file".
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Serve the counters in Prometheus text format on ADDR, e.g.
+    /// 127.0.0.1:9725 (GET /metrics).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Flow table size (entries; least recently used flows are evicted
+    /// when it is full). Default 65536, about 35 MB.
+    #[arg(long, value_name = "N")]
+    pub max_flows: Option<u32>,
+    /// On SIGINT/SIGTERM, leave the programs attached and the maps
+    /// pinned: the kernel keeps inspecting, and the next `attach` on the
+    /// same pin dir takes over without losing flow state (upgrades,
+    /// restarts). `inspector detach` removes everything.
+    #[arg(long)]
+    pub persist: bool,
+}
+
+impl AttachArgs {
+    /// The settings given as options, in the shape a policy file gives
+    /// them, so that both go through the same checks.
+    pub fn given(&self) -> Given {
+        Given {
+            ports: (!self.ports.is_empty()).then(|| self.ports.clone()),
+            allowed: None,
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            midstream: self.midstream,
+            fragments: self.fragments,
+            monitor: self.monitor.then_some(true),
+            max_flows: self.max_flows,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Pin dir of the inspector.
+    #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct DetachArgs {
+    /// Only detach from this interface (repeat for each).
+    #[arg(long = "iface", short = 'i', value_name = "IF")]
+    pub ifaces: Vec<String>,
+    /// Pin dir of the inspector to remove.
+    #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub action: PolicyAction,
+    /// Pin dir of the running `attach`.
+    #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR", global = true)]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum PolicyAction {
+    /// Print the allowed verbs (everything else is masked).
+    Show {
+        /// As a JSON object: {"allowed": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allow verbs (case-insensitive).
+    Allow {
+        #[arg(required = true, value_name = "VERB")]
+        verbs: Vec<String>,
+    },
+    /// Mask verbs (case-insensitive).
+    Deny {
+        #[arg(required = true, value_name = "VERB")]
+        verbs: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Pin dir of the running `attach`.
+    #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    /// Print one JSON object whose keys are the counter names.
+    #[arg(long, conflicts_with = "watch")]
+    pub json: bool,
+    /// Refresh every SECS seconds with per-second rates, until Ctrl-C.
+    #[arg(long, value_name = "SECS")]
+    pub watch: Option<f64>,
+    /// Pin dir of the running `attach`.
+    #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+    pub pin_dir: PathBuf,
+}

@@ -1,0 +1,225 @@
+//! `inspector attach`: load, attach (or take over an earlier instance's
+//! links), then run until SIGINT/SIGTERM: expire flows, serve metrics.
+
+use std::{borrow::Cow, collections::HashSet, path::Path};
+
+use anyhow::{bail, Context, Result};
+use aya::util::KernelVersion;
+use inspector_userspace::{
+    flows,
+    links::{self, LinkSet, Mode},
+    loader::{self, MAP_NAMES},
+    metrics,
+    pin::PinDir,
+    privilege,
+    settings::Settings,
+};
+use log::{info, warn};
+
+use crate::cli::AttachArgs;
+
+/// Oldest kernel the programs load on: bpf_xdp_load_bytes/store_bytes
+/// arrived in 5.18 (and bpf_loop in 5.17).
+const MIN_KERNEL: (u8, u8) = (5, 18);
+
+/// How often closed and idle flow entries are looked for.
+const EXPIRY_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub fn run(args: AttachArgs) -> Result<()> {
+    // Everything the command line and the policy file say is checked
+    // before anything else happens.
+    let settings = Settings::resolve(&args.given(), args.policy.as_deref())?;
+    let mut seen = HashSet::new();
+    if let Some(i) = args.ifaces.iter().find(|i| !seen.insert(*i)) {
+        bail!("interface `{i}` is named twice");
+    }
+    privilege::require_admin("attach")?;
+    check_kernel()?;
+    for i in &args.ifaces {
+        check_iface(i)?;
+    }
+    let object: Cow<[u8]> = match &args.object {
+        Some(p) => Cow::Owned(
+            std::fs::read(p).with_context(|| format!("reading eBPF object {}", p.display()))?,
+        ),
+        None => Cow::Borrowed(loader::EBPF_OBJECT),
+    };
+
+    let pins = PinDir::prepare(&args.pin_dir)?;
+    // Links pinned by an earlier instance (crashed, or run with --persist):
+    // that instance's programs are still inspecting.
+    let earlier = !links::pinned(pins.path())?.is_empty();
+    let result = run_attached(&args, &settings, &pins, &object);
+    let keep = match &result {
+        Ok(()) => args.persist,
+        // A failed takeover leaves the earlier instance as it was.
+        Err(_) => earlier,
+    };
+    if keep {
+        return result;
+    }
+    let cleanup = pins.remove(MAP_NAMES);
+    result.and(cleanup)
+}
+
+fn check_kernel() -> Result<()> {
+    let Ok(v) = KernelVersion::current() else {
+        warn!("could not read the kernel version; trying anyway");
+        return Ok(());
+    };
+    let (maj, min) = MIN_KERNEL;
+    if v < KernelVersion::new(maj, min, 0) {
+        bail!(
+            "kernel {v:?} is too old: the inspector needs Linux {maj}.{min} or newer \
+             (bpf_xdp_load_bytes and bpf_xdp_store_bytes arrived in 5.18)"
+        );
+    }
+    Ok(())
+}
+
+/// Fails unless `name` is an interface of this network namespace.
+fn check_iface(name: &str) -> Result<()> {
+    // SIOCGIFINDEX needs a socket of the caller's network namespace, any kind.
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )
+    .context("opening a socket to look up interfaces")?;
+    match rustix::net::netdevice::name_to_index(&sock, name) {
+        Ok(_) => Ok(()),
+        Err(_) => bail!(
+            "unknown interface `{name}` (see `ip link` for the interfaces of this network namespace)"
+        ),
+    }
+}
+
+/// Loads, attaches, runs until a signal, then detaches (or, with
+/// --persist, leaves the links pinned).
+fn run_attached(
+    args: &AttachArgs,
+    settings: &Settings,
+    pins: &PinDir,
+    object: &[u8],
+) -> Result<()> {
+    // Everything that can fail comes before anything changes what the
+    // kernel does: a failed takeover must leave the running instance as it
+    // was (its program, its ports, its policy).
+    let mut ebpf = loader::open_with(object, Some(pins.path()), settings.max_flows)?;
+    match args.mode {
+        Mode::Tc => drop(loader::load_tc(&mut ebpf)?),
+        Mode::Xdp | Mode::XdpSkb => drop(loader::load_xdp(&mut ebpf)?),
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Bound before the readiness line below, so that whoever waits for it
+    // can scrape at once.
+    let metrics = match args.metrics {
+        Some(addr) => Some(rt.block_on(metrics::bind(addr))?),
+        None => None,
+    };
+    let links = attach_with_settings(&mut ebpf, args, settings, pins.path())?;
+    if let Some(addr) = args.metrics {
+        info!("serving metrics on http://{addr}/metrics");
+    }
+    let ifaces = args.ifaces.join(", ");
+    let ports: Vec<String> = settings.ports.iter().map(|p| p.to_string()).collect();
+    // Tests and scripts wait for this line: everything is in place once it
+    // is printed.
+    info!(
+        "attached to {ifaces} (mode {}), inspecting ports {}, maps pinned in {}",
+        args.mode.name(),
+        ports.join(","),
+        pins.path().display()
+    );
+    rt.block_on(run_until_signal(metrics, pins.path()))?;
+    if args.persist {
+        // Dropping the pinned links leaves them attached: the kernel goes on
+        // inspecting until the next `attach` takes over or `detach` runs.
+        drop(links);
+        info!("left the inspector attached to {ifaces} (--persist); `inspector detach` removes it");
+    } else {
+        links.remove()?;
+        info!("detached from {ifaces}");
+    }
+    Ok(())
+}
+
+/// Writes the settings into the maps and attaches the loaded program (or
+/// swaps it into the links an earlier instance left), in the order that
+/// never lets a program run without settings.
+fn attach_with_settings(
+    ebpf: &mut aya::Ebpf,
+    args: &AttachArgs,
+    settings: &Settings,
+    pin_dir: &Path,
+) -> Result<LinkSet> {
+    let write_settings = |ebpf: &mut aya::Ebpf| -> Result<()> {
+        loader::set_ports(ebpf, &settings.ports)?;
+        loader::set_policy(ebpf, &settings.allowed)?;
+        loader::set_config(ebpf, settings.config)
+    };
+    let takeover = !links::pinned(pin_dir)?.is_empty();
+    if !takeover {
+        // A fresh program must never run with empty maps (no ports, a
+        // policy that masks everything): settings first.
+        write_settings(ebpf)?;
+    }
+    let links = LinkSet::attach(ebpf, pin_dir, &args.ifaces, args.mode)?;
+    if takeover {
+        // The earlier program ran with the earlier settings until the swap;
+        // the new one starts with them too, then gets the new ones.
+        write_settings(ebpf)?;
+    }
+    if links.taken_over() > 0 {
+        info!(
+            "took over {} pinned link(s) of an earlier instance: flows keep their state",
+            links.taken_over()
+        );
+    }
+    Ok(links)
+}
+
+/// The daemon's life: expire flows and serve metrics until SIGINT or
+/// SIGTERM (or until one of them fails).
+async fn run_until_signal(metrics: Option<tokio::net::TcpListener>, pin_dir: &Path) -> Result<()> {
+    let serve_metrics = async {
+        match metrics {
+            Some(l) => metrics::serve(l, pin_dir.to_path_buf()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = wait_for_signal() => r,
+        r = expire_flows(pin_dir) => r,
+        r = serve_metrics => r,
+    }
+}
+
+/// Removes closed and idle flow entries every few seconds. Works on the
+/// pinned maps, like any other process would.
+async fn expire_flows(pin_dir: &Path) -> Result<()> {
+    let (mut flow_map, mut counters) = flows::open_pinned(pin_dir)?;
+    let mut tick = tokio::time::interval(EXPIRY_PERIOD);
+    loop {
+        tick.tick().await;
+        match flows::expire(&mut flow_map, &mut counters) {
+            Ok(n) if n > 0 => log::debug!("expired {n} flow entries"),
+            Ok(_) => {}
+            Err(e) => warn!("expiring flow entries: {e:#}"),
+        }
+    }
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}

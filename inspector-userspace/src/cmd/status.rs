@@ -1,0 +1,18 @@
+//! `inspector status`: what is attached where, the live policy, flows.
+
+use anyhow::Result;
+use inspector_userspace::{privilege, status::Status};
+
+use crate::{cli::StatusArgs, cmd::policy};
+
+pub fn run(args: StatusArgs) -> Result<()> {
+    privilege::require_bpf("status")?;
+    let allowed = policy::allowed_names(&args.pin_dir)?;
+    let st = Status::read(&args.pin_dir, allowed)?;
+    if args.json {
+        println!("{}", st.to_json());
+    } else {
+        print!("{}", st.to_text());
+    }
+    Ok(())
+}
