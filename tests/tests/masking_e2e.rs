@@ -4,7 +4,7 @@
 //! either the recording aiosmtpd server (which writes down every byte it
 //! read) or a real Postfix instance (whose replies, logs and delivered
 //! Maildir files are the evidence). Clients: the scripted raw client
-//! (`tests/py/smtp_client.py`, exact bytes and segmentation), and swaks.
+//! (`testkit/py/smtp_client.py`, exact bytes and segmentation), and swaks.
 //!
 //! Counters come from `inspector stats --json`, events from `inspector
 //! events --json` and policy changes from `inspector policy`, each run as a

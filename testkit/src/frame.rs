@@ -4,7 +4,7 @@
 //! real. Every length field can be made to lie.
 //!
 //! ```
-//! use inspector_tests::frame::{Frame, Ipv4, Tcp};
+//! use inspector_testkit::frame::{Frame, Ipv4, Tcp};
 //! let bytes = Frame::ipv4(Ipv4::tcp(Tcp::new(40000, 25).payload(b"EHLO x\r\n")))
 //!     .vlan(0x8100, 10)
 //!     .bytes();

@@ -1,4 +1,4 @@
-//! The scripted SMTP client (`tests/py/smtp_client.py`): exact bytes, exact
+//! The scripted SMTP client (`testkit/py/smtp_client.py`): exact bytes, exact
 //! segmentation (one send, one byte per segment, or given sizes), replies
 //! read after each step, and hand-shakes with the test through files, run
 //! inside the client namespace.

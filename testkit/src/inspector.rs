@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use rustix::process::Signal;
+
 use crate::{
     inspector_bin,
     netns::NetNs,
@@ -22,11 +24,18 @@ pub const READY_LINE: &str = "attached to";
 /// Bound for `attach` to get ready, and for it to stop after a signal.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Whether a bpffs is mounted at `path`.
+pub fn is_bpffs(path: &Path) -> bool {
+    // BPF_FS_MAGIC from <linux/magic.h>.
+    const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as u64 == BPF_FS_MAGIC)
+}
+
 /// Makes sure a bpffs is mounted at /sys/fs/bpf (the tool would mount it
 /// too; doing it here keeps the pin dirs of the tests in the usual place).
 pub fn ensure_bpffs() {
     let root = Path::new(BPFFS_ROOT);
-    if inspector_userspace::pin::is_bpffs(root) {
+    if is_bpffs(root) {
         return;
     }
     let out = run(&mut crate::proc::cmd(
@@ -34,7 +43,7 @@ pub fn ensure_bpffs() {
         &["-t", "bpf", "bpf", BPFFS_ROOT],
     ));
     assert!(
-        inspector_userspace::pin::is_bpffs(root),
+        is_bpffs(root),
         "could not mount a bpffs at {BPFFS_ROOT}: {out}"
     );
 }
@@ -321,7 +330,7 @@ impl Inspector {
 
     /// Sends SIGINT and waits for `attach` to exit.
     pub fn stop(mut self) -> Stopped {
-        self.stop_with(libc::SIGINT)
+        self.stop_with(Signal::INT.as_raw())
     }
 
     /// Sends `signal` and waits for `attach` to exit; panics if it does not
@@ -349,7 +358,7 @@ impl Drop for Inspector {
         }
         let panicking = std::thread::panicking();
         let mut proc = self.proc.take().unwrap();
-        proc.signal(libc::SIGINT);
+        proc.signal(Signal::INT.as_raw());
         let exited = proc.wait_timeout(ATTACH_TIMEOUT);
         let stderr = proc.stderr();
         drop(proc); // SIGKILL if still running
