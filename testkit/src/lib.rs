@@ -33,6 +33,7 @@ pub mod inspector;
 pub mod netns;
 pub mod postfix;
 pub mod proc;
+pub mod program;
 pub mod smtpd;
 
 use std::{

@@ -232,6 +232,17 @@ impl Proc {
         self.collect()
     }
 
+    /// Asks the process to stop (SIGTERM), waits up to `timeout`, then
+    /// kills it; returns whether it stopped when asked.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.signal(Signal::TERM.as_raw());
+        if self.wait_timeout(timeout).is_some() {
+            return true;
+        }
+        self.kill();
+        false
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         self.signal(Signal::KILL.as_raw());

@@ -181,10 +181,8 @@ impl RecordingSmtpd {
 
 impl Drop for RecordingSmtpd {
     fn drop(&mut self) {
-        self.proc.signal(rustix::process::Signal::TERM.as_raw());
-        if self.proc.wait_timeout(Duration::from_secs(10)).is_none() {
-            eprintln!("warning: the recording SMTP server ignored SIGTERM; killing it");
+        if !self.proc.terminate(Duration::from_secs(10)) {
+            eprintln!("warning: the recording SMTP server ignored SIGTERM; killed it");
         }
-        // Proc's own drop kills it if it is still running.
     }
 }
