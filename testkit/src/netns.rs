@@ -19,7 +19,7 @@
 //! Every veth is created directly inside its namespace, so nothing ever
 //! appears in the host's namespace, and deleting the namespaces deletes the
 //! veths. Names carry [`crate::unique_id`]. A thread can enter a namespace
-//! ([`NetNs::in_netns`], [`NetNs::hold`]) so that sockets or XDP links made
+//! ([`in_netns`], [`NetNs::hold`]) so that sockets or XDP links made
 //! from this process live there.
 
 use std::{
@@ -173,19 +173,6 @@ impl NetNs {
         );
     }
 
-    /// Runs `f` on a thread that has entered this namespace (setns on that
-    /// thread only): sockets it creates live there, and can be used from any
-    /// thread afterwards. A panic in `f` goes on in the caller.
-    pub fn in_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let file = self.open();
-        std::thread::spawn(move || {
-            enter(&file).unwrap_or_else(|e| panic!("{e:#}"));
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    }
-
     /// Makes a value with `make` on a thread that has entered this namespace
     /// and keeps it there until the [`Held`] is dropped; for what must also
     /// be undone in the namespace (an XDP link attached from this process
@@ -233,6 +220,19 @@ impl NetNs {
             || (self.link_json(iface)["operstate"] == "UP").then_some(()),
         );
     }
+}
+
+/// Runs `f` on a thread that has entered `ns` (setns on that thread only):
+/// sockets it creates live there, and can be used from any thread
+/// afterwards. A panic in `f` goes on in the caller.
+pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = ns.open();
+    std::thread::spawn(move || {
+        enter(&file).unwrap_or_else(|e| panic!("{e:#}"));
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 /// Moves the calling thread into the network namespace of `file`.

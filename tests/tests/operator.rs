@@ -13,10 +13,9 @@
 //! Needs root; run with `--test-threads=1`.
 
 use std::{
-    fs::File,
     io::{BufRead, BufReader, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    os::{fd::AsRawFd, unix::process::ExitStatusExt},
+    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -28,7 +27,7 @@ use inspector_tests::{
     client::code_of,
     inspector::{unique_pin_dir, Attach, AttachFailed, ATTACH_TIMEOUT, READY_LINE},
     inspector_bin,
-    netns::addr::SERVER_V4,
+    netns::{addr::SERVER_V4, in_netns},
     proc::{run, Finished, Proc, WaitError},
     unique_id, wait_until, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed, NAME_PREFIX,
 };
@@ -38,29 +37,8 @@ use serde_json::Value;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------
-// Sockets inside a namespace
+// Sockets inside a namespace (the kit's `in_netns`)
 // ---------------------------------------------------------------------
-
-/// Runs `f` on a thread that has entered the network namespace of `ns`
-/// (setns on that thread only); sockets it creates stay in that namespace
-/// and can be used from any thread afterwards.
-fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = ns.path();
-    std::thread::spawn(move || {
-        let file = File::open(&path)
-            .unwrap_or_else(|e| panic!("opening network namespace {}: {e}", path.display()));
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            panic!(
-                "setns into {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-        }
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
 
 /// A plain SMTP client connection from the client namespace, driven one
 /// step at a time by the test.

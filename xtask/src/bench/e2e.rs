@@ -18,7 +18,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use inspector_testkit::{
     inspector::{stats_json, Attach, Inspector},
-    netns::{Held, Offloads, Testbed},
+    netns::{in_netns, Held, Offloads, Testbed},
     proc::Proc,
 };
 use serde_json::{json, Value};
@@ -316,7 +316,7 @@ fn one_session(addr: SocketAddr) -> Result<Duration> {
 /// `n` sequential sessions from the client namespace; latencies in ms.
 fn latency(gw: &Testbed, target: &str, n: usize) -> Result<Vec<f64>> {
     let addr: SocketAddr = target.parse()?;
-    gw.client.in_netns(move || {
+    in_netns(&gw.client, move || {
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             if interrupted() {
@@ -331,7 +331,7 @@ fn latency(gw: &Testbed, target: &str, n: usize) -> Result<Vec<f64>> {
 /// Opens `n` SMTP sessions to the idle server (greeting read, EHLO
 /// answered) and keeps them open.
 fn open_idle(gw: &Testbed, n: usize) -> Result<Vec<TcpStream>> {
-    gw.client.in_netns(move || {
+    in_netns(&gw.client, move || {
         let addr: SocketAddr = "10.200.2.2:587".parse()?;
         let threads = 4;
         let handles: Vec<_> = (0..threads)
