@@ -243,8 +243,26 @@ impl<'a> Attach<'a> {
         self
     }
 
-    /// Starts `attach` and waits for it to be ready; `Err` if it exits first.
-    pub fn start(self) -> Result<Inspector, AttachFailed> {
+    /// Starts `attach` and waits for it to be ready; `Err` if it exits
+    /// first. The [`Inspector`] checks on drop that `attach` stops cleanly
+    /// and removes its pins.
+    pub fn start(mut self) -> Result<Inspector, AttachFailed> {
+        let pin_dir = self.pin_dir.take().unwrap_or_else(unique_pin_dir);
+        let proc = self.pin_dir(&pin_dir).spawn().map_err(|out| AttachFailed {
+            status: out.status,
+            stderr: out.stderr,
+        })?;
+        Ok(Inspector {
+            proc: Some(proc),
+            pin_dir,
+        })
+    }
+
+    /// Starts `attach` and waits for it to be ready, as [`Attach::start`],
+    /// but hands over the bare process: for an `attach` whose pins are
+    /// meant to outlive it (killed, or `--persist`). `Err` with everything
+    /// it printed if it exits first.
+    pub fn spawn(self) -> Result<Proc, Finished> {
         ensure_bpffs();
         let pin_dir = self.pin_dir.unwrap_or_else(unique_pin_dir);
         let bin = inspector_bin();
@@ -269,17 +287,8 @@ impl<'a> Attach<'a> {
                 .any(|l| l.contains(READY_LINE) && !l.starts_with("inspector: error"))
         };
         match proc.wait_stderr(ATTACH_TIMEOUT, ready) {
-            Ok(()) => Ok(Inspector {
-                proc: Some(proc),
-                pin_dir,
-            }),
-            Err(WaitError::Eof) => {
-                let out = proc.finish(ATTACH_TIMEOUT);
-                Err(AttachFailed {
-                    status: out.status,
-                    stderr: out.stderr,
-                })
-            }
+            Ok(()) => Ok(proc),
+            Err(WaitError::Eof) => Err(proc.finish(ATTACH_TIMEOUT)),
             Err(WaitError::Timeout) => {
                 let stderr = proc.stderr();
                 proc.kill();

@@ -24,6 +24,23 @@ pub use inspector_testkit::{
     Counts, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed, NAME_PREFIX,
 };
 
+/// `attach` must have failed with [`assert_one_line_error`]'s one line
+/// mentioning every string of `mentions`; if it started, it is stopped.
+pub fn assert_attach_failed(
+    what: &str,
+    r: Result<Inspector, inspector::AttachFailed>,
+    mentions: &[&str],
+) {
+    match r {
+        Ok(mut i) => {
+            let stderr = i.stderr();
+            let _ = i.stop_with(rustix::process::Signal::INT.as_raw());
+            panic!("{what}: attach succeeded but should have failed; stderr:\n{stderr}");
+        }
+        Err(f) => assert_one_line_error(what, f.status.code(), &f.stderr, mentions),
+    }
+}
+
 /// Exit status 1 and exactly one line on stderr, `inspector: error: ...`,
 /// containing every string of `mentions`.
 pub fn assert_one_line_error(what: &str, code: Option<i32>, stderr: &str, mentions: &[&str]) {

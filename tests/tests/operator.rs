@@ -23,12 +23,12 @@ use std::{
 
 use inspector_common::{counters::Counter, verbs::DEFAULT_ALLOWED};
 use inspector_tests::{
-    assert_one_line_error,
+    assert_attach_failed, assert_one_line_error,
     client::code_of,
-    inspector::{unique_pin_dir, Attach, AttachFailed, ATTACH_TIMEOUT, READY_LINE},
+    inspector::{unique_pin_dir, Attach, ATTACH_TIMEOUT},
     inspector_bin,
     netns::{addr::SERVER_V4, in_netns},
-    proc::{run, Finished, Proc, WaitError},
+    proc::{run, Finished, Proc},
     unique_id, wait_until, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed, NAME_PREFIX,
 };
 use serde_json::Value;
@@ -212,17 +212,6 @@ fn assert_failed(what: &str, out: &Finished, mentions: &[&str]) {
     assert!(out.stdout.is_empty(), "{what}: printed on stdout: {out}");
 }
 
-fn assert_attach_failed(what: &str, r: Result<Inspector, AttachFailed>, mentions: &[&str]) {
-    match r {
-        Ok(mut i) => {
-            let stderr = i.stderr();
-            let _ = i.stop_with(libc::SIGINT);
-            panic!("{what}: attach succeeded but should have failed; stderr:\n{stderr}");
-        }
-        Err(f) => assert_one_line_error(what, f.status.code(), &f.stderr, mentions),
-    }
-}
-
 /// A pin dir for a test, removed on drop even if the test failed: by
 /// `inspector detach` (which also detaches its links), then by force.
 /// Declare it before every process that uses it, so that they stop first.
@@ -286,27 +275,10 @@ impl Daemon {
         pin_dir: &Path,
         args: &[&str],
     ) -> Result<Daemon, Finished> {
-        let mut c = ns.nsenter(inspector_bin());
-        c.arg("attach");
-        for i in ifaces {
-            c.args(["--iface", i]);
-        }
-        c.arg("--pin-dir").arg(pin_dir).args(args);
-        c.env("RUST_LOG", "info");
-        let mut proc = Proc::spawn(&mut c);
-        let ready = |s: &str| {
-            s.lines()
-                .any(|l| l.contains(READY_LINE) && !l.starts_with("inspector: error"))
-        };
-        match proc.wait_stderr(ATTACH_TIMEOUT, ready) {
-            Ok(()) => Ok(Daemon { proc: Some(proc) }),
-            Err(WaitError::Eof) => Err(proc.finish(ATTACH_TIMEOUT)),
-            Err(WaitError::Timeout) => {
-                let stderr = proc.stderr();
-                proc.kill();
-                panic!("`{}` did not get ready:\n{stderr}", proc.what());
-            }
-        }
+        let attach = args
+            .iter()
+            .fold(Attach::new(ns, ifaces).pin_dir(pin_dir), |a, x| a.arg(x));
+        attach.spawn().map(|p| Daemon { proc: Some(p) })
     }
 
     fn start(ns: &NetNs, ifaces: &[&str], pin_dir: &Path, args: &[&str]) -> Daemon {
@@ -333,9 +305,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut p) = self.proc.take() {
-            p.signal(libc::SIGTERM);
-            let _ = p.wait_timeout(ATTACH_TIMEOUT);
-            // Proc's drop sends SIGKILL if it still runs.
+            p.terminate(ATTACH_TIMEOUT);
         }
     }
 }
