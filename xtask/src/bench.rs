@@ -6,16 +6,19 @@
 //!
 //! 1. In-kernel cost per packet (BPF_PROG_TEST_RUN): `inspector_xdp` against
 //!    `bench_parse` and `bench_pass` on the same frames ([`kernel`]).
-//! 2. End to end through the namespace gateway of TESTBED.md: `smtp-source`
+//! 2. End to end through the namespace gateway of `docs/testbed.md`: `smtp-source`
 //!    to `smtp-sink`, plain forwarding against the inspector (XDP, TC),
 //!    an XDP program that only passes, an iptables string match and HAProxy
 //!    ([`e2e`]).
 //! 3. Memory per tracked flow and of all maps, and throughput with thousands
 //!    of idle SMTP flows tracked.
 //!
-//! Runs as root. Everything it creates (namespaces, veths, pin dirs, a temp
-//! folder) carries `inbench-<pid>` and is removed on exit, also after an
-//! error or Ctrl-C; leftovers of a killed run are removed by the next one.
+//! Runs as root. The frames, the program runner, the gateway and the
+//! processes are the test kit's (`inspector-testkit`); this module keeps the
+//! measurements and the report. Everything it creates (namespaces, veths,
+//! pin dirs, a temp folder) carries `inspt-<pid>x<n>` and is removed on
+//! exit, also after an error or Ctrl-C; leftovers of a killed run are
+//! removed by the next one (or the next test run).
 
 mod e2e;
 mod kernel;
