@@ -6,6 +6,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    process::Command,
     time::Duration,
 };
 
@@ -20,6 +21,20 @@ use crate::{
 
 /// Bound for a whole scripted session.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long `swaks` runs at most.
+pub const SWAKS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `swaks` in `ns`: a mail to `server` port 25 from `from` to `to`, HELO
+/// `client.test`, 30 s per wait. The caller adds the rest (body, AUTH,
+/// pipelining, ...) and runs it within [`SWAKS_TIMEOUT`].
+pub fn swaks(ns: &NetNs, server: IpAddr, from: &str, to: &str) -> Command {
+    let mut c = ns.exec("swaks");
+    c.args(["--server", &server.to_string(), "--port", "25"])
+        .args(["--from", from, "--to", to, "--helo", "client.test"])
+        .args(["--timeout", "30"]);
+    c
+}
 
 /// Path of the client script.
 pub fn script_path() -> PathBuf {

@@ -10,6 +10,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use inspector_tests::{
+    client::{self, SWAKS_TIMEOUT},
     inspector::Attach,
     netns::addr::{SERVER_V4, SERVER_V6},
     proc::{run_timeout, Finished},
@@ -18,7 +19,6 @@ use inspector_tests::{
 
 const FROM: &str = "b@example.com";
 const TO: &str = "a@example.com";
-const SWAKS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// About 30 KiB of text, many segments' worth, with lines that start with a
 /// dot (SMTP transparency: swaks doubles them, the server undoes it).
@@ -48,11 +48,8 @@ fn trim_trailing_newlines(mut b: &[u8]) -> &[u8] {
 }
 
 fn swaks(bed: &Testbed, server: IpAddr, body: &str) -> Finished {
-    let mut c = bed.client.exec("swaks");
-    c.args(["--server", &server.to_string(), "--port", "25"])
-        .args(["--from", FROM, "--to", TO, "--helo", "client.test"])
-        .args(["--timeout", "30", "--suppress-data"])
-        .args(["--body", body]);
+    let mut c = client::swaks(&bed.client, server, FROM, TO);
+    c.args(["--suppress-data", "--body", body]);
     run_timeout(&mut c, SWAKS_TIMEOUT)
 }
 

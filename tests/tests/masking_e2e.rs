@@ -15,7 +15,7 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use inspector_tests::{
-    client::{self, code_of, Script, Split, Transcript},
+    client::{self, code_of, Script, Split, Transcript, SWAKS_TIMEOUT},
     inspector::Attach,
     inspector_bin,
     netns::addr::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
@@ -27,7 +27,6 @@ use serde_json::Value;
 
 const FROM: &str = "sender@example.com";
 const TO: &str = "rcpt@example.com";
-const SWAKS_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------
 // The set-up: test bed, server, inspector. Fields drop in order: the
@@ -153,11 +152,8 @@ fn show_all(lines: &[Vec<u8>]) -> Vec<String> {
 }
 
 fn swaks(bed: &Bed, server: IpAddr, args: &[&str]) -> Finished {
-    let mut c = bed.tb.client.exec("swaks");
-    c.args(["--server", &server.to_string(), "--port", "25"])
-        .args(["--from", FROM, "--to", TO, "--helo", "client.test"])
-        .args(["--timeout", "30"])
-        .args(args);
+    let mut c = client::swaks(&bed.tb.client, server, FROM, TO);
+    c.args(args);
     let out = run_timeout(&mut c, SWAKS_TIMEOUT);
     assert!(
         out.status.success(),

@@ -230,11 +230,9 @@ fn markdown(report: &Value, kernel_md: &str, e2e_md: &str) -> String {
     s
 }
 
+/// What `cmd` printed, trimmed, if it succeeded.
 fn output(cmd: &mut Command) -> Option<String> {
-    let o = cmd.output().ok()?;
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    crate::util::output(cmd).ok().map(|s| s.trim().to_string())
 }
 
 fn loadavg() -> String {

@@ -13,7 +13,7 @@ use std::{process::Command, time::Duration};
 
 use anyhow::{bail, Result};
 use inspector_testkit::{
-    inspector_bin,
+    client, inspector_bin,
     netns::{addr::SERVER_V4, Offloads, Testbed},
     proc::{self, Proc},
     Inspector, RecordingSmtpd,
@@ -78,15 +78,17 @@ pub fn run() -> Result<()> {
 
     step("demo: swaks sends a mail whose body holds command-like lines: they pass untouched");
     show(
-        bed.client
-            .exec("swaks")
-            .args(["--server", "10.200.2.2"])
-            .args(["--from", "alice@example.org", "--to", "bob@example.com"])
-            .args([
-                "--body",
-                "STARTTLS\nVERB x\n..\nBDAT 10\nA body is data: these lines pass untouched.\n",
-            ])
-            .args(["--header", "Subject: inspector demo"]),
+        client::swaks(
+            &bed.client,
+            SERVER_V4,
+            "alice@example.org",
+            "bob@example.com",
+        )
+        .args([
+            "--body",
+            "STARTTLS\nVERB x\n..\nBDAT 10\nA body is data: these lines pass untouched.\n",
+        ])
+        .args(["--header", "Subject: inspector demo"]),
     );
 
     step("demo: a raw session: disallowed verbs (any case, leading space) reach the server masked");
