@@ -181,6 +181,23 @@ pub fn stats_json(pin_dir: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("`inspector stats --json` printed invalid JSON ({e}): {out}"))
 }
 
+/// One counter of the JSON printed by `inspector stats --json`; panics if
+/// it is missing.
+pub fn counter(stats: &serde_json::Value, name: &str) -> u64 {
+    stats[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
+}
+
+/// `(seen, masked)` of a verb slot in `inspector stats --json`.
+pub fn verb_counts(stats: &serde_json::Value, verb: &str) -> (u64, u64) {
+    let v = &stats["verbs"][verb];
+    (
+        v["seen"].as_u64().unwrap_or(0),
+        v["masked"].as_u64().unwrap_or(0),
+    )
+}
+
 /// An `attach` that exited before it was ready.
 #[derive(Debug)]
 pub struct AttachFailed {

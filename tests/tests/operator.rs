@@ -25,7 +25,7 @@ use inspector_common::{counters::Counter, verbs::DEFAULT_ALLOWED};
 use inspector_tests::{
     assert_attach_failed, assert_one_line_error,
     client::code_of,
-    inspector::{unique_pin_dir, Attach, ATTACH_TIMEOUT},
+    inspector::{counter, unique_pin_dir, verb_counts, Attach, ATTACH_TIMEOUT},
     inspector_bin,
     netns::{addr::SERVER_V4, in_netns},
     proc::{run, Finished, Proc},
@@ -190,21 +190,6 @@ fn policy_show(ns: &NetNs, dir: &Path) -> (String, Value) {
         &["policy", "show", "--json", "--pin-dir", pin_arg(dir)],
     ));
     (text, json)
-}
-
-fn counter(stats: &Value, name: &str) -> u64 {
-    stats[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
-}
-
-/// `(seen, masked)` of a verb in `stats --json`.
-fn verb_counts(stats: &Value, verb: &str) -> (u64, u64) {
-    let v = &stats["verbs"][verb];
-    (
-        v["seen"].as_u64().unwrap_or(0),
-        v["masked"].as_u64().unwrap_or(0),
-    )
 }
 
 fn assert_failed(what: &str, out: &Finished, mentions: &[&str]) {
