@@ -22,10 +22,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap as BpfHashMap, PerCpuArray},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use inspector_common::{
@@ -330,9 +330,13 @@ impl Loaded {
             .program(name)
             .with_context(|| format!("the object has no program {name}"))?;
         let t0 = Instant::now();
-        let r = match (name == TC_PROGRAM, prog) {
-            (true, p) => <&SchedClassifier>::try_from(p)?.test_run(opts),
-            (false, p) => <&Xdp>::try_from(p)?.test_run(opts),
+        let r = match prog {
+            Program::Xdp(p) => p.test_run(opts),
+            Program::SchedClassifier(p) => p.test_run(opts),
+            other => bail!(
+                "{name} is a {:?} program: only XDP and TC programs run here",
+                other.prog_type()
+            ),
         };
         let wall = t0.elapsed();
         let r = r.with_context(|| {
