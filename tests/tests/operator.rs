@@ -13,8 +13,7 @@
 //! Needs root; run with `--test-threads=1`.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::Command,
@@ -24,7 +23,7 @@ use std::{
 use inspector_common::{counters::Counter, verbs::DEFAULT_ALLOWED};
 use inspector_tests::{
     assert_attach_failed, assert_one_line_error,
-    client::code_of,
+    client::{code_of, Smtp},
     inspector::{counter, unique_pin_dir, verb_counts, Attach, ATTACH_TIMEOUT},
     inspector_bin,
     netns::{addr::SERVER_V4, in_netns},
@@ -37,77 +36,8 @@ use serde_json::Value;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------
-// Sockets inside a namespace (the kit's `in_netns`)
+// Sockets inside a namespace (the kit's `in_netns` and `client::Smtp`)
 // ---------------------------------------------------------------------
-
-/// A plain SMTP client connection from the client namespace, driven one
-/// step at a time by the test.
-struct Smtp {
-    r: BufReader<TcpStream>,
-    local: SocketAddr,
-    greeting: String,
-}
-
-impl Smtp {
-    /// Connects from `ns` to `server:port` and reads the greeting.
-    fn connect(ns: &NetNs, server: IpAddr, port: u16) -> Smtp {
-        let to = SocketAddr::new(server, port);
-        let stream = in_netns(ns, move || TcpStream::connect_timeout(&to, STEP_TIMEOUT))
-            .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
-        stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(STEP_TIMEOUT)).unwrap();
-        let local = stream.local_addr().unwrap();
-        let mut s = Smtp {
-            r: BufReader::new(stream),
-            local,
-            greeting: String::new(),
-        };
-        s.greeting = s.reply();
-        assert_eq!(code_of(&s.greeting), 220, "greeting: {}", s.greeting);
-        s
-    }
-
-    fn send(&mut self, data: &[u8]) {
-        self.r
-            .get_mut()
-            .write_all(data)
-            .unwrap_or_else(|e| panic!("sending {:?}: {e}", show(data)));
-    }
-
-    /// Reads one complete reply (all lines of a multi-line reply).
-    fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = self
-                .r
-                .read_line(&mut line)
-                .unwrap_or_else(|e| panic!("reading a reply (got {all:?}): {e}"));
-            assert!(
-                n > 0,
-                "connection closed while reading a reply (got {all:?})"
-            );
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    }
-
-    /// Sends `line` (CRLF added) and returns the reply.
-    fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes());
-        self.reply()
-    }
-
-    /// Sends `line` and checks the reply code.
-    fn expect(&mut self, line: &str, code: u16) -> String {
-        let r = self.cmd(line);
-        assert_eq!(code_of(&r), code, "reply to {line:?}: {r}");
-        r
-    }
-}
 
 fn show(b: &[u8]) -> String {
     b.iter()

@@ -8,8 +8,7 @@
 //! flows tracked).
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -17,6 +16,7 @@ use std::{
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use inspector_testkit::{
+    client::Smtp,
     inspector::{stats_json, Attach, Inspector},
     netns::{in_netns, Held, Offloads, Testbed},
     proc::Proc,
@@ -267,48 +267,23 @@ fn timed(cmd: &mut Command, timeout: Duration) -> Result<Duration> {
     }
 }
 
-/// Reads one (possibly multi-line) reply and checks its code.
-fn expect(r: &mut impl BufRead, code: &str) -> Result<()> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            bail!("connection closed while waiting for {code}");
-        }
-        ensure!(
-            line.starts_with(code),
-            "expected {code}, the server said {}",
-            line.trim_end()
-        );
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok(());
-        }
-    }
-}
-
 /// One full session (connect, EHLO, MAIL, RCPT, DATA, body, QUIT); returns
 /// the time from connect to the QUIT reply.
 fn one_session(addr: SocketAddr) -> Result<Duration> {
     let t0 = Instant::now();
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut w = s;
-    expect(&mut r, "220")?;
+    let mut s = Smtp::try_connect(addr, Duration::from_secs(10))?;
     for (cmd, code) in [
-        (&b"EHLO bench.example.org\r\n"[..], "250"),
-        (b"MAIL FROM:<a@example.org>\r\n", "250"),
-        (b"RCPT TO:<b@example.com>\r\n", "250"),
-        (b"DATA\r\n", "354"),
+        (&b"EHLO bench.example.org\r\n"[..], 250),
+        (b"MAIL FROM:<a@example.org>\r\n", 250),
+        (b"RCPT TO:<b@example.com>\r\n", 250),
+        (b"DATA\r\n", 354),
         (
             b"Subject: latency probe\r\n\r\nA short message.\r\n.\r\n",
-            "250",
+            250,
         ),
-        (b"QUIT\r\n", "221"),
+        (b"QUIT\r\n", 221),
     ] {
-        w.write_all(cmd)?;
-        expect(&mut r, code)?;
+        s.try_expect_raw(cmd, code)?;
     }
     Ok(t0.elapsed())
 }
@@ -330,25 +305,21 @@ fn latency(gw: &Testbed, target: &str, n: usize) -> Result<Vec<f64>> {
 
 /// Opens `n` SMTP sessions to the idle server (greeting read, EHLO
 /// answered) and keeps them open.
-fn open_idle(gw: &Testbed, n: usize) -> Result<Vec<TcpStream>> {
+fn open_idle(gw: &Testbed, n: usize) -> Result<Vec<Smtp>> {
     in_netns(&gw.client, move || {
         let addr: SocketAddr = "10.200.2.2:587".parse()?;
         let threads = 4;
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let count = n / threads + usize::from(t < n % threads);
-                std::thread::spawn(move || -> Result<Vec<TcpStream>> {
+                std::thread::spawn(move || -> Result<Vec<Smtp>> {
                     let mut v = Vec::with_capacity(count);
                     for _ in 0..count {
                         if interrupted() {
                             bail!("interrupted");
                         }
-                        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-                        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                        let mut r = BufReader::new(s.try_clone()?);
-                        expect(&mut r, "220")?;
-                        (&s).write_all(b"EHLO idle.example.org\r\n")?;
-                        expect(&mut r, "250")?;
+                        let mut s = Smtp::try_connect(addr, Duration::from_secs(10))?;
+                        s.try_expect_raw(b"EHLO idle.example.org\r\n", 250)?;
                         v.push(s);
                     }
                     Ok(v)
