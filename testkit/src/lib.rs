@@ -95,7 +95,7 @@ pub fn require_root() {
 
 /// Marker in every name this harness gives to a namespace or pin dir, so
 /// that leftovers of a killed run can be recognised (see
-/// [`netns::remove_stale`]).
+/// [`remove_stale_once`]).
 pub const NAME_PREFIX: &str = "inspt";
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
