@@ -1,22 +1,15 @@
 //! The embedded XDP program, loaded in this process (no interface, no pins)
-//! and run on hand-built frames with BPF_PROG_TEST_RUN.
+//! and run on hand-built frames with BPF_PROG_TEST_RUN, judged by the
+//! header-level counters ([`Counts`]).
 
-use aya::{
-    maps::PerCpuArray,
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
-    Ebpf,
+use inspector_common::config::CFG_MONITOR;
+
+use crate::{
+    inspector::Counts,
+    kernel::{Hook, Loaded},
 };
-use inspector_common::{
-    config::{Config, CFG_MONITOR},
-    counters::{Counter, COUNTERS_MAP},
-    verbs::DEFAULT_ALLOWED,
-};
-use inspector_userspace::loader::{self, EBPF_OBJECT, XDP_PROGRAM};
 
-use crate::inspector::Counts;
-
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
+pub use inspector_testkit::program::{XDP_DROP, XDP_PASS};
 
 /// The kernel refuses BPF_PROG_TEST_RUN on XDP input shorter than an
 /// Ethernet header (`bpf_test_init`: `size < ETH_HLEN` is EINVAL).
@@ -25,7 +18,7 @@ pub const MIN_TEST_RUN_LEN: usize = 14;
 /// The program loaded in this process, configured through its maps as
 /// `inspector attach` configures it.
 pub struct LoadedXdp {
-    ebpf: Ebpf,
+    prog: Loaded,
 }
 
 /// One run: what the program returned and what the frame became.
@@ -55,53 +48,28 @@ impl LoadedXdp {
 
     /// `ports`, the `CFG_*` bits `flags`, and the default verb policy.
     pub fn load_with(ports: &[u16], flags: u32) -> LoadedXdp {
-        crate::require_root();
-        let mut ebpf = loader::open(EBPF_OBJECT, None).expect("opening the embedded eBPF object");
-        loader::set_ports(&mut ebpf, ports).expect("writing the port bitmap");
-        let allowed: Vec<_> = DEFAULT_ALLOWED
-            .iter()
-            .map(|v| loader::parse_verb(v).expect("a default verb"))
-            .collect();
-        loader::set_policy(&mut ebpf, &allowed).expect("writing the verb policy");
-        loader::set_config(&mut ebpf, Config { flags, _pad: 0 }).expect("writing the config");
-        loader::load_xdp(&mut ebpf).unwrap_or_else(|e| panic!("loading the XDP program: {e:#}"));
-        LoadedXdp { ebpf }
-    }
-
-    fn program(&self) -> &Xdp {
-        self.ebpf
-            .program(XDP_PROGRAM)
-            .expect("the object has the XDP program")
-            .try_into()
-            .expect("it is an XDP program")
+        LoadedXdp {
+            prog: Loaded::with_policy(
+                Hook::Xdp,
+                ports,
+                flags,
+                inspector_common::verbs::DEFAULT_ALLOWED,
+            ),
+        }
     }
 
     /// The counters, summed over CPUs, read from the loaded map.
     pub fn counts(&self) -> Counts {
-        let map = self.ebpf.map(COUNTERS_MAP).expect("the counter map");
-        let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map).expect("a per-CPU array");
-        Counts::from_pairs(Counter::ALL.iter().map(|c| {
-            let per_cpu = arr.get(&(*c as u32), 0).expect("reading a counter");
-            (c.name(), per_cpu.iter().sum::<u64>())
-        }))
+        Counts::from_pairs(self.prog.counters().0)
     }
 
     /// Runs the program once on `frame`.
-    pub fn try_run(&self, frame: &[u8]) -> Result<Run, ProgramError> {
+    pub fn try_run(&self, frame: &[u8]) -> anyhow::Result<Run> {
         let before = self.counts();
-        // Room to spare: the kernel fails with ENOSPC if data_out is short,
-        // and a program that grew the frame would show here.
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = self.program().test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat: 1,
-            ..Default::default()
-        })?;
-        out.truncate(r.data_size_out as usize);
+        let r = self.prog.test_run(Hook::Xdp.program(), frame, 1)?;
         Ok(Run {
             return_value: r.return_value,
-            data_out: out,
+            data_out: r.data_out,
             delta: self.counts().since(&before),
         })
     }
@@ -109,12 +77,7 @@ impl LoadedXdp {
     /// Runs the program on `frame`, asserts XDP_PASS and that not one byte
     /// changed, and returns the counter changes.
     pub fn run(&self, frame: &[u8]) -> Counts {
-        let r = self.try_run(frame).unwrap_or_else(|e| {
-            panic!(
-                "BPF_PROG_TEST_RUN on a {}-byte frame failed: {e}",
-                frame.len()
-            )
-        });
+        let r = self.try_run(frame).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(
             r.return_value,
             XDP_PASS,

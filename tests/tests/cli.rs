@@ -8,8 +8,8 @@
 use std::{path::Path, process::Command};
 
 use inspector_tests::{
-    assert_one_line_error,
-    inspector::{stats_command, unique_pin_dir, Attach, AttachFailed},
+    assert_attach_failed, assert_one_line_error,
+    inspector::{stats_command, unique_pin_dir, Attach},
     inspector_bin,
     proc::run,
     Counts, Inspector, NetNs,
@@ -52,17 +52,6 @@ impl Veths {
                 self.ns.link_text(i)
             );
         }
-    }
-}
-
-fn assert_failed_cleanly(what: &str, r: Result<Inspector, AttachFailed>, mentions: &[&str]) {
-    match r {
-        Ok(mut i) => {
-            let stderr = i.stderr();
-            let _ = i.stop_with(libc::SIGINT);
-            panic!("{what}: attach succeeded but should have failed; stderr:\n{stderr}");
-        }
-        Err(f) => assert_one_line_error(what, f.status.code(), &f.stderr, mentions),
     }
 }
 
@@ -148,7 +137,7 @@ fn attach_without_privileges_fails_cleanly() {
         .pin_dir(&dir)
         .wrapped_in(UNPRIVILEGED)
         .start();
-    assert_failed_cleanly("unprivileged attach", r, &["root"]);
+    assert_attach_failed("unprivileged attach", r, &["root"]);
     assert_no_pin_dir("unprivileged attach", &dir);
     v.assert_no_xdp("unprivileged attach");
 }
@@ -185,12 +174,12 @@ fn unknown_interface_fails_cleanly() {
     let v = Veths::new();
     let dir = unique_pin_dir();
     let r = Attach::new(&v.ns, &["nosuch0"]).pin_dir(&dir).start();
-    assert_failed_cleanly("unknown interface", r, &["nosuch0"]);
+    assert_attach_failed("unknown interface", r, &["nosuch0"]);
     assert_no_pin_dir("unknown interface", &dir);
 
     // A good interface named before the unknown one is not touched either.
     let r = Attach::new(&v.ns, &[&v.a, "nosuch0"]).pin_dir(&dir).start();
-    assert_failed_cleanly("good then unknown interface", r, &["nosuch0"]);
+    assert_attach_failed("good then unknown interface", r, &["nosuch0"]);
     assert_no_pin_dir("good then unknown interface", &dir);
     v.assert_no_xdp("good then unknown interface");
 }
@@ -204,7 +193,7 @@ fn interface_with_an_xdp_program_fails_cleanly() {
 
     let dir_b = unique_pin_dir();
     let r = Attach::new(&v.ns, &[&v.a]).pin_dir(&dir_b).start();
-    assert_failed_cleanly(
+    assert_attach_failed(
         "second attach, same interface",
         r,
         &[&v.a, "already has an XDP program"],
@@ -213,7 +202,7 @@ fn interface_with_an_xdp_program_fails_cleanly() {
 
     // Attaching to b first, then failing on a, must leave b clean.
     let r = Attach::new(&v.ns, &[&v.b, &v.a]).pin_dir(&dir_b).start();
-    assert_failed_cleanly("second attach, new then busy interface", r, &[&v.a]);
+    assert_attach_failed("second attach, new then busy interface", r, &[&v.a]);
     assert_no_pin_dir("second attach, new then busy interface", &dir_b);
     assert_eq!(v.ns.xdp_prog_id(&v.b), None, "{}", v.ns.link_text(&v.b));
 
@@ -229,7 +218,7 @@ fn pin_dir_in_use_fails_cleanly() {
     let v = Veths::new();
     let first = Inspector::attach(&v.ns, &[&v.a]);
     let r = Attach::new(&v.ns, &[&v.b]).pin_dir(first.pin_dir()).start();
-    assert_failed_cleanly("second attach, same pin dir", r, &["in use"]);
+    assert_attach_failed("second attach, same pin dir", r, &["in use"]);
     assert_eq!(v.ns.xdp_prog_id(&v.b), None, "{}", v.ns.link_text(&v.b));
     // The first one keeps its pins and its link.
     assert!(first.pin_dir().is_dir());
@@ -260,7 +249,7 @@ fn port_465_is_refused() {
         .arg("--port")
         .arg("465")
         .start();
-    assert_failed_cleanly("--port 465", r, &["465"]);
+    assert_attach_failed("--port 465", r, &["465"]);
     assert_no_pin_dir("--port 465", &dir);
     v.assert_no_xdp("--port 465");
 }
@@ -270,7 +259,7 @@ fn interface_named_twice_is_refused() {
     let v = Veths::new();
     let dir = unique_pin_dir();
     let r = Attach::new(&v.ns, &[&v.a, &v.a]).pin_dir(&dir).start();
-    assert_failed_cleanly("interface twice", r, &[&v.a]);
+    assert_attach_failed("interface twice", r, &[&v.a]);
     assert_no_pin_dir("interface twice", &dir);
     v.assert_no_xdp("interface twice");
 }

@@ -10,15 +10,18 @@
 use std::{net::IpAddr, time::Duration};
 
 use inspector_tests::{
+    client::{self, SWAKS_TIMEOUT},
     inspector::Attach,
-    netns::addr::{SERVER_V4, SERVER_V6},
+    netns::{
+        addr::{SERVER_V4, SERVER_V6},
+        OneArmed,
+    },
     proc::{run_timeout, Finished},
-    sha256_hex, Counts, Offloads, RecordingSmtpd, Testbed,
+    sha256_hex, Counts, Inspector, Offloads, RecordingSmtpd, Testbed,
 };
 
 const FROM: &str = "b@example.com";
 const TO: &str = "a@example.com";
-const SWAKS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// About 30 KiB of text, many segments' worth, with lines that start with a
 /// dot (SMTP transparency: swaks doubles them, the server undoes it).
@@ -48,11 +51,8 @@ fn trim_trailing_newlines(mut b: &[u8]) -> &[u8] {
 }
 
 fn swaks(bed: &Testbed, server: IpAddr, body: &str) -> Finished {
-    let mut c = bed.client.exec("swaks");
-    c.args(["--server", &server.to_string(), "--port", "25"])
-        .args(["--from", FROM, "--to", TO, "--helo", "client.test"])
-        .args(["--timeout", "30", "--suppress-data"])
-        .args(["--body", body]);
+    let mut c = client::swaks(&bed.client, server, FROM, TO);
+    c.args(["--suppress-data", "--body", body]);
     run_timeout(&mut c, SWAKS_TIMEOUT)
 }
 
@@ -209,4 +209,40 @@ fn ipv6_generic_xdp_default_offloads() {
 #[test]
 fn ipv4_generic_xdp_offloads_off() {
     mail_through_the_gateway(Offloads::Off, SERVER_V4, Mode::Generic);
+}
+
+/// The one-armed gateway of `docs/testbed.md` (router on a stick): both
+/// directions of a session cross the gateway's one interface, so an
+/// inspector attached there alone tracks the flow from its SYN and inspects
+/// every payload byte of both directions once.
+#[test]
+fn one_armed_gateway_carries_both_directions_on_one_interface() {
+    for server in [SERVER_V4, SERVER_V6] {
+        let bed = OneArmed::new(Offloads::Default);
+        bed.assert_reachable(server);
+        let smtpd = RecordingSmtpd::start(&bed.server, &[SERVER_V4, SERVER_V6], 25);
+        let inspector = Inspector::attach(&bed.gateway, &bed.gateway_ifaces());
+        let before = inspector.stats();
+
+        let mut c = client::swaks(&bed.client, server, FROM, TO);
+        c.args(["--suppress-data", "--body", "one arm\n"]);
+        let out = run_timeout(&mut c, SWAKS_TIMEOUT);
+        assert!(out.status.success(), "swaks to {server} failed: {out}");
+        assert_eq!(smtpd.messages().len(), 1, "{server}: no message arrived");
+
+        let closed = smtpd.wait_closed(1, Duration::from_secs(20));
+        let session_bytes = (closed[0].received.len() + closed[0].sent.len()) as u64;
+        let d = inspector.stats().since(&before);
+        let ctx = format!("server {server}: {d:?}");
+        assert_eq!(d.flows_created, 1, "{ctx}");
+        assert_eq!(d.midstream, 0, "{ctx}");
+        assert_eq!(d.dropped, 0, "{ctx}");
+        // XDP sees each direction once, as it enters the one interface:
+        // the client's bytes on their way in, the server's on theirs.
+        assert!(
+            d.bytes_inspected >= session_bytes && d.bytes_inspected < 2 * session_bytes,
+            "bytes_inspected {} for a session of {session_bytes} bytes: {ctx}",
+            d.bytes_inspected
+        );
+    }
 }

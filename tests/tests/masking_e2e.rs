@@ -4,7 +4,7 @@
 //! either the recording aiosmtpd server (which writes down every byte it
 //! read) or a real Postfix instance (whose replies, logs and delivered
 //! Maildir files are the evidence). Clients: the scripted raw client
-//! (`tests/py/smtp_client.py`, exact bytes and segmentation), and swaks.
+//! (`testkit/py/smtp_client.py`, exact bytes and segmentation), and swaks.
 //!
 //! Counters come from `inspector stats --json`, events from `inspector
 //! events --json` and policy changes from `inspector policy`, each run as a
@@ -15,8 +15,8 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use inspector_tests::{
-    client::{self, code_of, Script, Split, Transcript},
-    inspector::Attach,
+    client::{self, code_of, Script, Split, Transcript, SWAKS_TIMEOUT},
+    inspector::{counter, verb_counts, Attach},
     inspector_bin,
     netns::addr::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
     postfix::Postfix,
@@ -27,7 +27,6 @@ use serde_json::Value;
 
 const FROM: &str = "sender@example.com";
 const TO: &str = "rcpt@example.com";
-const SWAKS_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------
 // The set-up: test bed, server, inspector. Fields drop in order: the
@@ -126,21 +125,6 @@ impl Bed {
     }
 }
 
-fn counter(stats: &Value, name: &str) -> u64 {
-    stats[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
-}
-
-/// `(seen, masked)` of a verb slot in `stats --json`.
-fn verb(stats: &Value, name: &str) -> (u64, u64) {
-    let v = &stats["verbs"][name];
-    (
-        v["seen"].as_u64().unwrap_or(0),
-        v["masked"].as_u64().unwrap_or(0),
-    )
-}
-
 fn show(b: &[u8]) -> String {
     b.iter()
         .flat_map(|c| std::ascii::escape_default(*c))
@@ -153,11 +137,8 @@ fn show_all(lines: &[Vec<u8>]) -> Vec<String> {
 }
 
 fn swaks(bed: &Bed, server: IpAddr, args: &[&str]) -> Finished {
-    let mut c = bed.tb.client.exec("swaks");
-    c.args(["--server", &server.to_string(), "--port", "25"])
-        .args(["--from", FROM, "--to", TO, "--helo", "client.test"])
-        .args(["--timeout", "30"])
-        .args(args);
+    let mut c = client::swaks(&bed.tb.client, server, FROM, TO);
+    c.args(args);
     let out = run_timeout(&mut c, SWAKS_TIMEOUT);
     assert!(
         out.status.success(),
@@ -297,20 +278,25 @@ fn check_masked_counters(bed: &Bed, sessions: u64) {
     }
     for (slot, n) in per_slot {
         assert_eq!(
-            verb(&st, slot).1,
+            verb_counts(&st, slot).1,
             sessions * n,
             "verbs.{slot}.masked\n{}",
             ctx()
         );
     }
     assert_eq!(
-        verb(&st, "STARTTLS"),
+        verb_counts(&st, "STARTTLS"),
         (3 * sessions, 3 * sessions),
         "{}",
         ctx()
     );
     for allowed in ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"] {
-        assert_eq!(verb(&st, allowed), (sessions, 0), "{allowed}\n{}", ctx());
+        assert_eq!(
+            verb_counts(&st, allowed),
+            (sessions, 0),
+            "{allowed}\n{}",
+            ctx()
+        );
     }
     assert_eq!(counter(&st, "bodies"), sessions, "{}", ctx());
     assert_eq!(counter(&st, "flows_created"), sessions, "{}", ctx());
@@ -1051,7 +1037,7 @@ fn one_byte_per_segment(offloads: Offloads, server: IpAddr, mode: Mode) {
         bed.context()
     );
     assert_eq!(counter(&st, "commands_masked"), 3, "{}", bed.context());
-    assert_eq!(verb(&st, "STARTTLS").1, 1, "{}", bed.context());
+    assert_eq!(verb_counts(&st, "STARTTLS").1, 1, "{}", bed.context());
     assert_eq!(counter(&st, "dropped"), 0, "{}", bed.context());
 }
 
@@ -1131,8 +1117,8 @@ fn a_live_policy_change_applies_to_the_next_command() {
         bed.context()
     );
     let st = bed.stats();
-    assert_eq!(verb(&st, "VRFY"), (3, 1), "{}", bed.context());
-    assert_eq!(verb(&st, "STARTTLS"), (2, 1), "{}", bed.context());
+    assert_eq!(verb_counts(&st, "VRFY"), (3, 1), "{}", bed.context());
+    assert_eq!(verb_counts(&st, "STARTTLS"), (2, 1), "{}", bed.context());
 }
 
 fn touch(p: &Path) {
@@ -1295,7 +1281,7 @@ fn monitor_mode_leaves_every_byte_untouched_but_counts() {
         "{}",
         bed.context()
     );
-    assert_eq!(verb(&st, "STARTTLS"), (3, 3), "{}", bed.context());
+    assert_eq!(verb_counts(&st, "STARTTLS"), (3, 3), "{}", bed.context());
     let ev = events.wait("masked", MASKED_COUNT as usize);
     events.stop();
     assert!(

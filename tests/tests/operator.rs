@@ -13,10 +13,8 @@
 //! Needs root; run with `--test-threads=1`.
 
 use std::{
-    fs::File,
-    io::{BufRead, BufReader, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    os::{fd::AsRawFd, unix::process::ExitStatusExt},
+    net::{SocketAddr, TcpListener},
+    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -24,12 +22,12 @@ use std::{
 
 use inspector_common::{counters::Counter, verbs::DEFAULT_ALLOWED};
 use inspector_tests::{
-    assert_one_line_error,
-    client::code_of,
-    inspector::{unique_pin_dir, Attach, AttachFailed, ATTACH_TIMEOUT, READY_LINE},
+    assert_attach_failed, assert_one_line_error,
+    client::{code_of, Smtp},
+    inspector::{counter, unique_pin_dir, verb_counts, Attach, ATTACH_TIMEOUT},
     inspector_bin,
-    netns::addr::SERVER_V4,
-    proc::{run, Finished, Proc, WaitError},
+    netns::{addr::SERVER_V4, in_netns},
+    proc::{run, Finished, Proc},
     unique_id, wait_until, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed, NAME_PREFIX,
 };
 use serde_json::Value;
@@ -38,98 +36,8 @@ use serde_json::Value;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------
-// Sockets inside a namespace
+// Sockets inside a namespace (the kit's `in_netns` and `client::Smtp`)
 // ---------------------------------------------------------------------
-
-/// Runs `f` on a thread that has entered the network namespace of `ns`
-/// (setns on that thread only); sockets it creates stay in that namespace
-/// and can be used from any thread afterwards.
-fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = ns.path();
-    std::thread::spawn(move || {
-        let file = File::open(&path)
-            .unwrap_or_else(|e| panic!("opening network namespace {}: {e}", path.display()));
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            panic!(
-                "setns into {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-        }
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
-/// A plain SMTP client connection from the client namespace, driven one
-/// step at a time by the test.
-struct Smtp {
-    r: BufReader<TcpStream>,
-    local: SocketAddr,
-    greeting: String,
-}
-
-impl Smtp {
-    /// Connects from `ns` to `server:port` and reads the greeting.
-    fn connect(ns: &NetNs, server: IpAddr, port: u16) -> Smtp {
-        let to = SocketAddr::new(server, port);
-        let stream = in_netns(ns, move || TcpStream::connect_timeout(&to, STEP_TIMEOUT))
-            .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
-        stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(STEP_TIMEOUT)).unwrap();
-        let local = stream.local_addr().unwrap();
-        let mut s = Smtp {
-            r: BufReader::new(stream),
-            local,
-            greeting: String::new(),
-        };
-        s.greeting = s.reply();
-        assert_eq!(code_of(&s.greeting), 220, "greeting: {}", s.greeting);
-        s
-    }
-
-    fn send(&mut self, data: &[u8]) {
-        self.r
-            .get_mut()
-            .write_all(data)
-            .unwrap_or_else(|e| panic!("sending {:?}: {e}", show(data)));
-    }
-
-    /// Reads one complete reply (all lines of a multi-line reply).
-    fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = self
-                .r
-                .read_line(&mut line)
-                .unwrap_or_else(|e| panic!("reading a reply (got {all:?}): {e}"));
-            assert!(
-                n > 0,
-                "connection closed while reading a reply (got {all:?})"
-            );
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    }
-
-    /// Sends `line` (CRLF added) and returns the reply.
-    fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes());
-        self.reply()
-    }
-
-    /// Sends `line` and checks the reply code.
-    fn expect(&mut self, line: &str, code: u16) -> String {
-        let r = self.cmd(line);
-        assert_eq!(code_of(&r), code, "reply to {line:?}: {r}");
-        r
-    }
-}
 
 fn show(b: &[u8]) -> String {
     b.iter()
@@ -214,35 +122,9 @@ fn policy_show(ns: &NetNs, dir: &Path) -> (String, Value) {
     (text, json)
 }
 
-fn counter(stats: &Value, name: &str) -> u64 {
-    stats[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
-}
-
-/// `(seen, masked)` of a verb in `stats --json`.
-fn verb_counts(stats: &Value, verb: &str) -> (u64, u64) {
-    let v = &stats["verbs"][verb];
-    (
-        v["seen"].as_u64().unwrap_or(0),
-        v["masked"].as_u64().unwrap_or(0),
-    )
-}
-
 fn assert_failed(what: &str, out: &Finished, mentions: &[&str]) {
     assert_one_line_error(what, out.status.code(), &out.stderr, mentions);
     assert!(out.stdout.is_empty(), "{what}: printed on stdout: {out}");
-}
-
-fn assert_attach_failed(what: &str, r: Result<Inspector, AttachFailed>, mentions: &[&str]) {
-    match r {
-        Ok(mut i) => {
-            let stderr = i.stderr();
-            let _ = i.stop_with(libc::SIGINT);
-            panic!("{what}: attach succeeded but should have failed; stderr:\n{stderr}");
-        }
-        Err(f) => assert_one_line_error(what, f.status.code(), &f.stderr, mentions),
-    }
 }
 
 /// A pin dir for a test, removed on drop even if the test failed: by
@@ -308,27 +190,10 @@ impl Daemon {
         pin_dir: &Path,
         args: &[&str],
     ) -> Result<Daemon, Finished> {
-        let mut c = ns.nsenter(inspector_bin());
-        c.arg("attach");
-        for i in ifaces {
-            c.args(["--iface", i]);
-        }
-        c.arg("--pin-dir").arg(pin_dir).args(args);
-        c.env("RUST_LOG", "info");
-        let mut proc = Proc::spawn(&mut c);
-        let ready = |s: &str| {
-            s.lines()
-                .any(|l| l.contains(READY_LINE) && !l.starts_with("inspector: error"))
-        };
-        match proc.wait_stderr(ATTACH_TIMEOUT, ready) {
-            Ok(()) => Ok(Daemon { proc: Some(proc) }),
-            Err(WaitError::Eof) => Err(proc.finish(ATTACH_TIMEOUT)),
-            Err(WaitError::Timeout) => {
-                let stderr = proc.stderr();
-                proc.kill();
-                panic!("`{}` did not get ready:\n{stderr}", proc.what());
-            }
-        }
+        let attach = args
+            .iter()
+            .fold(Attach::new(ns, ifaces).pin_dir(pin_dir), |a, x| a.arg(x));
+        attach.spawn().map(|p| Daemon { proc: Some(p) })
     }
 
     fn start(ns: &NetNs, ifaces: &[&str], pin_dir: &Path, args: &[&str]) -> Daemon {
@@ -355,9 +220,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut p) = self.proc.take() {
-            p.signal(libc::SIGTERM);
-            let _ = p.wait_timeout(ATTACH_TIMEOUT);
-            // Proc's drop sends SIGKILL if it still runs.
+            p.terminate(ATTACH_TIMEOUT);
         }
     }
 }

@@ -6,44 +6,66 @@
 //!
 //! 1. In-kernel cost per packet (BPF_PROG_TEST_RUN): `inspector_xdp` against
 //!    `bench_parse` and `bench_pass` on the same frames ([`kernel`]).
-//! 2. End to end through the namespace gateway of TESTBED.md: `smtp-source`
+//! 2. End to end through the namespace gateway of `docs/testbed.md`: `smtp-source`
 //!    to `smtp-sink`, plain forwarding against the inspector (XDP, TC),
 //!    an XDP program that only passes, an iptables string match and HAProxy
 //!    ([`e2e`]).
 //! 3. Memory per tracked flow and of all maps, and throughput with thousands
 //!    of idle SMTP flows tracked.
 //!
-//! Runs as root. Everything it creates (namespaces, veths, pin dirs, a temp
-//! folder) carries `inbench-<pid>` and is removed on exit, also after an
-//! error or Ctrl-C; leftovers of a killed run are removed by the next one.
+//! Runs as root. The frames, the program runner, the gateway and the
+//! processes are the test kit's (`inspector-testkit`); this module keeps the
+//! measurements and the report. Everything it creates (namespaces, veths,
+//! pin dirs, a temp folder) carries `inspt-<pid>x<n>` and is removed on
+//! exit, also after an error or Ctrl-C; leftovers of a killed run are
+//! removed by the next one (or the next test run).
 
 mod e2e;
-mod frame;
-mod gateway;
 mod kernel;
 mod stats;
 
 use std::{
     path::PathBuf,
     process::Command,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
     time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
+use inspector_testkit::target_dir;
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use serde_json::{json, Value};
 
 use crate::util::{root, step};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Set by SIGINT or SIGTERM once [`catch_signals`] ran.
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
 /// Whether SIGINT or SIGTERM arrived: long loops stop and clean up.
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::Relaxed)
+    INTERRUPTED
+        .get()
+        .is_some_and(|flag| flag.load(Ordering::Relaxed))
 }
 
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
+/// SIGINT and SIGTERM no longer kill the process: they set the flag of
+/// [`interrupted`], so that everything built so far is removed on the way
+/// out.
+fn catch_signals() -> Result<()> {
+    let flag = INTERRUPTED.get_or_init(Default::default);
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, flag.clone()).context("installing a signal handler")?;
+    }
+    Ok(())
+}
+
+/// The eBPF object the benchmark loads: the one `inspector`'s build script
+/// built (the programs `bench_pass` and `bench_parse` included).
+fn ebpf_object() -> PathBuf {
+    target_dir().join("ebpf/bpfel-unknown-none/release/inspector")
 }
 
 /// The notes every report carries: what the figures mean.
@@ -58,31 +80,34 @@ const NOTES: &[&str] = &[
 ];
 
 pub fn run(quick: bool) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         bail!("cargo xtask bench needs root (network namespaces, XDP, bpffs, BPF_PROG_TEST_RUN)");
     }
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    catch_signals()?;
     let nofile = raise_nofile(65536);
-    gateway::remove_stale();
+    inspector_testkit::remove_stale_once();
 
     let started = Instant::now();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let object = target.join("ebpf/bpfel-unknown-none/release/inspector");
-    let inspector = target.join("release/inspector");
-    for p in [&object, &inspector] {
+    let object_path = ebpf_object();
+    let inspector = target_dir().join("release/inspector");
+    for p in [&object_path, &inspector] {
         if !p.exists() {
             bail!("{} is missing: run `cargo xtask build` first", p.display());
         }
     }
+    let object = std::fs::read(&object_path)
+        .with_context(|| format!("reading {}", object_path.display()))?;
     let out_dir = std::env::var_os("INSPECTOR_BENCH_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| target.join("bench"));
-    let tmp = TempDir::new()?;
+        .unwrap_or_else(|| target_dir().join("bench"));
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(
+            "{}-{}-bench",
+            inspector_testkit::NAME_PREFIX,
+            inspector_testkit::unique_id()
+        ))
+        .tempdir()
+        .context("creating a temporary folder")?;
 
     let meta = metadata(quick)?;
     let kp = if quick {
@@ -145,9 +170,8 @@ pub fn run(quick: bool) -> Result<()> {
     step("bench: end to end through a namespace gateway, memory and scale");
     let e = e2e::run(
         &e2e::Env {
-            inspector: &inspector,
             object: &object,
-            tmp: &tmp.0,
+            tmp: tmp.path(),
         },
         ep,
     )?;
@@ -206,11 +230,9 @@ fn markdown(report: &Value, kernel_md: &str, e2e_md: &str) -> String {
     s
 }
 
+/// What `cmd` printed, trimmed, if it succeeded.
 fn output(cmd: &mut Command) -> Option<String> {
-    let o = cmd.output().ok()?;
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    crate::util::output(cmd).ok().map(|s| s.trim().to_string())
 }
 
 fn loadavg() -> String {
@@ -263,48 +285,26 @@ fn metadata(quick: bool) -> Result<Value> {
 /// soft limit goes up to `n`, or to the hard limit if that is lower (raising
 /// the hard limit needs CAP_SYS_RESOURCE, which a container may lack).
 fn raise_nofile(n: u64) -> u64 {
-    let mut cur = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let cur = getrlimit(Resource::Nofile);
+    let (soft, hard) = (cur.current.unwrap_or(u64::MAX), cur.maximum);
+    if soft >= n {
+        return soft;
+    }
+    // No maximum (None) is unlimited: keep it so.
+    let want = Rlimit {
+        current: Some(n),
+        maximum: hard.map(|h| h.max(n)),
     };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) != 0 {
-            return 0;
-        }
-        if cur.rlim_cur >= n {
-            return cur.rlim_cur;
-        }
-        let want = libc::rlimit {
-            rlim_cur: n,
-            rlim_max: n.max(cur.rlim_max),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-            return n;
-        }
-        let soft = libc::rlimit {
-            rlim_cur: n.min(cur.rlim_max),
-            rlim_max: cur.rlim_max,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
-            return soft.rlim_cur;
-        }
-        cur.rlim_cur
+    if setrlimit(Resource::Nofile, want).is_ok() {
+        return n;
     }
-}
-
-/// `$TMPDIR/inbench-<pid>`, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        let p = std::env::temp_dir().join(format!("{}-{}", gateway::PREFIX, std::process::id()));
-        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(TempDir(p))
+    let capped = hard.map_or(n, |h| h.min(n));
+    let lower = Rlimit {
+        current: Some(capped),
+        maximum: hard,
+    };
+    if setrlimit(Resource::Nofile, lower).is_ok() {
+        return capped;
     }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    soft
 }

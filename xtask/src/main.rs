@@ -130,7 +130,9 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
                 .args(["clippy", "--locked", "--", "-D", "warnings"]),
         )?;
     }
-    util::step("unit and property tests (inspector-common, inspector-userspace, xtask)");
+    util::step(
+        "unit and property tests (inspector-common, inspector-userspace, inspector-testkit, xtask)",
+    );
     util::run(util::cargo().args([
         "test",
         "--locked",
@@ -138,6 +140,8 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
         "inspector-common",
         "-p",
         "inspector-userspace",
+        "-p",
+        "inspector-testkit",
         "-p",
         "xtask",
     ]))?;

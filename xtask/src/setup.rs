@@ -156,7 +156,7 @@ fn apt() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
-    let as_root = unsafe { libc_geteuid() } == 0;
+    let as_root = rustix::process::geteuid().is_root();
     let apt = |args: &[&str]| {
         let mut c = if as_root {
             Command::new("apt-get")
@@ -172,9 +172,4 @@ fn apt() -> Result<()> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
     exec(&mut apt(&args))
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }

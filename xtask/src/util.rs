@@ -1,19 +1,10 @@
 //! Small helpers for running commands and printing steps.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{bail, Context, Result};
-
-/// The workspace root (xtask lives one level below it).
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent folder")
-        .to_path_buf()
-}
+/// The workspace root (the test kit's: it lives one level below it too).
+pub use inspector_testkit::workspace_root as root;
 
 pub fn step(what: &str) {
     eprintln!("\n==> {what}");

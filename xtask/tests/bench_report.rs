@@ -155,7 +155,7 @@ fn check_items(
 #[test]
 fn quick_report_has_every_field() {
     assert!(
-        unsafe { libc::geteuid() } == 0,
+        rustix::process::geteuid().is_root(),
         "this test runs `cargo xtask bench --quick`, which needs root (namespaces, XDP, \
          BPF_PROG_TEST_RUN): run it with `cargo xtask test` as root, or sudo"
     );

@@ -8,19 +8,22 @@
 //! flows tracked).
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    net::SocketAddr,
+    path::Path,
     process::{Command, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use inspector_testkit::{
+    client::Smtp,
+    inspector::{stats_json, Attach, Inspector},
+    netns::{in_netns, Held, Offloads, Testbed},
+    proc::Proc,
+};
 use serde_json::{json, Value};
 
 use super::{
-    gateway::{in_netns, timed, Daemon, Gateway, NetnsHolder, Side, PREFIX},
     interrupted,
     stats::{num, quantile, Summary},
 };
@@ -99,21 +102,25 @@ impl Filter {
     }
 }
 
-/// Paths the benchmark needs.
+/// What the benchmark needs: the eBPF object (for `bench_pass`) and a
+/// scratch folder. (`inspector` is the kit's [`inspector_testkit::inspector_bin`].)
 pub struct Env<'a> {
-    pub inspector: &'a Path,
-    pub object: &'a Path,
+    pub object: &'a [u8],
     pub tmp: &'a Path,
 }
 
-static PIN_SEQ: AtomicUsize = AtomicUsize::new(0);
-
 /// A filter in place; removed on drop.
 struct Active {
-    daemon: Option<Daemon>,
-    _xdp: Option<NetnsHolder>,
+    inspector: Option<Inspector>,
+    haproxy: Option<Proc>,
+    _xdp: Option<Held>,
     iptables: Option<String>,
-    pin_dir: Option<PathBuf>,
+}
+
+impl Active {
+    fn pin_dir(&self) -> Option<&Path> {
+        self.inspector.as_ref().map(|i| i.pin_dir())
+    }
 }
 
 const IPTABLES_RULE: &[&str] = &[
@@ -123,8 +130,10 @@ const IPTABLES_RULE: &[&str] = &[
 
 impl Drop for Active {
     fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            d.stop();
+        // The inspector detaches and checks its pins are gone on drop.
+        self.inspector.take();
+        if let Some(mut h) = self.haproxy.take() {
+            h.terminate(Duration::from_secs(5));
         }
         if let Some(ns) = &self.iptables {
             let _ = Command::new("ip")
@@ -133,26 +142,23 @@ impl Drop for Active {
                 .stderr(Stdio::null())
                 .status();
         }
-        if let Some(p) = &self.pin_dir {
-            let _ = std::fs::remove_dir_all(p);
-        }
     }
 }
 
-fn activate(gw: &Gateway, env: &Env, f: Filter) -> Result<Active> {
+fn activate(gw: &Testbed, env: &Env, f: Filter) -> Result<Active> {
     let mut a = Active {
-        daemon: None,
+        inspector: None,
+        haproxy: None,
         _xdp: None,
         iptables: None,
-        pin_dir: None,
     };
     match f {
         Filter::None => {}
         Filter::XdpPass => {
-            let object = env.object.to_path_buf();
+            let object = env.object.to_vec();
             let ifaces = [gw.gw_client_if.clone(), gw.gw_server_if.clone()];
-            a._xdp = Some(NetnsHolder::start(&gw.ns_path(Side::Gateway), move || {
-                let mut ebpf = aya::Ebpf::load_file(&object)?;
+            a._xdp = Some(gw.gateway.hold(move || {
+                let mut ebpf = aya::Ebpf::load(&object)?;
                 let p: &mut aya::programs::Xdp = ebpf
                     .program_mut(super::kernel::BENCH_PASS)
                     .context("no bench_pass program")?
@@ -166,42 +172,36 @@ fn activate(gw: &Gateway, env: &Env, f: Filter) -> Result<Active> {
             })?);
         }
         Filter::InspectorXdp | Filter::InspectorTc => {
-            let pin = PathBuf::from(format!(
-                "/sys/fs/bpf/{PREFIX}-{}-{}",
-                gw.id,
-                PIN_SEQ.fetch_add(1, Ordering::Relaxed)
-            ));
-            a.pin_dir = Some(pin.clone());
             let mode = if f == Filter::InspectorXdp {
                 "xdp"
             } else {
                 "tc"
             };
-            let mut cmd = gw.nsenter(Side::Gateway, env.inspector);
-            cmd.args(["attach", "--iface", &gw.gw_client_if, "--iface"])
-                .arg(&gw.gw_server_if)
-                .args(["--mode", mode, "--pin-dir"])
-                .arg(&pin)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            let mut d = Daemon::spawn(&format!("inspector attach --mode {mode}"), &mut cmd)?;
-            d.wait_stderr("attached to", Duration::from_secs(60))?;
-            a.daemon = Some(d);
+            let i = Attach::new(&gw.gateway, &gw.gateway_ifaces())
+                .arg("--mode")
+                .arg(mode)
+                .start()
+                .map_err(|e| {
+                    anyhow!(
+                        "inspector attach --mode {mode} failed ({}): {}",
+                        e.status,
+                        e.stderr.trim()
+                    )
+                })?;
+            a.inspector = Some(i);
         }
         Filter::Iptables => {
-            let ns = gw.ns(Side::Gateway);
             let st = gw
-                .exec(Side::Gateway, "iptables")
+                .gateway
+                .exec("iptables")
                 .arg("-A")
                 .args(IPTABLES_RULE)
                 .status()?;
             ensure!(st.success(), "adding the iptables rule failed");
-            a.iptables = Some(ns);
+            a.iptables = Some(gw.gateway.name().to_string());
         }
         Filter::Haproxy => {
             let cfg = env.tmp.join("haproxy.cfg");
-            let log = env.tmp.join("haproxy.log");
             // maxconn needs about two descriptors per connection, within
             // the open-file limit.
             std::fs::write(
@@ -210,45 +210,23 @@ fn activate(gw: &Gateway, env: &Env, f: Filter) -> Result<Active> {
                  defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n\
                  listen smtp\n    bind 10.200.1.1:25\n    server sink 10.200.2.2:25\n",
             )?;
-            let mut cmd = gw.exec(Side::Gateway, "haproxy");
-            cmd.arg("-f")
-                .arg(&cfg)
-                .arg("-db")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?);
-            a.daemon = Some(Daemon::spawn("haproxy", &mut cmd)?);
-            if let Err(e) = gw.wait_listening(Side::Gateway, "10.200.1.1:25") {
-                let said = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(e.context(format!("haproxy did not start: {}", said.trim())));
-            }
+            let mut cmd = gw.gateway.exec("haproxy");
+            cmd.arg("-f").arg(&cfg).arg("-db");
+            a.haproxy = Some(Proc::spawn(&mut cmd));
+            gw.gateway.wait_listening("10.200.1.1:25");
         }
     }
     Ok(a)
 }
 
-/// `inspector stats --json` of an attach.
-fn inspector_stats(gw: &Gateway, env: &Env, pin: &Path) -> Result<Value> {
-    let out = gw
-        .nsenter(Side::Gateway, env.inspector)
-        .args(["stats", "--json", "--pin-dir"])
-        .arg(pin)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "inspector stats failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    serde_json::from_slice(&out.stdout).context("inspector stats --json printed no JSON")
-}
-
 fn smtp_source(
-    gw: &Gateway,
+    gw: &Testbed,
     target: &str,
     sessions: usize,
     messages: usize,
     bytes: usize,
 ) -> Result<Duration> {
-    let mut c = gw.exec(Side::Client, "smtp-source");
+    let mut c = gw.client.exec("smtp-source");
     c.args(["-s", &sessions.to_string(), "-m", &messages.to_string()])
         .args([
             "-l",
@@ -262,21 +240,29 @@ fn smtp_source(
     timed(&mut c, Duration::from_secs(600))
 }
 
-/// Reads one (possibly multi-line) reply and checks its code.
-fn expect(r: &mut impl BufRead, code: &str) -> Result<()> {
-    let mut line = String::new();
+/// Runs a command to completion within `timeout` and returns how long it
+/// took; fails if it fails (with its stderr), times out or is interrupted
+/// (the kit's [`Proc`] kills it on the way out).
+fn timed(cmd: &mut Command, timeout: Duration) -> Result<Duration> {
+    let t0 = Instant::now();
+    let mut p = Proc::spawn(cmd);
     loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            bail!("connection closed while waiting for {code}");
+        // Returns as soon as the process exits.
+        if let Some(st) = p.wait_timeout(Duration::from_millis(100)) {
+            let took = t0.elapsed();
+            ensure!(
+                st.success(),
+                "`{}` failed ({st}): {}",
+                p.what(),
+                p.stderr().trim()
+            );
+            return Ok(took);
         }
-        ensure!(
-            line.starts_with(code),
-            "expected {code}, the server said {}",
-            line.trim_end()
-        );
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok(());
+        if t0.elapsed() > timeout || interrupted() {
+            bail!(
+                "`{}` did not finish within {timeout:?} (or was interrupted)",
+                p.what()
+            );
         }
     }
 }
@@ -285,33 +271,27 @@ fn expect(r: &mut impl BufRead, code: &str) -> Result<()> {
 /// the time from connect to the QUIT reply.
 fn one_session(addr: SocketAddr) -> Result<Duration> {
     let t0 = Instant::now();
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut w = s;
-    expect(&mut r, "220")?;
+    let mut s = Smtp::try_connect(addr, Duration::from_secs(10))?;
     for (cmd, code) in [
-        (&b"EHLO bench.example.org\r\n"[..], "250"),
-        (b"MAIL FROM:<a@example.org>\r\n", "250"),
-        (b"RCPT TO:<b@example.com>\r\n", "250"),
-        (b"DATA\r\n", "354"),
+        (&b"EHLO bench.example.org\r\n"[..], 250),
+        (b"MAIL FROM:<a@example.org>\r\n", 250),
+        (b"RCPT TO:<b@example.com>\r\n", 250),
+        (b"DATA\r\n", 354),
         (
             b"Subject: latency probe\r\n\r\nA short message.\r\n.\r\n",
-            "250",
+            250,
         ),
-        (b"QUIT\r\n", "221"),
+        (b"QUIT\r\n", 221),
     ] {
-        w.write_all(cmd)?;
-        expect(&mut r, code)?;
+        s.try_expect_raw(cmd, code)?;
     }
     Ok(t0.elapsed())
 }
 
 /// `n` sequential sessions from the client namespace; latencies in ms.
-fn latency(gw: &Gateway, target: &str, n: usize) -> Result<Vec<f64>> {
+fn latency(gw: &Testbed, target: &str, n: usize) -> Result<Vec<f64>> {
     let addr: SocketAddr = target.parse()?;
-    in_netns(&gw.ns_path(Side::Client), move || {
+    in_netns(&gw.client, move || {
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             if interrupted() {
@@ -325,25 +305,21 @@ fn latency(gw: &Gateway, target: &str, n: usize) -> Result<Vec<f64>> {
 
 /// Opens `n` SMTP sessions to the idle server (greeting read, EHLO
 /// answered) and keeps them open.
-fn open_idle(gw: &Gateway, n: usize) -> Result<Vec<TcpStream>> {
-    in_netns(&gw.ns_path(Side::Client), move || {
+fn open_idle(gw: &Testbed, n: usize) -> Result<Vec<Smtp>> {
+    in_netns(&gw.client, move || {
         let addr: SocketAddr = "10.200.2.2:587".parse()?;
         let threads = 4;
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let count = n / threads + usize::from(t < n % threads);
-                std::thread::spawn(move || -> Result<Vec<TcpStream>> {
+                std::thread::spawn(move || -> Result<Vec<Smtp>> {
                     let mut v = Vec::with_capacity(count);
                     for _ in 0..count {
                         if interrupted() {
                             bail!("interrupted");
                         }
-                        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-                        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                        let mut r = BufReader::new(s.try_clone()?);
-                        expect(&mut r, "220")?;
-                        (&s).write_all(b"EHLO idle.example.org\r\n")?;
-                        expect(&mut r, "250")?;
+                        let mut s = Smtp::try_connect(addr, Duration::from_secs(10))?;
+                        s.try_expect_raw(b"EHLO idle.example.org\r\n", 250)?;
                         v.push(s);
                     }
                     Ok(v)
@@ -375,21 +351,9 @@ struct Series {
 }
 
 /// The XDP attach mode of `iface` in the gateway (`ip -j link`), if any.
-fn xdp_mode(gw: &Gateway, iface: &str) -> Option<String> {
-    let out = Command::new("ip")
-        .args([
-            "-j",
-            "-n",
-            &gw.ns(Side::Gateway),
-            "link",
-            "show",
-            "dev",
-            iface,
-        ])
-        .output()
-        .ok()?;
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    let mode = v.get(0)?.get("xdp")?.get("mode")?.as_u64()?;
+fn xdp_mode(gw: &Testbed, iface: &str) -> Option<String> {
+    let v = gw.gateway.link_json(iface);
+    let mode = v.get("xdp")?.get("mode")?.as_u64()?;
     Some(
         match mode {
             1 => "native (driver)",
@@ -409,7 +373,7 @@ pub struct Report {
     scale: Value,
 }
 
-fn measure(gw: &Gateway, p: &Params, target: &str, s: &mut Series) -> Result<()> {
+fn measure(gw: &Testbed, p: &Params, target: &str, s: &mut Series) -> Result<()> {
     let t = smtp_source(gw, target, p.sessions, p.small_messages, p.small_bytes)?;
     s.small_msgs_per_s
         .push(p.small_messages as f64 / t.as_secs_f64());
@@ -444,33 +408,39 @@ fn inspector_summary(stats: &Value) -> Value {
 
 pub fn run(env: &Env, p: Params) -> Result<Report> {
     eprintln!("bench: building the namespace gateway");
-    let gw = Gateway::build()?;
-    let mut sink = {
-        let mut c = gw.exec(Side::Server, "smtp-sink");
-        c.args(["-u", "nobody", "-m", "1024", "10.200.2.2:25", "1024"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        Daemon::spawn("smtp-sink", &mut c)?
-    };
-    gw.wait_listening(Side::Server, "10.200.2.2:25")?;
-    let mut idle_sink = {
-        let m = (p.idle_flows + 1000).to_string();
-        let mut c = gw.exec(Side::Server, "smtp-sink");
-        c.args([
-            "-u",
-            "nobody",
-            "-t",
-            "3600",
-            "-m",
-            &m,
-            "10.200.2.2:587",
-            "16384",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        Daemon::spawn("smtp-sink (idle flows, port 587)", &mut c)?
-    };
-    gw.wait_listening(Side::Server, "10.200.2.2:587")?;
+    let gw = Testbed::new(Offloads::Default);
+    for ns in [&gw.client, &gw.gateway, &gw.server] {
+        for (k, v) in [
+            // Thousands of short sessions per run: reuse TIME_WAIT ports,
+            // and use the whole port range.
+            ("net.ipv4.tcp_tw_reuse", "1"),
+            ("net.ipv4.ip_local_port_range", "1024 65000"),
+            ("net.core.somaxconn", "16384"),
+        ] {
+            ns.sysctl(k, v);
+        }
+    }
+    let mut sink = Proc::spawn(gw.server.exec("smtp-sink").args([
+        "-u",
+        "nobody",
+        "-m",
+        "1024",
+        "10.200.2.2:25",
+        "1024",
+    ]));
+    gw.server.wait_listening("10.200.2.2:25");
+    let m = (p.idle_flows + 1000).to_string();
+    let mut idle_sink = Proc::spawn(gw.server.exec("smtp-sink").args([
+        "-u",
+        "nobody",
+        "-t",
+        "3600",
+        "-m",
+        &m,
+        "10.200.2.2:587",
+        "16384",
+    ]));
+    gw.server.wait_listening("10.200.2.2:587");
 
     // Warm-up: one pass through plain forwarding (ARP, page cache, ...).
     smtp_source(
@@ -489,15 +459,15 @@ pub fn run(env: &Env, p: Params) -> Result<Report> {
                 bail!("interrupted");
             }
             eprintln!("bench: round {}/{}: {}", round + 1, p.rounds, f.id());
-            sink.check_alive()?;
+            alive(&mut sink, "smtp-sink")?;
             let active = activate(&gw, env, *f)?;
             if series.xdp_mode.is_none() {
                 series.xdp_mode = xdp_mode(&gw, &gw.gw_client_if);
             }
             measure(&gw, &p, f.target(), series)
                 .with_context(|| format!("measuring {}", f.id()))?;
-            if let Some(pin) = &active.pin_dir {
-                let st = inspector_stats(&gw, env, pin)?;
+            if let Some(pin) = active.pin_dir() {
+                let st = stats_json(pin);
                 let cmds = st
                     .get("commands_seen")
                     .and_then(|v| v.as_u64())
@@ -521,6 +491,14 @@ pub fn run(env: &Env, p: Params) -> Result<Report> {
         memory,
         scale,
     })
+}
+
+/// Fails if `p` has exited.
+fn alive(p: &mut Proc, what: &str) -> Result<()> {
+    match p.try_status() {
+        Some(st) => bail!("{what} exited unexpectedly ({st}): {}", p.stderr().trim()),
+        None => Ok(()),
+    }
 }
 
 /// One pinned map, as the kernel accounts it (`bpftool map show`).
@@ -592,11 +570,11 @@ fn process_maps(pid: u32) -> Result<Vec<Value>> {
 }
 
 fn memory_and_scale(
-    gw: &Gateway,
+    gw: &Testbed,
     env: &Env,
     p: &Params,
-    sink: &mut Daemon,
-    idle_sink: &mut Daemon,
+    sink: &mut Proc,
+    idle_sink: &mut Proc,
 ) -> Result<(Value, Value)> {
     use inspector_common::flow::{Flow, FlowKey};
     let key = std::mem::size_of::<FlowKey>();
@@ -610,10 +588,10 @@ fn memory_and_scale(
         if interrupted() {
             bail!("interrupted");
         }
-        sink.check_alive()?;
-        idle_sink.check_alive()?;
+        alive(sink, "smtp-sink")?;
+        alive(idle_sink, "smtp-sink (idle flows, port 587)")?;
         let active = activate(gw, env, Filter::InspectorXdp)?;
-        let pin = active.pin_dir.clone().context("no pin dir")?;
+        let pin = active.pin_dir().context("no pin dir")?.to_path_buf();
         if round == 0 {
             let maps = pinned_maps(&pin)?;
             let total: u64 = maps
@@ -627,7 +605,7 @@ fn memory_and_scale(
                 .context("no pinned flow table")?;
             let entries = flows["max_entries"].as_u64().unwrap_or(0);
             let memlock = flows["memlock_bytes"].as_u64().unwrap_or(0);
-            let pid = active.daemon.as_ref().map(|d| d.pid()).unwrap_or(0);
+            let pid = active.inspector.as_ref().map(|i| i.pid()).unwrap_or(0) as u32;
             let mut all = process_maps(pid)?;
             for m in all.iter_mut() {
                 let pin = maps
@@ -652,7 +630,7 @@ fn memory_and_scale(
         }
         // Alternate the order, so that neither always runs first.
         let idle_first = round % 2 == 1;
-        let small = |gw: &Gateway| -> Result<f64> {
+        let small = |gw: &Testbed| -> Result<f64> {
             let t = smtp_source(
                 gw,
                 "10.200.2.2:25",
@@ -668,7 +646,7 @@ fn memory_and_scale(
         let t0 = Instant::now();
         let idle = open_idle(gw, p.idle_flows)?;
         let opened_in = t0.elapsed();
-        let st = inspector_stats(gw, env, &pin)?;
+        let st = stats_json(&pin);
         let active_flows = st.get("flows_active").and_then(|v| v.as_u64()).unwrap_or(0);
         ensure!(
             active_flows >= p.idle_flows as u64,

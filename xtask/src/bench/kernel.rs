@@ -22,34 +22,21 @@
 //! re-inspected, nothing dropped), or the benchmark fails: a broken set-up
 //! cannot produce figures.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use aya::{
-    maps::{Array, HashMap as BpfHashMap, PerCpuArray},
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
-};
-use inspector_common::{
-    config::{Config, CFG_MONITOR, CONFIG_MAP},
-    counters::{Counter, COUNTERS_MAP},
-    flow::{DEFAULT_MAX_FLOWS, FLOWS_MAP},
-    policy::{entry_for, for_each_key, POLICY_MAP},
-    ports::{port_slot, PORTS_MAP, PORT_WORDS},
-    verbs::{key_of, PolicyEntry, VerbKey, DEFAULT_ALLOWED},
+use inspector_common::{config::CFG_MONITOR, counters::Counter, verbs::DEFAULT_ALLOWED};
+use inspector_testkit::{
+    frame::{checksums_ok, Frame, Ipv4, Tcp},
+    program::{self, v4, v6, Counters, Hook, Loaded, Session, Verdict, XDP_PASS},
 };
 use serde_json::{json, Value};
 
 use super::{
-    frame::{checksums_ok, Segment, Session, TCP_ACK, TCP_PSH},
     interrupted,
     stats::{num, Summary},
 };
 
-pub const XDP_PASS: u32 = 2;
 pub const BENCH_PASS: &str = "bench_pass";
 pub const BENCH_PARSE: &str = "bench_parse";
 pub const INSPECTOR_XDP: &str = "inspector_xdp";
@@ -67,100 +54,24 @@ pub struct Params {
 }
 
 /// Loads the object with the maps written as `inspector attach` writes
-/// them (`inspector_userspace::loader::{set_ports, set_policy,
-/// set_config}` do the same with the same `inspector-common` functions),
-/// and loads (verifies) the three programs.
-pub fn load(object: &Path, flags: u32) -> Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(FLOWS_MAP, DEFAULT_MAX_FLOWS)
-        .load_file(object)
-        .with_context(|| format!("loading the eBPF object {}", object.display()))?;
-    // Ports 25 and 587.
-    let mut words = [0u64; PORT_WORDS as usize];
-    for p in [25u16, 587] {
-        let (w, b) = port_slot(p);
-        words[w as usize] |= b;
+/// them (the kit's [`program::open`]: ports 25 and 587, the default verb
+/// policy, `flags`), and loads (verifies) the three programs.
+pub fn load(object: &[u8], flags: u32) -> Result<Loaded> {
+    let ebpf = program::open(object, &[25, 587], flags, DEFAULT_ALLOWED)?;
+    let mut l = Loaded::from_ebpf(ebpf, Hook::Xdp)?;
+    for name in [BENCH_PASS, BENCH_PARSE] {
+        l.load_xdp(name)?;
     }
-    {
-        let mut ports: Array<_, u64> =
-            Array::try_from(ebpf.map_mut(PORTS_MAP).context("no port map")?)?;
-        for (i, w) in words.iter().enumerate() {
-            ports.set(i as u32, w, 0)?;
-        }
-    }
-    // The default verb policy.
-    let allowed: Vec<VerbKey> = DEFAULT_ALLOWED
-        .iter()
-        .map(|v| key_of(v.as_bytes()).context("a default verb is not a verb"))
-        .collect::<Result<_>>()?;
-    {
-        let mut policy: BpfHashMap<_, VerbKey, PolicyEntry> =
-            BpfHashMap::try_from(ebpf.map_mut(POLICY_MAP).context("no policy map")?)?;
-        let mut err = None;
-        for_each_key(&allowed, |k| {
-            if let Some(e) = entry_for(&allowed, k) {
-                if let Err(x) = policy.insert(k, e, 0) {
-                    err = Some(x);
-                }
-            }
-        });
-        if let Some(e) = err {
-            return Err(e).context("writing the policy map");
-        }
-    }
-    {
-        let mut cfg: Array<_, Config> =
-            Array::try_from(ebpf.map_mut(CONFIG_MAP).context("no config map")?)?;
-        cfg.set(0, Config { flags, _pad: 0 }, 0)?;
-    }
-    for name in PROGRAMS {
-        let p: &mut Xdp = ebpf
-            .program_mut(name)
-            .with_context(|| format!("the object has no program {name}"))?
-            .try_into()
-            .with_context(|| format!("{name} is not an XDP program"))?;
-        p.load()
-            .with_context(|| format!("loading (verifying) {name}"))?;
-    }
-    Ok(ebpf)
+    Ok(l)
 }
 
-/// Every counter, summed over CPUs, in `Counter::ALL` order.
-fn counters(ebpf: &Ebpf) -> Result<Vec<u64>> {
-    let arr: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(ebpf.map(COUNTERS_MAP).context("no counter map")?)?;
-    Counter::ALL
+/// The counters that moved, for messages.
+fn moved(d: &Counters) -> String {
+    d.nonzero()
         .iter()
-        .map(|c| Ok(arr.get(&(*c as u32), 0)?.iter().sum()))
-        .collect()
-}
-
-/// Counter changes between two readings, by counter.
-struct Delta(Vec<u64>);
-
-impl Delta {
-    fn between(before: &[u64], after: &[u64]) -> Delta {
-        Delta(
-            after
-                .iter()
-                .zip(before)
-                .map(|(a, b)| a.wrapping_sub(*b))
-                .collect(),
-        )
-    }
-
-    fn get(&self, c: Counter) -> u64 {
-        self.0[c as usize]
-    }
-
-    fn nonzero(&self) -> String {
-        Counter::ALL
-            .iter()
-            .filter(|c| self.get(**c) != 0)
-            .map(|c| format!("{}={}", c.name(), self.get(*c)))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Counters that must not move when nothing is meant to be dropped or
@@ -187,70 +98,61 @@ struct Run {
     data_out: Vec<u8>,
 }
 
-fn test_run(ebpf: &Ebpf, prog: &str, frame: &[u8], repeat: u32) -> Result<Run> {
-    let p: &Xdp = ebpf
-        .program(prog)
-        .with_context(|| format!("no program {prog}"))?
-        .try_into()?;
-    let mut out = vec![0u8; frame.len() + 256];
-    let t0 = Instant::now();
-    let r = p
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat,
-            ..Default::default()
-        })
-        .with_context(|| format!("BPF_PROG_TEST_RUN of {prog}"))?;
-    let wall = t0.elapsed();
+fn test_run(l: &Loaded, prog: &str, frame: &[u8], repeat: u32) -> Result<Run> {
+    let r = l.test_run(prog, frame, repeat)?;
     ensure!(
         r.return_value == XDP_PASS,
         "{prog} returned {} on a {}-byte frame, XDP_PASS ({XDP_PASS}) was expected",
         r.return_value,
         frame.len()
     );
-    out.truncate(r.data_size_out as usize);
     Ok(Run {
         kernel_ns: r.duration.as_nanos() as f64,
-        wall_ns: wall.as_nanos() as f64 / repeat as f64,
-        data_out: out,
+        wall_ns: r.wall.as_nanos() as f64 / repeat as f64,
+        data_out: r.data_out,
     })
+}
+
+/// Fails if a counter of [`MUST_STAY_ZERO`] moved.
+fn none_dropped(d: &Counters, what: &str) -> Result<()> {
+    for c in MUST_STAY_ZERO {
+        ensure!(
+            d.count(*c) == 0,
+            "{what}: counter {} moved ({})",
+            c.name(),
+            moved(d)
+        );
+    }
+    Ok(())
 }
 
 /// Runs `frame` once through the inspector and checks that it passed
 /// unchanged and moved no drop counter; returns the counter changes.
-fn step(ebpf: &Ebpf, frame: &[u8], what: &str) -> Result<Delta> {
-    let before = counters(ebpf)?;
-    let r = test_run(ebpf, INSPECTOR_XDP, frame, 1).with_context(|| what.to_string())?;
-    let d = Delta::between(&before, &counters(ebpf)?);
-    ensure!(r.data_out == frame, "{what}: the frame was changed");
-    for c in MUST_STAY_ZERO {
-        ensure!(
-            d.get(*c) == 0,
-            "{what}: counter {} moved ({})",
-            c.name(),
-            d.nonzero()
-        );
-    }
-    Ok(d)
+fn step(l: &Loaded, frame: &[u8], what: &str) -> Result<Counters> {
+    let o = l.run(frame);
+    ensure!(
+        o.verdict == Verdict::Pass && o.data_out == frame,
+        "{what}: the frame was dropped or changed"
+    );
+    none_dropped(&o.delta, what)?;
+    Ok(o.delta)
 }
 
-/// SYN, SYN-ACK, greeting: a flow in the command state.
-fn open_flow(ebpf: &Ebpf, s: &mut Session) -> Result<()> {
-    let d = step(ebpf, &s.syn(), "client SYN")?;
+/// A flow to port 25 from `port` after SYN, SYN-ACK, ACK and the greeting
+/// (the kit's [`Session::open`], which checks that each passed unchanged),
+/// in the command state.
+fn open_flow(l: &Loaded, ipv6: bool, port: u16) -> Result<Session<'_>> {
+    let before = l.counters();
+    let mut s = Session::new(l, if ipv6 { v6() } else { v4() }, port, 25);
+    s.open();
+    let d = l.counters().since(&before);
+    none_dropped(&d, "opening a flow")?;
     ensure!(
-        d.get(Counter::FlowsCreated) == 1,
-        "the SYN created no flow ({})",
-        d.nonzero()
+        d.count(Counter::FlowsCreated) == 1 && d.count(Counter::PacketsInspected) == 1,
+        "the SYN created no flow or the greeting was not inspected ({})",
+        moved(&d)
     );
-    step(ebpf, &s.syn_ack(), "server SYN-ACK")?;
-    let d = step(ebpf, &s.server(b"220 x\r\n"), "server greeting")?;
-    ensure!(
-        d.get(Counter::PacketsInspected) == 1,
-        "the greeting was not inspected ({})",
-        d.nonzero()
-    );
-    Ok(())
+    Ok(s)
 }
 
 /// A measured case.
@@ -321,7 +223,7 @@ fn body(len: usize) -> Vec<u8> {
 /// Builds every case's flow (on `enforcing` or `monitor`) and returns the
 /// cases with their measured frames, after checking the first (in-order)
 /// and the second (retransmission) run of each.
-fn prepare(enforcing: &Ebpf, monitor: &Ebpf) -> Result<Vec<Case>> {
+fn prepare(enforcing: &Loaded, monitor: &Loaded) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
 
     // (a) Not SMTP: port 80.
@@ -330,22 +232,12 @@ fn prepare(enforcing: &Ebpf, monitor: &Ebpf) -> Result<Vec<Case>> {
         "\r\n\r\n",
         100,
     );
-    let frame = Segment {
-        v6: false,
-        from_client: true,
-        client_port: 40080,
-        server_port: 80,
-        seq: 5000,
-        ack: 9000,
-        flags: TCP_PSH | TCP_ACK,
-        payload: &http,
-    }
-    .frame();
+    let frame = Frame::ipv4(Ipv4::tcp(Tcp::new(40080, 80).payload(&http))).bytes();
     let d = step(enforcing, &frame, "(a) port 80")?;
     ensure!(
-        d.get(Counter::PacketsSeen) == 1 && d.get(Counter::PacketsInspected) == 0,
+        d.count(Counter::PacketsSeen) == 1 && d.count(Counter::PacketsInspected) == 0,
         "(a) a port-80 segment was inspected ({})",
-        d.nonzero()
+        moved(&d)
     );
     cases.push(Case {
         id: "a",
@@ -415,26 +307,26 @@ fn prepare(enforcing: &Ebpf, monitor: &Ebpf) -> Result<Vec<Case>> {
     ];
     for c in cmds {
         let ebpf = if c.monitor { monitor } else { enforcing };
-        let mut s = Session::new(c.v6, c.port, 25);
-        open_flow(ebpf, &mut s).with_context(|| format!("({}) opening its flow", c.id))?;
-        let frame = s.client_peek(&c.payload);
+        let s = open_flow(ebpf, c.v6, c.port)
+            .with_context(|| format!("({}) opening its flow", c.id))?;
+        let frame = s.client_frame(&c.payload);
         let d = step(ebpf, &frame, &format!("({}) first run", c.id))?;
         ensure!(
-            d.get(Counter::PacketsInspected) == 1
-                && d.get(Counter::CommandsSeen) == c.commands
-                && d.get(Counter::CommandsMasked) == c.masked,
+            d.count(Counter::PacketsInspected) == 1
+                && d.count(Counter::CommandsSeen) == c.commands
+                && d.count(Counter::CommandsMasked) == c.masked,
             "({}) first run: expected {} commands seen, {} masked ({})",
             c.id,
             c.commands,
             c.masked,
-            d.nonzero()
+            moved(&d)
         );
         let d = step(ebpf, &frame, &format!("({}) second run", c.id))?;
         ensure!(
-            d.get(Counter::RetransReinspected) == 1,
+            d.count(Counter::RetransReinspected) == 1,
             "({}) the repeated segment was not re-inspected as a retransmission ({})",
             c.id,
-            d.nonzero()
+            moved(&d)
         );
         cases.push(Case {
             id: c.id,
@@ -452,33 +344,27 @@ fn prepare(enforcing: &Ebpf, monitor: &Ebpf) -> Result<Vec<Case>> {
     }
 
     // (d) A body segment in the DATA state.
-    let mut s = Session::new(false, 40003, 25);
-    open_flow(enforcing, &mut s).context("(d) opening its flow")?;
-    step(
-        enforcing,
-        &s.client(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"),
-        "(d) MAIL, RCPT, DATA",
-    )?;
-    step(
-        enforcing,
-        &s.server(b"250 ok\r\n250 ok\r\n354 go\r\n"),
-        "(d) 250, 250, 354",
-    )?;
+    let mut s = open_flow(enforcing, false, 40003).context("(d) opening its flow")?;
+    let cmds = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n";
+    step(enforcing, &s.client_frame(cmds), "(d) MAIL, RCPT, DATA")?;
+    s.cseq = s.cseq.wrapping_add(cmds.len() as u32);
+    let o = s.server(b"250 ok\r\n250 ok\r\n354 go\r\n");
+    none_dropped(&o.delta, "(d) 250, 250, 354")?;
     let text = body(1448);
-    let frame = s.client_peek(&text);
+    let frame = s.client_frame(&text);
     let d = step(enforcing, &frame, "(d) first run")?;
     ensure!(
-        d.get(Counter::PacketsInspected) == 1
-            && d.get(Counter::Bodies) == 1
-            && d.get(Counter::CommandsSeen) == 0,
+        d.count(Counter::PacketsInspected) == 1
+            && d.count(Counter::Bodies) == 1
+            && d.count(Counter::CommandsSeen) == 0,
         "(d) body segment: expected a body started, no command ({})",
-        d.nonzero()
+        moved(&d)
     );
     let d = step(enforcing, &frame, "(d) second run")?;
     ensure!(
-        d.get(Counter::RetransReinspected) == 1,
+        d.count(Counter::RetransReinspected) == 1,
         "(d) the repeated body segment was not re-inspected ({})",
-        d.nonzero()
+        moved(&d)
     );
     cases.push(Case {
         id: "d",
@@ -527,7 +413,7 @@ pub struct Report {
     pub fresh: Vec<FreshResult>,
 }
 
-pub fn run(object: &Path, p: Params) -> Result<Report> {
+pub fn run(object: &[u8], p: Params) -> Result<Report> {
     let enforcing = load(object, 0)?;
     let monitor = load(object, CFG_MONITOR)?;
     let cases = prepare(&enforcing, &monitor)?;
@@ -545,7 +431,7 @@ pub fn run(object: &Path, p: Params) -> Result<Report> {
             for k in 0..PROGRAMS.len() {
                 let pi = (k + round) % PROGRAMS.len();
                 let prog = PROGRAMS[pi];
-                let before = counters(ebpf)?;
+                let before = ebpf.counters();
                 let r = test_run(ebpf, prog, &case.frame, p.repeat)
                     .with_context(|| format!("case ({})", case.id))?;
                 ensure!(
@@ -553,12 +439,12 @@ pub fn run(object: &Path, p: Params) -> Result<Report> {
                     "case ({}): {prog} changed the frame",
                     case.id
                 );
-                let d = Delta::between(&before, &counters(ebpf)?);
+                let d = ebpf.counters().since(&before);
                 if prog == INSPECTOR_XDP {
                     check_measured(case, &d, p.repeat)?;
                 } else {
                     ensure!(
-                        d.0.iter().all(|x| *x == 0),
+                        d.nonzero().is_empty(),
                         "{prog} moved the inspector's counters"
                     );
                 }
@@ -606,38 +492,30 @@ pub fn run(object: &Path, p: Params) -> Result<Report> {
 }
 
 /// What the counters must show after `repeat` runs of a case.
-fn check_measured(case: &Case, d: &Delta, repeat: u32) -> Result<()> {
+fn check_measured(case: &Case, d: &Counters, repeat: u32) -> Result<()> {
     let n = repeat as u64;
-    for c in MUST_STAY_ZERO {
-        ensure!(
-            d.get(*c) == 0,
-            "case ({}): counter {} moved during the measurement ({})",
-            case.id,
-            c.name(),
-            d.nonzero()
-        );
-    }
+    none_dropped(d, &format!("case ({}), during the measurement", case.id))?;
     ensure!(
-        d.get(Counter::PacketsSeen) == n,
+        d.count(Counter::PacketsSeen) == n,
         "case ({}): {} packets seen for {n} runs",
         case.id,
-        d.get(Counter::PacketsSeen)
+        d.count(Counter::PacketsSeen)
     );
     if case.stateful {
         ensure!(
-            d.get(Counter::PacketsInspected) == n
-                && d.get(Counter::BytesInspected) == n * case.payload as u64
-                && d.get(Counter::RetransReinspected) == n,
+            d.count(Counter::PacketsInspected) == n
+                && d.count(Counter::BytesInspected) == n * case.payload as u64
+                && d.count(Counter::RetransReinspected) == n,
             "case ({}): expected {n} inspected and re-inspected runs ({})",
             case.id,
-            d.nonzero()
+            moved(d)
         );
     } else {
         ensure!(
-            d.get(Counter::PacketsInspected) == 0,
+            d.count(Counter::PacketsInspected) == 0,
             "case ({}): inspected ({})",
             case.id,
-            d.nonzero()
+            moved(d)
         );
     }
     Ok(())
@@ -647,7 +525,7 @@ fn check_measured(case: &Case, d: &Delta, repeat: u32) -> Result<()> {
 /// flow per sample (SYN, SYN-ACK, greeting), then the measured segment run
 /// once, and `bench_parse` once on the same frame. Includes the kernel's
 /// per-call timer overhead, which the `bench_parse` figure also has.
-fn fresh_flows(ebpf: &Ebpf, n: usize) -> Result<Vec<FreshResult>> {
+fn fresh_flows(ebpf: &Loaded, n: usize) -> Result<Vec<FreshResult>> {
     let mut starttls = b"STARTTLS\r\n".to_vec();
     starttls.extend(rcpt_line(30));
     let kinds: [(&str, &str, Vec<u8>, bool); 2] = [
@@ -673,28 +551,26 @@ fn fresh_flows(ebpf: &Ebpf, n: usize) -> Result<Vec<FreshResult>> {
                 bail!("interrupted");
             }
             let port = 20000 + (ki * 10000 + i) as u16;
-            let mut s = Session::new(false, port, 25);
-            open_flow(ebpf, &mut s)?;
-            let frame = s.client_peek(&payload);
-            let before = counters(ebpf)?;
+            let s = open_flow(ebpf, false, port)?;
+            let frame = s.client_frame(&payload);
+            let before = ebpf.counters();
             let r = test_run(ebpf, INSPECTOR_XDP, &frame, 1)?;
-            let d = Delta::between(&before, &counters(ebpf)?);
-            for c in MUST_STAY_ZERO {
-                ensure!(d.get(*c) == 0, "fresh flow ({id}): {}", d.nonzero());
-            }
+            let d = ebpf.counters().since(&before);
+            none_dropped(&d, &format!("fresh flow ({id})"))?;
             ensure!(
-                d.get(Counter::PacketsInspected) == 1 && d.get(Counter::RetransReinspected) == 0,
+                d.count(Counter::PacketsInspected) == 1
+                    && d.count(Counter::RetransReinspected) == 0,
                 "fresh flow ({id}): not an in-order inspection ({})",
-                d.nonzero()
+                moved(&d)
             );
             if masks {
                 let off = r.data_out.len() - payload.len();
                 ensure!(
                     &r.data_out[off..off + 8] == b"XXXXXXXX"
                         && r.data_out[off + 8..] == payload[8..]
-                        && d.get(Counter::BytesMasked) == 8,
+                        && d.count(Counter::BytesMasked) == 8,
                     "fresh flow ({id}): STARTTLS was not masked as expected ({})",
-                    d.nonzero()
+                    moved(&d)
                 );
                 ensure!(
                     checksums_ok(&r.data_out),

@@ -5,6 +5,7 @@
 //! (killed, or aborted), its children are told to stop too. `inspector
 //! attach` then detaches and removes its pins by itself.
 
+use rustix::process::{Pid, Signal};
 use std::{
     io::Read,
     os::unix::process::{CommandExt, ExitStatusExt},
@@ -114,13 +115,12 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child
-        // between fork and exec.
+        // SAFETY: the closure makes one system call (prctl, which is
+        // async-signal-safe) and allocates nothing; nothing else runs in the
+        // child between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
                 Ok(())
             });
         }
@@ -190,11 +190,15 @@ impl Proc {
         }
     }
 
-    /// Sends `signal` unless the process has already been reaped.
+    /// Sends `signal` (a signal number, as `ExitStatus::signal` reports
+    /// them) unless the process has already been reaped.
     pub fn signal(&mut self, signal: i32) {
+        let sig = Signal::from_named_raw(signal)
+            .unwrap_or_else(|| panic!("{signal} is not a signal number"));
         if self.try_status().is_none() {
             // The waiter thread has not reaped it, so the pid is still ours.
-            unsafe { libc::kill(self.pid, signal) };
+            // An error can only mean it exited just now: nothing to do.
+            let _ = rustix::process::kill_process(pid_of(self.pid), sig);
         }
     }
 
@@ -228,9 +232,20 @@ impl Proc {
         self.collect()
     }
 
+    /// Asks the process to stop (SIGTERM), waits up to `timeout`, then
+    /// kills it; returns whether it stopped when asked.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.signal(Signal::TERM.as_raw());
+        if self.wait_timeout(timeout).is_some() {
+            return true;
+        }
+        self.kill();
+        false
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
-        self.signal(libc::SIGKILL);
+        self.signal(Signal::KILL.as_raw());
         if self.wait_timeout(Duration::from_secs(10)).is_none() {
             eprintln!(
                 "warning: `{}` (pid {}) survived SIGKILL for 10 s",
@@ -312,6 +327,11 @@ pub fn run_ok(cmd: &mut Command) -> Finished {
     let out = run(cmd);
     out.assert_success();
     out
+}
+
+/// A process id as rustix takes it; panics on 0 or a negative id.
+pub fn pid_of(pid: i32) -> Pid {
+    Pid::from_raw(pid).unwrap_or_else(|| panic!("{pid} is not a process id"))
 }
 
 /// Builds a [`Command`] from a program and its arguments.

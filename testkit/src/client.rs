@@ -1,18 +1,21 @@
-//! The scripted SMTP client (`tests/py/smtp_client.py`): exact bytes, exact
+//! The scripted SMTP client (`testkit/py/smtp_client.py`): exact bytes, exact
 //! segmentation (one send, one byte per segment, or given sizes), replies
 //! read after each step, and hand-shakes with the test through files, run
 //! inside the client namespace.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
+    process::Command,
     time::Duration,
 };
 
+use anyhow::{ensure, Context};
 use serde_json::{json, Value};
 
 use crate::{
-    netns::NetNs,
+    netns::{in_netns, NetNs},
     proc::{Finished, Proc},
     smtpd::PYTHON,
     unique_id, NAME_PREFIX,
@@ -20,6 +23,20 @@ use crate::{
 
 /// Bound for a whole scripted session.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long `swaks` runs at most.
+pub const SWAKS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `swaks` in `ns`: a mail to `server` port 25 from `from` to `to`, HELO
+/// `client.test`, 30 s per wait. The caller adds the rest (body, AUTH,
+/// pipelining, ...) and runs it within [`SWAKS_TIMEOUT`].
+pub fn swaks(ns: &NetNs, server: IpAddr, from: &str, to: &str) -> Command {
+    let mut c = ns.exec("swaks");
+    c.args(["--server", &server.to_string(), "--port", "25"])
+        .args(["--from", from, "--to", to, "--helo", "client.test"])
+        .args(["--timeout", "30"]);
+    c
+}
 
 /// Path of the client script.
 pub fn script_path() -> PathBuf {
@@ -154,6 +171,111 @@ pub fn code_of(reply: &str) -> u16 {
         .get(..3)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("not an SMTP reply: {reply:?}"))
+}
+
+/// A plain SMTP connection over a TCP socket, driven one command at a time
+/// by the caller (for exact control, and for the benchmark's latency
+/// probe). The `try_` methods return errors; the others panic with the
+/// context a test needs.
+pub struct Smtp {
+    r: BufReader<TcpStream>,
+    /// The client's address and port (to find the connection in the
+    /// server's record).
+    pub local: SocketAddr,
+    /// The server's greeting (code 220).
+    pub greeting: String,
+}
+
+/// Bound for one step of an [`Smtp`] connection made by [`Smtp::connect`].
+pub const SMTP_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Smtp {
+    /// Connects to `to` from this thread's namespace (see
+    /// [`crate::netns::in_netns`]), with `timeout` for the connection and
+    /// each read and write, and reads the greeting, which must be 220.
+    pub fn try_connect(to: SocketAddr, timeout: Duration) -> anyhow::Result<Smtp> {
+        let stream = TcpStream::connect_timeout(&to, timeout)
+            .with_context(|| format!("connecting to {to}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut s = Smtp {
+            local: stream.local_addr()?,
+            r: BufReader::new(stream),
+            greeting: String::new(),
+        };
+        s.greeting = s.try_reply()?;
+        ensure!(s.greeting.starts_with("220"), "greeting: {}", s.greeting);
+        Ok(s)
+    }
+
+    /// Connects from `ns` to `server:port` (the socket is made in `ns`,
+    /// used from here) and reads the greeting; panics on failure.
+    pub fn connect(ns: &NetNs, server: IpAddr, port: u16) -> Smtp {
+        let to = SocketAddr::new(server, port);
+        in_netns(ns, move || Smtp::try_connect(to, SMTP_STEP_TIMEOUT))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Sends `data` as it is.
+    pub fn try_send(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        self.r
+            .get_mut()
+            .write_all(data)
+            .with_context(|| format!("sending {:?}", String::from_utf8_lossy(data)))
+    }
+
+    pub fn send(&mut self, data: &[u8]) {
+        self.try_send(data).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Reads one complete reply (all lines of a multi-line reply).
+    pub fn try_reply(&mut self) -> anyhow::Result<String> {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self
+                .r
+                .read_line(&mut line)
+                .with_context(|| format!("reading a reply (got {all:?})"))?;
+            ensure!(
+                n > 0,
+                "connection closed while reading a reply (got {all:?})"
+            );
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return Ok(all);
+            }
+        }
+    }
+
+    pub fn reply(&mut self) -> String {
+        self.try_reply().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Sends `data` and reads the reply, which must have `code`.
+    pub fn try_expect_raw(&mut self, data: &[u8], code: u16) -> anyhow::Result<String> {
+        self.try_send(data)?;
+        let r = self.try_reply()?;
+        ensure!(
+            r.get(..3) == Some(code.to_string().as_str()),
+            "reply to {:?}: expected {code}, got {r}",
+            String::from_utf8_lossy(data)
+        );
+        Ok(r)
+    }
+
+    /// Sends `line` (CRLF added) and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Sends `line` (CRLF added) and checks the reply code.
+    pub fn expect(&mut self, line: &str, code: u16) -> String {
+        self.try_expect_raw(format!("{line}\r\n").as_bytes(), code)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
 }
 
 /// A client session running in the background (for tests that act while

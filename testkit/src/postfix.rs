@@ -17,6 +17,8 @@ use std::{
     time::Duration,
 };
 
+use rustix::process::Signal;
+
 use crate::{
     netns::NetNs,
     proc::{cmd, run, run_timeout, Finished},
@@ -366,8 +368,8 @@ fn wait_gone(pid: i32, timeout: Duration) -> bool {
 
 /// SIGKILL to a master and its process group (its children).
 pub fn kill_master(pid: i32) {
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
-        libc::kill(pid, libc::SIGKILL);
-    }
+    // Either may already be gone: nothing to report then.
+    let pid = crate::proc::pid_of(pid);
+    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    let _ = rustix::process::kill_process(pid, Signal::KILL);
 }

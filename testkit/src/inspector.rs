@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use rustix::process::Signal;
+
 use crate::{
     inspector_bin,
     netns::NetNs,
@@ -22,11 +24,18 @@ pub const READY_LINE: &str = "attached to";
 /// Bound for `attach` to get ready, and for it to stop after a signal.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Whether a bpffs is mounted at `path`.
+pub fn is_bpffs(path: &Path) -> bool {
+    // BPF_FS_MAGIC from <linux/magic.h>.
+    const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as u64 == BPF_FS_MAGIC)
+}
+
 /// Makes sure a bpffs is mounted at /sys/fs/bpf (the tool would mount it
 /// too; doing it here keeps the pin dirs of the tests in the usual place).
 pub fn ensure_bpffs() {
     let root = Path::new(BPFFS_ROOT);
-    if inspector_userspace::pin::is_bpffs(root) {
+    if is_bpffs(root) {
         return;
     }
     let out = run(&mut crate::proc::cmd(
@@ -34,7 +43,7 @@ pub fn ensure_bpffs() {
         &["-t", "bpf", "bpf", BPFFS_ROOT],
     ));
     assert!(
-        inspector_userspace::pin::is_bpffs(root),
+        is_bpffs(root),
         "could not mount a bpffs at {BPFFS_ROOT}: {out}"
     );
 }
@@ -172,6 +181,23 @@ pub fn stats_json(pin_dir: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("`inspector stats --json` printed invalid JSON ({e}): {out}"))
 }
 
+/// One counter of the JSON printed by `inspector stats --json`; panics if
+/// it is missing.
+pub fn counter(stats: &serde_json::Value, name: &str) -> u64 {
+    stats[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
+}
+
+/// `(seen, masked)` of a verb slot in `inspector stats --json`.
+pub fn verb_counts(stats: &serde_json::Value, verb: &str) -> (u64, u64) {
+    let v = &stats["verbs"][verb];
+    (
+        v["seen"].as_u64().unwrap_or(0),
+        v["masked"].as_u64().unwrap_or(0),
+    )
+}
+
 /// An `attach` that exited before it was ready.
 #[derive(Debug)]
 pub struct AttachFailed {
@@ -234,8 +260,26 @@ impl<'a> Attach<'a> {
         self
     }
 
-    /// Starts `attach` and waits for it to be ready; `Err` if it exits first.
-    pub fn start(self) -> Result<Inspector, AttachFailed> {
+    /// Starts `attach` and waits for it to be ready; `Err` if it exits
+    /// first. The [`Inspector`] checks on drop that `attach` stops cleanly
+    /// and removes its pins.
+    pub fn start(mut self) -> Result<Inspector, AttachFailed> {
+        let pin_dir = self.pin_dir.take().unwrap_or_else(unique_pin_dir);
+        let proc = self.pin_dir(&pin_dir).spawn().map_err(|out| AttachFailed {
+            status: out.status,
+            stderr: out.stderr,
+        })?;
+        Ok(Inspector {
+            proc: Some(proc),
+            pin_dir,
+        })
+    }
+
+    /// Starts `attach` and waits for it to be ready, as [`Attach::start`],
+    /// but hands over the bare process: for an `attach` whose pins are
+    /// meant to outlive it (killed, or `--persist`). `Err` with everything
+    /// it printed if it exits first.
+    pub fn spawn(self) -> Result<Proc, Finished> {
         ensure_bpffs();
         let pin_dir = self.pin_dir.unwrap_or_else(unique_pin_dir);
         let bin = inspector_bin();
@@ -260,17 +304,8 @@ impl<'a> Attach<'a> {
                 .any(|l| l.contains(READY_LINE) && !l.starts_with("inspector: error"))
         };
         match proc.wait_stderr(ATTACH_TIMEOUT, ready) {
-            Ok(()) => Ok(Inspector {
-                proc: Some(proc),
-                pin_dir,
-            }),
-            Err(WaitError::Eof) => {
-                let out = proc.finish(ATTACH_TIMEOUT);
-                Err(AttachFailed {
-                    status: out.status,
-                    stderr: out.stderr,
-                })
-            }
+            Ok(()) => Ok(proc),
+            Err(WaitError::Eof) => Err(proc.finish(ATTACH_TIMEOUT)),
             Err(WaitError::Timeout) => {
                 let stderr = proc.stderr();
                 proc.kill();
@@ -321,7 +356,7 @@ impl Inspector {
 
     /// Sends SIGINT and waits for `attach` to exit.
     pub fn stop(mut self) -> Stopped {
-        self.stop_with(libc::SIGINT)
+        self.stop_with(Signal::INT.as_raw())
     }
 
     /// Sends `signal` and waits for `attach` to exit; panics if it does not
@@ -349,7 +384,7 @@ impl Drop for Inspector {
         }
         let panicking = std::thread::panicking();
         let mut proc = self.proc.take().unwrap();
-        proc.signal(libc::SIGINT);
+        proc.signal(Signal::INT.as_raw());
         let exited = proc.wait_timeout(ATTACH_TIMEOUT);
         let stderr = proc.stderr();
         drop(proc); // SIGKILL if still running

@@ -1,10 +1,12 @@
 //! Hand-built frames for BPF_PROG_TEST_RUN: Ethernet with optional VLAN
 //! tags, IPv4 (with options) or IPv6 (with extension headers), TCP (with
 //! options) or UDP, payload. IP header and TCP/UDP checksums are computed for
-//! real. Every length field can be made to lie.
+//! real, here, independently of the program under test; [`checksums_ok`]
+//! verifies those of a frame the program changed. Every length field can be
+//! made to lie.
 //!
 //! ```
-//! use inspector_tests::frame::{Frame, Ipv4, Tcp};
+//! use inspector_testkit::frame::{Frame, Ipv4, Tcp};
 //! let bytes = Frame::ipv4(Ipv4::tcp(Tcp::new(40000, 25).payload(b"EHLO x\r\n")))
 //!     .vlan(0x8100, 10)
 //!     .bytes();
@@ -54,6 +56,43 @@ pub fn checksum(parts: &[&[u8]]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// Whether the IPv4 header checksum and the TCP checksum of a frame are
+/// right: untagged Ethernet, IPv4 (with or without options) or IPv6 without
+/// extension headers, TCP. A masked frame must still be valid. The sums are
+/// recomputed from the frame's own bytes with [`checksum`].
+pub fn checksums_ok(frame: &[u8]) -> bool {
+    if frame.len() < 14 {
+        return false;
+    }
+    let ip = &frame[14..];
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        ETH_P_IP if ip.len() >= 20 => {
+            let ihl = (ip[0] & 0x0f) as usize * 4;
+            let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+            if ihl < 20 || total < ihl || ip.len() < total || checksum(&[&ip[..ihl]]) != 0 {
+                return false;
+            }
+            let tcp = &ip[ihl..total];
+            let mut pseudo = ip[12..20].to_vec();
+            pseudo.extend_from_slice(&[0, ip[9]]);
+            pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+            ip[9] == IPPROTO_TCP && checksum(&[&pseudo, tcp]) == 0
+        }
+        ETH_P_IPV6 if ip.len() >= 40 => {
+            let len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            if ip[6] != IPPROTO_TCP || ip.len() < 40 + len {
+                return false;
+            }
+            let tcp = &ip[40..40 + len];
+            let mut pseudo = ip[8..40].to_vec();
+            pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, IPPROTO_TCP]);
+            checksum(&[&pseudo, tcp]) == 0
+        }
+        _ => false,
+    }
 }
 
 /// A TCP segment.
@@ -634,9 +673,27 @@ mod tests {
             0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(checksum(&[&h]), 0xb861);
+        assert_eq!(checksum(&[&h[..3], &h[3..]]), 0xb861, "split anywhere");
         let mut h2 = h;
         h2[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
         assert_eq!(checksum(&[&h2]), 0);
+    }
+
+    #[test]
+    fn built_frames_have_valid_checksums() {
+        let odd = Tcp::new(40000, 25).payload(b"EHLO odd-length\r\n");
+        let frames = [
+            Frame::ipv4(Ipv4::tcp(odd.clone()).options(&[1; 4])),
+            Frame::ipv4(Ipv4::tcp(Tcp::syn(40000, 25)).reply()),
+            Frame::ipv6(Ipv6::tcp(odd)),
+        ];
+        for f in frames {
+            let mut b = f.bytes();
+            assert!(checksums_ok(&b), "{b:02x?}");
+            let n = b.len();
+            b[n - 3] ^= 1;
+            assert!(!checksums_ok(&b), "a flipped payload bit goes unnoticed");
+        }
     }
 
     #[test]

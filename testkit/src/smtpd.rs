@@ -1,4 +1,4 @@
-//! The recording SMTP server (`tests/py/recording_smtpd.py`, on aiosmtpd):
+//! The recording SMTP server (`testkit/py/recording_smtpd.py`, on aiosmtpd):
 //! runs in a namespace and writes down the exact bytes it received, so that
 //! tests judge by what the server saw.
 
@@ -181,10 +181,8 @@ impl RecordingSmtpd {
 
 impl Drop for RecordingSmtpd {
     fn drop(&mut self) {
-        self.proc.signal(libc::SIGTERM);
-        if self.proc.wait_timeout(Duration::from_secs(10)).is_none() {
-            eprintln!("warning: the recording SMTP server ignored SIGTERM; killing it");
+        if !self.proc.terminate(Duration::from_secs(10)) {
+            eprintln!("warning: the recording SMTP server ignored SIGTERM; killed it");
         }
-        // Proc's own drop kills it if it is still running.
     }
 }
