@@ -1,5 +1,7 @@
 //! The SMTP stream parser: one state machine per direction, fed one byte at
-//! a time, shared by the XDP/TC programs and the userspace tests.
+//! a time (with the word-at-a-time fast paths of [`crate::scan`] for the
+//! client's body and argument bytes), shared by the XDP/TC programs and the
+//! userspace tests.
 //!
 //! Design rules (they are what makes it load in the kernel):
 //! - no allocation, no recursion, no slices indexed at run time: every step
@@ -14,7 +16,10 @@
 //!   and the client state follows the server's replies (354, 334, 235, 220),
 //!   matched to commands in order so that PIPELINING works.
 
-use crate::verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX};
+use crate::{
+    scan::{skip_ahead, CHUNK},
+    verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX},
+};
 
 /// States of the command (client to server) direction.
 pub mod cstate {
@@ -251,8 +256,8 @@ impl ClientState {
 
     /// Whether every byte other than LF leaves this state exactly as it is
     /// (and is kept): the middle of a body line, the arguments of a command
-    /// other than BDAT, a SASL line. The kernel then skips ahead to the next
-    /// LF a word at a time instead of stepping byte by byte.
+    /// other than BDAT, a SASL line. [`crate::scan::skip_ahead`] then skips
+    /// to the next LF a word at a time instead of stepping byte by byte.
     #[inline(always)]
     pub fn skips_to_lf(&self) -> bool {
         match self.state {
@@ -270,8 +275,9 @@ impl ClientState {
         self.state == cstate::BODY && (self.sub == body::MID || self.sub == body::BOL)
     }
 
-    /// After the kernel skipped body bytes that hold no line-start dot: the
-    /// line position is all that changed (the last byte was a LF or not).
+    /// After [`crate::scan::scan_body`] skipped body bytes that hold no
+    /// line-start dot: the line position is all that changed (the last byte
+    /// was a LF or not).
     #[inline(always)]
     pub fn body_skipped(&mut self, ends_with_lf: bool) {
         self.sub = if ends_with_lf { body::BOL } else { body::MID };
@@ -559,7 +565,7 @@ mod tests {
         }
     }
 
-    /// The kernel's word-at-a-time skip is only correct if this holds.
+    /// The word-at-a-time skip of `scan.rs` is only correct if this holds.
     #[test]
     fn skip_to_lf_states_ignore_every_other_byte() {
         let mut states = [ClientState::default(); 64];
@@ -739,31 +745,80 @@ impl Shared {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Held;
 
-/// Parses a whole client segment in place (masking it), as the kernel does
-/// byte by byte. Used by userspace tests, the fuzzer and the benchmarks. On
-/// `Err(Held)` neither the state nor the buffer may be used: the caller
-/// restores both (the kernel drops the packet and keeps its old state).
+/// Parses a whole client segment in place (masking it) exactly as the
+/// kernel does: the same fast paths ([`crate::scan::skip_ahead`]) before the
+/// same byte steps, in the same order, over the same chunks. Used by the
+/// userspace tests, the fuzzer and the benchmarks, so that they run what
+/// production runs. On `Err(Held)` neither the state nor the buffer may be
+/// used: the caller restores both (the kernel drops the packet and keeps its
+/// old state).
+///
+/// A retransmission the kernel parses from an offset `overlap` of its
+/// segment (the new bytes after re-inspected ones) is parsed like a segment
+/// that starts there: feed `&mut buf[overlap..]`.
 pub fn feed_client<E: Env>(
     st: &mut ClientState,
     buf: &mut [u8],
     env: &E,
     mut on_event: impl FnMut(&Out),
 ) -> Result<(), Held> {
+    run_client(st, buf, env, true, &mut on_event)
+}
+
+/// [`feed_client`] without the fast paths: one [`ClientState::step`] per
+/// byte, over the same chunks. The reference the fast paths are checked
+/// against.
+pub fn feed_client_bytewise<E: Env>(
+    st: &mut ClientState,
+    buf: &mut [u8],
+    env: &E,
+    mut on_event: impl FnMut(&Out),
+) -> Result<(), Held> {
+    run_client(st, buf, env, false, &mut on_event)
+}
+
+/// The kernel's stream driver (`inspector-ebpf/src/stream.rs`), in plain
+/// loops. Faithful where it matters:
+/// - the segment is parsed in chunks of [`CHUNK`] bytes, each copied to the
+///   start of the kernel's buffer, so word reads are aligned to the chunk
+///   start (here: offsets within `buf[start..end]`);
+/// - each chunk ends with [`ClientState::end_segment`] at the chunk end, and
+///   a chunk after the first starts a new verb span at its start;
+/// - an empty segment is not parsed at all (the kernel returns before it).
+fn run_client<E: Env>(
+    st: &mut ClientState,
+    buf: &mut [u8],
+    env: &E,
+    fast: bool,
+    on_event: &mut impl FnMut(&Out),
+) -> Result<(), Held> {
     let mut seg = st.begin_segment();
-    let mut pos = 0usize;
-    while pos < buf.len() {
-        let skip = st.skippable().min((buf.len() - pos) as u64);
-        if skip > 0 {
-            st.skip(skip);
-            pos += skip as usize;
-            continue;
+    let mut start = 0;
+    while start < buf.len() {
+        let end = core::cmp::min(start + CHUNK, buf.len());
+        if start > 0 {
+            seg.verb_start = start as u32;
         }
-        let out = st.step(buf[pos], pos as u32, &mut seg, env);
-        apply(buf, &out, &mut on_event)?;
-        pos += 1;
+        let mut pos = start;
+        while pos < end {
+            if fast {
+                let chunk = &buf[start..end];
+                let at = (pos - start) as u32;
+                let to = skip_ahead(st, chunk, at, chunk.len() as u32);
+                if to != at {
+                    pos = start + to as usize;
+                    continue;
+                }
+            }
+            let out = st.step(buf[pos], pos as u32, &mut seg, env);
+            apply(buf, &out, on_event)?;
+            pos += 1;
+        }
+        let out = st.end_segment(end as u32, &seg, env);
+        apply(buf, &out, on_event)?;
+        start = end;
     }
-    let out = st.end_segment(buf.len() as u32, &seg, env);
-    apply(buf, &out, &mut on_event)
+    Ok(())
 }
 
 fn apply(buf: &mut [u8], out: &Out, on_event: &mut impl FnMut(&Out)) -> Result<(), Held> {

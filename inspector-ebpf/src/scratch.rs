@@ -10,6 +10,7 @@ use inspector_common::{
     counters::Counter,
     events::{kind, Event},
     flow::{Flow, FlowKey},
+    scan::{self, Words},
     smtp::{act, event, ClientState, Env, Out, Seg, ServerState, Shared},
     verbs::{PolicyEntry, VerbKey},
 };
@@ -20,9 +21,8 @@ use crate::{
     pkt::Packet,
 };
 
-/// Largest payload parsed: more than any single-buffer XDP frame holds
-/// (a 4 KiB page minus headroom and skb_shared_info).
-pub const BUF: usize = 4096;
+/// Bytes parsed per chunk (see `inspector_common::scan::CHUNK`).
+pub const BUF: usize = scan::CHUNK;
 
 #[repr(C)]
 pub struct Scratch {
@@ -321,139 +321,18 @@ pub fn report(s: &Scratch, kind: u8, reason: u8, verb_id: u8) {
     }
 }
 
-/// Words scanned per callback call by the fast paths.
-const SKIP_WORDS: u32 = 8;
-const BODY_WORDS: u32 = 32;
+/// The chunk buffer as the fast paths of `inspector_common::scan` read it.
+struct ChunkWords<'a>(&'a [u8; 2 * BUF]);
 
-const LFS: u64 = 0x0a0a_0a0a_0a0a_0a0a;
-const DOTS: u64 = 0x2e2e_2e2e_2e2e_2e2e;
-
-/// SWAR zero-byte test: bit 7 of every byte of `x` that is zero is set (and
-/// possibly of a byte 0x01 just above a zero byte: a false positive only
-/// ever sends the caller to the careful byte-by-byte path).
-#[inline(always)]
-fn zero_bytes(x: u64) -> u64 {
-    x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080
-}
-
-/// Index of the lowest flagged byte of a non-zero `zero_bytes` result,
-/// without a count-trailing-zeros instruction (BPF has none).
-#[inline(always)]
-fn lowest_byte(m: u64) -> u32 {
-    let mut m = m & m.wrapping_neg();
-    let mut i = 0;
-    if m & 0xffff_ffff == 0 {
-        i += 4;
-        m >>= 32;
+impl Words for ChunkWords<'_> {
+    /// The aligned little-endian word at buffer offset `at`. The mask keeps
+    /// the index visibly inside the buffer for the verifier (callers only
+    /// pass multiples of 8 below `BUF`, which it leaves as they are).
+    #[inline(always)]
+    fn word(&self, at: u32) -> u64 {
+        let i = at as usize & (BUF - 8);
+        u64::from_le(unsafe { (self.0.as_ptr().add(i) as *const u64).read() })
     }
-    if m & 0xffff == 0 {
-        i += 2;
-        m >>= 16;
-    }
-    if m & 0xff == 0 {
-        i += 1;
-    }
-    i
-}
-
-/// The aligned little-endian word at buffer offset `rel` (a multiple of 8).
-#[inline(always)]
-fn word(s: &Scratch, rel: u32) -> u64 {
-    let i = rel as usize & (BUF - 8);
-    u64::from_le(unsafe { (s.buf.as_ptr().add(i) as *const u64).read() })
-}
-
-/// Body fast path: skips whole words that cannot hold the start of an
-/// end-of-data line (a `.` right after a LF, or at the line start the scan
-/// begins at). LFs inside such words only move the line position.
-#[inline(always)]
-fn scan_body(s: &mut Scratch) -> bool {
-    let mut rel = s.pos - s.base;
-    if rel & 7 != 0 {
-        return false;
-    }
-    let start = rel;
-    let lim = s.end - s.base;
-    let mut bol = s.client.at_line_start();
-    for _ in 0..BODY_WORDS {
-        if rel + 8 > lim {
-            break;
-        }
-        let w = word(s, rel);
-        let dot = zero_bytes(w ^ DOTS);
-        // Most words hold no dot at all (base64 never does): only then is
-        // the LF test needed.
-        if dot != 0 {
-            let lf = zero_bytes(w ^ LFS);
-            let line_start = (lf << 8) | if bol { 0x80 } else { 0 };
-            if line_start & dot != 0 {
-                break;
-            }
-        }
-        bol = (w >> 56) as u8 == b'\n';
-        rel += 8;
-    }
-    if rel == start {
-        return false;
-    }
-    s.client.body_skipped(bol);
-    s.pos = s.base + rel;
-    true
-}
-
-/// Command arguments and SASL lines: jumps to the next LF (or as far as a
-/// few words reach), the only byte that matters there.
-#[inline(always)]
-fn scan_to_lf(s: &mut Scratch) -> bool {
-    let rel = s.pos - s.base;
-    let lim = s.end - s.base;
-    let mut at = rel & !7;
-    // Ignore the bytes of the first word that come before `pos`.
-    let mut keep = u64::MAX << (8 * (rel & 7));
-    for _ in 0..SKIP_WORDS {
-        if at + 8 > lim {
-            break;
-        }
-        let lf = zero_bytes(word(s, at) ^ LFS) & keep;
-        if lf != 0 {
-            let to = at + lowest_byte(lf);
-            if to <= rel {
-                return false;
-            }
-            s.pos = s.base + to;
-            return true;
-        }
-        at += 8;
-        keep = u64::MAX;
-    }
-    if at <= rel {
-        return false;
-    }
-    s.pos = s.base + at;
-    true
-}
-
-/// Fast paths that move `s.pos` without stepping the parser byte by byte.
-/// Returns true if it advanced.
-#[inline(always)]
-fn skip_ahead(s: &mut Scratch) -> bool {
-    if s.client.state == inspector_common::smtp::cstate::CHUNK {
-        // A BDAT chunk: its bytes are not looked at.
-        let n = core::cmp::min(s.client.skippable(), (s.end - s.pos) as u64);
-        if n == 0 {
-            return false;
-        }
-        s.client.skip(n);
-        s.pos += n as u32;
-        return true;
-    }
-    if s.client.body_scannable() {
-        return scan_body(s);
-    }
-    if s.client.skips_to_lf() {
-        return scan_to_lf(s);
-    }
-    false
 }
 
 unsafe extern "C" fn client_step(_i: u64, ctx: *mut c_void) -> i64 {
@@ -463,7 +342,10 @@ unsafe extern "C" fn client_step(_i: u64, ctx: *mut c_void) -> i64 {
     if s.pos >= s.end {
         return 1;
     }
-    if skip_ahead(s) {
+    let at = s.pos - s.base;
+    let to = scan::skip_ahead(&mut s.client, &ChunkWords(&s.buf), at, s.end - s.base);
+    if to != at {
+        s.pos = s.base + to;
         return 0;
     }
     let b = s.buf[(s.pos - s.base) as usize & (BUF - 1)];
