@@ -48,8 +48,9 @@ pub fn inspector_tc(ctx: TcContext) -> i32 {
     run(&ctx) as i32
 }
 
-/// Benchmark baseline (`cargo xtask bench`): an XDP program that only passes
-/// (multi-buffer aware, like `inspector_xdp`). Never attached by `inspector`.
+/// Benchmark baseline (`cargo xtask bench`, `bench` feature only): an XDP
+/// program that only passes (multi-buffer aware, like `inspector_xdp`).
+#[cfg(feature = "bench")]
 #[xdp(frags)]
 pub fn bench_pass(_ctx: XdpContext) -> u32 {
     aya_ebpf::bindings::xdp_action::XDP_PASS
@@ -58,6 +59,7 @@ pub fn bench_pass(_ctx: XdpContext) -> u32 {
 /// Benchmark baseline: the same header parsing as `inspector_xdp`, up to the
 /// TCP header, then pass. The per-packet cost of the inspector on non-SMTP
 /// traffic is measured against it. Never attached by `inspector`.
+#[cfg(feature = "bench")]
 #[xdp(frags)]
 pub fn bench_parse(ctx: XdpContext) -> u32 {
     let Some(s) = scratch::get() else {

@@ -72,7 +72,7 @@ pub fn run(quick: bool) -> Result<()> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
-    let object = target.join("ebpf/bpfel-unknown-none/release/inspector");
+    let object = crate::ebpf::bench_object()?;
     let inspector = target.join("release/inspector");
     for p in [&object, &inspector] {
         if !p.exists() {

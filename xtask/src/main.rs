@@ -7,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod ebpf;
 mod fuzz;
 mod setup;
 mod util;
@@ -144,6 +145,7 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
     util::step("fuzzing the shared parser (bounded time)");
     fuzz::run(60)?;
     build()?;
+    let bench_object = ebpf::bench_object()?;
     util::step("kernel and end-to-end tests (as root, one at a time)");
     let mut cmd = util::cargo();
     cmd.args([
@@ -159,6 +161,7 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
         cmd.arg(f);
     }
     cmd.env("INSPECTOR_BIN", root.join("target/release/inspector"));
+    cmd.env("INSPECTOR_BENCH_OBJ", &bench_object);
     cmd.env("RUST_BACKTRACE", "1");
     util::run(&mut cmd)
 }
