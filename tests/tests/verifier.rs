@@ -79,13 +79,26 @@ fn the_embedded_object_has_no_bench_programs() {
     }
 }
 
+/// The object built with the `bench` feature: `$INSPECTOR_BENCH_OBJ`, else
+/// where `cargo xtask test` builds it.
+fn bench_object() -> Vec<u8> {
+    let path = std::env::var_os("INSPECTOR_BENCH_OBJ")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            inspector_tests::workspace_root()
+                .join("target/ebpf-bench/bpfel-unknown-none/release/inspector")
+        });
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading the eBPF object built with --features bench at {}: {e}; `cargo xtask \
+             test` builds it, or point INSPECTOR_BENCH_OBJ at it",
+            path.display()
+        )
+    })
+}
+
 #[test]
 fn the_bench_object_loads_within_budget() {
-    let path = std::env::var_os("INSPECTOR_BENCH_OBJ").expect(
-        "INSPECTOR_BENCH_OBJ must name the eBPF object built with --features bench \
-         (`cargo xtask test` builds it and sets it)",
-    );
-    let object =
-        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.to_string_lossy()));
+    let object = bench_object();
     load_within_budget(&object, &[PRODUCTION[0], PRODUCTION[1], BENCH[0], BENCH[1]]);
 }
