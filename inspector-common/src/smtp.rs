@@ -289,6 +289,17 @@ impl ClientState {
         self.sub == body::BOL
     }
 
+    /// The [`Shared::client_gate`] word this state publishes: the gate it
+    /// waits on, if it waits on one.
+    #[inline(always)]
+    pub fn gate_word(&self) -> Option<u64> {
+        if self.state == cstate::AWAIT_GATE {
+            Some(((self.gate_unit as u64) << 8) | self.gate_kind as u64)
+        } else {
+            None
+        }
+    }
+
     /// Starts a segment.
     #[inline(always)]
     pub fn begin_segment(&self) -> Seg {
@@ -732,8 +743,7 @@ impl Shared {
     /// Records the client's gate after a client step (client direction only).
     #[inline(always)]
     pub fn publish_client(&mut self, st: &ClientState) {
-        if st.state == cstate::AWAIT_GATE {
-            let word = ((st.gate_unit as u64) << 8) | st.gate_kind as u64;
+        if let Some(word) = st.gate_word() {
             if self.client_gate != word {
                 self.client_gate = word;
             }
