@@ -83,7 +83,7 @@ pub type ServerSide<'a> = Side<'a, ServerDir, ClientDir>;
 impl Entry {
     /// The client direction's view of the entry.
     #[inline(always)]
-    pub fn client<'a>(self) -> ClientSide<'a> {
+    pub fn client<'a>(&self) -> ClientSide<'a> {
         let f = self.0;
         // SAFETY: `f` is a live entry of the flow table (map memory stays
         // valid for the whole program run, even if the entry is deleted),
@@ -99,7 +99,7 @@ impl Entry {
 
     /// The server direction's view of the entry.
     #[inline(always)]
-    pub fn server<'a>(self) -> ServerSide<'a> {
+    pub fn server<'a>(&self) -> ServerSide<'a> {
         let f = self.0;
         // SAFETY: as in `client`, for the server half.
         unsafe {
@@ -110,6 +110,72 @@ impl Entry {
             }
         }
     }
+}
+
+impl Entry {
+    /// The cursor of one direction's half, to write, and the other's, to
+    /// read (see [`flags_of`]).
+    #[inline(always)]
+    pub fn cursors<'a>(&self, client_side: bool) -> (&'a mut Cursor, *const Cursor) {
+        let f = self.0;
+        // SAFETY: as in `client`: only the direction of this segment writes
+        // its own cursor.
+        unsafe {
+            if client_side {
+                (
+                    &mut *addr_of_mut!((*f).client.cur),
+                    addr_of!((*f).server.cur),
+                )
+            } else {
+                (
+                    &mut *addr_of_mut!((*f).server.cur),
+                    addr_of!((*f).client.cur),
+                )
+            }
+        }
+    }
+}
+
+/// Bookkeeping of a segment with TCP `flags` on its direction's cursor
+/// `cur` (`peer`: the other direction's): the first SYN-ACK starts the
+/// server's stream, acknowledgements advance, FIN and RST close (the first
+/// close of the flow is counted).
+#[inline(always)]
+pub fn track(
+    cur: &mut Cursor,
+    peer: *const Cursor,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    now: u64,
+    server: bool,
+) {
+    let closed_before = (cur.flags | flags_of(peer)) & (DIR_FIN | DIR_RST) != 0;
+    if server && flags & (SYN | ACK) == (SYN | ACK) && cur.flags & DIR_SYNCED == 0 {
+        // Only the first: a forged or late SYN-ACK must not move the stream.
+        cur.next_seq = seq.wrapping_add(1);
+        cur.flags |= DIR_SYNCED;
+    }
+    cur.last_ns = now;
+    if flags & ACK != 0 {
+        if cur.flags & DIR_ACKED == 0 || seq_diff(ack, cur.acked) > 0 {
+            cur.acked = ack;
+        }
+        cur.flags |= DIR_ACKED;
+    }
+    if flags & (FIN | RST) != 0 && !closed_before {
+        count(Counter::FlowsClosed);
+    }
+    if flags & FIN != 0 {
+        cur.flags |= DIR_FIN;
+    }
+    if flags & RST != 0 {
+        cur.flags |= DIR_RST;
+    }
+    // The entry is not removed on FIN or RST: a FIN or RST that the
+    // receiver then rejects (bad checksum, out of window) would otherwise
+    // turn the rest of the flow into an uninspected midstream flow.
+    // `inspector attach` expires closed and idle entries.
 }
 
 /// The `DIR_*` flags of a cursor another CPU may be writing.
@@ -159,40 +225,6 @@ impl<Own: Half, Peer: Half> Side<'_, Own, Peer> {
             s.chunking = read_volatile(addr_of!((*p).chunking));
         }
         s
-    }
-
-    /// Bookkeeping of a segment of this direction with TCP `flags`: the
-    /// first SYN-ACK starts the server's stream, acknowledgements advance,
-    /// FIN and RST close (the first close of the flow is counted).
-    #[inline(always)]
-    pub fn track(&mut self, flags: u8, seq: u32, ack: u32, now: u64, server: bool) {
-        let closed_before = self.closed();
-        let cur = self.own.cur();
-        if server && flags & (SYN | ACK) == (SYN | ACK) && cur.flags & DIR_SYNCED == 0 {
-            // Only the first: a forged or late SYN-ACK must not move the stream.
-            cur.next_seq = seq.wrapping_add(1);
-            cur.flags |= DIR_SYNCED;
-        }
-        cur.last_ns = now;
-        if flags & ACK != 0 {
-            if cur.flags & DIR_ACKED == 0 || seq_diff(ack, cur.acked) > 0 {
-                cur.acked = ack;
-            }
-            cur.flags |= DIR_ACKED;
-        }
-        if flags & (FIN | RST) != 0 && !closed_before {
-            count(Counter::FlowsClosed);
-        }
-        if flags & FIN != 0 {
-            cur.flags |= DIR_FIN;
-        }
-        if flags & RST != 0 {
-            cur.flags |= DIR_RST;
-        }
-        // The entry is not removed on FIN or RST: a FIN or RST that the
-        // receiver then rejects (bad checksum, out of window) would otherwise
-        // turn the rest of the flow into an uninspected midstream flow.
-        // `inspector attach` expires closed and idle entries.
     }
 }
 

@@ -13,7 +13,7 @@ use inspector_common::{
 };
 
 use crate::{
-    flow::{self, ClientSide, Half, ServerSide, Side, ACK, SYN},
+    flow::{self, ClientSide, ServerSide, ACK, SYN},
     maps::{config, work_area},
     mask,
     packet::Packet,
@@ -73,25 +73,30 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     let Some(entry) = flow::lookup(&w.packet.key) else {
         return midstream::<P>(w, payload_len, cfg, monitor);
     };
-    let seg = Seg {
-        seq,
-        len: payload_len,
-        payload_off: payload_off as u32,
-    };
-    let verdict = if client_side {
-        let mut side = entry.client();
-        side.track(flags, seq, ack, now, false);
-        match admit::<P, _, _>(w, &mut side, &seg, flags, cfg, monitor) {
-            Ok(seq) => client(ctx, &mut side, w, seq, payload_len),
-            Err(action) => return action,
-        }
+    let (cur, peer) = entry.cursors(client_side);
+    flow::track(cur, peer, flags, seq, ack, now, !client_side);
+    if payload_len == 0 {
+        return P::PASS;
+    }
+    if cur.flags & DIR_SYNCED == 0 {
+        return midstream::<P>(w, payload_len, cfg, monitor);
+    }
+    count(Counter::PacketsInspected);
+    count_n(Counter::BytesInspected, payload_len as u64);
+    if payload_len > MAX_PAYLOAD {
+        // Larger than any TSO/GRO packet; never pass what was not read.
+        return drop::<P>(monitor);
+    }
+    let seq = if flags & SYN != 0 {
+        seq.wrapping_add(1)
     } else {
-        let mut side = entry.server();
-        side.track(flags, seq, ack, now, true);
-        match admit::<P, _, _>(w, &mut side, &seg, flags, cfg, monitor) {
-            Ok(seq) => server(ctx, &mut side, w, seq, payload_len),
-            Err(action) => return action,
-        }
+        seq
+    };
+    stream::begin(w, seq, payload_off as u32);
+    let verdict = if client_side {
+        client(ctx, &mut entry.client(), w, seq, payload_len)
+    } else {
+        server(ctx, &mut entry.server(), w, seq, payload_len)
     };
     let verdict = match verdict {
         Verdict::Pass if w.masks.overflow != 0 => Verdict::Drop(Counter::MaskOverflowDrops),
@@ -136,46 +141,6 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
             }
         }
     }
-}
-
-/// The payload of a segment.
-struct Seg {
-    seq: u32,
-    len: u32,
-    payload_off: u32,
-}
-
-/// Whether the segment's payload is inspected: `Ok` with the sequence
-/// number of its first byte (the parse is set up), or `Err` with the
-/// program's verdict (nothing to parse, midstream, too large).
-#[inline(always)]
-fn admit<P: Packet, Own: Half, Peer: Half>(
-    w: &mut WorkArea,
-    side: &mut Side<'_, Own, Peer>,
-    seg: &Seg,
-    flags: u8,
-    cfg: u32,
-    monitor: bool,
-) -> Result<u32, u32> {
-    if seg.len == 0 {
-        return Err(P::PASS);
-    }
-    if side.own.cur().flags & DIR_SYNCED == 0 {
-        return Err(midstream::<P>(w, seg.len, cfg, monitor));
-    }
-    count(Counter::PacketsInspected);
-    count_n(Counter::BytesInspected, seg.len as u64);
-    if seg.len > MAX_PAYLOAD {
-        // Larger than any TSO/GRO packet; never pass what was not read.
-        return Err(drop::<P>(monitor));
-    }
-    let seq = if flags & SYN != 0 {
-        seg.seq.wrapping_add(1)
-    } else {
-        seg.seq
-    };
-    stream::begin(w, seq, seg.payload_off);
-    Ok(seq)
 }
 
 /// The event reason of a drop counter.
