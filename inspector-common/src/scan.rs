@@ -1,13 +1,15 @@
 //! Word-at-a-time fast paths of the client parser.
 //!
 //! Most client bytes are body or argument bytes, where the state machine of
-//! [`ClientState::step`] only waits for one byte (a LF, or a dot right after
+//! `ClientState::step` only waits for one byte (a LF, or a dot right after
 //! one). These functions move over such bytes eight at a time (SWAR: "SIMD
 //! within a register", byte tests on a 64-bit word) and leave the state
-//! exactly as stepping byte by byte would. The kernel's per-byte callback
-//! calls [`skip_ahead`] before every [`ClientState::step`], and so does
-//! [`crate::smtp::feed_client`], which every userspace test, the fuzzer and
-//! the benchmarks use: both run this very code. The property test
+//! exactly as stepping byte by byte would.
+//! [`crate::smtp::ClientState::skip_ahead`] picks the one that applies to
+//! the state; the kernel's per-byte callback calls it before every
+//! `ClientState::step`, and so does [`crate::smtp::feed_client`], which
+//! every userspace test, the fuzzer and the benchmarks use: both run this
+//! very code. The property test
 //! `tests/fast_path.rs` and the `fast_path` fuzz target check it against
 //! byte-at-a-time stepping ([`crate::smtp::feed_client_bytewise`]).
 //!
@@ -16,8 +18,6 @@
 //! kernel's loader needs. Every loop has a fixed bound per call
 //! ([`BODY_WORDS`], [`SKIP_WORDS`]) so that the verifier checks a small
 //! callback; a caller that wants to go further calls again.
-
-use crate::smtp::ClientState;
 
 /// Bytes the kernel parses per chunk: a segment is copied into a per-CPU
 /// buffer of this size and parsed one chunk after the other, each chunk like
@@ -80,38 +80,19 @@ pub fn lowest_byte(m: u64) -> u32 {
     i
 }
 
-/// Moves over bytes `[at, end)` of `buf` that cannot change `st` other than
-/// in a way this function applies itself. Returns the offset reached: `at`
-/// when no fast path applies (the caller then steps one byte), more when it
-/// advanced. `at < end` and `end` is within `buf`.
-#[inline(always)]
-pub fn skip_ahead<W: Words + ?Sized>(st: &mut ClientState, buf: &W, at: u32, end: u32) -> u32 {
-    // A BDAT chunk, or the opaque stream after STARTTLS: bytes not looked at.
-    let n = core::cmp::min(st.skippable(), (end - at) as u64);
-    if n > 0 {
-        st.skip(n);
-        return at + n as u32;
-    }
-    if st.body_scannable() {
-        return scan_body(st, buf, at, end);
-    }
-    if st.skips_to_lf() {
-        return scan_to_lf(buf, at, end);
-    }
-    at
-}
-
 /// Body fast path: skips whole words that cannot hold the start of an
-/// end-of-data line (a `.` right after a LF, or at the line start the scan
-/// begins at). LFs inside such words only move the line position. Works
-/// from a word boundary only; elsewhere it returns `at`.
+/// end-of-data line (a `.` right after a LF, or at the start of the scan if
+/// `bol`, the scan starts at a line start). LFs inside such words only move
+/// the line position. Returns the offset reached (`at` if it could not skip
+/// a word; it works from a word boundary only) and whether that offset is
+/// at a line start.
 #[inline(always)]
-pub fn scan_body<W: Words + ?Sized>(st: &mut ClientState, buf: &W, at: u32, end: u32) -> u32 {
+pub fn scan_body<W: Words + ?Sized>(buf: &W, at: u32, end: u32, bol: bool) -> (u32, bool) {
     if at & 7 != 0 {
-        return at;
+        return (at, bol);
     }
     let mut rel = at;
-    let mut bol = st.at_line_start();
+    let mut bol = bol;
     for _ in 0..BODY_WORDS {
         if rel + 8 > end {
             break;
@@ -130,16 +111,12 @@ pub fn scan_body<W: Words + ?Sized>(st: &mut ClientState, buf: &W, at: u32, end:
         bol = (w >> 56) as u8 == b'\n';
         rel += 8;
     }
-    if rel != at {
-        st.body_skipped(bol);
-    }
-    rel
+    (rel, bol)
 }
 
 /// Command arguments and SASL lines: jumps to the next LF (or as far as
-/// [`SKIP_WORDS`] words reach), the only byte that matters there. The state
-/// does not change on the bytes skipped (see
-/// [`ClientState::skips_to_lf`]).
+/// [`SKIP_WORDS`] words reach), the only byte that matters there. Returns
+/// the offset reached (`at` if it is a LF).
 #[inline(always)]
 pub fn scan_to_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
     let mut w = at & !7;

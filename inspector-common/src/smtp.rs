@@ -17,7 +17,7 @@
 //!   matched to commands in order so that PIPELINING works.
 
 use crate::{
-    scan::{skip_ahead, CHUNK},
+    scan::{scan_body, scan_to_lf, Words, CHUNK},
     verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX},
 };
 
@@ -256,7 +256,7 @@ impl ClientState {
 
     /// Whether every byte other than LF leaves this state exactly as it is
     /// (and is kept): the middle of a body line, the arguments of a command
-    /// other than BDAT, a SASL line. [`crate::scan::skip_ahead`] then skips
+    /// other than BDAT, a SASL line. [`Self::skip_ahead`] then skips
     /// to the next LF a word at a time instead of stepping byte by byte.
     #[inline(always)]
     pub fn skips_to_lf(&self) -> bool {
@@ -273,6 +273,34 @@ impl ClientState {
     #[inline(always)]
     pub fn body_scannable(&self) -> bool {
         self.state == cstate::BODY && (self.sub == body::MID || self.sub == body::BOL)
+    }
+
+    /// The word-at-a-time fast paths of [`crate::scan`]: moves over bytes
+    /// `[at, end)` of the chunk `buf` that cannot change this state other
+    /// than as this function does itself (a BDAT chunk or the opaque stream
+    /// after STARTTLS, which are not looked at; body bytes without an
+    /// end-of-data line; argument and SASL bytes up to the next LF). Returns
+    /// the offset reached: `at` when no fast path applies (the caller then
+    /// steps one byte), more when it advanced. Called before every
+    /// [`Self::step`], by the kernel and by [`feed_client`] alike.
+    #[inline(always)]
+    pub fn skip_ahead<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> u32 {
+        let n = core::cmp::min(self.skippable(), (end - at) as u64);
+        if n > 0 {
+            self.skip(n);
+            return at + n as u32;
+        }
+        if self.body_scannable() {
+            let (to, bol) = scan_body(buf, at, end, self.at_line_start());
+            if to != at {
+                self.body_skipped(bol);
+            }
+            return to;
+        }
+        if self.skips_to_lf() {
+            return scan_to_lf(buf, at, end);
+        }
+        at
     }
 
     /// After [`crate::scan::scan_body`] skipped body bytes that hold no
@@ -756,7 +784,7 @@ impl Shared {
 pub struct Held;
 
 /// Parses a whole client segment in place (masking it) exactly as the
-/// kernel does: the same fast paths ([`crate::scan::skip_ahead`]) before the
+/// kernel does: the same fast paths ([`ClientState::skip_ahead`]) before the
 /// same byte steps, in the same order, over the same chunks. Used by the
 /// userspace tests, the fuzzer and the benchmarks, so that they run what
 /// production runs. On `Err(Held)` neither the state nor the buffer may be
@@ -814,7 +842,7 @@ fn run_client<E: Env>(
             if fast {
                 let chunk = &buf[start..end];
                 let at = (pos - start) as u32;
-                let to = skip_ahead(st, chunk, at, chunk.len() as u32);
+                let to = st.skip_ahead(chunk, at, chunk.len() as u32);
                 if to != at {
                     pos = start + to as usize;
                     continue;

@@ -10,14 +10,14 @@
 //!   4 KiB chunk), fed both ways from the same state: same result (held or
 //!   not), same masked bytes, same final state, same events in the same
 //!   order;
-//! - one call: `skip_ahead` from any state at any offset of a random buffer
+//! - one call: `ClientState::skip_ahead` from any state at any offset of a random buffer
 //!   (every alignment to the word grid) ends in the state that stepping the
 //!   bytes it skipped ends in, and none of those bytes would have produced an
 //!   action or an event.
 
 use inspector_common::{
     policy::entry_for,
-    scan::{skip_ahead, CHUNK},
+    scan::CHUNK,
     smtp::{cstate, feed_client, feed_client_bytewise, ClientState, Env, Held, Out, Seg},
     verbs::{id, key_of, PolicyEntry, VerbKey, OTHER},
 };
@@ -259,7 +259,7 @@ proptest! {
         let before = ClientState { state, sub, verb_id, count, units: 3, gate_unit: 3, ..Default::default() };
         let env = Script { keys: vec![], codes: vec![354], known: 0, chunking: true };
         let mut skipped = before;
-        let to = skip_ahead(&mut skipped, &buf[..], at, buf.len() as u32);
+        let to = skipped.skip_ahead(&buf[..], at, buf.len() as u32);
         prop_assert!(to >= at && to as usize <= buf.len());
         let mut stepped = before;
         let mut seg = Seg::default();

@@ -15,7 +15,6 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_loop;
 use inspector_common::{
-    scan,
     smtp::{act, Env, Out, Seg},
     verbs::{PolicyEntry, VerbKey},
 };
@@ -227,7 +226,9 @@ unsafe extern "C" fn client_step(_i: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let at = s.pos - s.base;
-    let to = scan::skip_ahead(&mut s.client, &ChunkWords(&w.payload), at, s.end - s.base);
+    let to = s
+        .client
+        .skip_ahead(&ChunkWords(&w.payload), at, s.end - s.base);
     if to != at {
         s.pos = s.base + to;
         return 0;
