@@ -2,12 +2,12 @@
 //! 512-byte BPF stack, in the one entry of a per-CPU array
 //! (`maps::WORK_AREA`), in named parts.
 //!
-//! A BPF program runs to completion on its CPU without being preempted by
-//! another BPF program of the same CPU (XDP and TC run in softirq context),
-//! so the entry belongs to the running invocation for its whole run. A
-//! reference to it is made in exactly one place, [`borrow`]: from the map
-//! lookup (`maps::work_area`) and from the context pointer that
-//! [`for_each`] hands to a `bpf_loop` callback.
+//! XDP and TC programs run with bottom halves disabled, so no other
+//! invocation of them starts on the same CPU before one ends: the entry
+//! belongs to the running invocation for its whole run. A reference to it
+//! is made in exactly one place, [`borrow`]: from the map lookup
+//! (`maps::work_area`) and from the context pointer that [`for_each`]
+//! hands to a `bpf_loop` callback.
 
 use core::ffi::c_void;
 
