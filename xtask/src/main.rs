@@ -42,9 +42,11 @@ enum Task {
         #[arg(long)]
         filter: Option<String>,
     },
-    /// Fuzz the shared SMTP parser with cargo-fuzz (nightly, libFuzzer).
+    /// Fuzz the shared SMTP parser with cargo-fuzz (nightly, libFuzzer):
+    /// the `parser` and `fast_path` targets.
     Fuzz {
-        /// How long to fuzz, in seconds.
+        /// How long to fuzz in all, in seconds (split evenly between the
+        /// targets).
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
