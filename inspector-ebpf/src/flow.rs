@@ -110,11 +110,10 @@ impl Entry {
             }
         }
     }
-}
 
-impl Entry {
     /// The cursor of one direction's half, to write, and the other's, to
-    /// read (see [`flags_of`]).
+    /// read (see [`flags_of`]). For the bookkeeping before the decision; the
+    /// caller lets go of it before it takes its direction's [`Side`].
     #[inline(always)]
     pub fn cursors<'a>(&self, client_side: bool) -> (&'a mut Cursor, *const Cursor) {
         let f = self.0;
