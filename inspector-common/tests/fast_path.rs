@@ -2,7 +2,7 @@
 //! the kernel and `feed_client` run before every byte step: they must change
 //! nothing that stepping byte by byte (`feed_client_bytewise`) would not.
 //!
-//! Two properties:
+//! Three properties:
 //!
 //! - streams: random client streams, biased toward what the fast paths
 //!   handle (message bodies full of dots, LFs and CRs, BDAT chunks, long
@@ -13,7 +13,9 @@
 //! - one call: `ClientState::skip_ahead` from any state at any offset of a random buffer
 //!   (every alignment to the word grid) ends in the state that stepping the
 //!   bytes it skipped ends in, and none of those bytes would have produced an
-//!   action or an event.
+//!   action or an event;
+//! - chunks: a segment longer than the kernel's 4 KiB chunk is parsed like
+//!   its first chunk and the rest fed as two segments, as the kernel does.
 
 use inspector_common::{
     policy::entry_for,
@@ -268,5 +270,64 @@ proptest! {
             prop_assert_eq!(out, Out::default(), "byte {} skipped but it acts", p);
         }
         prop_assert_eq!(skipped, stepped);
+    }
+}
+
+/// Feeds `seg` with `feed_client` from `st`: the result, the bytes, the
+/// state after, the events.
+fn feed(
+    st: ClientState,
+    seg: &[u8],
+    env: &Script,
+) -> (Result<(), Held>, Vec<u8>, ClientState, Vec<Out>) {
+    let (mut st, mut buf, mut events) = (st, seg.to_vec(), vec![]);
+    let res = feed_client(&mut st, &mut buf, env, |o| events.push(*o));
+    (res, buf, st, events)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The kernel parses a segment longer than its buffer chunk by chunk,
+    /// each chunk like a segment of its own (README, Limits); `feed_client`
+    /// must do the same: a segment of more than `CHUNK` bytes gives what
+    /// its first `CHUNK` bytes and the rest, fed as two segments, give.
+    #[test]
+    fn a_chunk_is_parsed_like_a_segment_of_its_own(
+        pieces in prop::collection::vec(piece(), 1..12),
+        extra in 1usize..2 * CHUNK,
+        allowed in prop::collection::vec(any::<bool>(), POOL.len()),
+        chunking in any::<bool>(),
+    ) {
+        let mut stream: Vec<u8> = pieces.concat().iter().flat_map(|p| p.bytes.iter().copied()).collect();
+        while stream.len() < CHUNK + extra {
+            stream.extend_from_within(..);
+        }
+        let seg = &stream[..CHUNK + extra];
+        let keys = POOL
+            .iter()
+            .zip(&allowed)
+            .filter(|(_, &a)| a)
+            .map(|(v, _)| key_of(v.as_bytes()).unwrap())
+            .collect();
+        // Every gate reply known: nothing is held.
+        let env = Script { keys, codes: vec![354, 334, 250, 220], known: u32::MAX, chunking };
+        let (whole, whole_bytes, whole_st, whole_ev) = feed(ClientState::default(), seg, &env);
+        let (first, first_bytes, first_st, first_ev) = feed(ClientState::default(), &seg[..CHUNK], &env);
+        let (rest, rest_bytes, rest_st, rest_ev) = feed(first_st, &seg[CHUNK..], &env);
+        prop_assert!(whole.is_ok() && first.is_ok() && rest.is_ok());
+        prop_assert!(whole_bytes[..CHUNK] == first_bytes[..], "first chunk masked differently");
+        prop_assert!(whole_bytes[CHUNK..] == rest_bytes[..], "second chunk masked differently");
+        prop_assert_eq!(whole_st, rest_st);
+        // Offsets of the second part's spans are relative to its start.
+        let shifted = rest_ev.into_iter().map(|mut o| {
+            if o.act == inspector_common::smtp::act::MASK {
+                o.mask_from += CHUNK as u32;
+                o.mask_to += CHUNK as u32;
+            }
+            o
+        });
+        let parts: Vec<Out> = first_ev.into_iter().chain(shifted).collect();
+        prop_assert_eq!(whole_ev, parts);
     }
 }
