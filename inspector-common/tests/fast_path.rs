@@ -10,10 +10,10 @@
 //!   4 KiB chunk), fed both ways from the same state: same result (held or
 //!   not), same masked bytes, same final state, same events in the same
 //!   order;
-//! - one call: `ClientState::skip_ahead` from any state at any offset of a random buffer
-//!   (every alignment to the word grid) ends in the state that stepping the
-//!   bytes it skipped ends in, and none of those bytes would have produced an
-//!   action or an event;
+//! - one call: `ClientState::skip_ahead` from any state at any offset of a
+//!   random buffer (every alignment to the word grid) ends in the state that
+//!   stepping the bytes it skipped ends in, and none of those bytes would
+//!   have produced an action or an event;
 //! - chunks: a segment longer than the kernel's 4 KiB chunk is parsed like
 //!   its first chunk and the rest fed as two segments, as the kernel does.
 
