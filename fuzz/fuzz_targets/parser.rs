@@ -199,6 +199,10 @@ fn feed_bytewise(
     states: &mut Vec<u8>,
 ) -> Result<(), Held> {
     let input = buf.to_vec();
+    if input.is_empty() {
+        // As the kernel (and `feed_client`): an empty segment is not parsed.
+        return Ok(());
+    }
     let mut seg = st.begin_segment();
     for (pos, &b) in input.iter().enumerate() {
         states.push(effective_state(st, env).unwrap_or(cstate::AWAIT_GATE));

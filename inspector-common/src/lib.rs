@@ -11,6 +11,7 @@ pub mod events;
 pub mod flow;
 pub mod policy;
 pub mod ports;
+pub mod scan;
 pub mod smtp;
 pub mod verbs;
 

@@ -1,5 +1,7 @@
 //! The SMTP stream parser: one state machine per direction, fed one byte at
-//! a time, shared by the XDP/TC programs and the userspace tests.
+//! a time (with the word-at-a-time fast paths of [`crate::scan`] for the
+//! client's body and argument bytes), shared by the XDP/TC programs and the
+//! userspace tests.
 //!
 //! Design rules (they are what makes it load in the kernel):
 //! - no allocation, no recursion, no slices indexed at run time: every step
@@ -14,7 +16,10 @@
 //!   and the client state follows the server's replies (354, 334, 235, 220),
 //!   matched to commands in order so that PIPELINING works.
 
-use crate::verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX};
+use crate::{
+    scan::{scan_body, scan_to_lf, Words, CHUNK},
+    verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX},
+};
 
 /// States of the command (client to server) direction.
 pub mod cstate {
@@ -251,8 +256,8 @@ impl ClientState {
 
     /// Whether every byte other than LF leaves this state exactly as it is
     /// (and is kept): the middle of a body line, the arguments of a command
-    /// other than BDAT, a SASL line. The kernel then skips ahead to the next
-    /// LF a word at a time instead of stepping byte by byte.
+    /// other than BDAT, a SASL line. [`Self::skip_ahead`] then skips
+    /// to the next LF a word at a time instead of stepping byte by byte.
     #[inline(always)]
     pub fn skips_to_lf(&self) -> bool {
         match self.state {
@@ -270,8 +275,37 @@ impl ClientState {
         self.state == cstate::BODY && (self.sub == body::MID || self.sub == body::BOL)
     }
 
-    /// After the kernel skipped body bytes that hold no line-start dot: the
-    /// line position is all that changed (the last byte was a LF or not).
+    /// The word-at-a-time fast paths of [`crate::scan`]: moves over bytes
+    /// `[at, end)` of the chunk `buf` that cannot change this state other
+    /// than as this function does itself (a BDAT chunk or the opaque stream
+    /// after STARTTLS, which are not looked at; body bytes without an
+    /// end-of-data line; argument and SASL bytes up to the next LF). Returns
+    /// the offset reached: `at` when no fast path applies (the caller then
+    /// steps one byte), more when it advanced. Called before every
+    /// [`Self::step`], by the kernel and by [`feed_client`] alike.
+    #[inline(always)]
+    pub fn skip_ahead<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> u32 {
+        let n = core::cmp::min(self.skippable(), (end - at) as u64);
+        if n > 0 {
+            self.skip(n);
+            return at + n as u32;
+        }
+        if self.body_scannable() {
+            let (to, bol) = scan_body(buf, at, end, self.at_line_start());
+            if to != at {
+                self.body_skipped(bol);
+            }
+            return to;
+        }
+        if self.skips_to_lf() {
+            return scan_to_lf(buf, at, end);
+        }
+        at
+    }
+
+    /// After [`crate::scan::scan_body`] skipped body bytes that hold no
+    /// line-start dot: the line position is all that changed (the last byte
+    /// was a LF or not).
     #[inline(always)]
     pub fn body_skipped(&mut self, ends_with_lf: bool) {
         self.sub = if ends_with_lf { body::BOL } else { body::MID };
@@ -281,6 +315,17 @@ impl ClientState {
     #[inline(always)]
     pub fn at_line_start(&self) -> bool {
         self.sub == body::BOL
+    }
+
+    /// The [`Shared::client_gate`] word this state publishes: the gate it
+    /// waits on, if it waits on one.
+    #[inline(always)]
+    pub fn gate_word(&self) -> Option<u64> {
+        if self.state == cstate::AWAIT_GATE {
+            Some(((self.gate_unit as u64) << 8) | self.gate_kind as u64)
+        } else {
+            None
+        }
     }
 
     /// Starts a segment.
@@ -559,7 +604,7 @@ mod tests {
         }
     }
 
-    /// The kernel's word-at-a-time skip is only correct if this holds.
+    /// The word-at-a-time skip of `scan.rs` is only correct if this holds.
     #[test]
     fn skip_to_lf_states_ignore_every_other_byte() {
         let mut states = [ClientState::default(); 64];
@@ -726,8 +771,7 @@ impl Shared {
     /// Records the client's gate after a client step (client direction only).
     #[inline(always)]
     pub fn publish_client(&mut self, st: &ClientState) {
-        if st.state == cstate::AWAIT_GATE {
-            let word = ((st.gate_unit as u64) << 8) | st.gate_kind as u64;
+        if let Some(word) = st.gate_word() {
             if self.client_gate != word {
                 self.client_gate = word;
             }
@@ -739,31 +783,80 @@ impl Shared {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Held;
 
-/// Parses a whole client segment in place (masking it), as the kernel does
-/// byte by byte. Used by userspace tests, the fuzzer and the benchmarks. On
-/// `Err(Held)` neither the state nor the buffer may be used: the caller
-/// restores both (the kernel drops the packet and keeps its old state).
+/// Parses a whole client segment in place (masking it) exactly as the
+/// kernel does: the same fast paths ([`ClientState::skip_ahead`]) before the
+/// same byte steps, in the same order, over the same chunks. Used by the
+/// userspace tests, the fuzzer and the benchmarks, so that they run what
+/// production runs. On `Err(Held)` neither the state nor the buffer may be
+/// used: the caller restores both (the kernel drops the packet and keeps its
+/// old state).
+///
+/// A retransmission the kernel parses from an offset `overlap` of its
+/// segment (the new bytes after re-inspected ones) is parsed like a segment
+/// that starts there: feed `&mut buf[overlap..]`.
 pub fn feed_client<E: Env>(
     st: &mut ClientState,
     buf: &mut [u8],
     env: &E,
     mut on_event: impl FnMut(&Out),
 ) -> Result<(), Held> {
+    run_client(st, buf, env, true, &mut on_event)
+}
+
+/// [`feed_client`] without the fast paths: one [`ClientState::step`] per
+/// byte, over the same chunks. The reference the fast paths are checked
+/// against.
+pub fn feed_client_bytewise<E: Env>(
+    st: &mut ClientState,
+    buf: &mut [u8],
+    env: &E,
+    mut on_event: impl FnMut(&Out),
+) -> Result<(), Held> {
+    run_client(st, buf, env, false, &mut on_event)
+}
+
+/// The kernel's stream driver (`inspector-ebpf/src/stream.rs`), in plain
+/// loops. Faithful where it matters:
+/// - the segment is parsed in chunks of [`CHUNK`] bytes, each copied to the
+///   start of the kernel's buffer, so word reads are aligned to the chunk
+///   start (here: offsets within `buf[start..end]`);
+/// - each chunk ends with [`ClientState::end_segment`] at the chunk end, and
+///   a chunk after the first starts a new verb span at its start;
+/// - an empty segment is not parsed at all (the kernel returns before it).
+fn run_client<E: Env>(
+    st: &mut ClientState,
+    buf: &mut [u8],
+    env: &E,
+    fast: bool,
+    on_event: &mut impl FnMut(&Out),
+) -> Result<(), Held> {
     let mut seg = st.begin_segment();
-    let mut pos = 0usize;
-    while pos < buf.len() {
-        let skip = st.skippable().min((buf.len() - pos) as u64);
-        if skip > 0 {
-            st.skip(skip);
-            pos += skip as usize;
-            continue;
+    let mut start = 0;
+    while start < buf.len() {
+        let end = core::cmp::min(start + CHUNK, buf.len());
+        if start > 0 {
+            seg.verb_start = start as u32;
         }
-        let out = st.step(buf[pos], pos as u32, &mut seg, env);
-        apply(buf, &out, &mut on_event)?;
-        pos += 1;
+        let mut pos = start;
+        while pos < end {
+            if fast {
+                let chunk = &buf[start..end];
+                let at = (pos - start) as u32;
+                let to = st.skip_ahead(chunk, at, chunk.len() as u32);
+                if to != at {
+                    pos = start + to as usize;
+                    continue;
+                }
+            }
+            let out = st.step(buf[pos], pos as u32, &mut seg, env);
+            apply(buf, &out, on_event)?;
+            pos += 1;
+        }
+        let out = st.end_segment(end as u32, &seg, env);
+        apply(buf, &out, on_event)?;
+        start = end;
     }
-    let out = st.end_segment(buf.len() as u32, &seg, env);
-    apply(buf, &out, &mut on_event)
+    Ok(())
 }
 
 fn apply(buf: &mut [u8], out: &Out, on_event: &mut impl FnMut(&Out)) -> Result<(), Held> {

@@ -1,35 +1,98 @@
-//! Packet access: the only place that deals with the verifier's rules for
-//! reading the frame. Everything above it reads like ordinary Rust.
+//! Bounds the verifier can follow. Every trick the kernel code plays to get
+//! past the verifier lives here, and is explained here once; the rest of the
+//! crate reads like ordinary Rust.
+//!
+//! The verifier tracks the range of every register on its own, and refuses a
+//! memory access it cannot prove in bounds. Three idioms keep its proofs
+//! within reach:
+//!
+//! - **An opaque read, then the check or mask** ([`opaque`], [`bounded`]).
+//!   LLVM drops a range check it can prove redundant, or folds a mask into a
+//!   later comparison; the verifier, which does not reason like LLVM, then
+//!   sees an unbounded register ("R4 min value is negative, either use
+//!   unsigned or 'var &= const'"). Reading the value back through
+//!   `read_volatile`, a load LLVM may not see through, keeps the check or the
+//!   mask that follows it in the program.
+//! - **Index masking** ([`masked`]): an index into an array of power-of-two
+//!   length is masked with the length minus one, so every access is in
+//!   bounds whatever the verifier knows about the index; callers keep the
+//!   index below the length anyway, so the mask changes nothing.
+//! - **Buffers twice as long as used**: a copy into or out of a buffer
+//!   starts at one bounded offset and has another bounded length; the
+//!   verifier cannot relate the two, so their sum must fit: the payload
+//!   buffer and the header copy of the work area are twice their largest
+//!   use.
+//!
+//! Direct packet access goes through [`ptr_at`] only (bounded offset,
+//! checked against the end of the linear part); payload bytes are copied
+//! with the load/store helpers instead (`packet.rs`), which also reach the
+//! fragments of a multi-buffer frame.
 
 use core::mem;
 
-use crate::pkt::Packet;
+use inspector_common::scan::{Words, CHUNK};
 
 /// Largest header offset the parser reads at; beyond it a read fails (the
-/// packet counts as malformed). Offsets are also masked with it so that the
-/// verifier sees a bounded packet-pointer offset.
+/// packet counts as malformed).
 pub const MAX_HDR_OFF: usize = 0x0fff;
 
-/// A pointer to a `T` at `off` bytes into the frame, if the whole `T` lies
-/// inside the linear part of the frame.
+/// `v`, read back so that LLVM cannot carry what it knows about it into
+/// the checks that follow (see the module documentation).
 #[inline(always)]
-pub fn ptr_at<P: Packet, T>(ctx: &P, off: usize) -> Option<*const T> {
-    // `read_volatile` keeps LLVM from folding the mask into the later
-    // comparison (which the verifier then cannot follow).
+pub fn opaque<T: Copy>(v: T) -> T {
+    // SAFETY: `&v` is a valid, aligned reference to a local.
+    unsafe { core::ptr::read_volatile(&v) }
+}
+
+/// `v & mask`, with the mask kept in the program (see [`opaque`]).
+#[inline(always)]
+pub fn bounded(v: usize, mask: usize) -> usize {
+    opaque(v) & mask
+}
+
+/// `i` masked into an array of `len` elements, `len` a power of two.
+#[inline(always)]
+pub const fn masked(i: usize, len: usize) -> usize {
+    i & (len - 1)
+}
+
+/// A pointer to a `T` at `off` bytes into the linear part of a frame that
+/// spans `[data, data_end)`, if the whole `T` lies inside it.
+#[inline(always)]
+pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*const T> {
     if off > MAX_HDR_OFF {
         return None;
     }
-    let off = unsafe { core::ptr::read_volatile(&off) } & MAX_HDR_OFF;
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + mem::size_of::<T>() > end {
+    let off = bounded(off, MAX_HDR_OFF);
+    if data + off + mem::size_of::<T>() > data_end {
         return None;
     }
-    Some((start + off) as *const T)
+    Some((data + off) as *const T)
 }
 
-/// Reads a `T` (a plain-old-data header) at `off`.
+/// The payload buffer of the work area (see `workarea.rs`): a chunk of
+/// `CHUNK` bytes at its start, twice as long for the verifier's sake.
+pub type PayloadBytes = [u8; 2 * CHUNK];
+
+/// The byte at offset `i` of the chunk.
 #[inline(always)]
-pub fn read<P: Packet, T: Copy>(ctx: &P, off: usize) -> Option<T> {
-    ptr_at::<P, T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
+pub fn chunk_byte(buf: &PayloadBytes, i: u32) -> u8 {
+    buf[masked(i as usize, CHUNK)]
+}
+
+/// The payload buffer as the word-at-a-time fast paths of
+/// `inspector_common::scan` read it.
+pub struct ChunkWords<'a>(pub &'a PayloadBytes);
+
+impl Words for ChunkWords<'_> {
+    /// The aligned little-endian word at offset `at` (a multiple of 8
+    /// below `CHUNK`, which the mask leaves as it is).
+    #[inline(always)]
+    fn word(&self, at: u32) -> u64 {
+        let i = at as usize & (CHUNK - 8);
+        // SAFETY: `i + 8 <= CHUNK` is inside the buffer, and `i` is a
+        // multiple of 8 from its start, which is 8-aligned (the first field
+        // of the work area, a map value).
+        u64::from_le(unsafe { (self.0.as_ptr().add(i) as *const u64).read() })
+    }
 }

@@ -1,7 +1,6 @@
-//! Incremental TCP checksum update (RFC 1624), and recognising a checksum
-//! field that only holds the pseudo-header sum (CHECKSUM_PARTIAL).
-
-use crate::headers::Tcp;
+//! Checksum arithmetic: the incremental update of RFC 1624 and the
+//! pseudo-header sum, which also recognises a checksum field that only holds
+//! it (CHECKSUM_PARTIAL).
 
 /// Folds a 32-bit ones'-complement sum into 16 bits.
 #[inline(always)]
@@ -19,20 +18,24 @@ pub fn update(check: u16, acc: u32) -> u16 {
     !fold(sum)
 }
 
-/// The value a CHECKSUM_PARTIAL packet carries in its checksum field: the
-/// folded (not inverted) pseudo-header sum, as `tcp_v4_send_check` and
-/// `tcp_v6_send_check` leave it for the device to complete.
-///
-/// A complete checksum equals it by chance once in 65536 packets; such a
-/// masked packet keeps a stale checksum, the receiver drops it, and the
-/// sender's retransmission (with new timestamps) goes through.
+/// What the change of byte `old` to `new` at payload offset `pos` adds to an
+/// [`update`] accumulator. The payload starts at an even offset from the
+/// TCP header, so an even payload offset is the high byte of a word.
 #[inline(always)]
-pub fn pseudo_header(tcp: &Tcp) -> u16 {
-    pseudo(&tcp.src, &tcp.dst, tcp.is_v6, tcp.tcp_len)
+pub fn byte_change(pos: u32, old: u8, new: u8) -> u32 {
+    let shift = if pos & 1 == 0 { 8 } else { 0 };
+    (!((old as u32) << shift) & 0xffff) + ((new as u32) << shift)
 }
 
 /// The folded pseudo-header sum of a TCP segment of `tcp_len` bytes. The
 /// sum does not depend on the order of the addresses.
+///
+/// It is also the value a CHECKSUM_PARTIAL packet carries in its checksum
+/// field (folded, not inverted), as `tcp_v4_send_check` and
+/// `tcp_v6_send_check` leave it for the device to complete. A complete
+/// checksum equals it by chance once in 65536 packets; such a masked packet
+/// keeps a stale checksum, the receiver drops it, and the sender's
+/// retransmission (with new timestamps) goes through.
 #[inline(always)]
 pub fn pseudo(src: &[u8; 16], dst: &[u8; 16], is_v6: bool, tcp_len: usize) -> u16 {
     let mut sum: u32 = 0;

@@ -3,7 +3,7 @@
 //! Each step checks the bytes it reads against the end of the frame and the
 //! lengths the headers claim; anything inconsistent is `Malformed`.
 
-use crate::{access::read, pkt::Packet};
+use crate::{csum, packet::Packet};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -54,10 +54,19 @@ pub struct Tcp {
     pub tcp_len: usize,
 }
 
+impl Tcp {
+    /// The segment's pseudo-header sum (see [`csum::pseudo`]).
+    #[inline(always)]
+    pub fn pseudo_sum(&self) -> u16 {
+        csum::pseudo(&self.src, &self.dst, self.is_v6, self.tcp_len)
+    }
+}
+
 /// Source and destination port of a TCP header at `off`, if present.
 #[inline(always)]
 fn ports_at<P: Packet>(ctx: &P, off: usize) -> Option<(u16, u16)> {
-    read::<P, [u8; 4]>(ctx, off).map(|p| (be16([p[0], p[1]]), be16([p[2], p[3]])))
+    ctx.read::<[u8; 4]>(off)
+        .map(|p| (be16([p[0], p[1]]), be16([p[2], p[3]])))
 }
 
 #[inline(always)]
@@ -69,7 +78,7 @@ fn be16(b: [u8; 2]) -> u16 {
 #[inline(always)]
 pub fn parse<P: Packet>(ctx: &P, out: &mut Tcp) -> Parsed {
     // Destination and source MAC, then the first EtherType.
-    let Some(mut proto) = read::<P, [u8; 2]>(ctx, 12).map(be16) else {
+    let Some(mut proto) = ctx.read::<[u8; 2]>(12).map(be16) else {
         return Parsed::Malformed;
     };
     let mut off = 14usize;
@@ -78,7 +87,7 @@ pub fn parse<P: Packet>(ctx: &P, out: &mut Tcp) -> Parsed {
             break;
         }
         // TCI (2 bytes) then the inner EtherType.
-        let Some(inner) = read::<P, [u8; 2]>(ctx, off + 2).map(be16) else {
+        let Some(inner) = ctx.read::<[u8; 2]>(off + 2).map(be16) else {
             return Parsed::Malformed;
         };
         proto = inner;
@@ -93,7 +102,7 @@ pub fn parse<P: Packet>(ctx: &P, out: &mut Tcp) -> Parsed {
 
 #[inline(always)]
 fn parse_ipv4<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
-    let Some(h) = read::<P, [u8; 20]>(ctx, off) else {
+    let Some(h) = ctx.read::<[u8; 20]>(off) else {
         return Parsed::Malformed;
     };
     if h[0] >> 4 != 4 {
@@ -131,15 +140,15 @@ const V4_MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 
 
 #[inline(always)]
 fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
-    let Some(h) = read::<P, [u8; 8]>(ctx, off) else {
+    let Some(h) = ctx.read::<[u8; 8]>(off) else {
         return Parsed::Malformed;
     };
     if h[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
     let (Some(src), Some(dst)) = (
-        read::<P, [u8; 16]>(ctx, off + 8),
-        read::<P, [u8; 16]>(ctx, off + 24),
+        ctx.read::<[u8; 16]>(off + 8),
+        ctx.read::<[u8; 16]>(off + 24),
     ) else {
         return Parsed::Malformed;
     };
@@ -155,7 +164,7 @@ fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
             IPPROTO_TCP => return parse_tcp(ctx, off, remaining, out),
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
-                let Some(e) = read::<P, [u8; 2]>(ctx, off) else {
+                let Some(e) = ctx.read::<[u8; 2]>(off) else {
                     return Parsed::Malformed;
                 };
                 next = e[0];
@@ -163,7 +172,7 @@ fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
             }
             // Fragment header: next header, reserved, offset and flags.
             44 => {
-                let Some(e) = read::<P, [u8; 4]>(ctx, off) else {
+                let Some(e) = ctx.read::<[u8; 4]>(off) else {
                     return Parsed::Malformed;
                 };
                 let first = be16([e[2], e[3]]) >> 3 == 0;
@@ -176,7 +185,7 @@ fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
             }
             // Authentication header: (len + 2) * 4 bytes.
             51 => {
-                let Some(e) = read::<P, [u8; 2]>(ctx, off) else {
+                let Some(e) = ctx.read::<[u8; 2]>(off) else {
                     return Parsed::Malformed;
                 };
                 next = e[0];
@@ -201,7 +210,7 @@ fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
 /// IP header states it.
 #[inline(always)]
 fn parse_tcp<P: Packet>(ctx: &P, off: usize, ip_payload: usize, out: &mut Tcp) -> Parsed {
-    let Some(h) = read::<P, [u8; 20]>(ctx, off) else {
+    let Some(h) = ctx.read::<[u8; 20]>(off) else {
         return Parsed::Malformed;
     };
     let doff = ((h[12] >> 4) as usize) * 4;

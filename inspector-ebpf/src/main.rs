@@ -1,8 +1,25 @@
-//! The inspector's kernel programs.
+//! The inspector's kernel programs: `inspector_xdp` and `inspector_tc`,
+//! which parse SMTP on the inspected ports and mask disallowed command verbs
+//! in place. With the `bench` feature, the object also holds the baselines
+//! of `cargo xtask bench` (`bench.rs`); the object `inspector` embeds does
+//! not.
 //!
-//! Kept thin: parse the headers, decide whether the flow is inspected, count,
-//! and (in later stages) hand the payload to the shared SMTP parser in
-//! `inspector-common`.
+//! The data path, top to bottom:
+//!
+//! - `main.rs`: the entry points; header parsing and the port check decide
+//!   whether a packet is inspected (IP fragments are decided here);
+//! - `headers.rs`: Ethernet, VLAN, IPv4, IPv6 and TCP headers, read through
+//!   `packet.rs` (XDP frames and socket buffers behind one trait), whose
+//!   bounds come from `access.rs`, where every verifier workaround lives;
+//! - `segment.rs`: the per-segment decision for each direction (in order,
+//!   retransmitted, out of order; pass, drop, reset), on the flow entry that
+//!   `flow.rs` finds, creates and keeps (one half per direction);
+//! - `stream.rs`: runs the shared parser of `inspector-common` over the
+//!   payload, chunk by chunk, from `bpf_loop` callbacks;
+//! - `mask.rs`: writes the masks into the packet and fixes the checksum
+//!   (`csum.rs`); `rst.rs` turns a segment into a RST;
+//! - `report.rs`: counters and events; `maps.rs`: the maps;
+//!   `workarea.rs`: the per-CPU work area all of this runs in.
 #![no_std]
 #![no_main]
 // Map keys and values are passed by reference on purpose: by value they
@@ -10,13 +27,19 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod access;
+#[cfg(feature = "bench")]
+mod bench;
 mod csum;
+mod flow;
 mod headers;
-mod inspect;
 mod maps;
-mod pkt;
+mod mask;
+mod packet;
+mod report;
 mod rst;
-mod scratch;
+mod segment;
+mod stream;
+mod workarea;
 
 use aya_ebpf::{
     macros::{classifier, xdp},
@@ -27,9 +50,12 @@ use inspector_common::{
     counters::Counter,
 };
 
-use crate::headers::Parsed;
-use crate::maps::{config, count, port_inspected};
-use crate::pkt::Packet;
+use crate::{
+    headers::Parsed,
+    maps::{config, port_inspected, work_area},
+    packet::Packet,
+    report::count,
+};
 
 /// XDP entry point: every frame of the interface passes through here.
 /// Multi-buffer aware (`xdp.frags`): a veth or a NIC may hand it frames of
@@ -48,32 +74,6 @@ pub fn inspector_tc(ctx: TcContext) -> i32 {
     run(&ctx) as i32
 }
 
-/// Benchmark baseline (`cargo xtask bench`): an XDP program that only passes
-/// (multi-buffer aware, like `inspector_xdp`). Never attached by `inspector`.
-#[xdp(frags)]
-pub fn bench_pass(_ctx: XdpContext) -> u32 {
-    aya_ebpf::bindings::xdp_action::XDP_PASS
-}
-
-/// Benchmark baseline: the same header parsing as `inspector_xdp`, up to the
-/// TCP header, then pass. The per-packet cost of the inspector on non-SMTP
-/// traffic is measured against it. Never attached by `inspector`.
-#[xdp(frags)]
-pub fn bench_parse(ctx: XdpContext) -> u32 {
-    let Some(s) = scratch::get() else {
-        return aya_ebpf::bindings::xdp_action::XDP_PASS;
-    };
-    // The parse writes the headers into map memory, which keeps it from
-    // being optimised away; the verdict depends on it like the real one.
-    match headers::parse(&ctx, &mut s.tcp) {
-        Parsed::Malformed => {
-            count(Counter::Malformed);
-            aya_ebpf::bindings::xdp_action::XDP_PASS
-        }
-        _ => aya_ebpf::bindings::xdp_action::XDP_PASS,
-    }
-}
-
 /// Parse the headers, decide whether the flow is inspected, inspect.
 #[inline(always)]
 fn run<P: Packet>(ctx: &P) -> u32 {
@@ -81,16 +81,16 @@ fn run<P: Packet>(ctx: &P) -> u32 {
         return P::PASS;
     }
     count(Counter::PacketsSeen);
-    let Some(s) = scratch::get() else {
+    let Some(w) = work_area() else {
         return P::PASS;
     };
-    match headers::parse(ctx, &mut s.tcp) {
+    match headers::parse(ctx, &mut w.packet.tcp) {
         Parsed::Tcp => {
-            let client_side = port_inspected(s.tcp.dst_port);
-            if !client_side && !port_inspected(s.tcp.src_port) {
+            let client_side = port_inspected(w.packet.tcp.dst_port);
+            if !client_side && !port_inspected(w.packet.tcp.src_port) {
                 return P::PASS;
             }
-            inspect::segment(ctx, client_side)
+            segment::inspect(ctx, client_side)
         }
         Parsed::Fragment(ports) => {
             count(Counter::Fragments);

@@ -1,6 +1,6 @@
-//! Map definitions and small helpers around them. `inspector attach` pins
-//! every map under its pin dir, where `inspector stats` and the other
-//! subcommands find them.
+//! The maps, and small readers of the configuration maps. `inspector attach`
+//! pins every map but the work area under its pin dir, where `inspector
+//! stats` and the other subcommands find them.
 
 use aya_ebpf::{
     macros::map,
@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use inspector_common::{
     config::Config,
-    counters::{Counter, COUNTER_COUNT},
+    counters::COUNTER_COUNT,
     events::EVENTS_BYTES,
     flow::{Flow, FlowKey, DEFAULT_MAX_FLOWS},
     policy::POLICY_ENTRIES,
@@ -16,15 +16,15 @@ use inspector_common::{
     verbs::{PolicyEntry, VerbKey, VERB_SLOTS},
 };
 
-use crate::scratch::Scratch;
+use crate::workarea::{self, WorkArea};
 
-/// Global counters, one `u64` per CPU per [`Counter`].
+/// Global counters, one `u64` per CPU per `Counter` (see `report.rs`).
 #[map(name = "INSPECTOR_COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
 /// Per-verb counters: slot `2 * verb_id` seen, `2 * verb_id + 1` masked.
 #[map(name = "INSPECTOR_VERBS")]
-static VERB_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VERB_SLOTS * 2, 0);
+pub static VERB_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VERB_SLOTS * 2, 0);
 
 /// Bitmap of inspected server ports (see `inspector_common::ports`).
 #[map(name = "INSPECTOR_PORTS")]
@@ -34,8 +34,9 @@ static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map(name = "INSPECTOR_POLICY")]
 pub static POLICY: HashMap<VerbKey, PolicyEntry> = HashMap::with_max_entries(POLICY_ENTRIES, 0);
 
-/// Flow table. LRU: under pressure the least recently used flow is evicted,
-/// and its later packets count as midstream (passed or dropped by config).
+/// Flow table (see `flow.rs`). LRU: under pressure the least recently used
+/// flow is evicted, and its later packets count as midstream (passed or
+/// dropped by config).
 #[map(name = "INSPECTOR_FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
@@ -47,30 +48,19 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "INSPECTOR_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
-/// Per-CPU work area: the payload copy and the parser context, too big for
-/// the 512-byte BPF stack.
-#[map(name = "INSPECTOR_SCRATCH")]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// The per-CPU work area (see `workarea.rs`): too big for the 512-byte BPF
+/// stack.
+#[map(name = "INSPECTOR_WORK")]
+static WORK_AREA: PerCpuArray<WorkArea> = PerCpuArray::with_max_entries(1, 0);
 
+/// This CPU's work area.
 #[inline(always)]
-pub fn count_n(c: Counter, n: u64) {
-    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
-        // This CPU's own slot: no other writer, no atomic needed.
-        unsafe { *p += n };
-    }
-}
-
-#[inline(always)]
-pub fn count(c: Counter) {
-    count_n(c, 1)
-}
-
-#[inline(always)]
-pub fn count_verb(verb_id: u8, masked: bool) {
-    let slot = (verb_id as u32) * 2 + masked as u32;
-    if let Some(p) = VERB_COUNTERS.get_ptr_mut(slot) {
-        unsafe { *p += 1 };
-    }
+pub fn work_area() -> Option<&'static mut WorkArea> {
+    let p = WORK_AREA.get_ptr_mut(0)?;
+    // SAFETY: this CPU's entry; a reference an earlier call made is not
+    // used after this one (`run` lets go of its own before it calls
+    // `segment::inspect`, which takes it again).
+    unsafe { workarea::borrow(p) }
 }
 
 #[inline(always)]
@@ -82,6 +72,7 @@ pub fn port_inspected(port: u16) -> bool {
     }
 }
 
+/// The `CFG_*` flags of the configuration.
 #[inline(always)]
 pub fn config() -> u32 {
     match CONFIG.get(0) {

@@ -1,4 +1,5 @@
-//! Resetting a flow the inspector cannot normalise (SPEC 5's last resort).
+//! Resetting a flow the inspector cannot normalise (the last resort of
+//! docs/contract.md §5).
 //!
 //! The first time, the client's segment becomes a bare RST|ACK to the
 //! server at the segment's own sequence number, which the server expects,
@@ -7,38 +8,48 @@
 //! came in on, so the client stops at its next retransmission instead of
 //! retrying for minutes.
 //!
-//! The headers are edited in the scratch area (plain indexed Rust, copied in
-//! and out with the load/store helpers), not through packet pointers.
+//! The headers are edited in the work area's header copy (plain indexed
+//! Rust, every index masked into it, see `access.rs`), copied in and out
+//! with the load/store helpers, not through packet pointers.
 
-use crate::{csum, pkt::Packet, scratch::Scratch};
+use crate::{
+    access::{bounded, masked},
+    csum,
+    packet::Packet,
+    workarea::{WorkArea, HDR_MAX},
+};
 
 const RST_ACK: u8 = 0x14;
-/// Headers longer than this (many IPv6 extension headers) are not
-/// rewritten; the segment is dropped instead.
-pub const HDR_MAX: usize = 256;
-const M: usize = HDR_MAX - 1;
 
+type Hdr = [u8; 2 * HDR_MAX];
+
+/// Index `at` of the header copy.
 #[inline(always)]
-fn get16(h: &[u8; 2 * HDR_MAX], at: usize) -> u16 {
-    u16::from_be_bytes([h[at & M], h[(at + 1) & M]])
+fn ix(at: usize) -> usize {
+    masked(at, HDR_MAX)
 }
 
 #[inline(always)]
-fn put16(h: &mut [u8; 2 * HDR_MAX], at: usize, v: u16) {
+fn get16(h: &Hdr, at: usize) -> u16 {
+    u16::from_be_bytes([h[ix(at)], h[ix(at + 1)]])
+}
+
+#[inline(always)]
+fn put16(h: &mut Hdr, at: usize, v: u16) {
     let b = v.to_be_bytes();
-    h[at & M] = b[0];
-    h[(at + 1) & M] = b[1];
+    h[ix(at)] = b[0];
+    h[ix(at + 1)] = b[1];
 }
 
 #[inline(always)]
-fn swap(h: &mut [u8; 2 * HDR_MAX], a: usize, b: usize, n: usize) {
+fn swap(h: &mut Hdr, a: usize, b: usize, n: usize) {
     for i in 0..16 {
         if i >= n {
             break;
         }
-        let (x, y) = (h[(a + i) & M], h[(b + i) & M]);
-        h[(a + i) & M] = y;
-        h[(b + i) & M] = x;
+        let (x, y) = (h[ix(a + i)], h[ix(b + i)]);
+        h[ix(a + i)] = y;
+        h[ix(b + i)] = x;
     }
 }
 
@@ -46,20 +57,20 @@ fn swap(h: &mut [u8; 2 * HDR_MAX], a: usize, b: usize, n: usize) {
 /// (`toward_client` false: the caller passes it on) or back to the client
 /// (the caller bounces it). False if it could not be done.
 #[inline(always)]
-pub fn rewrite<P: Packet>(p: &P, s: &mut Scratch, toward_client: bool) -> bool {
-    let Scratch { tcp: t, hdr: h, .. } = s;
+pub fn rewrite<P: Packet>(p: &P, w: &mut WorkArea, toward_client: bool) -> bool {
+    let (t, h) = (&w.packet.tcp, &mut w.hdr);
     let hlen = t.payload_off;
     if hlen >= HDR_MAX || t.l4_off + 20 > hlen {
         return false;
     }
-    let n = unsafe { core::ptr::read_volatile(&hlen) } & M;
+    let n = bounded(hlen, HDR_MAX - 1);
     if n == 0 || !p.load(0, h.as_mut_ptr(), n as u32) {
         return false;
     }
     let (l3, l4) = (t.l3_off, t.l4_off);
     // A locally sent packet whose checksum the device completes keeps a
     // pseudo-header sum; a turned-around one gets no offload: full sum.
-    let partial = !toward_client && get16(h, l4 + 16) == csum::pseudo_header(t);
+    let partial = !toward_client && get16(h, l4 + 16) == t.pseudo_sum();
     if toward_client {
         let seq = (get16(h, l4 + 4) as u32) << 16 | get16(h, l4 + 6) as u32;
         let ack = (get16(h, l4 + 8) as u32) << 16 | get16(h, l4 + 10) as u32;
@@ -87,7 +98,7 @@ pub fn rewrite<P: Packet>(p: &P, s: &mut Scratch, toward_client: bool) -> bool {
             csum::update(check, (!(old as u32) & 0xffff) + new as u32),
         );
     }
-    h[(l4 + 13) & M] = RST_ACK;
+    h[ix(l4 + 13)] = RST_ACK;
     let hdr = hlen - l4;
     let pseudo = csum::pseudo(&t.src, &t.dst, t.is_v6, hdr);
     let check = if partial {

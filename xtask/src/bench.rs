@@ -64,8 +64,10 @@ fn catch_signals() -> Result<()> {
 
 /// The eBPF object the benchmark loads: the one `inspector`'s build script
 /// built (the programs `bench_pass` and `bench_parse` included).
-fn ebpf_object() -> PathBuf {
-    target_dir().join("ebpf/bpfel-unknown-none/release/inspector")
+fn ebpf_object() -> Result<PathBuf> {
+    // The object built with the `bench` feature: the production programs
+    // and the baselines, none of which the embedded object carries.
+    crate::ebpf::bench_object()
 }
 
 /// The notes every report carries: what the figures mean.
@@ -88,7 +90,7 @@ pub fn run(quick: bool) -> Result<()> {
     inspector_testkit::remove_stale_once();
 
     let started = Instant::now();
-    let object_path = ebpf_object();
+    let object_path = ebpf_object()?;
     let inspector = target_dir().join("release/inspector");
     for p in [&object_path, &inspector] {
         if !p.exists() {

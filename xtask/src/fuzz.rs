@@ -1,6 +1,8 @@
-//! `cargo xtask fuzz`: runs the `parser` fuzz target of `fuzz/` (a cargo-fuzz
-//! crate outside the workspace) with libFuzzer on the nightly toolchain,
-//! installing cargo-fuzz first if it is missing.
+//! `cargo xtask fuzz`: runs the fuzz targets of `fuzz/` (a cargo-fuzz crate
+//! outside the workspace) with libFuzzer on the nightly toolchain, installing
+//! cargo-fuzz first if it is missing: `parser` (the parser's invariants) and
+//! `fast_path` (the word-at-a-time fast paths against byte-at-a-time
+//! stepping).
 
 use std::process::Command;
 
@@ -31,17 +33,27 @@ fn ensure_cargo_fuzz() -> Result<()> {
     util::run(plain_cargo().args(["install", "cargo-fuzz", "--locked"]))
 }
 
-/// Fuzzes the shared SMTP parser for `seconds` seconds. Fails if libFuzzer
-/// finds a crash (its input is left in `fuzz/artifacts/parser/`).
+/// The fuzz targets, each run for an equal share of the time.
+const TARGETS: [&str; 2] = ["parser", "fast_path"];
+
+/// Fuzzes the shared SMTP parser for `seconds` seconds in all, split evenly
+/// between the targets. Fails if libFuzzer finds a crash (its input is left
+/// in `fuzz/artifacts/<target>/`).
 pub fn run(seconds: u64) -> Result<()> {
     ensure_cargo_fuzz()?;
     let dir = util::root().join("fuzz");
-    util::step(&format!("fuzzing the SMTP parser for {seconds} s"));
-    let mut cmd = util::nightly_cargo(&dir);
-    cmd.args(["fuzz", "run", "parser", "--"]);
-    cmd.arg(format!("-max_total_time={seconds}"));
-    if dir.join("parser.dict").exists() {
-        cmd.arg("-dict=parser.dict");
+    let each = (seconds / TARGETS.len() as u64).max(1);
+    for target in TARGETS {
+        util::step(&format!(
+            "fuzzing the SMTP parser: target {target}, {each} s"
+        ));
+        let mut cmd = util::nightly_cargo(&dir);
+        cmd.args(["fuzz", "run", target, "--"]);
+        cmd.arg(format!("-max_total_time={each}"));
+        if dir.join("parser.dict").exists() {
+            cmd.arg("-dict=parser.dict");
+        }
+        util::run(&mut cmd)?;
     }
-    util::run(&mut cmd)
+    Ok(())
 }

@@ -7,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod ebpf;
 mod fuzz;
 mod setup;
 mod util;
@@ -41,9 +42,11 @@ enum Task {
         #[arg(long)]
         filter: Option<String>,
     },
-    /// Fuzz the shared SMTP parser with cargo-fuzz (nightly, libFuzzer).
+    /// Fuzz the shared SMTP parser with cargo-fuzz (nightly, libFuzzer):
+    /// the `parser` and `fast_path` targets.
     Fuzz {
-        /// How long to fuzz, in seconds.
+        /// How long to fuzz in all, in seconds (split evenly between the
+        /// targets).
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
@@ -148,6 +151,7 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
     util::step("fuzzing the shared parser (bounded time)");
     fuzz::run(60)?;
     build()?;
+    let bench_object = ebpf::bench_object()?;
     util::step("kernel and end-to-end tests (as root, one at a time)");
     let mut cmd = util::cargo();
     cmd.args([
@@ -163,6 +167,7 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
         cmd.arg(f);
     }
     cmd.env("INSPECTOR_BIN", root.join("target/release/inspector"));
+    cmd.env("INSPECTOR_BENCH_OBJ", &bench_object);
     cmd.env("RUST_BACKTRACE", "1");
     util::run(&mut cmd)
 }

@@ -1,6 +1,7 @@
 //! In-kernel cost per packet, with BPF_PROG_TEST_RUN.
 //!
-//! The object that `build.rs` embeds in `inspector` is loaded here (maps
+//! The eBPF object built with the `bench` feature (the one `inspector`
+//! embeds plus the two baselines, `crate::ebpf`) is loaded here (maps
 //! configured as `inspector attach` configures them: ports 25 and 587, the
 //! default verb policy, the default or the monitor configuration), and three
 //! XDP programs of it run on the same frames: `bench_pass` (returns

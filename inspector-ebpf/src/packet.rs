@@ -13,8 +13,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use crate::{access::ptr_at, csum, headers::Tcp, maps::count};
-use inspector_common::counters::Counter;
+use crate::{access::ptr_at, csum};
 
 pub trait Packet {
     /// Start and end of the directly readable (linear) part.
@@ -25,13 +24,16 @@ pub trait Packet {
     /// Cuts the packet to `len` bytes (every packet pointer is invalid
     /// afterwards).
     fn trim_to(&self, len: u32) -> bool;
-    /// Copies `len` bytes at `off` into `dst`.
+    /// Copies `len` bytes at `off` into `dst`, which must have room for them.
     fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool;
     /// Writes `len` bytes from `src` at `off`.
     fn store(&self, off: u32, src: *mut u8, len: u32) -> bool;
     /// Applies `acc`, the ones'-complement sum of (~old + new) over every
-    /// changed payload word, to the TCP checksum.
-    fn fix_checksum(&self, tcp: &Tcp, acc: u32);
+    /// changed payload word, to the checksum of the TCP header at `l4_off`,
+    /// whose pseudo-header sum is `pseudo`. False if the checksum was left
+    /// to the sender's offload instead (an XDP frame whose field only holds
+    /// the pseudo-header sum).
+    fn fix_checksum(&self, l4_off: usize, pseudo: u16, acc: u32) -> bool;
     /// The raw context pointer, and the context back from it (to reach the
     /// packet from a `bpf_loop` callback).
     fn raw(&self) -> *mut core::ffi::c_void;
@@ -51,6 +53,15 @@ pub trait Packet {
     /// The program's return codes.
     const PASS: u32;
     const DROP: u32;
+
+    /// Reads a `T` (a plain-old-data header) at `off` of the linear part.
+    #[inline(always)]
+    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        let p = ptr_at::<T>(self.data(), self.data_end(), off)?;
+        // SAFETY: `ptr_at` checked that the whole `T` lies inside the
+        // linear part of the frame; headers are read unaligned.
+        Some(unsafe { p.read_unaligned() })
+    }
 }
 
 impl Packet for XdpContext {
@@ -73,38 +84,46 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn total_len(&self) -> usize {
         // The linear part and every fragment of a multi-buffer frame.
+        // SAFETY: `self.ctx` is this invocation's xdp_md.
         unsafe { bpf_xdp_get_buff_len(self.ctx) as usize }
     }
     #[inline(always)]
     fn trim_to(&self, len: u32) -> bool {
         let delta = len as i64 - self.total_len() as i64;
+        // SAFETY: as in `total_len`; the caller holds no packet pointer.
         delta <= 0 && unsafe { bpf_xdp_adjust_tail(self.ctx, delta as i32) } == 0
     }
     #[inline(always)]
     fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: the caller gives `dst` room for `len` bytes; the helper
+        // checks `off` and `len` against the frame.
         unsafe { bpf_xdp_load_bytes(self.ctx, off, dst as *mut _, len) == 0 }
     }
     #[inline(always)]
     fn store(&self, off: u32, src: *mut u8, len: u32) -> bool {
+        // SAFETY: as in `load`, with `src` holding `len` bytes.
         unsafe { bpf_xdp_store_bytes(self.ctx, off, src as *mut _, len) == 0 }
     }
     #[inline(always)]
-    fn fix_checksum(&self, tcp: &Tcp, acc: u32) {
-        let Some(p) = ptr_at::<_, [u8; 2]>(self, tcp.l4_off + 16) else {
-            return;
+    fn fix_checksum(&self, l4_off: usize, pseudo: u16, acc: u32) -> bool {
+        let Some(p) = ptr_at::<[u8; 2]>(self.data(), self.data_end(), l4_off + 16) else {
+            return true;
         };
         let p = p as *mut [u8; 2];
+        // SAFETY: `ptr_at` checked that the two bytes of the checksum field
+        // lie inside the linear part; XDP may write the frame.
         let check = u16::from_be_bytes(unsafe { *p });
-        if check == csum::pseudo_header(tcp) {
+        if check == pseudo {
             // CHECKSUM_PARTIAL (a locally sent packet, as on veth with
             // offloads on): the field only holds the pseudo-header sum, and
             // whoever sends the packet on computes the real checksum over the
             // payload as it is now. Updating the field would corrupt it.
-            count(Counter::ChecksumPartial);
-            return;
+            return false;
         }
         let new = csum::update(check, acc);
+        // SAFETY: as above.
         unsafe { *p = new.to_be_bytes() };
+        true
     }
     #[inline(always)]
     fn seen_on_ingress(&self) -> bool {
@@ -144,10 +163,14 @@ impl Packet for TcContext {
     }
     #[inline(always)]
     fn trim_to(&self, len: u32) -> bool {
+        // SAFETY: `self.skb.skb` is this invocation's __sk_buff; the caller
+        // holds no packet pointer.
         unsafe { bpf_skb_change_tail(self.skb.skb, len, 0) == 0 }
     }
     #[inline(always)]
     fn load(&self, off: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: the caller gives `dst` room for `len` bytes; the helper
+        // checks `off` and `len` against the skb.
         unsafe { bpf_skb_load_bytes(self.skb.skb as *const _, off, dst as *mut _, len) == 0 }
     }
     #[inline(always)]
@@ -155,31 +178,37 @@ impl Packet for TcContext {
         // No BPF_F_RECOMPUTE_CSUM: the checksum field is changed by exactly
         // the opposite of the payload change, so the sum over the segment,
         // which a CHECKSUM_COMPLETE skb->csum holds, stays the same.
+        // SAFETY: as in `load`, with `src` holding `len` bytes.
         unsafe { bpf_skb_store_bytes(self.skb.skb, off, src as *const _, len, 0) == 0 }
     }
     #[inline(always)]
-    fn fix_checksum(&self, tcp: &Tcp, acc: u32) {
+    fn fix_checksum(&self, l4_off: usize, _pseudo: u16, acc: u32) -> bool {
         // Size 0: `to` is a precomputed difference. The kernel applies it to
         // a complete checksum and leaves a CHECKSUM_PARTIAL one alone.
         // `acc` sums big-endian word values; the kernel adds the difference
         // to the field as it sits in memory, in network byte order.
         let diff = csum::fold(acc).to_be() as u64;
+        // SAFETY: `self.skb.skb` is this invocation's __sk_buff; the helper
+        // checks the offset.
         unsafe {
-            bpf_l4_csum_replace(self.skb.skb, (tcp.l4_off + 16) as u32, 0, diff, 0);
+            bpf_l4_csum_replace(self.skb.skb, (l4_off + 16) as u32, 0, diff, 0);
         }
+        true
     }
     #[inline(always)]
     fn seen_on_ingress(&self) -> bool {
         // ingress_ifindex is 0 for locally generated packets, and equals
         // ifindex on ingress; anything else is a forwarded packet leaving.
+        // SAFETY: `self.skb.skb` points to this invocation's __sk_buff,
+        // whose fields the program may read.
         let (ingress, ifindex) =
             unsafe { ((*self.skb.skb).ingress_ifindex, (*self.skb.skb).ifindex) };
         ingress != 0 && ingress != ifindex
     }
     #[inline(always)]
     fn bounce(&self) -> u32 {
-        let ifindex = unsafe { (*self.skb.skb).ifindex };
-        unsafe { bpf_redirect(ifindex, 0) as u32 }
+        // SAFETY: as in `seen_on_ingress`; `bpf_redirect` takes plain values.
+        unsafe { bpf_redirect((*self.skb.skb).ifindex, 0) as u32 }
     }
     const MAX_CHUNKS: u32 = 16;
     const PASS: u32 = TC_ACT_OK as u32;

@@ -1,0 +1,326 @@
+//! The per-segment decision: which segments of an inspected flow are
+//! parsed, from which parser state, and what becomes of them (pass, masked
+//! or not; drop; reset), for each direction.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use inspector_common::{
+    config::{CFG_MIDSTREAM_DROP, CFG_MONITOR},
+    counters::Counter,
+    events::{kind, reason},
+    flow::{classify, expected_after, SegClass, DIR_RESET, DIR_SYNCED},
+    smtp::cstate,
+    verbs::OTHER,
+};
+
+use crate::{
+    flow::{self, ClientSide, ServerSide, ACK, SYN},
+    maps::{config, work_area},
+    mask,
+    packet::Packet,
+    report::{count, count_n, send},
+    rst, stream,
+    workarea::WorkArea,
+};
+
+/// Largest payload inspected: a 64 KiB GSO/GRO packet fits.
+const MAX_PAYLOAD: u32 = 65536;
+
+enum Verdict {
+    Pass,
+    Drop(Counter),
+    /// Turn the segment into a RST to the server and stop the flow.
+    Reset,
+    /// The flow was reset: answer the client's segment with a RST.
+    ResetClient,
+}
+
+/// Inspects one TCP segment of an inspected port, whose headers the entry
+/// point left in the work area. Returns the program's verdict. Not inlined:
+/// a BPF subprogram whose arguments are the same whatever path header
+/// parsing took (see `PacketInfo::tcp`).
+#[inline(never)]
+pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
+    let Some(w) = work_area() else {
+        return P::PASS;
+    };
+    // Read the header fields once; the flow key is built in place, since
+    // the BPF stack is small.
+    let t = &w.packet.tcp;
+    let (flags, seq, ack, payload_len) = (t.flags, t.seq, t.ack, t.payload_len as u32);
+    let payload_off = t.payload_off;
+    let key = &mut w.packet.key;
+    if client_side {
+        key.client = t.src;
+        key.server = t.dst;
+        key.client_port = t.src_port;
+        key.server_port = t.dst_port;
+    } else {
+        key.client = t.dst;
+        key.server = t.src;
+        key.client_port = t.dst_port;
+        key.server_port = t.src_port;
+    }
+    w.packet.seq = seq;
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cfg = config();
+    let monitor = cfg & CFG_MONITOR != 0;
+    w.packet.monitor = monitor as u32;
+
+    if client_side && flags & (SYN | ACK) == SYN {
+        flow::create(w, seq, now);
+    }
+    let Some(entry) = flow::lookup(&w.packet.key) else {
+        return midstream::<P>(w, payload_len, cfg, monitor);
+    };
+    let (cur, peer) = entry.cursors(client_side);
+    flow::track(cur, peer, flags, seq, ack, now, !client_side);
+    if payload_len == 0 {
+        return P::PASS;
+    }
+    if cur.flags & DIR_SYNCED == 0 {
+        return midstream::<P>(w, payload_len, cfg, monitor);
+    }
+    count(Counter::PacketsInspected);
+    count_n(Counter::BytesInspected, payload_len as u64);
+    if payload_len > MAX_PAYLOAD {
+        // Larger than any TSO/GRO packet; never pass what was not read.
+        return drop::<P>(monitor);
+    }
+    let seq = if flags & SYN != 0 {
+        seq.wrapping_add(1)
+    } else {
+        seq
+    };
+    stream::begin(w, seq, payload_off as u32);
+    let verdict = if client_side {
+        client(ctx, &mut entry.client(), w, seq, payload_len)
+    } else {
+        server(ctx, &mut entry.server(), w, seq, payload_len)
+    };
+    let verdict = match verdict {
+        Verdict::Pass if w.masks.overflow != 0 => Verdict::Drop(Counter::MaskOverflowDrops),
+        Verdict::Pass if w.packet.load_failed != 0 => Verdict::Drop(Counter::Malformed),
+        v => v,
+    };
+    match verdict {
+        Verdict::Pass => {
+            if w.masks.masked_bytes != 0 && !monitor {
+                mask::fix_checksum(ctx, w);
+            }
+            P::PASS
+        }
+        Verdict::Drop(c) => {
+            if c != Counter::Dropped {
+                count(c);
+            }
+            send(w, kind::DROPPED, reason_of(c), OTHER);
+            drop::<P>(monitor)
+        }
+        Verdict::Reset => {
+            count(Counter::FlowsReset);
+            send(w, kind::RESET, reason::BYTES_BEFORE_REPLY, OTHER);
+            if monitor {
+                return P::PASS;
+            }
+            if rst::rewrite(ctx, w, false) {
+                P::PASS
+            } else {
+                drop::<P>(monitor)
+            }
+        }
+        Verdict::ResetClient => {
+            // The server has its RST; the client learns at its next segment
+            // (its retransmission) instead of retrying for minutes.
+            count(Counter::Dropped);
+            send(w, kind::RESET, reason::FLOW_RESET, OTHER);
+            if rst::rewrite(ctx, w, true) {
+                ctx.bounce()
+            } else {
+                P::DROP
+            }
+        }
+    }
+}
+
+/// The event reason of a drop counter.
+#[inline(always)]
+fn reason_of(c: Counter) -> u8 {
+    match c {
+        Counter::OutOfOrderDrops => reason::OUT_OF_ORDER,
+        Counter::RetransConflicts => reason::CONFLICT,
+        Counter::RetransUnverifiable => reason::UNVERIFIABLE,
+        Counter::AwaitingReplyDrops => reason::AWAITING_REPLY,
+        Counter::MaskOverflowDrops => reason::TOO_MANY_MASKS,
+        Counter::Midstream => reason::MIDSTREAM,
+        Counter::Dropped => reason::FLOW_RESET,
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn drop<P: Packet>(monitor: bool) -> u32 {
+    if monitor {
+        return P::PASS;
+    }
+    count(Counter::Dropped);
+    P::DROP
+}
+
+/// Payload of a flow whose start was not seen: passed, or dropped if so
+/// configured (docs/contract.md §6).
+#[inline(always)]
+fn midstream<P: Packet>(w: &WorkArea, payload_len: u32, cfg: u32, monitor: bool) -> u32 {
+    if payload_len == 0 {
+        return P::PASS;
+    }
+    count(Counter::Midstream);
+    send(w, kind::MIDSTREAM, reason::MIDSTREAM, OTHER);
+    if cfg & CFG_MIDSTREAM_DROP != 0 {
+        return drop::<P>(monitor);
+    }
+    P::PASS
+}
+
+/// A client segment: parsed in order, re-inspected if it is a
+/// retransmission, dropped if it leaves a gap.
+#[inline(always)]
+fn client<P: Packet>(
+    ctx: &P,
+    side: &mut ClientSide<'_>,
+    w: &mut WorkArea,
+    seq: u32,
+    len: u32,
+) -> Verdict {
+    let peer_acked = side.peer_acked();
+    if side.own.cur.flags & DIR_RESET != 0 {
+        return Verdict::ResetClient;
+    }
+    if side.own.state.state == cstate::OPAQUE {
+        return Verdict::Pass;
+    }
+    w.parser.shared = side.shared();
+    let own = &mut *side.own;
+    match classify(seq, len, &own.cur, peer_acked) {
+        SegClass::InOrder => {
+            w.parser.client = own.state;
+            stream::run_client(ctx, w, 0, len);
+            if w.parser.held != 0 {
+                if own.state.state != cstate::AWAIT_GATE {
+                    // The command that opened the gate is in this very
+                    // segment, with bytes after it: the server cannot get
+                    // the command without them, and they cannot be judged
+                    // before its reply. No retransmission can fix that.
+                    if w.packet.monitor == 0 {
+                        side.mark_reset();
+                    }
+                    return Verdict::Reset;
+                }
+                return Verdict::Drop(Counter::AwaitingReplyDrops);
+            }
+            own.ckpts.record(seq, &own.state);
+            own.state = w.parser.client;
+            own.cur.next_seq = seq.wrapping_add(len);
+            side.publish(&w.parser.client);
+            Verdict::Pass
+        }
+        SegClass::Old { overlap } => {
+            // Re-inspect the bytes seen before from the checkpoint at the
+            // segment's start: same bytes, same masks. If the parser does not
+            // end where it ended the first time, the bytes differ in a way
+            // that matters.
+            let Some(i) = own.ckpts.find(seq) else {
+                return Verdict::Drop(Counter::RetransUnverifiable);
+            };
+            w.parser.client = own.ckpts.at(i);
+            w.parser.report = 0;
+            let seen = len.min(overlap);
+            stream::run_client(ctx, w, 0, seen);
+            match expected_after(seq, len, overlap, &own.state, &own.ckpts) {
+                None => return Verdict::Drop(Counter::RetransUnverifiable),
+                Some(e) if w.parser.held != 0 || w.parser.client != e => {
+                    return Verdict::Drop(Counter::RetransConflicts)
+                }
+                _ => {}
+            }
+            count(Counter::RetransReinspected);
+            if len > overlap {
+                w.parser.report = 1;
+                w.parser.seg.verb_start = overlap;
+                stream::run_client(ctx, w, overlap, len);
+                if w.parser.held != 0 {
+                    return Verdict::Drop(Counter::AwaitingReplyDrops);
+                }
+                own.ckpts.record(seq.wrapping_add(overlap), &own.state);
+                own.state = w.parser.client;
+                own.cur.next_seq = seq.wrapping_add(len);
+                side.publish(&w.parser.client);
+            }
+            Verdict::Pass
+        }
+        SegClass::Acked => {
+            count(Counter::RetransAcked);
+            Verdict::Pass
+        }
+        SegClass::Future => Verdict::Drop(Counter::OutOfOrderDrops),
+    }
+}
+
+/// A server segment: the same, for replies.
+#[inline(always)]
+fn server<P: Packet>(
+    ctx: &P,
+    side: &mut ServerSide<'_>,
+    w: &mut WorkArea,
+    seq: u32,
+    len: u32,
+) -> Verdict {
+    let peer_acked = side.peer_acked();
+    if side.own.state.opaque() {
+        return Verdict::Pass;
+    }
+    w.parser.shared = side.shared();
+    let own = &mut *side.own;
+    match classify(seq, len, &own.cur, peer_acked) {
+        SegClass::InOrder => {
+            w.parser.server = own.state;
+            stream::run_server(ctx, w, 0, len);
+            own.ckpts.record(seq, &own.state);
+            own.state = w.parser.server;
+            own.cur.next_seq = seq.wrapping_add(len);
+            side.publish(&w.parser.shared);
+            Verdict::Pass
+        }
+        SegClass::Old { overlap } => {
+            let Some(i) = own.ckpts.find(seq) else {
+                return Verdict::Drop(Counter::RetransUnverifiable);
+            };
+            w.parser.server = own.ckpts.at(i);
+            let seen = len.min(overlap);
+            stream::run_server(ctx, w, 0, seen);
+            match expected_after(seq, len, overlap, &own.state, &own.ckpts) {
+                None => return Verdict::Drop(Counter::RetransUnverifiable),
+                Some(e) if w.parser.server != e => return Verdict::Drop(Counter::RetransConflicts),
+                _ => {}
+            }
+            count(Counter::RetransReinspected);
+            if len > overlap {
+                // What was re-published while re-inspecting is what the
+                // flow already has; start the new bytes from the flow's view.
+                w.parser.shared = side.shared();
+                stream::run_server(ctx, w, overlap, len);
+                let own = &mut *side.own;
+                own.ckpts.record(seq.wrapping_add(overlap), &own.state);
+                own.state = w.parser.server;
+                own.cur.next_seq = seq.wrapping_add(len);
+                side.publish(&w.parser.shared);
+            }
+            Verdict::Pass
+        }
+        SegClass::Acked => {
+            count(Counter::RetransAcked);
+            Verdict::Pass
+        }
+        SegClass::Future => Verdict::Drop(Counter::OutOfOrderDrops),
+    }
+}

@@ -1,0 +1,279 @@
+//! The stream driver: runs the shared parser of `inspector-common` over a
+//! segment's payload.
+//!
+//! The payload is copied into the work area's buffer one chunk of `BUF`
+//! bytes at a time and parsed from `bpf_loop` callbacks: the verifier checks
+//! a callback once instead of walking every path of a 1500-iteration loop
+//! (which it cannot). Two levels: a callback per chunk (load, parse, decide
+//! an open verb at the chunk's end, mask), which runs a callback per step
+//! (a word-at-a-time fast path of `inspector_common::scan` if one applies,
+//! else one byte through the state machine). `inspector_common::smtp::
+//! feed_client` drives the same calls in the same order for the userspace
+//! tests.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::bpf_loop;
+use inspector_common::{
+    smtp::{act, Env, Out, Seg},
+    verbs::{PolicyEntry, VerbKey},
+};
+
+use crate::{
+    access::{chunk_byte, opaque, ChunkWords},
+    maps::POLICY,
+    mask,
+    packet::Packet,
+    report,
+    workarea::{borrow, for_each, from_ctx, Callback, WorkArea, BUF},
+};
+
+/// The kernel's view of the parser environment: the live policy map and the
+/// snapshot of the words the server direction published.
+struct KernelEnv<'a> {
+    shared: &'a inspector_common::smtp::Shared,
+}
+
+impl Env for KernelEnv<'_> {
+    #[inline(always)]
+    fn policy(&self, key: VerbKey) -> Option<PolicyEntry> {
+        // SAFETY: the value is copied out at once; a concurrent update of
+        // the entry by userspace can only make it read old or new flags.
+        unsafe { POLICY.get(&key).copied() }
+    }
+    #[inline(always)]
+    fn gate_reply(&self, unit: u32) -> Option<u16> {
+        self.shared.gate_reply(unit)
+    }
+    #[inline(always)]
+    fn chunking(&self) -> bool {
+        self.shared.chunking != 0
+    }
+}
+
+/// Resets the per-segment fields before a segment is parsed.
+#[inline(always)]
+pub fn begin(w: &mut WorkArea, seq: u32, payload_off: u32) {
+    w.packet.seq = seq;
+    w.packet.payload_off = payload_off;
+    w.packet.load_failed = 0;
+    w.parser.held = 0;
+    w.parser.report = 1;
+    w.parser.seg = Seg::default();
+    w.masks.csum_acc = 0;
+    w.masks.n = 0;
+    w.masks.overflow = 0;
+    w.masks.masked_bytes = 0;
+}
+
+/// Parses client bytes `[from, to)` of the segment, masking in the packet.
+/// A segment larger than the buffer (TC sees GSO packets) is parsed in
+/// chunks, each handled like a segment of its own: a verb cut by a chunk
+/// boundary is decided as if TCP had cut it there.
+#[inline(always)]
+pub fn run_client<P: Packet>(p: &P, w: &mut WorkArea, from: u32, to: u32) {
+    if from < to {
+        chunks(p, w, from, to, client_chunk::<P>);
+    }
+}
+
+/// Parses server bytes `[from, to)` of the segment.
+#[inline(always)]
+pub fn run_server<P: Packet>(p: &P, w: &mut WorkArea, from: u32, to: u32) {
+    if from < to {
+        chunks(p, w, from, to, server_chunk::<P>);
+    }
+}
+
+/// What a chunk callback needs: the work area and the packet, both by
+/// pointer from the caller's stack, and the range to parse.
+#[repr(C)]
+struct ChunkCtx {
+    w: *mut WorkArea,
+    pkt: *mut c_void,
+    from: u32,
+    to: u32,
+}
+
+/// Runs `cb` over the chunks of `[from, to)`.
+#[inline(always)]
+fn chunks<P: Packet>(p: &P, w: &mut WorkArea, from: u32, to: u32, cb: Callback) {
+    w.parser.next_chunk = from;
+    let mut c = ChunkCtx {
+        w: &mut *w,
+        pkt: p.raw(),
+        from,
+        to,
+    };
+    // SAFETY: `c` outlives the call; the callback reaches the work area
+    // through `c.w` (made from `w`, see `workarea::for_each`) while this
+    // function waits.
+    unsafe {
+        bpf_loop(
+            P::MAX_CHUNKS,
+            cb as *mut c_void,
+            &mut c as *mut ChunkCtx as *mut c_void,
+            0,
+        );
+    }
+    if w.parser.next_chunk < to && w.parser.held == 0 {
+        // More than MAX_CHUNKS buffers: never pass what was not read.
+        w.packet.load_failed = 1;
+    }
+}
+
+/// Loads the next chunk of a `chunks` run into the buffer. Returns the
+/// work area, the packet, the chunk's start and the run's start; `None`
+/// once the run is over (or held, or a load failed).
+///
+/// # Safety
+/// `ctx` is the `ChunkCtx` that `chunks` passed to `bpf_loop`.
+#[inline(always)]
+unsafe fn next_chunk<'a, P: Packet>(ctx: *mut c_void) -> Option<(&'a mut WorkArea, P, u32, u32)> {
+    // SAFETY: see the function's contract; `c.w` and `c.pkt` come from
+    // `chunks`' own `&mut WorkArea` and packet.
+    let (c, w, p) = unsafe {
+        let c = &*(ctx as *const ChunkCtx);
+        (c, borrow(c.w)?, P::from_raw(c.pkt))
+    };
+    let start = w.parser.next_chunk;
+    // A server run never holds; the check only ends client runs.
+    if start >= c.to || w.parser.held != 0 || w.packet.load_failed != 0 {
+        return None;
+    }
+    if !load_chunk(&p, w, start, c.to) {
+        return None;
+    }
+    Some((w, p, start, c.from))
+}
+
+/// Loads segment bytes `[from, min(from + BUF, to))` into the buffer.
+#[inline(always)]
+fn load_chunk<P: Packet>(p: &P, w: &mut WorkArea, from: u32, to: u32) -> bool {
+    let mut n = to - from;
+    if n > BUF as u32 {
+        n = BUF as u32;
+    }
+    // The verifier must see 0 < n <= BUF (`access.rs`).
+    let n = opaque(n) as usize;
+    if n == 0 || n > BUF {
+        return false;
+    }
+    w.parser.base = from;
+    w.parser.pos = from;
+    w.parser.end = from + n as u32;
+    if !p.load(
+        w.packet.payload_off + from,
+        w.payload.as_mut_ptr(),
+        n as u32,
+    ) {
+        w.packet.load_failed = 1;
+        return false;
+    }
+    true
+}
+
+/// One buffer-sized chunk of client bytes per call: load it, parse it (an
+/// inner `bpf_loop`), decide an open verb at its end, write the masks back.
+/// Running the chunks from a `bpf_loop` too means the verifier checks the
+/// parser callback once per call site, not once per chunk.
+unsafe extern "C" fn client_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `chunks` runs this callback with its `ChunkCtx`.
+    let Some((w, p, start, from)) = (unsafe { next_chunk::<P>(ctx) }) else {
+        return 1;
+    };
+    if start > from {
+        w.parser.seg.verb_start = start;
+    }
+    for_each(w.parser.end - w.parser.pos, client_step, w);
+    if w.parser.held != 0 {
+        return 1;
+    }
+    let env = KernelEnv {
+        shared: &w.parser.shared,
+    };
+    let out = w
+        .parser
+        .client
+        .end_segment(w.parser.end, &w.parser.seg, &env);
+    handle(w, &out);
+    mask::apply(&p, w);
+    w.parser.next_chunk = w.parser.end;
+    0
+}
+
+/// One chunk of server bytes per call.
+unsafe extern "C" fn server_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `chunks` runs this callback with its `ChunkCtx`.
+    let Some((w, _, _, _)) = (unsafe { next_chunk::<P>(ctx) }) else {
+        return 1;
+    };
+    for_each(w.parser.end - w.parser.pos, server_step, w);
+    w.parser.next_chunk = w.parser.end;
+    0
+}
+
+/// One client step per call: a fast path over several bytes if one
+/// applies, else one byte through the state machine (the order
+/// `feed_client` follows too).
+unsafe extern "C" fn client_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `client_chunk` runs this callback through `for_each`.
+    let Some(w) = (unsafe { from_ctx(ctx) }) else {
+        return 1;
+    };
+    let s = &mut w.parser;
+    if s.pos >= s.end {
+        return 1;
+    }
+    let at = s.pos - s.base;
+    let to = s
+        .client
+        .skip_ahead(&ChunkWords(&w.payload), at, s.end - s.base);
+    if to != at {
+        s.pos = s.base + to;
+        return 0;
+    }
+    let b = chunk_byte(&w.payload, at);
+    let env = KernelEnv { shared: &s.shared };
+    let out = s.client.step(b, s.pos, &mut s.seg, &env);
+    handle(w, &out);
+    if w.parser.held != 0 {
+        return 1;
+    }
+    w.parser.pos += 1;
+    0
+}
+
+/// One server byte per call.
+unsafe extern "C" fn server_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `server_chunk` runs this callback through `for_each`.
+    let Some(w) = (unsafe { from_ctx(ctx) }) else {
+        return 1;
+    };
+    let s = &mut w.parser;
+    if s.pos >= s.end {
+        return 1;
+    }
+    let b = chunk_byte(&w.payload, s.pos - s.base);
+    let out = s.server.step(b, s.shared.client_gate);
+    s.shared.publish_server(&out);
+    s.pos += 1;
+    0
+}
+
+/// What a client step's result means for the segment: hold it, record a
+/// span to mask, count (unless re-inspecting).
+#[inline(always)]
+fn handle(w: &mut WorkArea, out: &Out) {
+    match out.act {
+        act::HOLD => {
+            w.parser.held = 1;
+            return;
+        }
+        act::MASK => mask::add(&mut w.masks, out.mask_from, out.mask_to),
+        _ => {}
+    }
+    if w.parser.report != 0 {
+        report::parser_event(w, out);
+    }
+}
