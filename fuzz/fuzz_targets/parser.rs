@@ -31,6 +31,13 @@
 //!   the same result, bytes, events and state.
 //!
 //! A held segment is discarded, as the kernel does.
+//!
+//! Server segments go through `feed_server`, which masks the keywords of
+//! denied commands in replies to EHLO (docs/contract.md §10). Checked: the
+//! output has the input's length; every changed byte is `X` and was a
+//! keyword character (letter, digit, `-`, `_`) of a reply line's text;
+//! re-feeding the segment from the saved state gives the same bytes, state
+//! and published words.
 
 #![no_main]
 
@@ -40,7 +47,7 @@ use inspector_common::{
         act, cstate, feed_client, feed_server, gate, is_space, ClientState, Env, Held, Out,
         ServerState, Shared,
     },
-    verbs::{key_of, PolicyEntry, VerbKey},
+    verbs::{is_verb_char, key_of, PolicyEntry, VerbKey},
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -54,7 +61,7 @@ const REPLIES: [&[u8]; 32] = [
     b"220 mx ESMTP\r\n",
     b"220-mx\r\n220 ESMTP\r\n",
     b"250 ok\r\n",
-    b"250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n",
+    b"250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-StartTLS\r\n250-XFORWARD NAME\r\n250 8BITMIME\r\n",
     b"250-mx\r\n250 CHUNKING\r\n",
     b"354 go ahead\r\n",
     b"334 VXNlcm5hbWU6\r\n",
@@ -257,6 +264,28 @@ fn client_segment(st: &mut ClientState, seg: &[u8], env: &View) {
     *st = after;
 }
 
+/// A server segment through `feed_server`, checked against a
+/// retransmission of it from the saved state.
+fn server_segment(st: &mut ServerState, seg: &[u8], shared: &mut Shared, keys: &[VerbKey]) {
+    let policy = |k| entry_for(keys, k);
+    let (before, shared_before) = (*st, *shared);
+    let mut out = seg.to_vec();
+    feed_server(st, &mut out, shared, &policy, |_| {});
+    assert_eq!(out.len(), seg.len());
+    for (i, (&a, &b)) in seg.iter().zip(&out).enumerate() {
+        if a != b {
+            assert_eq!(b, b'X', "server byte {i} changed to {b:#x}");
+            assert!(is_verb_char(a), "server byte {i} ({a:#x}) masked");
+        }
+    }
+    let (mut st2, mut shared2) = (before, shared_before);
+    let mut out2 = seg.to_vec();
+    feed_server(&mut st2, &mut out2, &mut shared2, &policy, |_| {});
+    assert_eq!(out2, out, "server retransmission masked differently");
+    assert_eq!(st2, *st);
+    assert_eq!(shared2, *shared);
+}
+
 fuzz_target!(|data: &[u8]| {
     if data.len() < 6 {
         return;
@@ -271,7 +300,12 @@ fuzz_target!(|data: &[u8]| {
         rest = tail;
         let seg: &[u8] = match op >> 5 {
             0b110 => {
-                feed_server(&mut server, REPLIES[(op & 0x1f) as usize], &mut shared);
+                server_segment(
+                    &mut server,
+                    REPLIES[(op & 0x1f) as usize],
+                    &mut shared,
+                    &policies[which],
+                );
                 continue;
             }
             0b111 => COMMANDS[(op & 0x1f) as usize],
@@ -280,7 +314,7 @@ fuzz_target!(|data: &[u8]| {
                 let (seg, tail) = rest.split_at(n);
                 rest = tail;
                 if op & 0x80 != 0 {
-                    feed_server(&mut server, seg, &mut shared);
+                    server_segment(&mut server, seg, &mut shared, &policies[which]);
                     continue;
                 }
                 if op & 0x40 != 0 {

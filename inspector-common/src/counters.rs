@@ -91,6 +91,10 @@ counters! {
     ChecksumPartial => "checksum_partial",
     /// Segments dropped by the inspector, for any of the reasons above.
     Dropped => "dropped",
+    /// Keywords masked in the server's replies to EHLO, because the policy denies their command (CHUNKING for BDAT, STARTTLS...).
+    EhloKeywordsMasked => "ehlo_keywords_masked",
+    /// Flows reset because a BDAT command was masked: its chunk would have reached the server as commands (also counted in flows_reset).
+    BdatResets => "bdat_resets",
 }
 
 /// Number of counters (size of the counter map).

@@ -17,6 +17,9 @@ pub mod kind {
     pub const MIDSTREAM: u8 = 3;
     /// A flow was reset (its segment turned into a RST to the server).
     pub const RESET: u8 = 4;
+    /// A keyword of the server's reply to EHLO was masked (`verb` holds
+    /// the keyword's first bytes).
+    pub const KEYWORD_MASKED: u8 = 5;
 }
 
 /// Why a segment was dropped (`Event::reason`).
@@ -32,6 +35,8 @@ pub mod reason {
     pub const BYTES_BEFORE_REPLY: u8 = 8;
     /// The flow was reset by the inspector earlier.
     pub const FLOW_RESET: u8 = 9;
+    /// A BDAT command was masked: its chunk must not reach the server.
+    pub const BDAT_MASKED: u8 = 10;
 }
 
 #[repr(C)]

@@ -105,6 +105,11 @@ pub struct ClientState {
     /// AWAIT_GATE: which [`gate`] kind.
     pub gate_kind: u8,
     pub _pad: [u8; 2],
+    /// Unit number of the last allowed EHLO (0: none yet), published as
+    /// [`Shared::client_ehlo`] so that the server direction knows which
+    /// reply answers it.
+    pub ehlo_unit: u32,
+    pub _pad2: u32,
 }
 
 /// State of the reply (server to client) direction. Written only by the
@@ -123,11 +128,26 @@ pub struct ServerState {
     pub state: u8,
     /// Code digits seen on this line.
     pub digits: u8,
-    /// Length of the first word of the text, with `WORD_DONE` once it ended.
+    /// Length of the first word of the text (saturating at `MAX_VERB + 1`),
+    /// with `WORD_DONE` once it ended.
     pub text_len: u8,
     /// 1 once the greeting (the first reply) is complete.
     pub greeted: u8,
-    pub _pad: [u8; 2],
+    /// Lines of the current reply completed so far (saturating).
+    pub lines: u8,
+    /// Whether the first word of this line is an EHLO keyword being
+    /// filtered: one of [`kw`].
+    pub kw: u8,
+}
+
+/// `ServerState::kw`: the keyword of a line of the reply to EHLO.
+pub mod kw {
+    /// Not an EHLO keyword line, or its keyword is decided and kept.
+    pub const OFF: u8 = 0;
+    /// In a keyword not decided yet.
+    pub const OPEN: u8 = 1;
+    /// In a keyword that is masked: every further keyword byte too.
+    pub const MASKED: u8 = 2;
 }
 
 mod sstate {
@@ -155,8 +175,13 @@ pub struct Shared {
     /// `unit`, in slot `unit % GATE_SLOTS` (older gates stay readable for
     /// re-inspection of a retransmitted segment).
     pub gate_replies: [u64; GATE_SLOTS],
-    /// Server-written: 1 if the server advertised CHUNKING.
+    /// Server-written: 1 if the last reply to EHLO showed the client
+    /// CHUNKING (not masked).
     pub chunking: u64,
+    /// Client-written: the unit number of the last allowed EHLO, so that
+    /// the server direction knows which reply to filter (replies answer
+    /// commands in order: reply `n` after the greeting answers unit `n`).
+    pub client_ehlo: u64,
 }
 
 impl Shared {
@@ -220,6 +245,18 @@ pub struct Out {
     pub event: u8,
     pub verb_id: u8,
     pub masked: u8,
+}
+
+impl Out {
+    /// Whether this step masked a BDAT command, which means the flow must
+    /// be reset (docs/contract.md §10): a BDAT is followed at once by its
+    /// chunk, without waiting for a reply, and the server, which answers
+    /// the masked verb with 500, would read the chunk (mail content,
+    /// written by anyone) as commands.
+    #[inline(always)]
+    pub fn resets_flow(&self) -> bool {
+        self.event == event::COMMAND && self.masked != 0 && self.verb_id == id::BDAT
+    }
 }
 
 /// Per-segment context of the client parser (not part of the flow state).
@@ -315,6 +352,17 @@ impl ClientState {
     #[inline(always)]
     pub fn at_line_start(&self) -> bool {
         self.sub == body::BOL
+    }
+
+    /// The [`Shared::client_ehlo`] word this state publishes, once an
+    /// allowed EHLO was sent.
+    #[inline(always)]
+    pub fn ehlo_word(&self) -> Option<u64> {
+        if self.ehlo_unit != 0 {
+            Some(self.ehlo_unit as u64)
+        } else {
+            None
+        }
     }
 
     /// The [`Shared::client_gate`] word this state publishes: the gate it
@@ -444,8 +492,13 @@ impl ClientState {
     #[inline(always)]
     fn end_verb<E: Env>(&mut self, b: u8, pos: u32, seg: &Seg, env: &E, out: &mut Out) {
         let entry = env.policy(self.verb);
+        // The verb's counter slot, if its key holds all of it (a byte no
+        // verb has, such as NUL, does not enter the key: `BD\0AT` is not
+        // BDAT).
+        let whole = self.verb_len as usize <= MAX_VERB
+            && crate::policy::key_len(self.verb) == self.verb_len as usize;
         self.verb_id = match entry {
-            Some(e) if self.verb_len as usize <= MAX_VERB => e.verb_id,
+            Some(e) if whole => e.verb_id,
             _ => crate::verbs::OTHER,
         };
         let allowed = self.state == cstate::VERB
@@ -513,6 +566,8 @@ impl ClientState {
             return;
         }
         match self.verb_id {
+            // Its reply is the one the server direction filters.
+            id::EHLO => self.ehlo_unit = self.units,
             id::DATA => self.start_gate(gate::DATA),
             id::AUTH => self.start_gate(gate::AUTH),
             id::STARTTLS => self.start_gate(gate::STARTTLS),
@@ -652,20 +707,141 @@ pub struct ServerOut {
     pub reply_code: u16,
     /// 1 if this reply completed (reply_unit/code valid).
     pub reply_done: u8,
-    /// 1 if a CHUNKING line was seen.
+    /// What the client was shown of CHUNKING: [`CHUNKING_SHOWN`] when a
+    /// reply to EHLO showed it, [`CHUNKING_NEW_EHLO`] when a reply to EHLO
+    /// starts (what earlier replies showed no longer holds).
     pub chunking: u8,
     /// 1 if the flow became opaque (STARTTLS accepted).
     pub opaque: u8,
+    /// [`act::MASK`]: mask `[mask_from, mask_to)` of this segment.
+    pub act: u8,
+    /// 1 if an EHLO keyword was decided masked by this step (once per
+    /// keyword).
+    pub keyword_masked: u8,
+    pub mask_from: u32,
+    pub mask_to: u32,
 }
+
+/// [`ServerOut::chunking`]: a reply to EHLO showed CHUNKING.
+pub const CHUNKING_SHOWN: u8 = 1;
+/// [`ServerOut::chunking`]: a reply to EHLO starts.
+pub const CHUNKING_NEW_EHLO: u8 = 2;
 
 /// `ServerState::text_len` bit: the first word of the text has ended.
 const WORD_DONE: u8 = 0x80;
 
 /// `CHUNKING` as a key.
-const CHUNKING: VerbKey = match crate::verbs::key_of(b"CHUNKING") {
-    Some(k) => k,
-    None => 0,
+const CHUNKING: VerbKey = const_key(b"CHUNKING");
+/// `BDAT` as a key.
+const BDAT: VerbKey = const_key(b"BDAT");
+
+const fn const_key(text: &[u8]) -> VerbKey {
+    match crate::verbs::key_of(text) {
+        Some(k) => k,
+        None => 0,
+    }
+}
+
+/// EHLO keywords that name no command (RFC 1870, 2920, 6152, 3461, 2034,
+/// 6531, 3030, 2852, 8689, 6710, 9422...): they always pass. The parser
+/// only needs them to decide a keyword cut by a segment boundary (see
+/// [`ServerState::end_segment`]): a prefix of one of these is kept.
+pub const COMMANDLESS_KEYWORDS: &[&str] = &[
+    "SIZE",
+    "PIPELINING",
+    "8BITMIME",
+    "DSN",
+    "ENHANCEDSTATUSCODES",
+    "SMTPUTF8",
+    "BINARYMIME",
+    "DELIVERBY",
+    "REQUIRETLS",
+    "MT-PRIORITY",
+    "LIMITS",
+    "NO-SOLICITING",
+    "FUTURERELEASE",
+    "MTRK",
+];
+
+/// The first `MAX_VERB` bytes of each of [`COMMANDLESS_KEYWORDS`] as a key,
+/// and its length.
+const COMMANDLESS: [(VerbKey, u8); COMMANDLESS_KEYWORDS.len()] = {
+    let mut t = [(0, 0); COMMANDLESS_KEYWORDS.len()];
+    let mut i = 0;
+    while i < t.len() {
+        let w = COMMANDLESS_KEYWORDS[i].as_bytes();
+        let mut key = 0;
+        let mut j = 0;
+        while j < w.len() && j < MAX_VERB {
+            key = key_push(key, j, w[j]);
+            j += 1;
+        }
+        t[i] = (key, w.len() as u8);
+        i += 1;
+    }
+    t
 };
+
+/// Whether the live policy allows verb `key`.
+#[inline(always)]
+fn allows<P: Fn(VerbKey) -> Option<PolicyEntry>>(policy: &P, key: VerbKey) -> bool {
+    policy(key).map(|e| e.flags & ALLOWED != 0).unwrap_or(false)
+}
+
+/// Whether EHLO keyword `key` (its first `MAX_VERB` bytes, upper-cased) of
+/// `len` bytes names a command the policy denies, by the table of
+/// docs/contract.md §10: CHUNKING names BDAT; a keyword that is itself a
+/// command verb (STARTTLS, AUTH, ETRN, VRFY, ATRN, XEXCH50, VERB, ONEX,
+/// XCLIENT, XFORWARD, EXPN, HELP...) names that verb; any other keyword
+/// starting with `X` names a command of its own name. Every other keyword
+/// names no command and passes.
+#[inline(always)]
+pub fn keyword_denied<P: Fn(VerbKey) -> Option<PolicyEntry>>(
+    key: VerbKey,
+    len: usize,
+    policy: &P,
+) -> bool {
+    let x = key as u8 == b'X';
+    if len > MAX_VERB {
+        // No verb is this long, so none is allowed.
+        return x;
+    }
+    if key == CHUNKING {
+        return !allows(policy, BDAT);
+    }
+    match policy(key) {
+        Some(e) if e.verb_id != crate::verbs::OTHER || x => e.flags & ALLOWED == 0,
+        _ => x,
+    }
+}
+
+/// Whether the first `len` bytes of a keyword (`key`, upper-cased) may
+/// still become a keyword that passes and that the parser knows: one of
+/// [`COMMANDLESS_KEYWORDS`], CHUNKING with BDAT allowed, or an allowed verb.
+#[inline(always)]
+fn keyword_viable<P: Fn(VerbKey) -> Option<PolicyEntry>>(
+    key: VerbKey,
+    len: usize,
+    policy: &P,
+) -> bool {
+    let mut i = 0;
+    while i < COMMANDLESS.len() {
+        let (k, l) = COMMANDLESS[i];
+        if len <= l as usize && crate::verbs::key_prefix(k, len) == key {
+            return true;
+        }
+        i += 1;
+    }
+    if len > MAX_VERB {
+        return false;
+    }
+    if crate::verbs::key_prefix(CHUNKING, len) == key && allows(policy, BDAT) {
+        return true;
+    }
+    policy(key)
+        .map(|e| e.flags & (ALLOWED | PREFIX) != 0)
+        .unwrap_or(false)
+}
 
 impl ServerState {
     /// Whether the rest of the stream is opaque.
@@ -674,23 +850,42 @@ impl ServerState {
         self.state == sstate::OPAQUE
     }
 
-    /// Parses reply byte `b`. `client_gate` is the client's published
-    /// [`Shared::client_gate`] word.
+    /// Starts a segment (the keyword span starts at its first byte).
     #[inline(always)]
-    pub fn step(&mut self, b: u8, client_gate: u64) -> ServerOut {
+    pub fn begin_segment(&self) -> Seg {
+        Seg { verb_start: 0 }
+    }
+
+    /// Parses reply byte `b` at offset `pos` of the current segment.
+    /// `shared` is the snapshot of the words the client direction
+    /// published, `policy` the live policy (for EHLO reply filtering).
+    #[inline(always)]
+    pub fn step<P: Fn(VerbKey) -> Option<PolicyEntry>>(
+        &mut self,
+        b: u8,
+        pos: u32,
+        seg: &mut Seg,
+        shared: &Shared,
+        policy: &P,
+    ) -> ServerOut {
         let mut out = ServerOut::default();
         match self.state {
             sstate::CODE => {
                 if b.is_ascii_digit() && self.digits < 3 {
                     self.code = self.code * 10 + (b - b'0') as u16;
                     self.digits += 1;
-                } else if self.digits == 3 && b == b'-' {
-                    self.state = sstate::CONT;
-                } else if self.digits == 3 && (b == b' ' || b == b'\r') {
+                } else if self.digits == 3 && (b == b'-' || b == b' ') {
+                    self.state = if b == b'-' {
+                        sstate::CONT
+                    } else {
+                        sstate::FINAL
+                    };
+                    self.start_text(shared, &mut out);
+                } else if self.digits == 3 && b == b'\r' {
                     self.state = sstate::FINAL;
                 } else if self.digits == 3 && b == b'\n' {
                     self.state = sstate::FINAL;
-                    self.end_line(client_gate, &mut out);
+                    self.end_line(shared.client_gate, &mut out);
                 } else if b == b'\n' {
                     self.new_line();
                 } else {
@@ -699,15 +894,26 @@ impl ServerState {
             }
             sstate::CONT | sstate::FINAL => {
                 if b == b'\n' {
-                    self.end_line(client_gate, &mut out);
+                    self.end_word(pos, seg, policy, &mut out);
+                    self.end_line(shared.client_gate, &mut out);
                 } else if self.text_len & WORD_DONE == 0 {
-                    // Collect the first word of the text (an EHLO keyword).
+                    // The first word of the text (an EHLO keyword).
                     let len = self.text_len as usize;
-                    if is_verb_char(b) && len <= MAX_VERB {
+                    if is_verb_char(b) {
+                        if len == 0 {
+                            seg.verb_start = pos;
+                        }
                         self.text = key_push(self.text, len, b);
-                        self.text_len += 1;
+                        if len <= MAX_VERB {
+                            self.text_len += 1;
+                        }
+                        if self.kw == kw::MASKED {
+                            out.act = act::MASK;
+                            out.mask_from = pos;
+                            out.mask_to = pos + 1;
+                        }
                     } else {
-                        self.text_len |= WORD_DONE;
+                        self.end_word(pos, seg, policy, &mut out);
                     }
                 }
             }
@@ -717,6 +923,85 @@ impl ServerState {
         out
     }
 
+    /// Called after the last byte of a segment: decides an EHLO keyword
+    /// that is still open. What was seen of it is kept if it may still
+    /// become a keyword that passes and that the parser knows; otherwise
+    /// the bytes this segment holds of it are masked, and so are the rest
+    /// of it in later segments. (An unknown keyword cut here may lose
+    /// bytes: a client ignores a keyword it does not know anyway.)
+    #[inline(always)]
+    pub fn end_segment<P: Fn(VerbKey) -> Option<PolicyEntry>>(
+        &mut self,
+        seg_len: u32,
+        seg: &Seg,
+        policy: &P,
+    ) -> ServerOut {
+        let mut out = ServerOut::default();
+        let len = self.text_len as usize;
+        if self.kw == kw::OPEN
+            && len != 0
+            && len & WORD_DONE as usize == 0
+            && !keyword_viable(self.text, len, policy)
+        {
+            self.kw = kw::MASKED;
+            out.keyword_masked = 1;
+            if seg_len > seg.verb_start {
+                out.act = act::MASK;
+                out.mask_from = seg.verb_start;
+                out.mask_to = seg_len;
+            }
+        }
+        out
+    }
+
+    /// The code and its separator of a line were read: is its first word
+    /// an EHLO keyword to filter? Every line of the reply to EHLO but the
+    /// first (which holds the server's name).
+    #[inline(always)]
+    fn start_text(&mut self, shared: &Shared, out: &mut ServerOut) {
+        let ehlo = self.greeted != 0
+            && shared.client_ehlo != 0
+            && self.replies.wrapping_add(1) as u64 == shared.client_ehlo;
+        if ehlo && self.code == 250 {
+            if self.lines == 0 {
+                out.chunking = CHUNKING_NEW_EHLO;
+            } else {
+                self.kw = kw::OPEN;
+            }
+        }
+    }
+
+    /// The first word of the text ended at `pos` (exclusive).
+    #[inline(always)]
+    fn end_word<P: Fn(VerbKey) -> Option<PolicyEntry>>(
+        &mut self,
+        pos: u32,
+        seg: &Seg,
+        policy: &P,
+        out: &mut ServerOut,
+    ) {
+        if self.text_len & WORD_DONE != 0 {
+            return;
+        }
+        let len = self.text_len as usize;
+        self.text_len |= WORD_DONE;
+        if self.kw != kw::OPEN || len == 0 {
+            self.kw = kw::OFF;
+            return;
+        }
+        self.kw = kw::OFF;
+        if keyword_denied(self.text, len, policy) {
+            out.keyword_masked = 1;
+            if pos > seg.verb_start {
+                out.act = act::MASK;
+                out.mask_from = seg.verb_start;
+                out.mask_to = pos;
+            }
+        } else if self.text == CHUNKING && len == MAX_VERB {
+            out.chunking = CHUNKING_SHOWN;
+        }
+    }
+
     #[inline(always)]
     fn new_line(&mut self) {
         self.state = sstate::CODE;
@@ -724,15 +1009,14 @@ impl ServerState {
         self.digits = 0;
         self.text = 0;
         self.text_len = 0;
+        self.kw = kw::OFF;
     }
 
     #[inline(always)]
     fn end_line(&mut self, client_gate: u64, out: &mut ServerOut) {
-        // An EHLO keyword line: "250-CHUNKING" or "250 CHUNKING".
-        if self.code == 250 && self.text == CHUNKING && self.text_len & !WORD_DONE == 8 {
-            out.chunking = 1;
-        }
+        self.lines = self.lines.saturating_add(1);
         if self.state == sstate::FINAL {
+            self.lines = 0;
             let code = self.code;
             if self.greeted == 0 {
                 self.greeted = 1;
@@ -759,8 +1043,10 @@ impl Shared {
     /// Records what a server step produced (server direction only).
     #[inline(always)]
     pub fn publish_server(&mut self, out: &ServerOut) {
-        if out.chunking != 0 {
-            self.chunking = 1;
+        match out.chunking {
+            CHUNKING_SHOWN => self.chunking = 1,
+            CHUNKING_NEW_EHLO => self.chunking = 0,
+            _ => {}
         }
         if out.reply_done != 0 && out.reply_unit == (self.client_gate >> 8) as u32 {
             self.gate_replies[(out.reply_unit as usize) % GATE_SLOTS] =
@@ -768,13 +1054,17 @@ impl Shared {
         }
     }
 
-    /// Records the client's gate after a client step (client direction only).
+    /// Records the client's gate and EHLO after a client step (client
+    /// direction only).
     #[inline(always)]
     pub fn publish_client(&mut self, st: &ClientState) {
         if let Some(word) = st.gate_word() {
             if self.client_gate != word {
                 self.client_gate = word;
             }
+        }
+        if let Some(word) = st.ehlo_word() {
+            self.client_ehlo = word;
         }
     }
 }
@@ -871,10 +1161,38 @@ fn apply(buf: &mut [u8], out: &Out, on_event: &mut impl FnMut(&Out)) -> Result<(
     Ok(())
 }
 
-/// Parses a whole server segment, publishing into `shared`.
-pub fn feed_server(st: &mut ServerState, buf: &[u8], shared: &mut Shared) {
-    for &b in buf {
-        let out = st.step(b, shared.client_gate);
-        shared.publish_server(&out);
+/// Parses a whole server segment in place (masking the EHLO keywords the
+/// policy denies), publishing into `shared`, as the kernel does: in
+/// [`CHUNK`]-byte chunks, each ended with [`ServerState::end_segment`].
+/// `policy` is the live policy; `on_step` sees every step's result.
+pub fn feed_server<P: Fn(VerbKey) -> Option<PolicyEntry>>(
+    st: &mut ServerState,
+    buf: &mut [u8],
+    shared: &mut Shared,
+    policy: &P,
+    mut on_step: impl FnMut(&ServerOut),
+) {
+    let mut seg = st.begin_segment();
+    let mut start = 0;
+    while start < buf.len() {
+        let end = core::cmp::min(start + CHUNK, buf.len());
+        if start > 0 {
+            seg.verb_start = start as u32;
+        }
+        for pos in start..end {
+            let out = st.step(buf[pos], pos as u32, &mut seg, shared, policy);
+            shared.publish_server(&out);
+            apply_server(buf, &out, &mut on_step);
+        }
+        let out = st.end_segment(end as u32, &seg, policy);
+        apply_server(buf, &out, &mut on_step);
+        start = end;
     }
+}
+
+fn apply_server(buf: &mut [u8], out: &ServerOut, on_step: &mut impl FnMut(&ServerOut)) {
+    if out.act == act::MASK {
+        buf[out.mask_from as usize..out.mask_to as usize].fill(b'X');
+    }
+    on_step(out);
 }

@@ -25,7 +25,10 @@ use std::ops::Range;
 
 use inspector_common::{
     policy::entry_for,
-    smtp::{cstate, feed_client, feed_server, ClientState, Env, Held, Out, ServerState, Shared},
+    smtp::{
+        cstate, feed_client, feed_server, ClientState, Env, Held, Out, ServerOut, ServerState,
+        Shared,
+    },
     verbs::{key_of, PolicyEntry, VerbKey, DEFAULT_ALLOWED, WELL_KNOWN},
 };
 use proptest::prelude::*;
@@ -449,12 +452,23 @@ struct GenCmd {
     allowed: bool,
 }
 
+/// An EHLO keyword as the generator wrote it (offsets in the server
+/// stream).
+#[derive(Clone, Debug)]
+struct GenKeyword {
+    at: Range<usize>,
+    denied: bool,
+}
+
 #[derive(Debug, Default)]
 struct Built {
     greeting: Vec<u8>,
     exchanges: Vec<Exchange>,
     cmds: Vec<GenCmd>,
     replies: Vec<Reply>,
+    keywords: Vec<GenKeyword>,
+    /// Denied BDAT commands: each resets the flow (the session ends there).
+    bdat_resets: usize,
 }
 
 struct Builder<'a> {
@@ -509,6 +523,25 @@ impl<'a> Builder<'a> {
 
     fn pos(&self) -> usize {
         self.base + self.cur.client.len()
+    }
+
+    /// Offset of the next server byte in the server stream.
+    fn server_pos(&self) -> usize {
+        self.out.greeting.len()
+            + self
+                .out
+                .exchanges
+                .iter()
+                .map(|e| e.server.len())
+                .sum::<usize>()
+            + self.cur.server.len()
+    }
+
+    /// A denied BDAT was sent: the inspector resets the flow.
+    fn bdat_reset(&mut self) {
+        self.out.bdat_resets += 1;
+        self.flush(false);
+        self.done = true;
     }
 
     /// Writes a command line; returns whether the verb is allowed.
@@ -572,17 +605,58 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// A reply to EHLO. The inspector masks the keywords of denied
+    /// commands, so the client sees CHUNKING only if BDAT is allowed.
     fn ehlo_reply(&mut self, alt: u8) {
         let mut lines = vec!["mx.example", "PIPELINING", "SIZE 10240000"];
         if self.supports_chunking {
             let at = 1 + alt as usize % 3;
             lines.insert(at, "CHUNKING");
-            self.advertised = true;
         }
         if alt & 4 != 0 {
             lines.push("8BITMIME");
         }
-        self.reply_lines(250, &lines, self.supports_chunking);
+        if alt & 8 != 0 {
+            lines.insert(1, "STARTTLS");
+        }
+        if alt & 16 != 0 {
+            lines.push("XFORWARD NAME ADDR");
+        }
+        if alt & 32 != 0 {
+            lines.push("AUTH=PLAIN LOGIN");
+        }
+        if alt & 64 != 0 {
+            lines.push("vrfy");
+        }
+        let lower = alt & 128 != 0;
+        let shown = self.supports_chunking && self.policy.allows(b"BDAT");
+        self.advertised = shown;
+        let mut at = self.server_pos();
+        for (i, l) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            let l = if lower && i > 0 {
+                l.to_ascii_lowercase()
+            } else {
+                l.to_string()
+            };
+            let line = format!("250{sep}{l}\r\n");
+            if i > 0 {
+                let kw = l.split([' ', '=']).next().unwrap().to_ascii_uppercase();
+                let command = if kw == "CHUNKING" { "BDAT" } else { &kw };
+                let names_command =
+                    kw == "CHUNKING" || kw.starts_with('X') || WELL_KNOWN.contains(&command);
+                self.out.keywords.push(GenKeyword {
+                    at: at + 4..at + 4 + kw.len(),
+                    denied: names_command && !self.policy.allows(command.as_bytes()),
+                });
+            }
+            at += line.len();
+            self.cur.server.extend_from_slice(line.as_bytes());
+        }
+        self.out.replies.push(Reply {
+            code: 250,
+            chunking: shown,
+        });
     }
 
     fn text_line(&mut self, t: &Text, e: Eol, in_body: bool) {
@@ -717,6 +791,7 @@ impl<'a> Builder<'a> {
                 }
                 if !self.line(b"BDAT", &shape) {
                     self.unknown(chunk.len() as u8);
+                    self.bdat_reset();
                 } else if self.advertised {
                     self.raw(chunk);
                     self.reply(250);
@@ -789,6 +864,9 @@ impl<'a> Builder<'a> {
         }
         if !self.line(&token, &shape) {
             self.unknown(alt);
+            if u == b"BDAT" {
+                self.bdat_reset();
+            }
             return;
         }
         match u.as_slice() {
@@ -1096,8 +1174,18 @@ impl Session {
         }
     }
 
-    fn server_segment(&mut self, bytes: &[u8]) {
-        feed_server(&mut self.server, bytes, &mut self.shared);
+    /// Feeds a server segment; returns it as the client receives it.
+    fn server_segment(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut buf = bytes.to_vec();
+        let keys = &self.keys;
+        feed_server(
+            &mut self.server,
+            &mut buf,
+            &mut self.shared,
+            &|k| entry_for(keys, k),
+            |_: &ServerOut| {},
+        );
+        buf
     }
 }
 
@@ -1130,6 +1218,53 @@ fn expected_output(input: &[u8], b: &Built, policy: &Policy, cuts: &BTreeSet<usi
     out
 }
 
+/// Whether the first bytes of an EHLO keyword may still become a keyword
+/// that passes and that the inspector knows: then a segment that ends there
+/// keeps them (docs/contract.md §10).
+fn keyword_viable(prefix: &[u8], policy: &Policy) -> bool {
+    const COMMANDLESS: &[&str] = &[
+        "SIZE",
+        "PIPELINING",
+        "8BITMIME",
+        "DSN",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "BINARYMIME",
+        "DELIVERBY",
+        "REQUIRETLS",
+        "MT-PRIORITY",
+        "LIMITS",
+        "NO-SOLICITING",
+        "FUTURERELEASE",
+        "MTRK",
+    ];
+    let u = upper(prefix);
+    COMMANDLESS.iter().any(|k| k.as_bytes().starts_with(&u))
+        || (b"CHUNKING".starts_with(&u) && policy.allows(b"BDAT"))
+        || policy.viable(&u)
+}
+
+/// The server stream as the client must see it: the keywords of denied
+/// commands masked, but for the part of one that a segment boundary showed
+/// while it could still become a keyword that passes.
+fn expected_server_output(
+    input: &[u8],
+    b: &Built,
+    policy: &Policy,
+    cuts: &BTreeSet<usize>,
+) -> Vec<u8> {
+    let mut out = input.to_vec();
+    for k in b.keywords.iter().filter(|k| k.denied) {
+        let kw = &input[k.at.clone()];
+        let kept = (1..=kw.len())
+            .filter(|&n| cuts.contains(&(k.at.start + n)) && keyword_viable(&kw[..n], policy))
+            .max()
+            .unwrap_or(0);
+        out[k.at.start + kept..k.at.end].fill(b'X');
+    }
+    out
+}
+
 fn show(b: &[u8]) -> String {
     String::from_utf8_lossy(b).escape_debug().to_string()
 }
@@ -1146,6 +1281,8 @@ struct Stats {
     early_held: usize,
     late_held: usize,
     partly_kept: usize,
+    keywords_masked: usize,
+    bdat_resets: usize,
 }
 
 fn check_session(s: &Script) -> Result<Stats, TestCaseError> {
@@ -1154,8 +1291,14 @@ fn check_session(s: &Script) -> Result<Stats, TestCaseError> {
     let mut sess = Session::new(s.policy.keys());
     let mut next_cut = 0;
     let mut next_early = 0;
+    let mut server_in = vec![];
+    let mut server_out = vec![];
+    let mut server_cuts = BTreeSet::new();
+    let mut resets = 0;
     for seg in cut(&built.greeting, &s.cuts, &mut next_cut) {
-        sess.server_segment(seg);
+        server_in.extend_from_slice(seg);
+        server_out.extend(sess.server_segment(seg));
+        server_cuts.insert(server_in.len());
     }
     let client_segs: Vec<Vec<&[u8]>> = built
         .exchanges
@@ -1169,6 +1312,7 @@ fn check_session(s: &Script) -> Result<Stats, TestCaseError> {
         let mut fed = vec![];
         for seg in &client_segs[i] {
             let f = sess.client_segment(seg)?;
+            resets += f.events.iter().filter(|o| o.resets_flow()).count();
             input.extend_from_slice(&f.input);
             output.extend_from_slice(&f.output);
             seg_ends.insert(input.len());
@@ -1195,7 +1339,9 @@ fn check_session(s: &Script) -> Result<Stats, TestCaseError> {
             }
         }
         for seg in cut(&ex.server, &s.cuts, &mut next_cut) {
-            sess.server_segment(seg);
+            server_in.extend_from_slice(seg);
+            server_out.extend(sess.server_segment(seg));
+            server_cuts.insert(server_in.len());
         }
         for f in &fed {
             stats.late_held += sess.refeed_late(f)? as usize;
@@ -1279,6 +1425,18 @@ fn check_session(s: &Script) -> Result<Stats, TestCaseError> {
         "masking differs from the expected one; input {}",
         show(&input)
     );
+    // The server's side: the keywords of denied commands in replies to
+    // EHLO are masked, nothing else changes.
+    let expected = expected_server_output(&server_in, &built, &s.policy, &server_cuts);
+    prop_assert_eq!(
+        show(&server_out),
+        show(&expected),
+        "server side differs from the expected one"
+    );
+    // A denied BDAT, and only that, resets the flow.
+    prop_assert_eq!(resets, built.bdat_resets, "flow resets");
+    stats.keywords_masked = built.keywords.iter().filter(|k| k.denied).count();
+    stats.bdat_resets = resets;
     stats.bytes = input.len();
     for c in [Class::Body, Class::Chunk, Class::Sasl, Class::Opaque] {
         if seen.class.contains(&c) {
@@ -1376,6 +1534,12 @@ fn generator_covers_the_interesting_cases() {
             count(&|s| s.partly_kept > 0),
             n / 20,
         ),
+        (
+            "EHLO keywords masked",
+            count(&|s| s.keywords_masked > 0),
+            n / 4,
+        ),
+        ("BDAT resets", count(&|s| s.bdat_resets > 0), n / 20),
     ] {
         println!("{k:4} with {what}");
         assert!(k >= min, "only {k} of {n} sessions with {what}");
@@ -1427,4 +1591,128 @@ fn end_of_data_with_several_crs() {
 fn denied_prefix_of_allowed_verb_split_at_its_end() {
     let out = one_shot(&["EHLO", "X-FOOBAR"], &[("X-FOO", ""), ("\r\n", "")]);
     assert_eq!(out, "XXXXX\r\n");
+}
+
+// ---------------------------------------------------------------------------
+// Replies to EHLO alone: any keywords, any case, cut anywhere.
+
+/// Keywords a reply to EHLO may hold: known ones with and without a
+/// command, X- ones, and random ones.
+fn keyword() -> impl Strategy<Value = Vec<u8>> {
+    const KNOWN: &[&str] = &[
+        "STARTTLS",
+        "CHUNKING",
+        "AUTH",
+        "ETRN",
+        "VRFY",
+        "ATRN",
+        "XEXCH50",
+        "VERB",
+        "ONEX",
+        "XCLIENT",
+        "XFORWARD",
+        "EXPN",
+        "HELP",
+        "X-EXPS",
+        "X-LINK2STATE",
+        "XUSR",
+        "SIZE",
+        "PIPELINING",
+        "8BITMIME",
+        "DSN",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "BINARYMIME",
+        "DELIVERBY",
+    ];
+    prop_oneof![
+        4 => prop::sample::select(KNOWN).prop_map(|k| k.as_bytes().to_vec()),
+        1 => prop::collection::vec(
+            prop_oneof![b'A'..=b'Z', b'0'..=b'9', Just(b'-')],
+            1..14
+        ),
+    ]
+}
+
+/// Whether a keyword names a command the policy denies (docs/contract.md
+/// §10), written from the contract's table.
+fn keyword_denied(kw: &[u8], policy: &Policy) -> bool {
+    let u = upper(kw);
+    let command: &[u8] = if u == b"CHUNKING" { b"BDAT" } else { &u };
+    let names_command =
+        u == b"CHUNKING" || u.starts_with(b"X") || WELL_KNOWN.iter().any(|v| v.as_bytes() == u);
+    names_command && !policy.allows(command)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Exactly the keywords of denied commands are masked, whatever the
+    /// segmentation and the case, except that a segment boundary may keep
+    /// the part of one seen while it could still become a known keyword
+    /// that passes, and may mask an unknown keyword it cuts where it could
+    /// not (a client ignores unknown keywords).
+    #[test]
+    fn ehlo_reply_masks_exactly_the_denied_keywords(
+        policy in policy(),
+        kws in prop::collection::vec(
+            (keyword(), any::<u64>(), prop::option::of("[ =][A-Za-z0-9 =]{0,12}")),
+            1..12,
+        ),
+        cuts in prop::collection::vec(1..40usize, 1..8),
+    ) {
+        let mut sess = Session::new(policy.keys());
+        sess.server_segment(b"220 mx ESMTP\r\n");
+        let allowed = policy.allows(b"EHLO");
+        sess.client_segment(b"EHLO client.example\r\n")?;
+        let mut reply = b"250-mx.example Hello\r\n".to_vec();
+        let mut spans = vec![];
+        for (i, (kw, case, params)) in kws.iter().enumerate() {
+            reply.extend_from_slice(if i + 1 == kws.len() { b"250 " } else { b"250-" });
+            let start = reply.len();
+            for (j, &b) in kw.iter().enumerate() {
+                let flip = (case >> (j % 64)) & 1 == 1;
+                reply.push(if flip { b.to_ascii_lowercase() } else { b });
+            }
+            spans.push((start..reply.len(), keyword_denied(kw, &policy)));
+            if let Some(p) = params {
+                reply.extend_from_slice(p.as_bytes());
+            }
+            reply.extend_from_slice(b"\r\n");
+        }
+        let mut next = 0;
+        let mut out = vec![];
+        let mut ends = BTreeSet::new();
+        for seg in cut(&reply, &cuts, &mut next) {
+            out.extend(sess.server_segment(seg));
+            ends.insert(out.len());
+        }
+        let mut expected = reply.clone();
+        if allowed {
+            for (at, denied) in &spans {
+                let kw = &reply[at.clone()];
+                let cut_here = |n: usize| ends.contains(&(at.start + n));
+                let kept = (1..=kw.len())
+                    .filter(|&n| cut_here(n) && keyword_viable(&kw[..n], &policy))
+                    .max()
+                    .unwrap_or(0);
+                let blind = (1..=kw.len()).any(|n| cut_here(n) && !keyword_viable(&kw[..n], &policy));
+                if *denied || blind {
+                    expected[at.start + kept..at.end].fill(b'X');
+                }
+            }
+        }
+        prop_assert_eq!(show(&out), show(&expected), "reply {}", show(&reply));
+        // The parser believes CHUNKING was advertised iff the client saw it.
+        let shown = out
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .any(|l| l.len() >= 12 && l[4..12].eq_ignore_ascii_case(b"CHUNKING")
+                && l.get(12).is_none_or(|&b| !b.is_ascii_alphanumeric() && b != b'-'));
+        prop_assert_eq!(sess.shared.chunking != 0, shown && allowed);
+    }
 }

@@ -60,8 +60,26 @@ impl Session {
         Ok(String::from_utf8(out).unwrap())
     }
 
-    fn server_says(&mut self, text: &str) {
-        feed_server(&mut self.server, text.as_bytes(), &mut self.shared);
+    fn server_says(&mut self, text: &str) -> String {
+        self.server_sends(&[text])
+    }
+
+    /// Server segments, as the client receives them.
+    fn server_sends(&mut self, segs: &[&str]) -> String {
+        let mut out = Vec::new();
+        for seg in segs {
+            let mut buf = seg.as_bytes().to_vec();
+            let allowed = &self.allowed;
+            feed_server(
+                &mut self.server,
+                &mut buf,
+                &mut self.shared,
+                &|k| entry_for(allowed, k),
+                |_| {},
+            );
+            out.extend_from_slice(&buf);
+        }
+        String::from_utf8(out).unwrap()
     }
 }
 
@@ -141,7 +159,10 @@ fn auth_exchange_is_not_inspected() {
 fn bdat_chunk_needs_allowed_verb_and_chunking() {
     let mut s = Session::new(&["EHLO", "BDAT", "MAIL", "RCPT"]);
     s.client_sends(&["EHLO x\r\n"]).unwrap();
-    s.server_says("250-mx\r\n250-CHUNKING\r\n250 8BITMIME\r\n");
+    assert_eq!(
+        s.server_says("250-mx\r\n250-CHUNKING\r\n250 8BITMIME\r\n"),
+        "250-mx\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
+    );
     let out = s
         .client_sends(&["BDAT 10 LAST\r\nSTARTTLS\r\nVERB\r\n"])
         .unwrap();
@@ -174,4 +195,102 @@ fn well_known_denied_verb_that_prefixes_an_allowed_one_is_masked_at_a_segment_en
     assert_eq!(s.client_sends(&["SEND", "\r\n"]).unwrap(), "XXXX\r\n");
     let mut s = Session::new(&["EHLO", "SENDX"]);
     assert_eq!(s.client_sends(&["SENDX\r\n"]).unwrap(), "SENDX\r\n");
+}
+
+/// docs/contract.md §10: the reply to EHLO loses the keywords of denied
+/// commands; the parser's view follows what the client was shown.
+#[test]
+fn ehlo_reply_keywords_of_denied_commands_are_masked() {
+    let mut s = default();
+    s.client_sends(&["EHLO x\r\n"]).unwrap();
+    let reply = "250-mx.example Hello\r\n250-PIPELINING\r\n250-SIZE 1000\r\n\
+                 250-VRFY\r\n250-ETRN\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n\
+                 250-AUTH=PLAIN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n\
+                 250-DSN\r\n250-SMTPUTF8\r\n250-xexch50\r\n250-X-EXPS GSSAPI\r\n\
+                 250-XFORWARD NAME\r\n250-X-LINK2STATE-LONG\r\n250-Verb\r\n250 chunking\r\n";
+    let shown = "250-mx.example Hello\r\n250-PIPELINING\r\n250-SIZE 1000\r\n\
+                 250-VRFY\r\n250-ETRN\r\n250-XXXXXXXX\r\n250-AUTH PLAIN LOGIN\r\n\
+                 250-AUTH=PLAIN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n\
+                 250-DSN\r\n250-SMTPUTF8\r\n250-XXXXXXX\r\n250-XXXXXX GSSAPI\r\n\
+                 250-XXXXXXXX NAME\r\n250-XXXXXXXXXXXXXXXXX\r\n250-XXXX\r\n250 XXXXXXXX\r\n";
+    assert_eq!(s.server_says(reply), shown);
+    assert_eq!(s.shared.chunking, 0, "a masked CHUNKING was not advertised");
+    // Other replies are not filtered, even with keyword-like text.
+    assert_eq!(s.client_sends(&["NOOP\r\n"]).unwrap(), "NOOP\r\n");
+    assert_eq!(
+        s.server_says("250-STARTTLS\r\n250 CHUNKING\r\n"),
+        "250-STARTTLS\r\n250 CHUNKING\r\n"
+    );
+    assert_eq!(s.shared.chunking, 0);
+}
+
+#[test]
+fn ehlo_reply_follows_the_policy() {
+    let mut s = Session::new(&["EHLO", "BDAT", "STARTTLS", "AUTH"]);
+    s.client_sends(&["EHLO x\r\n"]).unwrap();
+    let reply = "250-mx\r\n250-STARTTLS\r\n250-CHUNKING\r\n250-AUTH LOGIN\r\n250 VRFY\r\n";
+    assert_eq!(
+        s.server_says(reply),
+        "250-mx\r\n250-STARTTLS\r\n250-CHUNKING\r\n250-AUTH LOGIN\r\n250 XXXX\r\n"
+    );
+    assert_eq!(s.shared.chunking, 1);
+    // A second EHLO under another policy: what it shows is what holds.
+    s.allowed = ["EHLO", "AUTH"]
+        .iter()
+        .map(|v| key_of(v.as_bytes()).unwrap())
+        .collect();
+    s.client_sends(&["EHLO x\r\n"]).unwrap();
+    assert_eq!(
+        s.server_says(reply),
+        "250-mx\r\n250-XXXXXXXX\r\n250-XXXXXXXX\r\n250-AUTH LOGIN\r\n250 XXXX\r\n"
+    );
+    assert_eq!(s.shared.chunking, 0);
+}
+
+#[test]
+fn ehlo_reply_split_anywhere_masks_the_same() {
+    let reply = "250-mx\r\n250-SIZE 10\r\n250-CHUNKING\r\n250 STARTTLS\r\n";
+    for cut in 0..=reply.len() {
+        let mut s = default();
+        s.client_sends(&["EHLO x\r\n"]).unwrap();
+        let shown = s.server_sends(&[&reply[..cut], &reply[cut..]]);
+        // A keyword whose seen part may still become a known keyword that
+        // passes ("S" of SIZE) keeps that part.
+        let expected = match cut {
+            40 => "250-mx\r\n250-SIZE 10\r\n250-XXXXXXXX\r\n250 SXXXXXXX\r\n",
+            _ => "250-mx\r\n250-SIZE 10\r\n250-XXXXXXXX\r\n250 XXXXXXXX\r\n",
+        };
+        assert_eq!(shown, expected, "cut at {cut}");
+        assert_eq!(s.shared.chunking, 0);
+    }
+}
+
+#[test]
+fn masked_bdat_resets_the_flow() {
+    let mut s = default();
+    s.client_sends(&["EHLO x\r\n"]).unwrap();
+    s.server_says("250-mx\r\n250 CHUNKING\r\n");
+    let mut buf = b"MAIL FROM:<a@b>\r\nBD".to_vec();
+    let mut st = s.client;
+    let mut resets = 0;
+    let env = View(&s.allowed, &s.shared);
+    feed_client(&mut st, &mut buf, &env, |o| {
+        resets += o.resets_flow() as usize
+    })
+    .unwrap();
+    assert_eq!(resets, 0);
+    let mut buf = b"AT 21 LAST\r\nMAIL FROM:<x@y>\r\n".to_vec();
+    feed_client(&mut st, &mut buf, &env, |o| {
+        resets += o.resets_flow() as usize
+    })
+    .unwrap();
+    assert_eq!(resets, 1);
+    assert_eq!(buf, b"XX 21 LAST\r\nMAIL FROM:<x@y>\r\n");
+    // A masked verb other than BDAT does not.
+    let mut buf = b"VERB\r\n".to_vec();
+    feed_client(&mut st, &mut buf, &env, |o| {
+        resets += o.resets_flow() as usize
+    })
+    .unwrap();
+    assert_eq!(resets, 1);
 }

@@ -196,11 +196,15 @@ impl<Own: Half, Peer: Half> Side<'_, Own, Peer> {
     #[inline(always)]
     pub fn peer_acked(&self) -> Option<u32> {
         let cur = Peer::cursor_of(self.peer);
+        // Read whether it is valid or not: a value the `None` path leaves
+        // unwritten may be spilled to the stack, which the verifier refuses
+        // (`!read_ok`).
+        // SAFETY: as in `flags_of`.
+        let acked = unsafe { read_volatile(addr_of!((*cur).acked)) };
         if flags_of(cur) & DIR_ACKED == 0 {
             return None;
         }
-        // SAFETY: as in `flags_of`.
-        Some(unsafe { read_volatile(addr_of!((*cur).acked)) })
+        Some(acked)
     }
 
     /// Whether either direction has closed the flow (FIN or RST).
@@ -222,25 +226,32 @@ impl<Own: Half, Peer: Half> Side<'_, Own, Peer> {
                 s.gate_replies[i] = read_volatile(addr_of!((*p).gate_replies[i]));
             }
             s.chunking = read_volatile(addr_of!((*p).chunking));
+            s.client_ehlo = read_volatile(addr_of!((*p).client_ehlo));
         }
         s
     }
 }
 
 impl ClientSide<'_> {
-    /// Publishes the gate the client state waits on (`Shared::client_gate`,
-    /// written by the client direction only), if it changed.
+    /// Publishes the gate the client state waits on (`Shared::client_gate`)
+    /// and its last EHLO (`Shared::client_ehlo`), both written by the
+    /// client direction only, if they changed.
     #[inline(always)]
     pub fn publish(&self, st: &ClientState) {
-        let Some(word) = st.gate_word() else {
-            return;
-        };
-        // SAFETY: `shared` points into a live flow entry; one aligned u64,
-        // written by this direction only.
+        // SAFETY: `shared` points into a live flow entry; each field is one
+        // aligned u64, written by this direction only.
         unsafe {
-            let p = addr_of_mut!((*self.shared).client_gate);
-            if read_volatile(p) != word {
-                write_volatile(p, word);
+            if let Some(word) = st.gate_word() {
+                let p = addr_of_mut!((*self.shared).client_gate);
+                if read_volatile(p) != word {
+                    write_volatile(p, word);
+                }
+            }
+            if let Some(word) = st.ehlo_word() {
+                let p = addr_of_mut!((*self.shared).client_ehlo);
+                if read_volatile(p) != word {
+                    write_volatile(p, word);
+                }
             }
         }
     }

@@ -59,6 +59,13 @@ pub fn parser_event(w: &WorkArea, out: &Out) {
     }
 }
 
+/// Counts and reports an EHLO keyword masked in the server's reply.
+#[inline(always)]
+pub fn keyword_masked(w: &WorkArea) {
+    count(Counter::EhloKeywordsMasked);
+    send(w, kind::KEYWORD_MASKED, 0, inspector_common::verbs::OTHER);
+}
+
 /// Sends an event about the segment in the work area. Written straight into
 /// the ring (reserve/submit) rather than built on the small BPF stack. A
 /// full ring only loses the event; the counters still have it.
@@ -75,10 +82,10 @@ pub fn send(w: &WorkArea, kind: u8, reason: u8, verb_id: u8) {
             (*ev).reason = reason;
             (*ev).verb_id = verb_id;
             (*ev).monitor = w.packet.monitor as u8;
-            (*ev).verb = if kind == kind::MASKED {
-                w.parser.client.verb.to_le_bytes()
-            } else {
-                [0; 8]
+            (*ev).verb = match kind {
+                kind::MASKED => w.parser.client.verb.to_le_bytes(),
+                kind::KEYWORD_MASKED => w.parser.server.text.to_le_bytes(),
+                _ => [0; 8],
             };
             (*ev).seq = w.packet.seq;
         }

@@ -28,7 +28,10 @@ const MAX_PAYLOAD: u32 = 65536;
 enum Verdict {
     Pass,
     Drop(Counter),
-    /// Turn the segment into a RST to the server and stop the flow.
+    /// Turn the segment into a RST to the server and stop the flow
+    /// (`ParserCtx::reset` says why: a field, not a payload here, which
+    /// LLVM would leave undefined in the other variants, and the verifier
+    /// refuses reading that).
     Reset,
     /// The flow was reset: answer the client's segment with a RST.
     ResetClient,
@@ -118,8 +121,12 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
             drop::<P>(monitor)
         }
         Verdict::Reset => {
+            let why = w.parser.reset as u8;
             count(Counter::FlowsReset);
-            send(w, kind::RESET, reason::BYTES_BEFORE_REPLY, OTHER);
+            if why == reason::BDAT_MASKED {
+                count(Counter::BdatResets);
+            }
+            send(w, kind::RESET, why, OTHER);
             if monitor {
                 return P::PASS;
             }
@@ -211,17 +218,25 @@ fn client<P: Packet>(
                     // segment, with bytes after it: the server cannot get
                     // the command without them, and they cannot be judged
                     // before its reply. No retransmission can fix that.
-                    if w.packet.monitor == 0 {
-                        side.mark_reset();
+                    if w.parser.reset == 0 {
+                        // (A masked BDAT before it keeps its own reason.)
+                        w.parser.reset = reason::BYTES_BEFORE_REPLY as u32;
                     }
-                    return Verdict::Reset;
+                    return reset(side, w);
                 }
                 return Verdict::Drop(Counter::AwaitingReplyDrops);
+            }
+            if w.parser.reset != 0 && w.packet.monitor == 0 {
+                return reset(side, w);
             }
             own.ckpts.record(seq, &own.state);
             own.state = w.parser.client;
             own.cur.next_seq = seq.wrapping_add(len);
             side.publish(&w.parser.client);
+            if w.parser.reset != 0 {
+                // Monitor mode: reported, and the flow goes on.
+                return Verdict::Reset;
+            }
             Verdict::Pass
         }
         SegClass::Old { overlap } => {
@@ -246,15 +261,22 @@ fn client<P: Packet>(
             count(Counter::RetransReinspected);
             if len > overlap {
                 w.parser.report = 1;
+                w.parser.reset = 0;
                 w.parser.seg.verb_start = overlap;
                 stream::run_client(ctx, w, overlap, len);
                 if w.parser.held != 0 {
                     return Verdict::Drop(Counter::AwaitingReplyDrops);
                 }
+                if w.parser.reset != 0 && w.packet.monitor == 0 {
+                    return reset(side, w);
+                }
                 own.ckpts.record(seq.wrapping_add(overlap), &own.state);
                 own.state = w.parser.client;
                 own.cur.next_seq = seq.wrapping_add(len);
                 side.publish(&w.parser.client);
+                if w.parser.reset != 0 {
+                    return Verdict::Reset;
+                }
             }
             Verdict::Pass
         }
@@ -266,7 +288,18 @@ fn client<P: Packet>(
     }
 }
 
-/// A server segment: the same, for replies.
+/// The flow is reset (docs/contract.md §4, §10): the segment becomes a RST
+/// to the server, and later client segments are answered with a RST.
+#[inline(always)]
+fn reset(side: &mut ClientSide<'_>, w: &WorkArea) -> Verdict {
+    if w.packet.monitor == 0 {
+        side.mark_reset();
+    }
+    Verdict::Reset
+}
+
+/// A server segment: the same, for replies (whose EHLO keywords may be
+/// masked, docs/contract.md §10).
 #[inline(always)]
 fn server<P: Packet>(
     ctx: &P,
@@ -296,6 +329,7 @@ fn server<P: Packet>(
                 return Verdict::Drop(Counter::RetransUnverifiable);
             };
             w.parser.server = own.ckpts.at(i);
+            w.parser.report = 0;
             let seen = len.min(overlap);
             stream::run_server(ctx, w, 0, seen);
             match expected_after(seq, len, overlap, &own.state, &own.ckpts) {
@@ -308,6 +342,8 @@ fn server<P: Packet>(
                 // What was re-published while re-inspecting is what the
                 // flow already has; start the new bytes from the flow's view.
                 w.parser.shared = side.shared();
+                w.parser.report = 1;
+                w.parser.seg.verb_start = overlap;
                 stream::run_server(ctx, w, overlap, len);
                 let own = &mut *side.own;
                 own.ckpts.record(seq.wrapping_add(overlap), &own.state);

@@ -15,8 +15,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_loop;
 use inspector_common::{
-    smtp::{act, Env, Out, Seg},
-    verbs::{PolicyEntry, VerbKey},
+    events::reason,
+    smtp::{act, Env, Out, Seg, ServerOut},
+    verbs::{PolicyEntry, VerbKey, OTHER},
 };
 
 use crate::{
@@ -34,12 +35,31 @@ struct KernelEnv<'a> {
     shared: &'a inspector_common::smtp::Shared,
 }
 
+/// The live policy entry of a verb key (read at the moment a verb or an
+/// EHLO keyword is decided, so a policy change applies at once). A key the
+/// map does not hold is given as what it means, no flags and the counter
+/// slot of other verbs, rather than as `None`: the parser treats both
+/// alike, and LLVM turns some uses of a `None` into reads of a register
+/// that was never written, which the verifier refuses (`!read_ok`).
+#[inline(always)]
+fn policy(key: VerbKey) -> Option<PolicyEntry> {
+    // SAFETY: the value is copied out at once; a concurrent update of the
+    // entry by userspace can only make it read old or new flags.
+    let entry = unsafe { POLICY.get(&key) };
+    Some(match entry {
+        Some(e) => *e,
+        None => PolicyEntry {
+            flags: 0,
+            verb_id: OTHER,
+            _pad: [0; 2],
+        },
+    })
+}
+
 impl Env for KernelEnv<'_> {
     #[inline(always)]
     fn policy(&self, key: VerbKey) -> Option<PolicyEntry> {
-        // SAFETY: the value is copied out at once; a concurrent update of
-        // the entry by userspace can only make it read old or new flags.
-        unsafe { POLICY.get(&key).copied() }
+        policy(key)
     }
     #[inline(always)]
     fn gate_reply(&self, unit: u32) -> Option<u16> {
@@ -58,6 +78,7 @@ pub fn begin(w: &mut WorkArea, seq: u32, payload_off: u32) {
     w.packet.payload_off = payload_off;
     w.packet.load_failed = 0;
     w.parser.held = 0;
+    w.parser.reset = 0;
     w.parser.report = 1;
     w.parser.seg = Seg::default();
     w.masks.csum_acc = 0;
@@ -202,13 +223,23 @@ unsafe extern "C" fn client_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// One chunk of server bytes per call.
+/// One chunk of server bytes per call: parse it, decide an EHLO keyword
+/// open at its end, write the masks back (as for the client).
 unsafe extern "C" fn server_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `chunks` runs this callback with its `ChunkCtx`.
-    let Some((w, _, _, _)) = (unsafe { next_chunk::<P>(ctx) }) else {
+    let Some((w, p, start, from)) = (unsafe { next_chunk::<P>(ctx) }) else {
         return 1;
     };
+    if start > from {
+        w.parser.seg.verb_start = start;
+    }
     for_each(w.parser.end - w.parser.pos, server_step, w);
+    let out = w
+        .parser
+        .server
+        .end_segment(w.parser.end, &w.parser.seg, &policy);
+    handle_server(w, &out);
+    mask::apply(&p, w);
     w.parser.next_chunk = w.parser.end;
     0
 }
@@ -255,10 +286,23 @@ unsafe extern "C" fn server_step(_i: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let b = chunk_byte(&w.payload, s.pos - s.base);
-    let out = s.server.step(b, s.shared.client_gate);
+    let out = s.server.step(b, s.pos, &mut s.seg, &s.shared, &policy);
     s.shared.publish_server(&out);
-    s.pos += 1;
+    handle_server(w, &out);
+    w.parser.pos += 1;
     0
+}
+
+/// What a server step's result means for the segment: record a span to
+/// mask, count a masked EHLO keyword (unless re-inspecting).
+#[inline(always)]
+fn handle_server(w: &mut WorkArea, out: &ServerOut) {
+    if out.act == act::MASK {
+        mask::add(&mut w.masks, out.mask_from, out.mask_to);
+    }
+    if out.keyword_masked != 0 && w.parser.report != 0 {
+        report::keyword_masked(w);
+    }
 }
 
 /// What a client step's result means for the segment: hold it, record a
@@ -272,6 +316,9 @@ fn handle(w: &mut WorkArea, out: &Out) {
         }
         act::MASK => mask::add(&mut w.masks, out.mask_from, out.mask_to),
         _ => {}
+    }
+    if out.resets_flow() {
+        w.parser.reset = reason::BDAT_MASKED as u32;
     }
     if w.parser.report != 0 {
         report::parser_event(w, out);

@@ -45,6 +45,7 @@ pub fn kind_name(k: u8) -> &'static str {
         kind::DROPPED => "dropped",
         kind::MIDSTREAM => "midstream",
         kind::RESET => "reset",
+        kind::KEYWORD_MASKED => "ehlo-keyword-masked",
         _ => "unknown",
     }
 }
@@ -60,6 +61,7 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::MIDSTREAM => "midstream",
         reason::BYTES_BEFORE_REPLY => "bytes-sent-before-reply",
         reason::FLOW_RESET => "flow-was-reset",
+        reason::BDAT_MASKED => "bdat-masked",
         _ => "",
     }
 }
@@ -74,6 +76,8 @@ pub fn action(e: &Event) -> &'static str {
         (kind::MIDSTREAM, _) => "pass",
         (kind::RESET, 0) => "reset",
         (kind::RESET, _) => "would-reset",
+        (kind::KEYWORD_MASKED, 0) => "mask-ehlo-keyword",
+        (kind::KEYWORD_MASKED, _) => "would-mask-ehlo-keyword",
         _ => "?",
     }
 }

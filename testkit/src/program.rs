@@ -499,6 +499,17 @@ impl<'a> Session<'a> {
         o
     }
 
+    /// Sends `payload` from the server and returns what became of it
+    /// (EHLO reply filtering may change it); advances if it passed.
+    pub fn server_run(&mut self, payload: &[u8]) -> Outcome {
+        let frame = self.server_frame(payload);
+        let o = self.prog.run(&frame);
+        if o.verdict == Verdict::Pass {
+            self.sseq = self.sseq.wrapping_add(payload.len() as u32);
+        }
+        o
+    }
+
     /// Handshake, then the server's greeting.
     pub fn open(&mut self) -> &mut Self {
         self.handshake();

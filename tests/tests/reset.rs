@@ -1,4 +1,4 @@
-//! SPEC 5's last resort: a flow the inspector cannot normalise is reset.
+//! docs/contract.md §4 and §5: the last resort: a flow the inspector cannot normalise is reset.
 //! A client that sends DATA and the message in one segment (RFC 2920
 //! forbids it) cannot be served: the server must not get DATA without what
 //! follows, and what follows cannot be judged before the reply to DATA. The
@@ -222,4 +222,95 @@ fn a_later_segment_before_the_reply_is_only_held() {
     assert_eq!(o.verdict, Verdict::Drop);
     assert_eq!(o.get("awaiting_reply_drops"), 1);
     assert_eq!(o.get("flows_reset"), 0);
+}
+
+/// docs/contract.md §10: a masked BDAT resets the flow. Its chunk follows
+/// at once, without a reply, so the server (which answers the masked verb
+/// with 500) would read the chunk, mail content, as commands. Here the
+/// client was shown CHUNKING masked but uses BDAT anyway, with a chunk
+/// that holds commands.
+fn masked_bdat(hook: Hook, shape: Shape) {
+    let prog = Loaded::new(hook, 0);
+    let mut s = Session::new(&prog, shape, client_port(), 25);
+    s.open();
+    s.client(b"EHLO c\r\n");
+    let o = s.server_run(b"250-mx\r\n250-CHUNKING\r\n250 SIZE\r\n");
+    assert_eq!(o.get("ehlo_keywords_masked"), 1, "{:?}", o.delta.nonzero());
+    for (c, r) in [
+        (&b"MAIL FROM:<a@b>\r\n"[..], &b"250 ok\r\n"[..]),
+        (b"RCPT TO:<c@d>\r\n", b"250 ok\r\n"),
+    ] {
+        s.client(c);
+        s.server(r);
+    }
+    let smuggled = b"BDAT 44 LAST\r\nRCPT TO:<victim@example>\r\nDATA\r\nspam\r\n";
+    let frame = s.client_frame(smuggled);
+    let before = parse(&frame);
+    let o = prog.run(&frame);
+    assert_eq!(
+        o.verdict,
+        Verdict::Pass,
+        "{hook:?}: {:?}",
+        o.delta.nonzero()
+    );
+    assert_eq!(o.get("flows_reset"), 1, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("bdat_resets"), 1, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("commands_masked"), 1, "{:?}", o.delta.nonzero());
+    let rst = parse(&o.data_out);
+    assert_eq!(rst.flags, RST_ACK, "{hook:?}: {rst:?}");
+    assert_eq!(rst.payload_len, 0, "{hook:?}: the chunk is cut off");
+    assert!(rst.checksum_ok, "{hook:?}: TCP checksum of the RST");
+    assert_eq!(
+        (rst.src_port, rst.dst_port, rst.seq),
+        (before.src_port, before.dst_port, before.seq)
+    );
+    // The client's next segment is answered with a RST.
+    let o = prog.run(&frame);
+    assert_eq!(o.verdict, Verdict::Bounce, "{hook:?}");
+    let back = parse(&o.data_out);
+    assert_eq!(back.flags, RST_ACK);
+    assert!(back.checksum_ok);
+}
+
+#[test]
+fn masked_bdat_resets_the_flow_xdp_ipv4() {
+    masked_bdat(Hook::Xdp, v4());
+}
+
+#[test]
+fn masked_bdat_resets_the_flow_xdp_ipv6() {
+    masked_bdat(Hook::Xdp, v6());
+}
+
+#[test]
+fn masked_bdat_resets_the_flow_tc_ipv4() {
+    masked_bdat(Hook::Tc, v4());
+}
+
+#[test]
+fn masked_bdat_resets_the_flow_tc_ipv6() {
+    masked_bdat(Hook::Tc, v6());
+}
+
+/// A BDAT split across segments (`BD` | `AT 5`) is masked in both and
+/// resets the flow at its end; in monitor mode nothing is reset.
+#[test]
+fn split_masked_bdat_resets_and_monitor_mode_only_counts() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let mut s = Session::new(&prog, v4(), client_port(), 25);
+    s.open();
+    let o = s.client(b"BD");
+    assert_eq!(o.verdict, Verdict::Pass);
+    assert_eq!(o.get("flows_reset"), 0);
+    let o = s.client(b"AT 5 LAST\r\nQUIT\r\n");
+    assert_eq!(o.get("bdat_resets"), 1, "{:?}", o.delta.nonzero());
+    assert_eq!(parse(&o.data_out).flags, RST_ACK);
+
+    let prog = Loaded::new(Hook::Xdp, inspector_common::config::CFG_MONITOR);
+    let mut s = Session::new(&prog, v4(), client_port(), 25);
+    s.open();
+    let frame = s.client_frame(b"BDAT 5 LAST\r\nQUIT\r\n");
+    let o = prog.run(&frame);
+    assert_eq!(o.get("bdat_resets"), 1, "counted in monitor mode");
+    assert_eq!(o.data_out, frame, "but nothing changes");
 }
