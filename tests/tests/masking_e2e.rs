@@ -54,7 +54,17 @@ enum Server<'a> {
     /// The recording aiosmtpd server, with these extra options.
     Recording(&'a [&'a str]),
     Postfix,
+    /// Postfix with these extra `main.cf` lines.
+    PostfixWith(&'a [&'a str]),
 }
+
+/// `main.cf` lines that make Postfix offer STARTTLS (Debian's snake-oil
+/// certificate), beside the CHUNKING it offers anyway.
+const POSTFIX_TLS: &[&str] = &[
+    "smtpd_tls_cert_file = /etc/ssl/certs/ssl-cert-snakeoil.pem",
+    "smtpd_tls_key_file = /etc/ssl/private/ssl-cert-snakeoil.key",
+    "smtpd_tls_security_level = may",
+];
 
 impl Bed {
     fn new(offloads: Offloads, server: Server, mode: Mode, args: &[&str]) -> Bed {
@@ -72,6 +82,14 @@ impl Bed {
             Server::Postfix => (
                 None,
                 Some(Postfix::start(&tb.server, &[SERVER_V4, SERVER_V6])),
+            ),
+            Server::PostfixWith(extra) => (
+                None,
+                Some(Postfix::start_with(
+                    &tb.server,
+                    &[SERVER_V4, SERVER_V6],
+                    extra,
+                )),
             ),
         };
         let mut attach = Attach::new(&tb.gateway, &tb.gateway_ifaces());
@@ -153,20 +171,13 @@ fn swaks(bed: &Bed, server: IpAddr, args: &[&str]) -> Finished {
 // ---------------------------------------------------------------------
 
 /// Disallowed commands, one step each: `(sent, the lines the server must
-/// read, verb slot)`. The BDAT line carries its 10 chunk bytes in the same
-/// segment, as a CHUNKING client sends them; since the BDAT is masked, the
-/// server reads those bytes as one more command line, and so does the
-/// inspector, which masks it too.
+/// read, verb slot)`. (A masked BDAT resets the flow: see
+/// `a_masked_bdat_resets_the_flow_before_its_chunk_reaches_postfix`.)
 const MASKED: &[(&str, &[&str], &str)] = &[
     ("STARTTLS\r\n", &["XXXXXXXX\r\n"], "STARTTLS"),
     ("VERB x\r\n", &["XXXX x\r\n"], "VERB"),
     ("ATRN example.com\r\n", &["XXXX example.com\r\n"], "ATRN"),
     ("ONEX\r\n", &["XXXX\r\n"], "ONEX"),
-    (
-        "BDAT 10 LAST\r\n01234567\r\n",
-        &["XXXX 10 LAST\r\n", "XXXXXXXX\r\n"],
-        "BDAT",
-    ),
     ("XEXCH50 1 2\r\n", &["XXXXXXX 1 2\r\n"], "XEXCH50"),
     ("X-FOO bar\r\n", &["XXXXX bar\r\n"], "other"),
     ("starttls\r\n", &["XXXXXXXX\r\n"], "STARTTLS"),
@@ -176,8 +187,8 @@ const MASKED: &[(&str, &[&str], &str)] = &[
     ("\x0bVerb\n", &["\x0bXXXX\n"], "VERB"),
 ];
 
-/// Masked commands in [`MASKED`] (the BDAT chunk line `01234567` is one).
-const MASKED_COUNT: u64 = 13;
+/// Masked commands in [`MASKED`].
+const MASKED_COUNT: u64 = 11;
 
 const BODY: &str = "Subject: masking test\r\n\
     \r\n\
@@ -1482,4 +1493,134 @@ fn a_large_packet_lost_after_the_gateway_tc() {
 #[test]
 fn a_large_packet_lost_after_the_gateway_generic_xdp() {
     a_large_packet_lost_after_the_gateway(Mode::XdpSkb);
+}
+
+// ---------------------------------------------------------------------
+// docs/contract.md §10: the reply to EHLO is filtered, so that clients
+// never try what would be masked; a masked BDAT resets the flow.
+// ---------------------------------------------------------------------
+
+/// Postfix offers STARTTLS and CHUNKING; under the default policy the
+/// client sees neither (their keywords masked in place), and the parser's
+/// view follows.
+fn ehlo_reply_is_filtered_end_to_end(mode: Mode, server: IpAddr) {
+    let bed = Bed::new(
+        Offloads::Default,
+        Server::PostfixWith(POSTFIX_TLS),
+        mode,
+        &[],
+    );
+    let s = Script::new()
+        .cmd("EHLO client.test\r\n")
+        .cmd(&format!("MAIL FROM:<{FROM}>\r\n"))
+        .cmd(&format!("RCPT TO:<{TO}>\r\n"))
+        .cmd("DATA\r\n")
+        .send(b"Subject: filtered\r\n\r\nhello\r\n.\r\n", 1)
+        .cmd("QUIT\r\n");
+    let t = bed.session(server, &s);
+    let ehlo = t.reply(0);
+    assert!(
+        ehlo.contains("250-XXXXXXXX") && ehlo.contains("XXXXXXXX"),
+        "{mode:?}: {ehlo}"
+    );
+    for hidden in ["STARTTLS", "CHUNKING"] {
+        assert!(!ehlo.contains(hidden), "{mode:?}: {hidden} shown: {ehlo}");
+    }
+    for shown in [
+        "PIPELINING",
+        "SIZE",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+    ] {
+        assert!(ehlo.contains(shown), "{mode:?}: {shown} hidden: {ehlo}");
+    }
+    assert_eq!(t.code(4), 250, "{mode:?}: {}", t.raw);
+    assert_eq!(bed.postfix().wait_delivered(1)[0].body(), b"hello\n");
+    let st = bed.stats();
+    assert_eq!(counter(&st, "ehlo_keywords_masked"), 2, "{}", bed.context());
+    assert_eq!(counter(&st, "commands_masked"), 0, "{}", bed.context());
+}
+
+#[test]
+fn ehlo_reply_is_filtered_end_to_end_xdp_ipv4() {
+    ehlo_reply_is_filtered_end_to_end(Mode::Xdp, SERVER_V4);
+}
+
+#[test]
+fn ehlo_reply_is_filtered_end_to_end_tc_ipv6() {
+    ehlo_reply_is_filtered_end_to_end(Mode::Tc, SERVER_V6);
+}
+
+/// swaks with `--tls-optional-strict` uses STARTTLS when it is offered,
+/// and exits (29) when it then cannot: here it cannot (no Net::SSLeay),
+/// so an offered STARTTLS fails the session, as a masked STARTTLS would
+/// fail a client that insists on it. Through the inspector STARTTLS is not
+/// offered: swaks delivers in clear at the first attempt. After `inspector
+/// policy allow STARTTLS` the next session is offered STARTTLS again.
+#[test]
+fn a_client_that_uses_starttls_when_offered_is_not_offered_it() {
+    let bed = Bed::new(
+        Offloads::Default,
+        Server::PostfixWith(POSTFIX_TLS),
+        Mode::Xdp,
+        &[],
+    );
+    let out = swaks(&bed, SERVER_V4, &["--tls-optional-strict"]);
+    let text = out.stdout_str();
+    assert!(
+        !text.contains("-> STARTTLS"),
+        "swaks tried STARTTLS:\n{text}"
+    );
+    assert!(text.contains("<-  250 XXXXXXXX"), "{text}");
+    assert_eq!(bed.postfix().wait_delivered(1).len(), 1);
+    let st = bed.stats();
+    assert_eq!(counter(&st, "ehlo_keywords_masked"), 2, "{}", bed.context());
+    assert_eq!(counter(&st, "commands_masked"), 0, "{}", bed.context());
+
+    inspector_cmd(bed.inspector.pin_dir(), &["policy", "allow", "STARTTLS"]);
+    let mut c = client::swaks(&bed.tb.client, SERVER_V4, FROM, TO);
+    c.arg("--tls-optional-strict");
+    let out = run_timeout(&mut c, SWAKS_TIMEOUT);
+    assert!(
+        out.stdout_str().contains("<-  250-STARTTLS") && !out.status.success(),
+        "STARTTLS allowed: it must be offered\n{out}"
+    );
+    let st = bed.stats();
+    // Only CHUNKING was masked in the second reply.
+    assert_eq!(counter(&st, "ehlo_keywords_masked"), 3, "{}", bed.context());
+}
+
+/// A client that uses BDAT although CHUNKING was not shown (or a hostile
+/// one) with a chunk that holds commands: the segment becomes a RST, so
+/// Postfix never reads the chunk as commands (TC mode, where the client
+/// gets its RST on the veth test bed too).
+#[test]
+fn a_masked_bdat_resets_the_flow_before_its_chunk_reaches_postfix() {
+    let bed = Bed::new(Offloads::Default, Server::Postfix, Mode::Tc, &[]);
+    let chunk = "RCPT TO:<victim@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n";
+    let s = Script::new()
+        .cmd("EHLO client.test\r\n")
+        .cmd(&format!("MAIL FROM:<{FROM}>\r\n"))
+        .cmd(&format!("RCPT TO:<{TO}>\r\n"))
+        .send(
+            format!("BDAT {} LAST\r\n{chunk}", chunk.len()).as_bytes(),
+            1,
+        )
+        .timeout(Duration::from_secs(10));
+    let err = client::spawn(&bed.tb.client, SERVER_V4, 25, &s)
+        .finish_raw()
+        .expect_err("the session went on after a masked BDAT");
+    assert!(err.contains("reset"), "{err}");
+    let disconnect = bed.postfix().wait_disconnects(1);
+    assert!(
+        disconnect[0].ends_with(" ehlo=1 mail=1 rcpt=1 commands=3"),
+        "Postfix read more than the envelope: {disconnect:?}"
+    );
+    let log = bed.postfix().maillog();
+    assert!(!log.contains("victim"), "{log}");
+    assert!(bed.postfix().delivered().is_empty());
+    let st = bed.stats();
+    assert_eq!(counter(&st, "bdat_resets"), 1, "{}", bed.context());
+    assert_eq!(counter(&st, "flows_reset"), 1, "{}", bed.context());
 }
