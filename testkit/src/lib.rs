@@ -28,6 +28,7 @@
 //! a fixed time: every wait polls a readiness condition with a deadline.
 
 pub mod client;
+pub mod exim;
 pub mod frame;
 pub mod inspector;
 pub mod netns;

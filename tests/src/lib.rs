@@ -1,7 +1,8 @@
 //! The inspector's kernel, command-line and end-to-end tests.
 //!
 //! The scaffolding (frames, the BPF_PROG_TEST_RUN runner, namespace
-//! gateways, processes, the recording server, Postfix, the scripted client)
+//! gateways, processes, the recording server, Postfix, Exim, the scripted
+//! client)
 //! is the `inspector-testkit` crate, shared with `cargo xtask bench` and
 //! `cargo xtask demo`; it is re-exported here under the paths the tests use.
 //! What needs `inspector-userspace` (the embedded object, its loader) stays
@@ -19,9 +20,9 @@ pub mod kernel;
 pub mod xdp;
 
 pub use inspector_testkit::{
-    client, frame, from_hex, inspector, inspector_bin, netns, owner_pid, pid_alive, postfix, proc,
-    remove_stale_once, require_root, sha256_hex, smtpd, unique_id, wait_until, workspace_root,
-    Counts, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed, NAME_PREFIX,
+    client, exim, frame, from_hex, inspector, inspector_bin, netns, owner_pid, pid_alive, postfix,
+    proc, remove_stale_once, require_root, sha256_hex, smtpd, unique_id, wait_until,
+    workspace_root, Counts, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed, NAME_PREFIX,
 };
 
 /// `attach` must have failed with [`assert_one_line_error`]'s one line

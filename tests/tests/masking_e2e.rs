@@ -16,6 +16,7 @@ use std::{net::IpAddr, path::Path, time::Duration};
 
 use inspector_tests::{
     client::{self, code_of, Script, Split, Transcript, SWAKS_TIMEOUT},
+    exim::Exim,
     inspector::{counter, verb_counts, Attach},
     inspector_bin,
     netns::addr::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
@@ -1623,4 +1624,81 @@ fn a_masked_bdat_resets_the_flow_before_its_chunk_reaches_postfix() {
     let st = bed.stats();
     assert_eq!(counter(&st, "bdat_resets"), 1, "{}", bed.context());
     assert_eq!(counter(&st, "flows_reset"), 1, "{}", bed.context());
+}
+
+/// The scenario, with the MTAs at both ends: Exim 4 (Debian's
+/// default MTA, which uses CHUNKING and STARTTLS whenever they are offered)
+/// sends a 21 KB message whose text holds command lines through the
+/// inspector to Postfix (which offers both). Under the default policy the
+/// reply to EHLO shows neither, so Exim sends DATA: the message is
+/// delivered intact at the first attempt, nothing is masked, nothing reset.
+fn exim_delivers_through_the_inspector(mode: Mode, server: IpAddr, args: &[&str]) -> Bed {
+    let bed = Bed::new(
+        Offloads::Default,
+        Server::PostfixWith(POSTFIX_TLS),
+        mode,
+        args,
+    );
+    let mut body = String::new();
+    for i in 0..300 {
+        body.push_str(&format!(
+            "line {i:03} of a message that is long enough to be chunked\n"
+        ));
+        if i % 50 == 0 {
+            body.push_str(
+                "MAIL FROM:<x@example.org>\nRCPT TO:<victim@example.org>\nDATA\nSTARTTLS\n",
+            );
+        }
+    }
+    let message = format!("Subject: through the inspector\n\n{body}");
+    let exim = Exim::new(server);
+    let out = exim.send(&bed.tb.client, FROM, TO, &message);
+    let log = exim.mainlog();
+    assert!(
+        out.status.success() && log.contains(&format!("=> {TO}")) && log.contains("Completed"),
+        "{mode:?}: Exim did not deliver\n{out}\n--- Exim mainlog ---\n{log}\n{}",
+        bed.context()
+    );
+    assert!(
+        !log.contains(" ** ") && !log.contains(" == "),
+        "{mode:?}: a failure or a deferral\n{log}"
+    );
+    let d = bed.postfix().wait_delivered(1);
+    assert_eq!(d.len(), 1, "{mode:?}: one message, no bounce");
+    assert!(
+        d[0].body() == body.as_bytes(),
+        "{mode:?}: the message changed"
+    );
+    bed
+}
+
+#[test]
+fn exim_delivers_through_the_inspector_xdp_ipv4() {
+    let bed = exim_delivers_through_the_inspector(Mode::Xdp, SERVER_V4, &[]);
+    let st = bed.stats();
+    assert_eq!(counter(&st, "ehlo_keywords_masked"), 2, "{}", bed.context());
+    assert_eq!(counter(&st, "commands_masked"), 0, "{}", bed.context());
+    assert_eq!(counter(&st, "flows_reset"), 0, "{}", bed.context());
+    assert_eq!(counter(&st, "bodies"), 1, "{}", bed.context());
+}
+
+#[test]
+fn exim_delivers_through_the_inspector_tc_ipv6() {
+    let bed = exim_delivers_through_the_inspector(Mode::Tc, SERVER_V6, &[]);
+    let st = bed.stats();
+    assert_eq!(counter(&st, "ehlo_keywords_masked"), 2, "{}", bed.context());
+    assert_eq!(counter(&st, "commands_masked"), 0, "{}", bed.context());
+    assert_eq!(counter(&st, "flows_reset"), 0, "{}", bed.context());
+}
+
+/// The same with BDAT allowed: CHUNKING is shown, and Exim uses it (which
+/// is what made every message bounce when only the verb was masked).
+#[test]
+fn exim_uses_chunking_when_bdat_is_allowed() {
+    let bed = exim_delivers_through_the_inspector(Mode::Xdp, SERVER_V4, &["--allow", "BDAT"]);
+    let st = bed.stats();
+    assert_eq!(counter(&st, "ehlo_keywords_masked"), 1, "{}", bed.context());
+    assert!(counter(&st, "bdat_chunks") >= 1, "{}", bed.context());
+    assert_eq!(counter(&st, "bodies"), 0, "{}", bed.context());
+    assert_eq!(counter(&st, "commands_masked"), 0, "{}", bed.context());
 }

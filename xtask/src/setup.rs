@@ -33,6 +33,7 @@ pub fn run() -> Result<()> {
     nightly()?;
     bpf_linker()?;
     apt()?;
+    exim()?;
     eprintln!("setup: everything is in place");
     Ok(())
 }
@@ -138,6 +139,51 @@ fn bpf_linker() -> Result<()> {
                 &format!("llvm-{major}"),
             ]),
     )
+}
+
+/// Debian packages unpacked, not installed: Exim 4 (and the one library
+/// it needs that Postfix's dependencies do not bring) is the client MTA of
+/// the end-to-end tests, beside Postfix, which installing it would remove
+/// (both are the system's mail-transport-agent).
+const UNPACKED: &[&str] = &["exim4-daemon-light", "libidn12"];
+
+/// Unpacks [`UNPACKED`] into `<target>/exim` (where `inspector_testkit::
+/// exim` looks), unless it is there.
+fn exim() -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::util::root().join("target"));
+    let dest = target.join("exim");
+    if dest.join("usr/sbin/exim4").exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: unpacking {} into {}",
+        UNPACKED.join(" "),
+        dest.display()
+    );
+    let debs = target.join("exim-debs");
+    std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
+    let download = || {
+        let mut c = Command::new("apt-get");
+        c.current_dir(&debs).arg("download").args(UNPACKED);
+        c
+    };
+    if exec(&mut download()).is_err() {
+        // The package lists may be missing or stale.
+        exec(Command::new("apt-get").args(["update", "-q"]))?;
+        exec(&mut download())?;
+    }
+    for entry in std::fs::read_dir(&debs)? {
+        let deb = entry?.path();
+        if deb.extension().is_some_and(|e| e == "deb") {
+            exec(Command::new("dpkg").arg("-x").arg(&deb).arg(&dest))?;
+        }
+    }
+    if !dest.join("usr/sbin/exim4").exists() {
+        bail!("no usr/sbin/exim4 in {} after unpacking", dest.display());
+    }
+    Ok(())
 }
 
 fn apt() -> Result<()> {
