@@ -4,7 +4,9 @@
 //!
 //! - bytes 0..3 and 3..6: two policies, as bitmasks over a pool of 23 verbs
 //!   (the 15 of the default policy, then STARTTLS, VERB, ATRN, ONEX, BDAT,
-//!   XEXCH50, X-FOO, EXPN); an empty mask means the default policy;
+//!   XEXCH50, X-FOO, EXPN); an empty mask means the default policy; the
+//!   top bit of byte 2 turns banner masking on, that of byte 5 turns EHLO
+//!   reply filtering off;
 //! - then operations, one byte `op` each:
 //!   - `0b00nnnnnn`: a client segment of the next `n + 1` bytes;
 //!   - `0b01nnnnnn`: the same, after switching to the other policy (a live
@@ -35,13 +37,15 @@
 //! Server segments go through `feed_server`, which masks the keywords of
 //! denied commands in replies to EHLO (docs/contract.md §10). Checked: the
 //! output has the input's length; every changed byte is `X` and was a
-//! keyword character (letter, digit, `-`, `_`) of a reply line's text;
+//! keyword character (letter, digit, `-`, `_`) of a reply line's text, or
+//! a byte of the greeting with banner masking on, never a CR or LF;
 //! re-feeding the segment from the saved state gives the same bytes, state
 //! and published words.
 
 #![no_main]
 
 use inspector_common::{
+    config::{CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
     policy::entry_for,
     smtp::{
         act, cstate, feed_client, feed_server, gate, is_space, ClientState, Env, Held, Out,
@@ -266,21 +270,31 @@ fn client_segment(st: &mut ClientState, seg: &[u8], env: &View) {
 
 /// A server segment through `feed_server`, checked against a
 /// retransmission of it from the saved state.
-fn server_segment(st: &mut ServerState, seg: &[u8], shared: &mut Shared, keys: &[VerbKey]) {
+fn server_segment(
+    st: &mut ServerState,
+    seg: &[u8],
+    shared: &mut Shared,
+    keys: &[VerbKey],
+    cfg: u32,
+) {
     let policy = |k| entry_for(keys, k);
     let (before, shared_before) = (*st, *shared);
     let mut out = seg.to_vec();
-    feed_server(st, &mut out, shared, &policy, |_| {});
+    feed_server(st, &mut out, shared, &policy, cfg, |_| {});
     assert_eq!(out.len(), seg.len());
     for (i, (&a, &b)) in seg.iter().zip(&out).enumerate() {
         if a != b {
             assert_eq!(b, b'X', "server byte {i} changed to {b:#x}");
-            assert!(is_verb_char(a), "server byte {i} ({a:#x}) masked");
+            assert!(
+                is_verb_char(a) || (before.greeted == 0 && cfg & CFG_MASK_BANNER != 0),
+                "server byte {i} ({a:#x}) masked"
+            );
+            assert!(a != b'\n' && a != b'\r', "server line end masked at {i}");
         }
     }
     let (mut st2, mut shared2) = (before, shared_before);
     let mut out2 = seg.to_vec();
-    feed_server(&mut st2, &mut out2, &mut shared2, &policy, |_| {});
+    feed_server(&mut st2, &mut out2, &mut shared2, &policy, cfg, |_| {});
     assert_eq!(out2, out, "server retransmission masked differently");
     assert_eq!(st2, *st);
     assert_eq!(shared2, *shared);
@@ -291,6 +305,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let policies = [policy(&data[0..3]), policy(&data[3..6])];
+    // Banner masking and EHLO filtering off, from bits the policies leave.
+    let cfg =
+        ((data[2] >> 7) as u32 * CFG_MASK_BANNER) | ((data[5] >> 7) as u32 * CFG_NO_EHLO_FILTER);
     let mut which = 0;
     let mut shared = Shared::default();
     let mut client = ClientState::default();
@@ -305,6 +322,7 @@ fuzz_target!(|data: &[u8]| {
                     REPLIES[(op & 0x1f) as usize],
                     &mut shared,
                     &policies[which],
+                    cfg,
                 );
                 continue;
             }
@@ -314,7 +332,7 @@ fuzz_target!(|data: &[u8]| {
                 let (seg, tail) = rest.split_at(n);
                 rest = tail;
                 if op & 0x80 != 0 {
-                    server_segment(&mut server, seg, &mut shared, &policies[which]);
+                    server_segment(&mut server, seg, &mut shared, &policies[which], cfg);
                     continue;
                 }
                 if op & 0x40 != 0 {

@@ -10,6 +10,11 @@ pub const CFG_MIDSTREAM_DROP: u32 = 1;
 pub const CFG_FRAGMENTS_PASS: u32 = 2;
 /// Monitor only: count and report, never modify or drop.
 pub const CFG_MONITOR: u32 = 4;
+/// Mask the text of the server's 220 greeting (docs/contract.md §10).
+pub const CFG_MASK_BANNER: u32 = 8;
+/// Do not filter the server's replies to EHLO (docs/contract.md §10; on
+/// by default).
+pub const CFG_NO_EHLO_FILTER: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -95,6 +95,8 @@ counters! {
     EhloKeywordsMasked => "ehlo_keywords_masked",
     /// Flows reset because a BDAT command was masked: its chunk would have reached the server as commands (also counted in flows_reset).
     BdatResets => "bdat_resets",
+    /// Server greetings (220 banners) whose text was masked (banner masking is an option).
+    BannersMasked => "banners_masked",
 }
 
 /// Number of counters (size of the counter map).

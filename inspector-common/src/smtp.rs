@@ -17,6 +17,7 @@
 //!   matched to commands in order so that PIPELINING works.
 
 use crate::{
+    config::{CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
     scan::{scan_body, scan_to_lf, Words, CHUNK},
     verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX},
 };
@@ -718,6 +719,8 @@ pub struct ServerOut {
     /// 1 if an EHLO keyword was decided masked by this step (once per
     /// keyword).
     pub keyword_masked: u8,
+    /// 1 if this step ended a greeting whose text was masked.
+    pub banner_masked: u8,
     pub mask_from: u32,
     pub mask_to: u32,
 }
@@ -858,7 +861,8 @@ impl ServerState {
 
     /// Parses reply byte `b` at offset `pos` of the current segment.
     /// `shared` is the snapshot of the words the client direction
-    /// published, `policy` the live policy (for EHLO reply filtering).
+    /// published, `policy` the live policy (for EHLO reply filtering),
+    /// `cfg` the `CFG_*` bits (banner masking, EHLO filtering off).
     #[inline(always)]
     pub fn step<P: Fn(VerbKey) -> Option<PolicyEntry>>(
         &mut self,
@@ -867,8 +871,20 @@ impl ServerState {
         seg: &mut Seg,
         shared: &Shared,
         policy: &P,
+        cfg: u32,
     ) -> ServerOut {
         let mut out = ServerOut::default();
+        if self.greeted == 0
+            && cfg & CFG_MASK_BANNER != 0
+            && matches!(self.state, sstate::CONT | sstate::FINAL)
+            && b != b'\r'
+            && b != b'\n'
+        {
+            // The greeting's text, hiding server software and version.
+            out.act = act::MASK;
+            out.mask_from = pos;
+            out.mask_to = pos + 1;
+        }
         match self.state {
             sstate::CODE => {
                 if b.is_ascii_digit() && self.digits < 3 {
@@ -885,7 +901,7 @@ impl ServerState {
                     self.state = sstate::FINAL;
                 } else if self.digits == 3 && b == b'\n' {
                     self.state = sstate::FINAL;
-                    self.end_line(shared.client_gate, &mut out);
+                    self.end_line(shared.client_gate, cfg, &mut out);
                 } else if b == b'\n' {
                     self.new_line();
                 } else {
@@ -894,8 +910,8 @@ impl ServerState {
             }
             sstate::CONT | sstate::FINAL => {
                 if b == b'\n' {
-                    self.end_word(pos, seg, policy, &mut out);
-                    self.end_line(shared.client_gate, &mut out);
+                    self.end_word(pos, seg, policy, cfg, &mut out);
+                    self.end_line(shared.client_gate, cfg, &mut out);
                 } else if self.text_len & WORD_DONE == 0 {
                     // The first word of the text (an EHLO keyword).
                     let len = self.text_len as usize;
@@ -913,7 +929,7 @@ impl ServerState {
                             out.mask_to = pos + 1;
                         }
                     } else {
-                        self.end_word(pos, seg, policy, &mut out);
+                        self.end_word(pos, seg, policy, cfg, &mut out);
                     }
                 }
             }
@@ -935,10 +951,12 @@ impl ServerState {
         seg_len: u32,
         seg: &Seg,
         policy: &P,
+        cfg: u32,
     ) -> ServerOut {
         let mut out = ServerOut::default();
         let len = self.text_len as usize;
         if self.kw == kw::OPEN
+            && cfg & CFG_NO_EHLO_FILTER == 0
             && len != 0
             && len & WORD_DONE as usize == 0
             && !keyword_viable(self.text, len, policy)
@@ -978,6 +996,7 @@ impl ServerState {
         pos: u32,
         seg: &Seg,
         policy: &P,
+        cfg: u32,
         out: &mut ServerOut,
     ) {
         if self.text_len & WORD_DONE != 0 {
@@ -990,7 +1009,7 @@ impl ServerState {
             return;
         }
         self.kw = kw::OFF;
-        if keyword_denied(self.text, len, policy) {
+        if cfg & CFG_NO_EHLO_FILTER == 0 && keyword_denied(self.text, len, policy) {
             out.keyword_masked = 1;
             if pos > seg.verb_start {
                 out.act = act::MASK;
@@ -1013,13 +1032,14 @@ impl ServerState {
     }
 
     #[inline(always)]
-    fn end_line(&mut self, client_gate: u64, out: &mut ServerOut) {
+    fn end_line(&mut self, client_gate: u64, cfg: u32, out: &mut ServerOut) {
         self.lines = self.lines.saturating_add(1);
         if self.state == sstate::FINAL {
             self.lines = 0;
             let code = self.code;
             if self.greeted == 0 {
                 self.greeted = 1;
+                out.banner_masked = (cfg & CFG_MASK_BANNER != 0) as u8;
             } else {
                 self.replies = self.replies.wrapping_add(1);
                 out.reply_done = 1;
@@ -1164,12 +1184,14 @@ fn apply(buf: &mut [u8], out: &Out, on_event: &mut impl FnMut(&Out)) -> Result<(
 /// Parses a whole server segment in place (masking the EHLO keywords the
 /// policy denies), publishing into `shared`, as the kernel does: in
 /// [`CHUNK`]-byte chunks, each ended with [`ServerState::end_segment`].
-/// `policy` is the live policy; `on_step` sees every step's result.
+/// `policy` is the live policy, `cfg` the `CFG_*` bits; `on_step` sees
+/// every step's result.
 pub fn feed_server<P: Fn(VerbKey) -> Option<PolicyEntry>>(
     st: &mut ServerState,
     buf: &mut [u8],
     shared: &mut Shared,
     policy: &P,
+    cfg: u32,
     mut on_step: impl FnMut(&ServerOut),
 ) {
     let mut seg = st.begin_segment();
@@ -1180,11 +1202,11 @@ pub fn feed_server<P: Fn(VerbKey) -> Option<PolicyEntry>>(
             seg.verb_start = start as u32;
         }
         for pos in start..end {
-            let out = st.step(buf[pos], pos as u32, &mut seg, shared, policy);
+            let out = st.step(buf[pos], pos as u32, &mut seg, shared, policy, cfg);
             shared.publish_server(&out);
             apply_server(buf, &out, &mut on_step);
         }
-        let out = st.end_segment(end as u32, &seg, policy);
+        let out = st.end_segment(end as u32, &seg, policy, cfg);
         apply_server(buf, &out, &mut on_step);
         start = end;
     }

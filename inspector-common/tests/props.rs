@@ -1183,6 +1183,7 @@ impl Session {
             &mut buf,
             &mut self.shared,
             &|k| entry_for(keys, k),
+            0,
             |_: &ServerOut| {},
         );
         buf

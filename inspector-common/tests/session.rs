@@ -8,6 +8,8 @@ use inspector_common::{
 
 struct Session {
     allowed: Vec<VerbKey>,
+    /// `CFG_*` bits.
+    cfg: u32,
     shared: Shared,
     client: ClientState,
     server: ServerState,
@@ -34,6 +36,7 @@ impl Session {
                 .iter()
                 .map(|v| key_of(v.as_bytes()).unwrap())
                 .collect(),
+            cfg: 0,
             shared: Shared::default(),
             client: ClientState::default(),
             server: ServerState::default(),
@@ -75,6 +78,7 @@ impl Session {
                 &mut buf,
                 &mut self.shared,
                 &|k| entry_for(allowed, k),
+                self.cfg,
                 |_| {},
             );
             out.extend_from_slice(&buf);
@@ -293,4 +297,42 @@ fn masked_bdat_resets_the_flow() {
     })
     .unwrap();
     assert_eq!(resets, 1);
+}
+
+/// docs/contract.md §10, an option: the greeting's text is masked, its
+/// code and line ends are not; nothing else is.
+#[test]
+fn banner_masking_masks_the_greetings_text_only() {
+    let mut s = Session::new(&["EHLO"]);
+    s.cfg = inspector_common::config::CFG_MASK_BANNER;
+    s.server = ServerState::default();
+    s.shared = Shared::default();
+    assert_eq!(
+        s.server_sends(&[
+            "220-mx.example ESMTP ",
+            "Postfix (Debian)\r\n220 ",
+            "ready\r\n"
+        ]),
+        format!(
+            "220-{}\r\n220 XXXXX\r\n",
+            "X".repeat("mx.example ESMTP Postfix (Debian)".len())
+        )
+    );
+    s.client_sends(&["EHLO x\r\n"]).unwrap();
+    assert_eq!(
+        s.server_says("250-mx.example\r\n250 SIZE\r\n"),
+        "250-mx.example\r\n250 SIZE\r\n"
+    );
+}
+
+/// With EHLO reply filtering off, the reply passes and the parser believes
+/// what the server advertised.
+#[test]
+fn ehlo_filter_off_passes_the_reply() {
+    let mut s = default();
+    s.cfg = inspector_common::config::CFG_NO_EHLO_FILTER;
+    s.client_sends(&["EHLO x\r\n"]).unwrap();
+    let reply = "250-mx\r\n250-STARTTLS\r\n250 CHUNKING\r\n";
+    assert_eq!(s.server_sends(&[&reply[..15], &reply[15..]]), reply);
+    assert_eq!(s.shared.chunking, 1);
 }

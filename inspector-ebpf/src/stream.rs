@@ -22,7 +22,7 @@ use inspector_common::{
 
 use crate::{
     access::{chunk_byte, opaque, ChunkWords},
-    maps::POLICY,
+    maps::{config, POLICY},
     mask,
     packet::Packet,
     report,
@@ -233,11 +233,14 @@ unsafe extern "C" fn server_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
     if start > from {
         w.parser.seg.verb_start = start;
     }
+    w.parser.config = config();
     for_each(w.parser.end - w.parser.pos, server_step, w);
-    let out = w
-        .parser
-        .server
-        .end_segment(w.parser.end, &w.parser.seg, &policy);
+    let out = w.parser.server.end_segment(
+        w.parser.end,
+        &w.parser.seg,
+        &policy,
+        w.parser.config,
+    );
     handle_server(w, &out);
     mask::apply(&p, w);
     w.parser.next_chunk = w.parser.end;
@@ -286,7 +289,9 @@ unsafe extern "C" fn server_step(_i: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let b = chunk_byte(&w.payload, s.pos - s.base);
-    let out = s.server.step(b, s.pos, &mut s.seg, &s.shared, &policy);
+    let out = s
+        .server
+        .step(b, s.pos, &mut s.seg, &s.shared, &policy, s.config);
     s.shared.publish_server(&out);
     handle_server(w, &out);
     w.parser.pos += 1;
@@ -300,8 +305,13 @@ fn handle_server(w: &mut WorkArea, out: &ServerOut) {
     if out.act == act::MASK {
         mask::add(&mut w.masks, out.mask_from, out.mask_to);
     }
-    if out.keyword_masked != 0 && w.parser.report != 0 {
-        report::keyword_masked(w);
+    if w.parser.report != 0 {
+        if out.keyword_masked != 0 {
+            report::keyword_masked(w);
+        }
+        if out.banner_masked != 0 {
+            report::count(inspector_common::counters::Counter::BannersMasked);
+        }
     }
 }
 

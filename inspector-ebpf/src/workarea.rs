@@ -66,6 +66,9 @@ pub struct ParserCtx {
     pub held: u32,
     /// Count commands and send events (0 while re-inspecting).
     pub report: u32,
+    /// The `CFG_*` bits, read for a server chunk (banner masking, EHLO
+    /// filtering off).
+    pub config: u32,
     /// Why the flow must be reset (an `events::reason`), 0 if it need not:
     /// a client step masked a BDAT, or bytes came with the command whose
     /// reply decides them.

@@ -132,8 +132,18 @@ pub struct AttachArgs {
     /// drop nothing.
     #[arg(long)]
     pub monitor: bool,
+    /// Do not filter the server's replies to EHLO (by default the keyword
+    /// of every extension whose command the policy denies is masked, so
+    /// that clients never try it: 250-CHUNKING becomes 250-XXXXXXXX).
+    #[arg(long)]
+    pub no_ehlo_filter: bool,
+    /// Mask the text of the server's 220 greeting (server software and
+    /// version), keeping its length.
+    #[arg(long)]
+    pub mask_banner: bool,
     /// Read settings from a TOML policy file (ports, allow/deny/allowed,
-    /// midstream, fragments, monitor, max_flows); options given on the
+    /// midstream, fragments, monitor, max_flows, ehlo_filter,
+    /// mask_banner); options given on the
     /// command line apply on top. See README "Policy file".
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
@@ -166,6 +176,8 @@ impl AttachArgs {
             fragments: self.fragments,
             monitor: self.monitor.then_some(true),
             max_flows: self.max_flows,
+            ehlo_filter: self.no_ehlo_filter.then_some(false),
+            mask_banner: self.mask_banner.then_some(true),
         }
     }
 }

@@ -14,13 +14,18 @@
 //! fragments = "drop"         # or "pass"
 //! monitor = false            # true: count and report only
 //! max_flows = 65536          # flow table size
+//! ehlo_filter = true         # mask the EHLO keywords of denied commands
+//! mask_banner = false        # true: mask the text of the 220 greeting
 //! ```
 
 use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{bail, Context, Result};
 use inspector_common::{
-    config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_DROP, CFG_MONITOR},
+    config::{
+        Config, CFG_FRAGMENTS_PASS, CFG_MASK_BANNER, CFG_MIDSTREAM_DROP, CFG_MONITOR,
+        CFG_NO_EHLO_FILTER,
+    },
     ports::{DEFAULT_PORTS, NEVER_INSPECTED},
     verbs::{VerbKey, DEFAULT_ALLOWED},
 };
@@ -52,6 +57,8 @@ pub struct Given {
     pub fragments: Option<Action>,
     pub monitor: Option<bool>,
     pub max_flows: Option<u32>,
+    pub ehlo_filter: Option<bool>,
+    pub mask_banner: Option<bool>,
 }
 
 /// How the operator spells each checked setting where it came from, so that
@@ -173,10 +180,17 @@ impl Settings {
         let midstream = options.midstream.or(file.midstream).unwrap_or(Action::Pass);
         let fragments = options.fragments.or(file.fragments).unwrap_or(Action::Drop);
         let monitor = options.monitor.or(file.monitor).unwrap_or(false);
+        let mut config = config_word(midstream, fragments, monitor);
+        if !options.ehlo_filter.or(file.ehlo_filter).unwrap_or(true) {
+            config.flags |= CFG_NO_EHLO_FILTER;
+        }
+        if options.mask_banner.or(file.mask_banner).unwrap_or(false) {
+            config.flags |= CFG_MASK_BANNER;
+        }
         Ok(Settings {
             ports,
             allowed,
-            config: config_word(midstream, fragments, monitor),
+            config,
             max_flows: options.max_flows.or(file.max_flows),
         })
     }
@@ -225,9 +239,12 @@ mod tests {
     fn parses_every_key() {
         let f = Given::parse(
             "ports = [25, 2525]\nallow = [\"starttls\"]\ndeny = [\"VRFY\"]\nmidstream = \"drop\"\n\
-             fragments = \"pass\"\nmonitor = true\nmax_flows = 1000\n",
+             fragments = \"pass\"\nmonitor = true\nmax_flows = 1000\nehlo_filter = false\n\
+             mask_banner = true\n",
         )
         .unwrap();
+        assert_eq!(f.ehlo_filter, Some(false));
+        assert_eq!(f.mask_banner, Some(true));
         assert_eq!(f.ports, Some(vec![25, 2525]));
         assert_eq!(f.midstream, Some(Action::Drop));
         assert_eq!(f.fragments, Some(Action::Pass));
@@ -236,11 +253,28 @@ mod tests {
     }
 
     #[test]
+    fn ehlo_filter_on_and_banner_masking_off_by_default() {
+        let s = Settings::resolve(&Given::default(), None).unwrap();
+        assert_eq!(s.config.flags & (CFG_NO_EHLO_FILTER | CFG_MASK_BANNER), 0);
+        let options = Given {
+            ehlo_filter: Some(false),
+            mask_banner: Some(true),
+            ..Given::default()
+        };
+        let s = Settings::resolve(&options, None).unwrap();
+        assert_eq!(
+            s.config.flags & (CFG_NO_EHLO_FILTER | CFG_MASK_BANNER),
+            CFG_NO_EHLO_FILTER | CFG_MASK_BANNER
+        );
+    }
+
+    #[test]
     fn rejects_bad_input_with_a_reason() {
         for (text, why) in [
             ("colour = 1", "unknown field"),
             ("allow = [\"NOT A VERB\"]", "is not a verb"),
             ("midstream = \"maybe\"", "unknown variant"),
+            ("mask_banner = \"yes\"", "invalid type"),
             ("ports = [70000]", "invalid value"),
             ("max_flows = 0", "max_flows must be at least 1"),
             ("ports = [25, 465]", "implicit TLS"),

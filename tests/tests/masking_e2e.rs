@@ -1702,3 +1702,30 @@ fn exim_uses_chunking_when_bdat_is_allowed() {
     assert_eq!(counter(&st, "bodies"), 0, "{}", bed.context());
     assert_eq!(counter(&st, "commands_masked"), 0, "{}", bed.context());
 }
+
+/// `--mask-banner`: the client sees Postfix's greeting with its text
+/// masked, and delivers as usual.
+#[test]
+fn mask_banner_hides_the_greeting_text() {
+    let bed = Bed::new(
+        Offloads::Default,
+        Server::Postfix,
+        Mode::Xdp,
+        &["--mask-banner"],
+    );
+    let out = swaks(&bed, SERVER_V4, &[]);
+    let text = out.stdout_str();
+    let greeting = "server.test ESMTP Postfix";
+    assert!(
+        text.contains(&format!("<-  220 {}\n", "X".repeat(greeting.len()))),
+        "{text}"
+    );
+    assert!(!text.contains("Postfix"), "{text}");
+    assert_eq!(bed.postfix().wait_delivered(1).len(), 1);
+    assert_eq!(
+        counter(&bed.stats(), "banners_masked"),
+        1,
+        "{}",
+        bed.context()
+    );
+}

@@ -1090,3 +1090,47 @@ fn ehlo_reply_follows_the_live_policy() {
     );
     assert_eq!(o.get("bdat_chunks"), 1, "{:?}", o.delta.nonzero());
 }
+
+/// Banner masking (an option): the greeting's text becomes `X`, its code
+/// and line ends stay, the checksum is fixed; later replies pass. XDP and
+/// TC, IPv4 and IPv6.
+#[test]
+fn banner_masking_masks_the_greeting_text() {
+    use inspector_common::config::CFG_MASK_BANNER;
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let prog = Loaded::new(hook, CFG_MASK_BANNER);
+        for (name, shape) in [("IPv4", v4()), ("IPv6", v6())] {
+            let what = format!("{hook:?}, {name}");
+            let mut s = Session::new(&prog, shape, client_port(), 25);
+            s.handshake();
+            let o = server_expect(
+                &mut s,
+                &what,
+                b"220-server.test ESMTP Postfix (Debian/GNU)\r\n220 ready\r\n",
+                b"220-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX\r\n220 XXXXX\r\n",
+            );
+            assert_eq!(
+                o.get("banners_masked"),
+                1,
+                "{what}: {:?}",
+                o.delta.nonzero()
+            );
+            send_expect(&mut s, "EHLO", b"EHLO c\r\n", b"EHLO c\r\n");
+            s.server(b"250-server.test\r\n250 PIPELINING\r\n");
+        }
+    }
+}
+
+/// With EHLO reply filtering off, the reply passes untouched; a BDAT the
+/// policy denies is still masked, and still resets the flow.
+#[test]
+fn ehlo_filter_off_passes_the_reply() {
+    use inspector_common::config::CFG_NO_EHLO_FILTER;
+    let prog = Loaded::new(Hook::Xdp, CFG_NO_EHLO_FILTER);
+    let mut s = session(&prog, v4());
+    send_expect(&mut s, "EHLO", b"EHLO c\r\n", b"EHLO c\r\n");
+    let o = s.server(EHLO_REPLY);
+    assert_eq!(o.get("ehlo_keywords_masked"), 0);
+    let o = s.client(b"BDAT 4 LAST\r\nQUIT");
+    assert_eq!(o.get("bdat_resets"), 1, "{:?}", o.delta.nonzero());
+}
