@@ -1,4 +1,5 @@
-//! docs/contract.md §4 and §5: the last resort: a flow the inspector cannot normalise is reset.
+//! The last resort of docs/contract.md §4: a flow the inspector cannot
+//! normalise is reset (and §10: so is a flow whose BDAT was masked).
 //! A client that sends DATA and the message in one segment (RFC 2920
 //! forbids it) cannot be served: the server must not get DATA without what
 //! follows, and what follows cannot be judged before the reply to DATA. The
