@@ -213,9 +213,11 @@ pub struct PolicyArgs {
 
 #[derive(Subcommand)]
 pub enum PolicyAction {
-    /// Print the allowed verbs (everything else is masked).
+    /// Print the allowed verbs (everything else is masked) and whether the
+    /// EHLO filter and banner masking are on.
     Show {
-        /// As a JSON object: {"allowed": [...]}.
+        /// As a JSON object: {"allowed": [...], "ehlo_filter": bool,
+        /// "mask_banner": bool}.
         #[arg(long)]
         json: bool,
     },
@@ -229,6 +231,31 @@ pub enum PolicyAction {
         #[arg(required = true, value_name = "VERB")]
         verbs: Vec<String>,
     },
+    /// Turn a filter of the server's side on or off, live (until the next
+    /// `attach`, which applies its own options and policy file):
+    /// `ehlo-filter` masks, in replies to EHLO, the keyword of every
+    /// extension whose command is denied; `mask-banner` masks the text of
+    /// the 220 greeting.
+    #[command(after_help = "Example:\n  inspector policy set mask-banner on")]
+    Set {
+        #[arg(value_enum)]
+        switch: Switch,
+        #[arg(value_enum)]
+        value: OnOff,
+    },
+}
+
+/// A switch of `inspector policy set`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    EhloFilter,
+    MaskBanner,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Args)]

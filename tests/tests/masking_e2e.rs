@@ -1729,3 +1729,41 @@ fn mask_banner_hides_the_greeting_text() {
         bed.context()
     );
 }
+
+/// `inspector policy set` turns banner masking and EHLO filtering on and
+/// off live; `policy show` says which are on.
+#[test]
+fn policy_set_switches_banner_masking_and_the_ehlo_filter_live() {
+    let bed = Bed::new(
+        Offloads::Default,
+        Server::PostfixWith(POSTFIX_TLS),
+        Mode::Xdp,
+        &[],
+    );
+    let pin = bed.inspector.pin_dir().to_path_buf();
+    let show = || -> Value {
+        serde_json::from_str(&inspector_cmd(&pin, &["policy", "show", "--json"]).stdout_str())
+            .expect("policy show --json prints JSON")
+    };
+    assert_eq!(
+        (show()["ehlo_filter"].clone(), show()["mask_banner"].clone()),
+        (Value::Bool(true), Value::Bool(false))
+    );
+    let text = swaks(&bed, SERVER_V4, &[]).stdout_str();
+    assert!(text.contains("<-  220 server.test ESMTP Postfix"), "{text}");
+
+    inspector_cmd(&pin, &["policy", "set", "mask-banner", "on"]);
+    assert_eq!(show()["mask_banner"], Value::Bool(true));
+    let text = swaks(&bed, SERVER_V4, &[]).stdout_str();
+    assert!(!text.contains("Postfix"), "banner shown: {text}");
+
+    inspector_cmd(&pin, &["policy", "set", "ehlo-filter", "off"]);
+    assert_eq!(show()["ehlo_filter"], Value::Bool(false));
+    let text = swaks(&bed, SERVER_V4, &[]).stdout_str();
+    assert!(text.contains("<-  250-STARTTLS"), "filter still on: {text}");
+    assert!(text.contains("<-  250 CHUNKING"), "filter still on: {text}");
+    assert_eq!(bed.postfix().wait_delivered(3).len(), 3);
+    let st = bed.stats();
+    assert_eq!(counter(&st, "banners_masked"), 2, "{}", bed.context());
+    assert_eq!(counter(&st, "ehlo_keywords_masked"), 4, "{}", bed.context());
+}

@@ -1316,7 +1316,11 @@ fn policy_file_applies() {
         .collect();
     want.sort();
     let (text, json) = policy_show(&bed.gateway, &dir);
-    assert_eq!(json, serde_json::json!({ "allowed": want }), "{text}");
+    assert_eq!(
+        json,
+        serde_json::json!({ "allowed": want, "ehlo_filter": true, "mask_banner": false }),
+        "{text}"
+    );
     assert!(
         text.starts_with(&format!("allowed: {}\n", want.join(" "))),
         "{text}"

@@ -2,15 +2,16 @@
 
 use std::path::Path;
 
-use anyhow::Result;
-use aya::maps::{HashMap, Map, MapData};
+use anyhow::{Context, Result};
+use aya::maps::{Array, HashMap, Map, MapData};
 use inspector_common::{
+    config::{Config, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER, CONFIG_MAP},
     policy::POLICY_MAP,
     verbs::{key_text, PolicyEntry, VerbKey, ALLOWED, MAX_VERB},
 };
 use inspector_userspace::{loader, privilege, settings::with_changes};
 
-use crate::cli::{PolicyAction, PolicyArgs};
+use crate::cli::{OnOff, PolicyAction, PolicyArgs, Switch};
 
 fn verb_string(k: VerbKey) -> String {
     let mut t = [0u8; MAX_VERB];
@@ -40,6 +41,49 @@ pub fn allowed_names(pin_dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// The pinned configuration map (one `Config` word).
+fn open_config(pin_dir: &Path) -> Result<Array<MapData, Config>> {
+    let data = inspector_userspace::pin::open_map(pin_dir, CONFIG_MAP, "configuration")?;
+    Ok(Array::try_from(Map::Array(data))?)
+}
+
+/// `(ehlo_filter, mask_banner)` of a configuration word.
+fn switches(c: &Config) -> (bool, bool) {
+    (
+        c.flags & CFG_NO_EHLO_FILTER == 0,
+        c.flags & CFG_MASK_BANNER != 0,
+    )
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// Sets one switch in the pinned configuration word, the other bits as
+/// they are; the programs read it at their next server segment.
+fn set(pin_dir: &Path, switch: Switch, value: OnOff) -> Result<()> {
+    let mut cfg = open_config(pin_dir)?;
+    let mut c = cfg.get(&0, 0).context("reading the configuration")?;
+    let (bit, on_means_set) = match switch {
+        Switch::EhloFilter => (CFG_NO_EHLO_FILTER, false),
+        Switch::MaskBanner => (CFG_MASK_BANNER, true),
+    };
+    if (value == OnOff::On) == on_means_set {
+        c.flags |= bit;
+    } else {
+        c.flags &= !bit;
+    }
+    cfg.set(0, c, 0).context("updating the configuration")?;
+    let (ehlo, banner) = switches(&c);
+    println!("ehlo_filter: {}", on_off(ehlo));
+    println!("mask_banner: {}", on_off(banner));
+    Ok(())
+}
+
 pub fn run(args: PolicyArgs) -> Result<()> {
     let PolicyArgs { action, pin_dir } = args;
     privilege::require_bpf("policy")?;
@@ -49,14 +93,28 @@ pub fn run(args: PolicyArgs) -> Result<()> {
         PolicyAction::Show { json } => {
             let mut names: Vec<String> = current.iter().map(|k| verb_string(*k)).collect();
             names.sort();
+            let c = open_config(&pin_dir)?
+                .get(&0, 0)
+                .context("reading the configuration")?;
+            let (ehlo, banner) = switches(&c);
             if json {
-                println!("{}", serde_json::json!({ "allowed": names }));
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "allowed": names,
+                        "ehlo_filter": ehlo,
+                        "mask_banner": banner,
+                    })
+                );
             } else {
                 println!("allowed: {}", names.join(" "));
                 println!("masked:  every other verb");
+                println!("ehlo_filter: {}", on_off(ehlo));
+                println!("mask_banner: {}", on_off(banner));
             }
             return Ok(());
         }
+        PolicyAction::Set { switch, value } => return set(&pin_dir, switch, value),
         PolicyAction::Allow { verbs } => (verbs, vec![]),
         PolicyAction::Deny { verbs } => (vec![], verbs),
     };
