@@ -235,12 +235,10 @@ unsafe extern "C" fn server_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
     }
     w.parser.config = config();
     for_each(w.parser.end - w.parser.pos, server_step, w);
-    let out = w.parser.server.end_segment(
-        w.parser.end,
-        &w.parser.seg,
-        &policy,
-        w.parser.config,
-    );
+    let out = w
+        .parser
+        .server
+        .end_segment(w.parser.end, &w.parser.seg, &policy, w.parser.config);
     handle_server(w, &out);
     mask::apply(&p, w);
     w.parser.next_chunk = w.parser.end;
