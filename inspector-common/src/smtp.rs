@@ -14,7 +14,12 @@
 //! - the view of the stream equals the server's: verbs end at C-locale
 //!   whitespace or LF, leading whitespace is skipped, a bare LF ends a line,
 //!   and the client state follows the server's replies (354, 334, 235, 220),
-//!   matched to commands in order so that PIPELINING works.
+//!   matched to commands in order so that PIPELINING works;
+//! - the server direction masks too (docs/contract.md §10): in the reply to
+//!   the client's last allowed EHLO (its unit number is a shared word), the
+//!   keyword of every extension whose command the policy denies, and, as an
+//!   option, the text of the greeting. What the client direction believes
+//!   the server offered (CHUNKING) is what the client was shown.
 
 use crate::{
     config::{CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
