@@ -152,7 +152,7 @@ pub struct AttachArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Flow table size (entries; least recently used flows are evicted
-    /// when it is full). Default 65536, about 35 MB.
+    /// when it is full). Default 65536, about 38 MB.
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
     /// On SIGINT/SIGTERM, leave the programs attached and the maps
