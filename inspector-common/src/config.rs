@@ -15,6 +15,26 @@ pub const CFG_MASK_BANNER: u32 = 8;
 /// Do not filter the server's replies to EHLO (docs/contract.md §10; on
 /// by default).
 pub const CFG_NO_EHLO_FILTER: u32 = 16;
+/// Bits 8-9: the action of the command-line limit, one of [`action`].
+pub const CFG_COMMAND_LINE_SHIFT: u32 = 8;
+
+/// What a limit does when a session goes past it (docs/contract.md §10).
+pub mod action {
+    /// Count and report, change nothing (the default).
+    pub const LOG: u32 = 0;
+    /// Reset the flow both ways.
+    pub const RESET: u32 = 1;
+    /// Drop this and every later segment of the flow, both ways.
+    pub const DROP_CONNECTION: u32 = 2;
+    /// The rule is off: not even counted.
+    pub const OFF: u32 = 3;
+}
+
+/// The action of the command-line limit in a configuration word.
+#[inline(always)]
+pub const fn command_line_action(flags: u32) -> u32 {
+    (flags >> CFG_COMMAND_LINE_SHIFT) & 3
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -97,6 +97,10 @@ counters! {
     BdatResets => "bdat_resets",
     /// Server greetings (220 banners) whose text was masked (banner masking is an option).
     BannersMasked => "banners_masked",
+    /// Command lines longer than 512 bytes (the command-line limit matched, whatever its action).
+    LimitCommandLine => "limit_command_line",
+    /// Segments dropped because a limit's drop-connection action dropped their flow.
+    FlowsDropped => "flows_dropped",
 }
 
 /// Number of counters (size of the counter map).

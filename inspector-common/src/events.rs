@@ -20,6 +20,9 @@ pub mod kind {
     /// A keyword of the server's reply to EHLO was masked (`verb` holds
     /// the keyword's first bytes).
     pub const KEYWORD_MASKED: u8 = 5;
+    /// A limit matched (the `reason` names the rule); its action, if not
+    /// `log`, has an event of its own.
+    pub const LIMIT: u8 = 6;
 }
 
 /// Why a segment was dropped (`Event::reason`).
@@ -37,6 +40,10 @@ pub mod reason {
     pub const FLOW_RESET: u8 = 9;
     /// A BDAT command was masked: its chunk must not reach the server.
     pub const BDAT_MASKED: u8 = 10;
+    /// A command line longer than 512 bytes (the command-line limit).
+    pub const COMMAND_LINE_TOO_LONG: u8 = 11;
+    /// A limit's drop-connection action dropped the flow.
+    pub const FLOW_DROPPED: u8 = 12;
 }
 
 #[repr(C)]

@@ -66,6 +66,9 @@ pub const DIR_ACKED: u32 = 8;
 /// The inspector reset this flow (client direction only): later client
 /// payload is dropped.
 pub const DIR_RESET: u32 = 16;
+/// A limit's `drop-connection` action dropped this flow (client direction
+/// only): every later segment of it, both ways, is dropped.
+pub const DIR_DROPPED: u32 = 32;
 
 /// Checkpoints kept per direction: the parser state at the start of each
 /// of the last `CHECKPOINTS` in-order segments. A retransmission that starts

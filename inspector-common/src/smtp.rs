@@ -115,7 +115,19 @@ pub struct ClientState {
     /// [`Shared::client_ehlo`] so that the server direction knows which
     /// reply answers it.
     pub ehlo_unit: u32,
-    pub _pad2: u32,
+    /// Bytes of the current command line so far (saturating), for the
+    /// command-line limit (docs/contract.md §10).
+    pub line_len: u32,
+}
+
+/// Longest command line the limit lets through, its CRLF included
+/// (RFC 5321 4.5.3.1.4, the ASA's default).
+pub const MAX_COMMAND_LINE: u32 = 512;
+
+/// Limit rules ([`Out::limit`]).
+pub mod rule {
+    /// A command line longer than [`super::MAX_COMMAND_LINE`].
+    pub const COMMAND_LINE: u8 = 1;
 }
 
 /// State of the reply (server to client) direction. Written only by the
@@ -251,6 +263,8 @@ pub struct Out {
     pub event: u8,
     pub verb_id: u8,
     pub masked: u8,
+    /// A limit [`rule`] this byte went past (once per line).
+    pub limit: u8,
 }
 
 impl Out {
@@ -341,7 +355,19 @@ impl ClientState {
             return to;
         }
         if self.skips_to_lf() {
-            return scan_to_lf(buf, at, end);
+            if self.state != cstate::ARGS {
+                return scan_to_lf(buf, at, end);
+            }
+            // A command line: counted, and the byte that goes past the
+            // limit is left to `step`, which reports it.
+            let stop = if self.line_len > MAX_COMMAND_LINE {
+                end
+            } else {
+                core::cmp::min(end, at + (MAX_COMMAND_LINE - self.line_len))
+            };
+            let to = scan_to_lf(buf, at, stop);
+            self.line_len += to - at;
+            return to;
         }
         at
     }
@@ -396,11 +422,18 @@ impl ClientState {
             out.act = act::HOLD;
             return out;
         }
+        if matches!(
+            self.state,
+            cstate::LINE_START | cstate::VERB | cstate::VERB_MASKED | cstate::ARGS
+        ) {
+            self.count_line_byte(&mut out);
+        }
         match self.state {
             cstate::LINE_START => {
                 if b == b'\n' {
                     // An empty line: the server answers it (500), so it is a unit.
                     self.units = self.units.wrapping_add(1);
+                    self.line_len = 0;
                 } else if !is_space(b) {
                     self.state = cstate::VERB;
                     self.verb = 0;
@@ -563,9 +596,19 @@ impl ClientState {
         };
     }
 
+    /// One more byte of a command line (a LF included).
+    #[inline(always)]
+    fn count_line_byte(&mut self, out: &mut Out) {
+        if self.line_len == MAX_COMMAND_LINE {
+            out.limit = rule::COMMAND_LINE;
+        }
+        self.line_len = self.line_len.saturating_add(1);
+    }
+
     /// LF at the end of a command line.
     #[inline(always)]
     fn end_line(&mut self, chunking: bool, out: &mut Out) {
+        self.line_len = 0;
         self.units = self.units.wrapping_add(1);
         self.state = cstate::LINE_START;
         if self.flags & F_ALLOWED == 0 {
@@ -665,7 +708,8 @@ mod tests {
         }
     }
 
-    /// The word-at-a-time skip of `scan.rs` is only correct if this holds.
+    /// The word-at-a-time skip of `scan.rs` is only correct if this holds:
+    /// but for the length of a command line, which `skip_ahead` counts.
     #[test]
     fn skip_to_lf_states_ignore_every_other_byte() {
         let mut states = [ClientState::default(); 64];
@@ -698,7 +742,11 @@ mod tests {
                 let mut after = st;
                 let mut seg = Seg::default();
                 let out = after.step(b, 5, &mut seg, &NoEnv);
-                assert_eq!(after, st, "state {st:?} changed on byte {b:#x}");
+                let mut want = st;
+                if st.state == cstate::ARGS {
+                    want.line_len += 1;
+                }
+                assert_eq!(after, want, "state {st:?} changed on byte {b:#x}");
                 assert_eq!(out, Out::default(), "state {st:?} byte {b:#x}");
             }
         }
@@ -1180,7 +1228,7 @@ fn apply(buf: &mut [u8], out: &Out, on_event: &mut impl FnMut(&Out)) -> Result<(
         act::MASK => buf[out.mask_from as usize..out.mask_to as usize].fill(b'X'),
         _ => {}
     }
-    if out.event != event::NONE {
+    if out.event != event::NONE || out.limit != 0 {
         on_event(out);
     }
     Ok(())

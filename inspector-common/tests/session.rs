@@ -336,3 +336,47 @@ fn ehlo_filter_off_passes_the_reply() {
     assert_eq!(s.server_sends(&[&reply[..15], &reply[15..]]), reply);
     assert_eq!(s.shared.chunking, 1);
 }
+
+/// docs/contract.md §10: a command line longer than 512 bytes (its CRLF
+/// included) is reported once, at the byte that goes past the limit,
+/// however it is cut and whether the fast paths run or not.
+#[test]
+fn an_overlong_command_line_is_reported_once() {
+    use inspector_common::smtp::{feed_client_bytewise, rule, MAX_COMMAND_LINE};
+    let max = MAX_COMMAND_LINE as usize;
+    for (len, want) in [(max, 0), (max + 1, 1), (3 * max, 1)] {
+        // MAIL FROM:<aaa...> CRLF, `len` bytes in all, then a short line.
+        let head = "MAIL FROM:<";
+        let tail = ">\r\n";
+        let line = format!("{head}{}{tail}", "a".repeat(len - head.len() - tail.len()));
+        let stream = format!("{line}NOOP\r\n");
+        for cut in [1, 7, 100, 511, 512, 513, 600] {
+            for fast in [true, false] {
+                let s = default();
+                let mut st = s.client;
+                let env = View(&s.allowed, &s.shared);
+                let mut limits = vec![];
+                for seg in stream.as_bytes().chunks(cut) {
+                    let mut buf = seg.to_vec();
+                    let on = |o: &inspector_common::smtp::Out| {
+                        if o.limit != 0 {
+                            limits.push(o.limit)
+                        }
+                    };
+                    if fast {
+                        feed_client(&mut st, &mut buf, &env, on).unwrap();
+                    } else {
+                        feed_client_bytewise(&mut st, &mut buf, &env, on).unwrap();
+                    }
+                    assert_eq!(buf, seg, "nothing masked");
+                }
+                assert_eq!(
+                    limits,
+                    vec![rule::COMMAND_LINE; want],
+                    "line of {len}, cut {cut}, fast {fast}"
+                );
+                assert_eq!(st.line_len, 0);
+            }
+        }
+    }
+}

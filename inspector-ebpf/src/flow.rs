@@ -15,8 +15,8 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use inspector_common::{
     counters::Counter,
     flow::{
-        seq_diff, ClientDir, Cursor, Flow, FlowKey, ServerDir, DIR_ACKED, DIR_FIN, DIR_RESET,
-        DIR_RST, DIR_SYNCED,
+        seq_diff, ClientDir, Cursor, Flow, FlowKey, ServerDir, DIR_ACKED, DIR_DROPPED, DIR_FIN,
+        DIR_RESET, DIR_RST, DIR_SYNCED,
     },
     smtp::{ClientState, Shared, GATE_SLOTS},
 };
@@ -179,7 +179,7 @@ pub fn track(
 
 /// The `DIR_*` flags of a cursor another CPU may be writing.
 #[inline(always)]
-fn flags_of(cur: *const Cursor) -> u32 {
+pub fn flags_of(cur: *const Cursor) -> u32 {
     // SAFETY: `cur` points into a live flow entry; one aligned 32-bit load.
     unsafe { read_volatile(addr_of!((*cur).flags)) }
 }
@@ -265,6 +265,17 @@ impl ClientSide<'_> {
             count(Counter::FlowsClosed);
         }
         self.own.cur.flags |= DIR_RESET | DIR_RST;
+    }
+
+    /// A limit's drop-connection action: every later segment of the flow,
+    /// both ways, is dropped; the entry counts as closed and expires like
+    /// any closed flow.
+    #[inline(always)]
+    pub fn mark_dropped(&mut self) {
+        if !self.closed() {
+            count(Counter::FlowsClosed);
+        }
+        self.own.cur.flags |= DIR_DROPPED | DIR_RST;
     }
 }
 

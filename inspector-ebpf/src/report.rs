@@ -59,6 +59,13 @@ pub fn parser_event(w: &WorkArea, out: &Out) {
     }
 }
 
+/// Counts and reports a limit that matched (`why`: the rule's reason).
+#[inline(always)]
+pub fn limit(w: &WorkArea, why: u8) {
+    count(Counter::LimitCommandLine);
+    send(w, kind::LIMIT, why, inspector_common::verbs::OTHER);
+}
+
 /// Counts and reports an EHLO keyword masked in the server's reply.
 #[inline(always)]
 pub fn keyword_masked(w: &WorkArea) {

@@ -4,10 +4,11 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use inspector_common::{
+    config::{action, command_line_action},
     config::{CFG_MIDSTREAM_DROP, CFG_MONITOR},
     counters::Counter,
     events::{kind, reason},
-    flow::{classify, expected_after, SegClass, DIR_RESET, DIR_SYNCED},
+    flow::{classify, expected_after, SegClass, DIR_DROPPED, DIR_RESET, DIR_SYNCED},
     smtp::cstate,
     verbs::OTHER,
 };
@@ -78,6 +79,17 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     };
     let (cur, peer) = entry.cursors(client_side);
     flow::track(cur, peer, flags, seq, ack, now, !client_side);
+    let client_flags = if client_side {
+        cur.flags
+    } else {
+        flow::flags_of(peer)
+    };
+    if client_flags & DIR_DROPPED != 0 {
+        // A limit's drop-connection action: nothing of the flow passes.
+        count(Counter::FlowsDropped);
+        send(w, kind::DROPPED, reason::FLOW_DROPPED, OTHER);
+        return drop::<P>(monitor);
+    }
     if payload_len == 0 {
         return P::PASS;
     }
@@ -161,6 +173,7 @@ fn reason_of(c: Counter) -> u8 {
         Counter::MaskOverflowDrops => reason::TOO_MANY_MASKS,
         Counter::Midstream => reason::MIDSTREAM,
         Counter::Dropped => reason::FLOW_RESET,
+        Counter::FlowsDropped => reason::FLOW_DROPPED,
         _ => 0,
     }
 }
@@ -226,9 +239,13 @@ fn client<P: Packet>(
                 }
                 return Verdict::Drop(Counter::AwaitingReplyDrops);
             }
+            if let Some(v) = limit_action(side, w) {
+                return v;
+            }
             if w.parser.reset != 0 && w.packet.monitor == 0 {
                 return reset(side, w);
             }
+            let own = &mut *side.own;
             own.ckpts.record(seq, &own.state);
             own.state = w.parser.client;
             own.cur.next_seq = seq.wrapping_add(len);
@@ -267,9 +284,13 @@ fn client<P: Packet>(
                 if w.parser.held != 0 {
                     return Verdict::Drop(Counter::AwaitingReplyDrops);
                 }
+                if let Some(v) = limit_action(side, w) {
+                    return v;
+                }
                 if w.parser.reset != 0 && w.packet.monitor == 0 {
                     return reset(side, w);
                 }
+                let own = &mut *side.own;
                 own.ckpts.record(seq.wrapping_add(overlap), &own.state);
                 own.state = w.parser.client;
                 own.cur.next_seq = seq.wrapping_add(len);
@@ -285,6 +306,30 @@ fn client<P: Packet>(
             Verdict::Pass
         }
         SegClass::Future => Verdict::Drop(Counter::OutOfOrderDrops),
+    }
+}
+
+/// The action of a limit the segment went past (docs/contract.md §10):
+/// `reset` resets the flow, `drop-connection` drops this and every later
+/// segment of it; `log` (counted and reported already) changes nothing, and
+/// so does everything in monitor mode.
+#[inline(always)]
+fn limit_action(side: &mut ClientSide<'_>, w: &mut WorkArea) -> Option<Verdict> {
+    if w.parser.limit == 0 || w.packet.monitor != 0 {
+        return None;
+    }
+    match command_line_action(w.parser.config) {
+        action::RESET => {
+            if w.parser.reset == 0 {
+                w.parser.reset = reason::COMMAND_LINE_TOO_LONG as u32;
+            }
+            None
+        }
+        action::DROP_CONNECTION => {
+            side.mark_dropped();
+            Some(Verdict::Drop(Counter::FlowsDropped))
+        }
+        _ => None,
     }
 }
 

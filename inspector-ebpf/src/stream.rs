@@ -15,6 +15,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_loop;
 use inspector_common::{
+    config::{action, command_line_action},
     events::reason,
     smtp::{act, Env, Out, Seg, ServerOut},
     verbs::{PolicyEntry, VerbKey, OTHER},
@@ -79,6 +80,7 @@ pub fn begin(w: &mut WorkArea, seq: u32, payload_off: u32) {
     w.packet.load_failed = 0;
     w.parser.held = 0;
     w.parser.reset = 0;
+    w.parser.limit = 0;
     w.parser.report = 1;
     w.parser.seg = Seg::default();
     w.masks.csum_acc = 0;
@@ -206,6 +208,7 @@ unsafe extern "C" fn client_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
     if start > from {
         w.parser.seg.verb_start = start;
     }
+    w.parser.config = config();
     for_each(w.parser.end - w.parser.pos, client_step, w);
     if w.parser.held != 0 {
         return 1;
@@ -327,6 +330,12 @@ fn handle(w: &mut WorkArea, out: &Out) {
     }
     if out.resets_flow() {
         w.parser.reset = reason::BDAT_MASKED as u32;
+    }
+    if out.limit != 0 && command_line_action(w.parser.config) != action::OFF {
+        w.parser.limit = out.limit as u32;
+        if w.parser.report != 0 {
+            report::limit(w, reason::COMMAND_LINE_TOO_LONG);
+        }
     }
     if w.parser.report != 0 {
         report::parser_event(w, out);

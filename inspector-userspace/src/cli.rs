@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use inspector_userspace::{
     links::Mode,
     pin::DEFAULT_PIN_DIR,
-    settings::{Action, Given},
+    settings::{Action, Given, LimitAction},
 };
 
 #[derive(Parser)]
@@ -141,6 +141,11 @@ pub struct AttachArgs {
     /// version), keeping its length.
     #[arg(long)]
     pub mask_banner: bool,
+    /// What to do with a command line longer than 512 bytes: `log` (count
+    /// and report; the default), `reset` the flow, `drop-connection` (drop
+    /// every later segment of the flow) or `off`.
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub command_line_limit: Option<LimitAction>,
     /// Read settings from a TOML policy file (ports, allow/deny/allowed,
     /// midstream, fragments, monitor, max_flows, ehlo_filter,
     /// mask_banner); options given on the
@@ -178,6 +183,7 @@ impl AttachArgs {
             max_flows: self.max_flows,
             ehlo_filter: self.no_ehlo_filter.then_some(false),
             mask_banner: self.mask_banner.then_some(true),
+            command_line_limit: self.command_line_limit,
         }
     }
 }
@@ -243,6 +249,22 @@ pub enum PolicyAction {
         #[arg(value_enum)]
         value: OnOff,
     },
+    /// Set the action of a limit, live (until the next `attach`):
+    /// `command-line` (a command line longer than 512 bytes) gets `log`,
+    /// `reset`, `drop-connection` or `off`.
+    #[command(after_help = "Example:\n  inspector policy limit command-line reset")]
+    Limit {
+        #[arg(value_enum)]
+        rule: LimitRule,
+        #[arg(value_enum)]
+        action: LimitAction,
+    },
+}
+
+/// A limit of `inspector policy limit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LimitRule {
+    CommandLine,
 }
 
 /// A switch of `inspector policy set`.

@@ -46,6 +46,7 @@ pub fn kind_name(k: u8) -> &'static str {
         kind::MIDSTREAM => "midstream",
         kind::RESET => "reset",
         kind::KEYWORD_MASKED => "ehlo-keyword-masked",
+        kind::LIMIT => "limit",
         _ => "unknown",
     }
 }
@@ -62,6 +63,8 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::BYTES_BEFORE_REPLY => "bytes-sent-before-reply",
         reason::FLOW_RESET => "flow-was-reset",
         reason::BDAT_MASKED => "bdat-masked",
+        reason::COMMAND_LINE_TOO_LONG => "command-line-too-long",
+        reason::FLOW_DROPPED => "flow-dropped",
         _ => "",
     }
 }
@@ -78,6 +81,7 @@ pub fn action(e: &Event) -> &'static str {
         (kind::RESET, _) => "would-reset",
         (kind::KEYWORD_MASKED, 0) => "mask-ehlo-keyword",
         (kind::KEYWORD_MASKED, _) => "would-mask-ehlo-keyword",
+        (kind::LIMIT, _) => "limit",
         _ => "?",
     }
 }

@@ -16,6 +16,7 @@
 //! max_flows = 65536          # flow table size
 //! ehlo_filter = true         # mask the EHLO keywords of denied commands
 //! mask_banner = false        # true: mask the text of the 220 greeting
+//! command_line_limit = "log" # lines over 512 bytes: log, reset, drop-connection, off
 //! ```
 
 use std::{collections::BTreeSet, path::Path};
@@ -23,8 +24,8 @@ use std::{collections::BTreeSet, path::Path};
 use anyhow::{bail, Context, Result};
 use inspector_common::{
     config::{
-        Config, CFG_FRAGMENTS_PASS, CFG_MASK_BANNER, CFG_MIDSTREAM_DROP, CFG_MONITOR,
-        CFG_NO_EHLO_FILTER,
+        action, Config, CFG_COMMAND_LINE_SHIFT, CFG_FRAGMENTS_PASS, CFG_MASK_BANNER,
+        CFG_MIDSTREAM_DROP, CFG_MONITOR, CFG_NO_EHLO_FILTER,
     },
     ports::{DEFAULT_PORTS, NEVER_INSPECTED},
     verbs::{VerbKey, DEFAULT_ALLOWED},
@@ -40,6 +41,53 @@ use crate::loader::parse_verb;
 pub enum Action {
     Pass,
     Drop,
+}
+
+/// What a limit does when a session goes past it (docs/contract.md §10),
+/// for `--command-line-limit`/`command_line_limit` and `inspector policy
+/// limit`. (`mask` does not apply to a line's length.)
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitAction {
+    /// Count and report, change nothing.
+    Log,
+    /// Reset the flow both ways.
+    Reset,
+    /// Drop this and every later segment of the flow.
+    DropConnection,
+    /// The rule is off.
+    Off,
+}
+
+impl LimitAction {
+    /// The `config::action` code.
+    pub fn code(self) -> u32 {
+        match self {
+            LimitAction::Log => action::LOG,
+            LimitAction::Reset => action::RESET,
+            LimitAction::DropConnection => action::DROP_CONNECTION,
+            LimitAction::Off => action::OFF,
+        }
+    }
+
+    /// The action of a `config::action` code.
+    pub fn of_code(code: u32) -> Self {
+        match code {
+            action::RESET => LimitAction::Reset,
+            action::DROP_CONNECTION => LimitAction::DropConnection,
+            action::OFF => LimitAction::Off,
+            _ => LimitAction::Log,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitAction::Log => "log",
+            LimitAction::Reset => "reset",
+            LimitAction::DropConnection => "drop-connection",
+            LimitAction::Off => "off",
+        }
+    }
 }
 
 /// Settings as the operator gave them, each possibly unset: the keys of a
@@ -59,6 +107,7 @@ pub struct Given {
     pub max_flows: Option<u32>,
     pub ehlo_filter: Option<bool>,
     pub mask_banner: Option<bool>,
+    pub command_line_limit: Option<LimitAction>,
 }
 
 /// How the operator spells each checked setting where it came from, so that
@@ -187,6 +236,11 @@ impl Settings {
         if options.mask_banner.or(file.mask_banner).unwrap_or(false) {
             config.flags |= CFG_MASK_BANNER;
         }
+        let line = options
+            .command_line_limit
+            .or(file.command_line_limit)
+            .unwrap_or(LimitAction::Log);
+        config.flags |= line.code() << CFG_COMMAND_LINE_SHIFT;
         Ok(Settings {
             ports,
             allowed,
@@ -240,9 +294,10 @@ mod tests {
         let f = Given::parse(
             "ports = [25, 2525]\nallow = [\"starttls\"]\ndeny = [\"VRFY\"]\nmidstream = \"drop\"\n\
              fragments = \"pass\"\nmonitor = true\nmax_flows = 1000\nehlo_filter = false\n\
-             mask_banner = true\n",
+             mask_banner = true\ncommand_line_limit = \"drop-connection\"\n",
         )
         .unwrap();
+        assert_eq!(f.command_line_limit, Some(LimitAction::DropConnection));
         assert_eq!(f.ehlo_filter, Some(false));
         assert_eq!(f.mask_banner, Some(true));
         assert_eq!(f.ports, Some(vec![25, 2525]));
@@ -275,6 +330,7 @@ mod tests {
             ("allow = [\"NOT A VERB\"]", "is not a verb"),
             ("midstream = \"maybe\"", "unknown variant"),
             ("mask_banner = \"yes\"", "invalid type"),
+            ("command_line_limit = \"mask\"", "unknown variant"),
             ("ports = [70000]", "invalid value"),
             ("max_flows = 0", "max_flows must be at least 1"),
             ("ports = [25, 465]", "implicit TLS"),

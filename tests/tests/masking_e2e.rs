@@ -1767,3 +1767,59 @@ fn policy_set_switches_banner_masking_and_the_ehlo_filter_live() {
     assert_eq!(counter(&st, "banners_masked"), 2, "{}", bed.context());
     assert_eq!(counter(&st, "ehlo_keywords_masked"), 4, "{}", bed.context());
 }
+
+/// The command-line limit end to end: an honest session passes untouched
+/// (nothing counted); a 600-byte MAIL line is counted and, with `attach
+/// --command-line-limit reset`, resets the flow before Postfix gets the
+/// line; `inspector policy limit command-line log` switches it live.
+#[test]
+fn an_overlong_command_line_resets_the_flow_to_postfix() {
+    let bed = Bed::new(
+        Offloads::Default,
+        Server::Postfix,
+        Mode::Tc,
+        &["--command-line-limit", "reset"],
+    );
+    swaks(&bed, SERVER_V4, &[]);
+    assert_eq!(
+        counter(&bed.stats(), "limit_command_line"),
+        0,
+        "{}",
+        bed.context()
+    );
+    let long = format!("MAIL FROM:<{}@example.com>\r\n", "a".repeat(600));
+    let s = Script::new()
+        .cmd("EHLO client.test\r\n")
+        .cmd(&long)
+        .timeout(Duration::from_secs(10));
+    let err = client::spawn(&bed.tb.client, SERVER_V4, 25, &s)
+        .finish_raw()
+        .expect_err("the session went on after an overlong line");
+    assert!(err.contains("reset"), "{err}");
+    let st = bed.stats();
+    assert_eq!(counter(&st, "limit_command_line"), 1, "{}", bed.context());
+    assert_eq!(counter(&st, "flows_reset"), 1, "{}", bed.context());
+    let disconnects = bed.postfix().wait_disconnects(2);
+    assert!(
+        disconnects[1].ends_with(" ehlo=1 commands=1"),
+        "Postfix read the long line: {disconnects:?}"
+    );
+
+    let pin = bed.inspector.pin_dir().to_path_buf();
+    inspector_cmd(&pin, &["policy", "limit", "command-line", "log"]);
+    let shown: Value =
+        serde_json::from_str(&inspector_cmd(&pin, &["policy", "show", "--json"]).stdout_str())
+            .unwrap();
+    assert_eq!(shown["limits"]["command_line"], "log");
+    let t = bed.session(
+        SERVER_V4,
+        &Script::new().cmd("EHLO c\r\n").cmd(&long).cmd("QUIT\r\n"),
+    );
+    assert_eq!(t.code(1), 250, "logged only: {}", t.raw);
+    assert_eq!(
+        counter(&bed.stats(), "limit_command_line"),
+        2,
+        "{}",
+        bed.context()
+    );
+}

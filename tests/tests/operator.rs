@@ -1318,7 +1318,12 @@ fn policy_file_applies() {
     let (text, json) = policy_show(&bed.gateway, &dir);
     assert_eq!(
         json,
-        serde_json::json!({ "allowed": want, "ehlo_filter": true, "mask_banner": false }),
+        serde_json::json!({
+            "allowed": want,
+            "ehlo_filter": true,
+            "mask_banner": false,
+            "limits": { "command_line": "log" },
+        }),
         "{text}"
     );
     assert!(

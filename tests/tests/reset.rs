@@ -315,3 +315,82 @@ fn split_masked_bdat_resets_and_monitor_mode_only_counts() {
     assert_eq!(o.get("bdat_resets"), 1, "counted in monitor mode");
     assert_eq!(o.data_out, frame, "but nothing changes");
 }
+
+/// docs/contract.md §10: a command line longer than 512 bytes, cut over
+/// two segments, with each action of the limit. An honest line of 512
+/// bytes matches nothing.
+fn overlong_line(action: u32) -> (Loaded, Vec<Outcome>) {
+    use inspector_common::config::CFG_COMMAND_LINE_SHIFT;
+    let prog = Loaded::new(Hook::Xdp, action << CFG_COMMAND_LINE_SHIFT);
+    let mut outs = vec![];
+    {
+        let mut s = Session::new(&prog, v4(), client_port(), 25);
+        s.open();
+        let ok = format!("MAIL FROM:<{}>\r\n", "a".repeat(512 - 14));
+        assert_eq!(ok.len(), 512);
+        let o = s.client(ok.as_bytes());
+        assert_eq!(o.get("limit_command_line"), 0, "{:?}", o.delta.nonzero());
+        s.server(b"250 ok\r\n");
+        let long = format!("RCPT TO:<{}>\r\n", "b".repeat(600));
+        let (first, rest) = long.as_bytes().split_at(300);
+        outs.push(s.client(first));
+        let frame = s.client_frame(rest);
+        outs.push(s.run_client_frame(&frame, rest.len()));
+        // What the server and the client send next.
+        outs.push(prog.run(&s.server_frame(b"250 ok\r\n")));
+        outs.push(prog.run(&s.client_frame(b"QUIT\r\n")));
+    }
+    (prog, outs)
+}
+
+use inspector_tests::kernel::Outcome;
+
+#[test]
+fn an_overlong_command_line_is_logged_by_default() {
+    let (_, o) = overlong_line(inspector_common::config::action::LOG);
+    assert_eq!(o[0].get("limit_command_line"), 0, "300 bytes so far");
+    assert_eq!(o[1].verdict, Verdict::Pass);
+    assert_eq!(
+        o[1].get("limit_command_line"),
+        1,
+        "{:?}",
+        o[1].delta.nonzero()
+    );
+    assert_eq!(o[1].get("dropped") + o[1].get("flows_reset"), 0);
+    assert_eq!(o[2].verdict, Verdict::Pass);
+    assert_eq!(o[3].verdict, Verdict::Pass);
+}
+
+#[test]
+fn an_overlong_command_line_resets_the_flow() {
+    let (_, o) = overlong_line(inspector_common::config::action::RESET);
+    assert_eq!(o[1].get("limit_command_line"), 1);
+    assert_eq!(o[1].get("flows_reset"), 1, "{:?}", o[1].delta.nonzero());
+    assert_eq!(o[1].get("bdat_resets"), 0);
+    let rst = parse(&o[1].data_out);
+    assert_eq!(rst.flags, RST_ACK);
+    assert!(rst.checksum_ok);
+    assert_eq!(o[3].verdict, Verdict::Bounce, "the client gets its RST");
+}
+
+#[test]
+fn an_overlong_command_line_drops_the_connection() {
+    let (_, o) = overlong_line(inspector_common::config::action::DROP_CONNECTION);
+    assert_eq!(o[1].verdict, Verdict::Drop, "{:?}", o[1].delta.nonzero());
+    assert_eq!(o[1].get("limit_command_line"), 1);
+    assert_eq!(o[1].get("flows_dropped"), 1);
+    for (i, what) in [
+        (2, "the server's next segment"),
+        (3, "the client's next segment"),
+    ] {
+        assert_eq!(o[i].verdict, Verdict::Drop, "{what}");
+        assert_eq!(o[i].get("flows_dropped"), 1, "{what}");
+    }
+}
+
+#[test]
+fn an_overlong_command_line_is_not_even_counted_when_the_rule_is_off() {
+    let (_, o) = overlong_line(inspector_common::config::action::OFF);
+    assert_eq!(o[1].verdict, Verdict::Pass);
+    assert_eq!(o[1].get("limit_command_line"), 0);
+}

@@ -5,13 +5,19 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use inspector_common::{
-    config::{Config, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER, CONFIG_MAP},
+    config::{
+        command_line_action, Config, CFG_COMMAND_LINE_SHIFT, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER,
+        CONFIG_MAP,
+    },
     policy::POLICY_MAP,
     verbs::{key_text, PolicyEntry, VerbKey, ALLOWED, MAX_VERB},
 };
-use inspector_userspace::{loader, privilege, settings::with_changes};
+use inspector_userspace::{
+    loader, privilege,
+    settings::{with_changes, LimitAction},
+};
 
-use crate::cli::{OnOff, PolicyAction, PolicyArgs, Switch};
+use crate::cli::{LimitRule, OnOff, PolicyAction, PolicyArgs, Switch};
 
 fn verb_string(k: VerbKey) -> String {
     let mut t = [0u8; MAX_VERB];
@@ -84,6 +90,25 @@ fn set(pin_dir: &Path, switch: Switch, value: OnOff) -> Result<()> {
     Ok(())
 }
 
+/// Sets the action of a limit in the pinned configuration word.
+fn set_limit(pin_dir: &Path, rule: LimitRule, act: LimitAction) -> Result<()> {
+    let mut cfg = open_config(pin_dir)?;
+    let mut c = cfg.get(&0, 0).context("reading the configuration")?;
+    match rule {
+        LimitRule::CommandLine => {
+            c.flags &= !(3 << CFG_COMMAND_LINE_SHIFT);
+            c.flags |= act.code() << CFG_COMMAND_LINE_SHIFT;
+        }
+    }
+    cfg.set(0, c, 0).context("updating the configuration")?;
+    println!("limits: command_line={}", line_action(&c).name());
+    Ok(())
+}
+
+fn line_action(c: &Config) -> LimitAction {
+    LimitAction::of_code(command_line_action(c.flags))
+}
+
 pub fn run(args: PolicyArgs) -> Result<()> {
     let PolicyArgs { action, pin_dir } = args;
     privilege::require_bpf("policy")?;
@@ -104,6 +129,7 @@ pub fn run(args: PolicyArgs) -> Result<()> {
                         "allowed": names,
                         "ehlo_filter": ehlo,
                         "mask_banner": banner,
+                        "limits": { "command_line": line_action(&c).name() },
                     })
                 );
             } else {
@@ -111,9 +137,11 @@ pub fn run(args: PolicyArgs) -> Result<()> {
                 println!("masked:  every other verb");
                 println!("ehlo_filter: {}", on_off(ehlo));
                 println!("mask_banner: {}", on_off(banner));
+                println!("limits: command_line={}", line_action(&c).name());
             }
             return Ok(());
         }
+        PolicyAction::Limit { rule, action } => return set_limit(&pin_dir, rule, action),
         PolicyAction::Set { switch, value } => return set(&pin_dir, switch, value),
         PolicyAction::Allow { verbs } => (verbs, vec![]),
         PolicyAction::Deny { verbs } => (vec![], verbs),
