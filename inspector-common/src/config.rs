@@ -15,8 +15,9 @@ pub const CFG_MASK_BANNER: u32 = 8;
 /// Do not filter the server's replies to EHLO (docs/contract.md §10; on
 /// by default).
 pub const CFG_NO_EHLO_FILTER: u32 = 16;
-/// Bits 8-9: the action of the command-line limit, one of [`action`].
-pub const CFG_COMMAND_LINE_SHIFT: u32 = 8;
+/// From bit 8 on, two bits per limit rule (`smtp::rule`, from 1): its
+/// action, one of [`action`].
+pub const CFG_LIMITS_SHIFT: u32 = 8;
 
 /// What a limit does when a session goes past it (docs/contract.md §10).
 pub mod action {
@@ -30,10 +31,16 @@ pub mod action {
     pub const OFF: u32 = 3;
 }
 
-/// The action of the command-line limit in a configuration word.
+/// Where the action of limit `rule` (from 1) sits in a configuration word.
 #[inline(always)]
-pub const fn command_line_action(flags: u32) -> u32 {
-    (flags >> CFG_COMMAND_LINE_SHIFT) & 3
+pub const fn limit_shift(rule: u8) -> u32 {
+    CFG_LIMITS_SHIFT + 2 * ((rule as u32).wrapping_sub(1) & 7)
+}
+
+/// The action of limit `rule` in a configuration word.
+#[inline(always)]
+pub const fn limit_action(flags: u32, rule: u8) -> u32 {
+    (flags >> limit_shift(rule)) & 3
 }
 
 #[repr(C)]

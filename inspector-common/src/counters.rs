@@ -99,6 +99,8 @@ counters! {
     BannersMasked => "banners_masked",
     /// Command lines longer than 512 bytes (the command-line limit matched, whatever its action).
     LimitCommandLine => "limit_command_line",
+    /// Transactions with more than 100 RCPT commands (the RCPT limit matched, whatever its action).
+    LimitRcpts => "limit_rcpts",
     /// Segments dropped because a limit's drop-connection action dropped their flow.
     FlowsDropped => "flows_dropped",
 }

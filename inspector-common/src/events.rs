@@ -44,6 +44,8 @@ pub mod reason {
     pub const COMMAND_LINE_TOO_LONG: u8 = 11;
     /// A limit's drop-connection action dropped the flow.
     pub const FLOW_DROPPED: u8 = 12;
+    /// More than 100 RCPT commands in one transaction (the RCPT limit).
+    pub const TOO_MANY_RCPTS: u8 = 13;
 }
 
 #[repr(C)]

@@ -110,7 +110,9 @@ pub struct ClientState {
     pub sub: u8,
     /// AWAIT_GATE: which [`gate`] kind.
     pub gate_kind: u8,
-    pub _pad: [u8; 2],
+    /// Allowed RCPT commands since the last MAIL, RSET, HELO or EHLO
+    /// (saturating), for the RCPT limit.
+    pub rcpts: u16,
     /// Unit number of the last allowed EHLO (0: none yet), published as
     /// [`Shared::client_ehlo`] so that the server direction knows which
     /// reply answers it.
@@ -124,10 +126,16 @@ pub struct ClientState {
 /// (RFC 5321 4.5.3.1.4, the ASA's default).
 pub const MAX_COMMAND_LINE: u32 = 512;
 
+/// Most RCPT commands per transaction the limit lets through (the ASA's
+/// default).
+pub const MAX_RCPTS: u16 = 100;
+
 /// Limit rules ([`Out::limit`]).
 pub mod rule {
     /// A command line longer than [`super::MAX_COMMAND_LINE`].
     pub const COMMAND_LINE: u8 = 1;
+    /// More than [`super::MAX_RCPTS`] RCPT commands in one transaction.
+    pub const RCPTS: u8 = 2;
 }
 
 /// State of the reply (server to client) direction. Written only by the
@@ -545,6 +553,16 @@ impl ClientState {
             && entry.map(|e| e.flags & ALLOWED != 0).unwrap_or(false);
         if allowed {
             self.flags = F_ALLOWED;
+            match self.verb_id {
+                id::MAIL | id::RSET | id::HELO | id::EHLO => self.rcpts = 0,
+                id::RCPT => {
+                    if self.rcpts == MAX_RCPTS && out.limit == 0 {
+                        out.limit = rule::RCPTS;
+                    }
+                    self.rcpts = self.rcpts.saturating_add(1);
+                }
+                _ => {}
+            }
         } else {
             self.flags = 0;
             if self.state == cstate::VERB && pos > seg.verb_start {

@@ -380,3 +380,37 @@ fn an_overlong_command_line_is_reported_once() {
         }
     }
 }
+
+/// docs/contract.md §10: more than 100 RCPT commands in one transaction
+/// is reported at the 101st; MAIL, RSET, HELO and EHLO start a new count;
+/// a masked RCPT is not a recipient.
+#[test]
+fn more_than_100_rcpts_in_a_transaction_are_reported() {
+    use inspector_common::smtp::{rule, MAX_RCPTS};
+    let limits = |s: &mut Session, text: &str| -> Vec<u8> {
+        let mut st = s.client;
+        let mut buf = text.as_bytes().to_vec();
+        let mut v = vec![];
+        feed_client(&mut st, &mut buf, &View(&s.allowed, &s.shared), |o| {
+            if o.limit != 0 {
+                v.push(o.limit)
+            }
+        })
+        .unwrap();
+        s.client = st;
+        v
+    };
+    let rcpts = |n: usize| "RCPT TO:<a@b>\r\n".repeat(n);
+    let mut s = default();
+    let max = MAX_RCPTS as usize;
+    assert!(limits(&mut s, &format!("MAIL FROM:<x@y>\r\n{}", rcpts(max))).is_empty());
+    assert_eq!(limits(&mut s, &rcpts(3)), vec![rule::RCPTS], "the 101st");
+    for new in ["MAIL FROM:<x@y>", "RSET", "EHLO c", "HELO c"] {
+        let text = format!("{new}\r\n{}", rcpts(max));
+        assert!(limits(&mut s, &text).is_empty(), "after {new}");
+        assert_eq!(limits(&mut s, &rcpts(1)), vec![rule::RCPTS], "after {new}");
+    }
+    let mut s = Session::new(&["MAIL", "EHLO"]);
+    let text = format!("MAIL FROM:<x@y>\r\n{}", rcpts(max + 10));
+    assert!(limits(&mut s, &text).is_empty(), "RCPT denied: masked");
+}

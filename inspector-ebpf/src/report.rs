@@ -59,11 +59,30 @@ pub fn parser_event(w: &WorkArea, out: &Out) {
     }
 }
 
-/// Counts and reports a limit that matched (`why`: the rule's reason).
+/// The event reason of a limit rule.
 #[inline(always)]
-pub fn limit(w: &WorkArea, why: u8) {
-    count(Counter::LimitCommandLine);
-    send(w, kind::LIMIT, why, inspector_common::verbs::OTHER);
+pub fn limit_reason(rule: u8) -> u8 {
+    if rule == inspector_common::smtp::rule::RCPTS {
+        inspector_common::events::reason::TOO_MANY_RCPTS
+    } else {
+        inspector_common::events::reason::COMMAND_LINE_TOO_LONG
+    }
+}
+
+/// Counts and reports a limit `rule` that matched.
+#[inline(always)]
+pub fn limit(w: &WorkArea, rule: u8) {
+    count(if rule == inspector_common::smtp::rule::RCPTS {
+        Counter::LimitRcpts
+    } else {
+        Counter::LimitCommandLine
+    });
+    send(
+        w,
+        kind::LIMIT,
+        limit_reason(rule),
+        inspector_common::verbs::OTHER,
+    );
 }
 
 /// Counts and reports an EHLO keyword masked in the server's reply.

@@ -4,7 +4,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use inspector_common::{
-    config::{action, command_line_action},
+    config::{action, limit_action},
     config::{CFG_MIDSTREAM_DROP, CFG_MONITOR},
     counters::Counter,
     events::{kind, reason},
@@ -18,7 +18,7 @@ use crate::{
     maps::{config, work_area},
     mask,
     packet::Packet,
-    report::{count, count_n, send},
+    report::{self, count, count_n, send},
     rst, stream,
     workarea::WorkArea,
 };
@@ -239,7 +239,7 @@ fn client<P: Packet>(
                 }
                 return Verdict::Drop(Counter::AwaitingReplyDrops);
             }
-            if let Some(v) = limit_action(side, w) {
+            if let Some(v) = apply_limit(side, w) {
                 return v;
             }
             if w.parser.reset != 0 && w.packet.monitor == 0 {
@@ -284,7 +284,7 @@ fn client<P: Packet>(
                 if w.parser.held != 0 {
                     return Verdict::Drop(Counter::AwaitingReplyDrops);
                 }
-                if let Some(v) = limit_action(side, w) {
+                if let Some(v) = apply_limit(side, w) {
                     return v;
                 }
                 if w.parser.reset != 0 && w.packet.monitor == 0 {
@@ -314,14 +314,15 @@ fn client<P: Packet>(
 /// segment of it; `log` (counted and reported already) changes nothing, and
 /// so does everything in monitor mode.
 #[inline(always)]
-fn limit_action(side: &mut ClientSide<'_>, w: &mut WorkArea) -> Option<Verdict> {
+fn apply_limit(side: &mut ClientSide<'_>, w: &mut WorkArea) -> Option<Verdict> {
     if w.parser.limit == 0 || w.packet.monitor != 0 {
         return None;
     }
-    match command_line_action(w.parser.config) {
+    let rule = w.parser.limit as u8;
+    match limit_action(w.parser.config, rule) {
         action::RESET => {
             if w.parser.reset == 0 {
-                w.parser.reset = reason::COMMAND_LINE_TOO_LONG as u32;
+                w.parser.reset = report::limit_reason(rule) as u32;
             }
             None
         }

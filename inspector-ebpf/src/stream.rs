@@ -15,7 +15,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_loop;
 use inspector_common::{
-    config::{action, command_line_action},
+    config::{action, limit_action},
     events::reason,
     smtp::{act, Env, Out, Seg, ServerOut},
     verbs::{PolicyEntry, VerbKey, OTHER},
@@ -331,10 +331,10 @@ fn handle(w: &mut WorkArea, out: &Out) {
     if out.resets_flow() {
         w.parser.reset = reason::BDAT_MASKED as u32;
     }
-    if out.limit != 0 && command_line_action(w.parser.config) != action::OFF {
+    if out.limit != 0 && limit_action(w.parser.config, out.limit) != action::OFF {
         w.parser.limit = out.limit as u32;
         if w.parser.report != 0 {
-            report::limit(w, reason::COMMAND_LINE_TOO_LONG);
+            report::limit(w, out.limit);
         }
     }
     if w.parser.report != 0 {

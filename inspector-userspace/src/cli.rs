@@ -146,6 +146,10 @@ pub struct AttachArgs {
     /// every later segment of the flow) or `off`.
     #[arg(long, value_enum, value_name = "ACTION")]
     pub command_line_limit: Option<LimitAction>,
+    /// What to do with a transaction of more than 100 RCPT commands: the
+    /// same actions, `log` by default.
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub rcpt_limit: Option<LimitAction>,
     /// Read settings from a TOML policy file (ports, allow/deny/allowed,
     /// midstream, fragments, monitor, max_flows, ehlo_filter,
     /// mask_banner); options given on the
@@ -184,6 +188,7 @@ impl AttachArgs {
             ehlo_filter: self.no_ehlo_filter.then_some(false),
             mask_banner: self.mask_banner.then_some(true),
             command_line_limit: self.command_line_limit,
+            rcpt_limit: self.rcpt_limit,
         }
     }
 }
@@ -250,8 +255,9 @@ pub enum PolicyAction {
         value: OnOff,
     },
     /// Set the action of a limit, live (until the next `attach`):
-    /// `command-line` (a command line longer than 512 bytes) gets `log`,
-    /// `reset`, `drop-connection` or `off`.
+    /// `command-line` (a command line longer than 512 bytes) or `rcpts`
+    /// (more than 100 RCPT in a transaction) gets `log`, `reset`,
+    /// `drop-connection` or `off`.
     #[command(after_help = "Example:\n  inspector policy limit command-line reset")]
     Limit {
         #[arg(value_enum)]
@@ -265,6 +271,7 @@ pub enum PolicyAction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LimitRule {
     CommandLine,
+    Rcpts,
 }
 
 /// A switch of `inspector policy set`.

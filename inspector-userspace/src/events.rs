@@ -65,6 +65,7 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::BDAT_MASKED => "bdat-masked",
         reason::COMMAND_LINE_TOO_LONG => "command-line-too-long",
         reason::FLOW_DROPPED => "flow-dropped",
+        reason::TOO_MANY_RCPTS => "too-many-recipients",
         _ => "",
     }
 }

@@ -17,6 +17,7 @@
 //! ehlo_filter = true         # mask the EHLO keywords of denied commands
 //! mask_banner = false        # true: mask the text of the 220 greeting
 //! command_line_limit = "log" # lines over 512 bytes: log, reset, drop-connection, off
+//! rcpt_limit = "log"         # over 100 RCPT per transaction: the same actions
 //! ```
 
 use std::{collections::BTreeSet, path::Path};
@@ -24,10 +25,11 @@ use std::{collections::BTreeSet, path::Path};
 use anyhow::{bail, Context, Result};
 use inspector_common::{
     config::{
-        action, Config, CFG_COMMAND_LINE_SHIFT, CFG_FRAGMENTS_PASS, CFG_MASK_BANNER,
-        CFG_MIDSTREAM_DROP, CFG_MONITOR, CFG_NO_EHLO_FILTER,
+        action, limit_shift, Config, CFG_FRAGMENTS_PASS, CFG_MASK_BANNER, CFG_MIDSTREAM_DROP,
+        CFG_MONITOR, CFG_NO_EHLO_FILTER,
     },
     ports::{DEFAULT_PORTS, NEVER_INSPECTED},
+    smtp::rule,
     verbs::{VerbKey, DEFAULT_ALLOWED},
 };
 use serde::Deserialize;
@@ -108,6 +110,7 @@ pub struct Given {
     pub ehlo_filter: Option<bool>,
     pub mask_banner: Option<bool>,
     pub command_line_limit: Option<LimitAction>,
+    pub rcpt_limit: Option<LimitAction>,
 }
 
 /// How the operator spells each checked setting where it came from, so that
@@ -236,11 +239,15 @@ impl Settings {
         if options.mask_banner.or(file.mask_banner).unwrap_or(false) {
             config.flags |= CFG_MASK_BANNER;
         }
-        let line = options
-            .command_line_limit
-            .or(file.command_line_limit)
-            .unwrap_or(LimitAction::Log);
-        config.flags |= line.code() << CFG_COMMAND_LINE_SHIFT;
+        for (rule, given) in [
+            (
+                rule::COMMAND_LINE,
+                options.command_line_limit.or(file.command_line_limit),
+            ),
+            (rule::RCPTS, options.rcpt_limit.or(file.rcpt_limit)),
+        ] {
+            config.flags |= given.unwrap_or(LimitAction::Log).code() << limit_shift(rule);
+        }
         Ok(Settings {
             ports,
             allowed,
@@ -294,9 +301,10 @@ mod tests {
         let f = Given::parse(
             "ports = [25, 2525]\nallow = [\"starttls\"]\ndeny = [\"VRFY\"]\nmidstream = \"drop\"\n\
              fragments = \"pass\"\nmonitor = true\nmax_flows = 1000\nehlo_filter = false\n\
-             mask_banner = true\ncommand_line_limit = \"drop-connection\"\n",
+             mask_banner = true\ncommand_line_limit = \"drop-connection\"\nrcpt_limit = \"reset\"\n",
         )
         .unwrap();
+        assert_eq!(f.rcpt_limit, Some(LimitAction::Reset));
         assert_eq!(f.command_line_limit, Some(LimitAction::DropConnection));
         assert_eq!(f.ehlo_filter, Some(false));
         assert_eq!(f.mask_banner, Some(true));

@@ -1823,3 +1823,40 @@ fn an_overlong_command_line_resets_the_flow_to_postfix() {
         bed.context()
     );
 }
+
+/// The RCPT limit end to end: swaks sends one message to 101 recipients;
+/// by default that is only counted and the message is delivered; after
+/// `inspector policy limit rcpts reset` the same session is reset at the
+/// 101st RCPT and nothing is delivered.
+#[test]
+fn more_than_100_rcpts_are_counted_then_reset_live() {
+    let bed = Bed::new(Offloads::Default, Server::Postfix, Mode::Tc, &[]);
+    let to: Vec<String> = (0..101).map(|i| format!("r{i}@example.com")).collect();
+    let to = to.join(",");
+    let mut c = client::swaks(&bed.tb.client, SERVER_V4, FROM, &to);
+    let out = run_timeout(&mut c, SWAKS_TIMEOUT);
+    assert!(out.status.success(), "{out}\n{}", bed.context());
+    // One copy per recipient, all in the one Maildir.
+    assert_eq!(bed.postfix().wait_delivered(101).len(), 101);
+    let st = bed.stats();
+    assert_eq!(counter(&st, "limit_rcpts"), 1, "{}", bed.context());
+    assert_eq!(counter(&st, "flows_reset"), 0, "{}", bed.context());
+
+    inspector_cmd(
+        bed.inspector.pin_dir(),
+        &["policy", "limit", "rcpts", "reset"],
+    );
+    let mut c = client::swaks(&bed.tb.client, SERVER_V4, FROM, &to);
+    let out = run_timeout(&mut c, SWAKS_TIMEOUT);
+    assert!(!out.status.success(), "the session went on: {out}");
+    let st = bed.stats();
+    assert_eq!(counter(&st, "limit_rcpts"), 2, "{}", bed.context());
+    assert_eq!(counter(&st, "flows_reset"), 1, "{}", bed.context());
+    let d = bed.postfix().wait_disconnects(2);
+    assert!(!d[1].contains("data="), "Postfix got DATA: {d:?}");
+    assert_eq!(
+        bed.postfix().delivered().len(),
+        101,
+        "nothing more delivered"
+    );
+}

@@ -1322,7 +1322,7 @@ fn policy_file_applies() {
             "allowed": want,
             "ehlo_filter": true,
             "mask_banner": false,
-            "limits": { "command_line": "log" },
+            "limits": { "command_line": "log", "rcpts": "log" },
         }),
         "{text}"
     );

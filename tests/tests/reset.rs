@@ -320,8 +320,8 @@ fn split_masked_bdat_resets_and_monitor_mode_only_counts() {
 /// two segments, with each action of the limit. An honest line of 512
 /// bytes matches nothing.
 fn overlong_line(action: u32) -> (Loaded, Vec<Outcome>) {
-    use inspector_common::config::CFG_COMMAND_LINE_SHIFT;
-    let prog = Loaded::new(Hook::Xdp, action << CFG_COMMAND_LINE_SHIFT);
+    use inspector_common::{config::limit_shift, smtp::rule};
+    let prog = Loaded::new(Hook::Xdp, action << limit_shift(rule::COMMAND_LINE));
     let mut outs = vec![];
     {
         let mut s = Session::new(&prog, v4(), client_port(), 25);
@@ -393,4 +393,34 @@ fn an_overlong_command_line_is_not_even_counted_when_the_rule_is_off() {
     let (_, o) = overlong_line(inspector_common::config::action::OFF);
     assert_eq!(o[1].verdict, Verdict::Pass);
     assert_eq!(o[1].get("limit_command_line"), 0);
+}
+
+/// docs/contract.md §10: the 101st RCPT of a transaction, with the RCPT
+/// limit's action `reset`: that segment becomes a RST. 100 pass, in any
+/// number of transactions.
+#[test]
+fn the_101st_rcpt_of_a_transaction_resets_the_flow() {
+    use inspector_common::{
+        config::{action, limit_shift},
+        smtp::rule,
+    };
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let prog = Loaded::new(hook, action::RESET << limit_shift(rule::RCPTS));
+        let mut s = Session::new(&prog, v6(), client_port(), 25);
+        s.open();
+        for _ in 0..2 {
+            s.client(b"MAIL FROM:<a@b>\r\n");
+            s.server(b"250 ok\r\n");
+            let o = s.client("RCPT TO:<c@d>\r\n".repeat(100).as_bytes());
+            assert_eq!(o.verdict, Verdict::Pass, "{hook:?}");
+            assert_eq!(o.get("limit_rcpts"), 0, "{hook:?}");
+            s.server("250 ok\r\n".repeat(100).as_bytes());
+        }
+        let o = s.client(b"RCPT TO:<c@d>\r\n");
+        assert_eq!(o.get("limit_rcpts"), 1, "{hook:?}: {:?}", o.delta.nonzero());
+        assert_eq!(o.get("flows_reset"), 1, "{hook:?}");
+        let rst = parse(&o.data_out);
+        assert_eq!(rst.flags, RST_ACK, "{hook:?}");
+        assert!(rst.checksum_ok, "{hook:?}");
+    }
 }

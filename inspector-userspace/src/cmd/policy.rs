@@ -5,11 +5,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use inspector_common::{
-    config::{
-        command_line_action, Config, CFG_COMMAND_LINE_SHIFT, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER,
-        CONFIG_MAP,
-    },
+    config::{limit_action, limit_shift, Config, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER, CONFIG_MAP},
     policy::POLICY_MAP,
+    smtp::rule,
     verbs::{key_text, PolicyEntry, VerbKey, ALLOWED, MAX_VERB},
 };
 use inspector_userspace::{
@@ -94,19 +92,28 @@ fn set(pin_dir: &Path, switch: Switch, value: OnOff) -> Result<()> {
 fn set_limit(pin_dir: &Path, rule: LimitRule, act: LimitAction) -> Result<()> {
     let mut cfg = open_config(pin_dir)?;
     let mut c = cfg.get(&0, 0).context("reading the configuration")?;
-    match rule {
-        LimitRule::CommandLine => {
-            c.flags &= !(3 << CFG_COMMAND_LINE_SHIFT);
-            c.flags |= act.code() << CFG_COMMAND_LINE_SHIFT;
-        }
-    }
+    let shift = limit_shift(match rule {
+        LimitRule::CommandLine => rule::COMMAND_LINE,
+        LimitRule::Rcpts => rule::RCPTS,
+    });
+    c.flags &= !(3 << shift);
+    c.flags |= act.code() << shift;
     cfg.set(0, c, 0).context("updating the configuration")?;
-    println!("limits: command_line={}", line_action(&c).name());
+    println!("{}", limits_line(&c));
     Ok(())
 }
 
-fn line_action(c: &Config) -> LimitAction {
-    LimitAction::of_code(command_line_action(c.flags))
+/// The action of limit `rule` in a configuration word.
+fn action_of(c: &Config, rule: u8) -> &'static str {
+    LimitAction::of_code(limit_action(c.flags, rule)).name()
+}
+
+fn limits_line(c: &Config) -> String {
+    format!(
+        "limits: command_line={} rcpts={}",
+        action_of(c, rule::COMMAND_LINE),
+        action_of(c, rule::RCPTS)
+    )
 }
 
 pub fn run(args: PolicyArgs) -> Result<()> {
@@ -129,7 +136,10 @@ pub fn run(args: PolicyArgs) -> Result<()> {
                         "allowed": names,
                         "ehlo_filter": ehlo,
                         "mask_banner": banner,
-                        "limits": { "command_line": line_action(&c).name() },
+                        "limits": {
+                            "command_line": action_of(&c, rule::COMMAND_LINE),
+                            "rcpts": action_of(&c, rule::RCPTS),
+                        },
                     })
                 );
             } else {
@@ -137,7 +147,7 @@ pub fn run(args: PolicyArgs) -> Result<()> {
                 println!("masked:  every other verb");
                 println!("ehlo_filter: {}", on_off(ehlo));
                 println!("mask_banner: {}", on_off(banner));
-                println!("limits: command_line={}", line_action(&c).name());
+                println!("{}", limits_line(&c));
             }
             return Ok(());
         }
