@@ -278,14 +278,21 @@ fn client_segment<P: Packet>(
             s.client = flow.client.state;
             scratch::run_client(ctx, s, 0, len);
             if s.held != 0 {
-                if flow.client.state.state != cstate::AWAIT_GATE {
-                    // The command that opened the gate is in this very
-                    // segment, with bytes after it: the server cannot get
-                    // the command without them, and they cannot be judged
-                    // before its reply. No retransmission can fix that.
-                    return Verdict::Reset;
+                // Held at the segment's first byte: the gate it starts
+                // behind has no reply yet, and the retransmission will pass
+                // once it has. Held later: the command that opened the gate
+                // is in this very segment (possibly after the reply to an
+                // earlier gate, as a SASL line after the 334 to AUTH), with
+                // bytes after it: the server cannot get the command without
+                // them, and they cannot be judged before its reply. No
+                // retransmission can fix that.
+                let start = &flow.client.state;
+                if start.state == cstate::AWAIT_GATE
+                    && s.shared.gate_reply(start.gate_unit).is_none()
+                {
+                    return Verdict::Drop(Counter::AwaitingReplyDrops);
                 }
-                return Verdict::Drop(Counter::AwaitingReplyDrops);
+                return Verdict::Reset;
             }
             flow.client.ckpts.record(seq, &flow.client.state);
             flow.client.state = s.client;
