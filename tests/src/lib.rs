@@ -4,7 +4,7 @@
 //! - [`proc`]: child processes with captured output, bounded waits, and a
 //!   parent-death signal so nothing outlives a killed test run.
 //! - [`netns`]: network namespaces and the three-host [`netns::Testbed`] of
-//!   `TESTBED.md` (client, gateway, server), removed on drop.
+//!   `docs/testbed.md` (client, gateway, server), removed on drop.
 //! - [`inspector`]: an `inspector attach` running in a namespace
 //!   ([`inspector::Inspector`]), and its counters via `inspector stats`.
 //! - [`smtpd`]: the recording aiosmtpd server (`tests/py/recording_smtpd.py`),

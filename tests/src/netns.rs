@@ -1,4 +1,4 @@
-//! Network namespaces, and the three-host test bed of `TESTBED.md`:
+//! Network namespaces, and the three-host test bed of `docs/testbed.md`:
 //!
 //! ```text
 //! client ns  ==veth==  gateway ns (forwarding)  ==veth==  server ns
@@ -22,7 +22,7 @@ use crate::{
     unique_id, wait_until, NAME_PREFIX,
 };
 
-/// The test bed's addresses (TESTBED.md). Test traffic goes to these only.
+/// The test bed's addresses (`docs/testbed.md`). Test traffic goes to these only.
 pub mod addr {
     use super::*;
 
@@ -163,14 +163,14 @@ impl Drop for NetNs {
 }
 
 /// Whether the test bed's veths keep their default offloads or have them
-/// all turned off (TESTBED.md: run the suite both ways).
+/// all turned off (`docs/testbed.md`: run the suite both ways).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offloads {
     Default,
     Off,
 }
 
-/// The client / gateway / server namespaces of TESTBED.md, wired and
+/// The client / gateway / server namespaces of `docs/testbed.md`, wired and
 /// addressed, with forwarding on in the gateway. Dropping it deletes all
 /// three namespaces and so every veth.
 pub struct Testbed {

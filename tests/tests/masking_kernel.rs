@@ -152,7 +152,7 @@ fn show(b: &[u8]) -> String {
 // Frame shapes and sessions.
 // ---------------------------------------------------------------------
 
-/// Every header shape SPEC 1 names, by name.
+/// Every header shape docs/contract.md §1 names, by name.
 fn shapes() -> Vec<(&'static str, Shape)> {
     vec![
         ("IPv4", v4()),
@@ -327,7 +327,7 @@ const MASKED_CASES: &[(&[u8], &[u8], u64, &str)] = &[
 ];
 
 // ---------------------------------------------------------------------
-// SPEC 2, 3: what is masked, and how.
+// docs/contract.md §2, §3: what is masked, and how.
 // ---------------------------------------------------------------------
 
 #[test]
@@ -514,7 +514,7 @@ fn checksum_partial_is_left_for_the_offload_to_complete() {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 1, 7: everything else passes untouched.
+// docs/contract.md §1, §7: everything else passes untouched.
 // ---------------------------------------------------------------------
 
 #[test]
@@ -572,7 +572,7 @@ fn non_smtp_frames_pass_byte_for_byte() {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 4: stream awareness.
+// docs/contract.md §4: stream awareness.
 // ---------------------------------------------------------------------
 
 #[test]
@@ -670,7 +670,7 @@ fn retransmissions_are_masked_as_the_original_was() {
 /// Loss after the gateway with several segments in flight: the inspector
 /// passed A, B and C, the server got only B and C (it still acknowledges
 /// up to A), and the client retransmits A, then B and C in one segment.
-/// Each is re-inspected and masked as the first time (SPEC 5).
+/// Each is re-inspected and masked as the first time (docs/contract.md §5).
 #[test]
 fn earlier_segments_in_flight_are_re_inspected_when_retransmitted() {
     let prog = Loaded::new(Hook::Xdp, 0);
@@ -859,7 +859,7 @@ fn sasl_lines_chunks_and_tls_are_not_inspected() {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 8 and monitor mode.
+// docs/contract.md §8 and monitor mode.
 // ---------------------------------------------------------------------
 
 #[test]

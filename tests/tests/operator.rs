@@ -1,5 +1,5 @@
 //! Running the inspector as an operator does (README "Deploy on a gateway
-//! host"), end to end on the test bed of TESTBED.md: `status`, a daemon that
+//! host"), end to end on the test bed of `docs/testbed.md`: `status`, a daemon that
 //! dies mid-session and the takeover by the next `attach`, `--persist` and
 //! `detach`, `stats --watch`, the Prometheus endpoint, policy files, live
 //! policy changes and the flow-table size.
