@@ -944,6 +944,10 @@ fn the_tc_program_keeps_tcp_checksums_valid() {
 // docs/contract.md §10 (limits): segments larger than one buffer, the
 // 4 KiB parsing chunks, the mask spans a segment carries, and
 // retransmissions that cannot be re-inspected.
+//
+// Segments longer than a page run through XDP only: BPF_PROG_TEST_RUN
+// refuses skb input longer than a page (`bpf_test_init`), while XDP input
+// goes into fragments. The chunk driver is the same code for TC.
 // ---------------------------------------------------------------------
 
 /// The linear part of an XDP frame under BPF_PROG_TEST_RUN: a page minus
@@ -1006,6 +1010,8 @@ fn pipelining_session<'a>(prog: &'a Loaded, shape: Shape) -> Session<'a> {
     s
 }
 
+/// Disallowed verbs in the linear part and in the fragments of one frame
+/// are all masked, in place, with a checksum that verifies.
 #[test]
 fn a_verb_in_a_frag_of_a_multi_buffer_frame_is_masked() {
     let prog = Loaded::new(Hook::Xdp, 0);
@@ -1047,6 +1053,9 @@ fn a_verb_in_a_frag_of_a_multi_buffer_frame_is_masked() {
     scapy_agrees(&outputs);
 }
 
+/// Bytes before a cut, after it, and what each part must become.
+type Split<'a> = (&'a [u8], &'a [u8], &'a [u8], &'a [u8]);
+
 /// A verb cut by the 4 KiB chunk boundary is decided as if TCP had cut the
 /// segment there: the frame comes out exactly as the same bytes sent in
 /// two segments split at that offset, and as the cases of
@@ -1054,8 +1063,7 @@ fn a_verb_in_a_frag_of_a_multi_buffer_frame_is_masked() {
 #[test]
 fn a_verb_cut_by_the_chunk_boundary_is_decided_as_a_tcp_cut() {
     let prog = Loaded::new(Hook::Xdp, 0);
-    // (before the boundary, after it, what each part must become)
-    let cases: &[(&[u8], &[u8], &[u8], &[u8])] = &[
+    let cases: &[Split] = &[
         (b"ST", b"ARTTLS\r\n", b"XX", b"XXXXXX\r\n"),
         (b"S", b"TARTTLS\r\n", b"S", b"XXXXXXX\r\n"),
         (b"  vE", b"rB x\r\n", b"  XX", b"XX x\r\n"),
