@@ -138,6 +138,21 @@ const DATA_WITH_THE_MESSAGE: Case = Case {
     injected: b"Subject: early talker",
 };
 
+/// A segment that starts right after an answered DATA: the message, its
+/// end, and a second transaction pipelined after it whose DATA has its
+/// message in the same segment.
+const A_SECOND_DATA_WITH_ITS_MESSAGE: Case = Case {
+    allowed: DEFAULT_ALLOWED,
+    prelude: &[
+        (b"MAIL FROM:<a@b>\r\n", b"250 ok\r\n"),
+        (b"RCPT TO:<c@d>\r\n", b"250 ok\r\n"),
+        (b"DATA\r\n", b"354 go ahead\r\n"),
+    ],
+    early: b"Subject: first\r\n\r\nbody\r\n.\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n\
+             DATA\r\nSubject: second\r\n\r\nbody\r\n.\r\n",
+    injected: b"Subject: second",
+};
+
 /// AUTH with the client's first SASL response pipelined after it: the
 /// response would be read as a command if the server refused AUTH.
 const AUTH_WITH_ITS_RESPONSE: Case = Case {
@@ -317,6 +332,11 @@ fn every_hook_and_family(case: &Case) {
             reset_when_sent_together(hook, shape, case);
         }
     }
+}
+
+#[test]
+fn a_second_data_sent_with_its_message_resets_the_flow() {
+    every_hook_and_family(&A_SECOND_DATA_WITH_ITS_MESSAGE);
 }
 
 #[test]
