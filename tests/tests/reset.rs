@@ -367,3 +367,35 @@ fn a_later_segment_before_the_reply_is_only_held() {
     assert_eq!(o.get("awaiting_reply_drops"), 1);
     assert_eq!(o.get("flows_reset"), 0);
 }
+
+/// A retransmission that carries more than the original (TCP may collapse
+/// segments when it retransmits), where the new bytes are DATA and its
+/// message: no retransmission can fix that either, so the flow must be
+/// reset. The new bytes are held instead, as if waiting for a reply, and
+/// every retransmission is dropped the same way until the client gives up.
+/// (The fix is not local: a RST at this segment's own sequence number may
+/// fall below what the server already has, and be ignored.)
+#[test]
+#[ignore = "product bug: a retransmission whose new bytes hold a gate command and bytes after it is dropped for ever instead of resetting the flow"]
+fn a_longer_retransmission_with_data_and_its_message_resets_the_flow() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    let mut s = Session::new(&prog, v4(), client_port(), 25);
+    s.open();
+    for (c, r) in [
+        (&b"MAIL FROM:<a@b>\r\n"[..], &b"250 ok\r\n"[..]),
+        (b"RCPT TO:<c@d>\r\n", b"250 ok\r\n"),
+    ] {
+        s.client(c);
+        s.server(r);
+    }
+    let seq = s.cseq;
+    let o = s.client(b"NOOP\r\n");
+    assert_eq!(o.verdict, Verdict::Pass);
+    let longer = s.client_frame_at(seq, b"NOOP\r\nDATA\r\nSubject: early\r\n\r\n.\r\n");
+    let o = prog.run(&longer);
+    assert!(
+        o.verdict == Verdict::Drop || !contains(&o.data_out, b"Subject: early"),
+        "the message passed before the reply to DATA"
+    );
+    assert_eq!(o.get("flows_reset"), 1, "{:?}", o.delta.nonzero());
+}
