@@ -1010,44 +1010,50 @@ fn pipelining_session<'a>(prog: &'a Loaded, shape: Shape) -> Session<'a> {
     s
 }
 
-/// Disallowed verbs in the linear part and in the fragments of one frame
-/// are all masked, in place, with a checksum that verifies.
+/// Disallowed verbs in the linear part, across its end and in the
+/// fragments of one frame are all masked, in place, with a checksum that
+/// verifies.
 #[test]
 fn a_verb_in_a_frag_of_a_multi_buffer_frame_is_masked() {
     let prog = Loaded::new(Hook::Xdp, 0);
     let mut outputs = Vec::new();
-    for (name, shape) in [("IPv4", v4()), ("IPv6", v6())] {
+    // (name, shape, Ethernet + IP + TCP header bytes)
+    for (name, shape, headers) in [("IPv4", v4(), 54), ("IPv6", v6(), 74)] {
         let mut s = pipelining_session(&prog, shape);
-        // One disallowed verb in the linear part, one in a fragment within
-        // the first chunk, one in a fragment in the second chunk.
+        // One verb in the linear part, one across its end, one in a
+        // fragment within the first chunk, one in the second chunk.
         let mut st = Stream::default();
         st.push(b"VERB x\r\n", b"XXXX x\r\n")
+            .noops_to(XDP_LINEAR - headers - 2)
+            .push(b"ONEX\r\n", b"XXXX\r\n")
             .noops_to(XDP_LINEAR + 200)
             .push(b"STARTTLS\r\n", b"XXXXXXXX\r\n")
             .noops_to(CHUNK + 500)
             .push(b" xexch50\r\n", b" XXXXXXX\r\n")
             .noops_to(CHUNK + 1000);
         let frame = s.client_frame(&st.input);
-        assert!(frame.len() > XDP_LINEAR + 1000, "{name}: not multi-buffer");
+        assert_eq!(
+            frame.len(),
+            headers + st.input.len(),
+            "{name}: header length"
+        );
+        assert_eq!(&frame[XDP_LINEAR - 2..XDP_LINEAR + 2], b"ONEX", "{name}");
         let what = format!("{name}, {}-byte frame", frame.len());
         let o = s.run_client_frame(&frame, st.input.len());
         assert_masked_frame(&what, &frame, &o, &st.want);
         assert_eq!(
             o.get("commands_masked"),
-            3,
+            4,
             "{what}: {:?}",
             o.delta.nonzero()
         );
         assert_eq!(o.get("commands_seen"), st.lines() as u64, "{what}");
-        assert_eq!(o.get("bytes_masked"), 4 + 8 + 7, "{what}");
+        // Bytes replaced: the last byte of ONEX is an X already.
+        assert_eq!(o.get("bytes_masked"), 4 + 3 + 8 + 7, "{what}");
         assert_eq!(o.get("bytes_inspected"), st.input.len() as u64, "{what}");
-        assert_eq!(
-            (o.verbs.masked("VERB"), o.verbs.masked("STARTTLS")),
-            (1, 1),
-            "{what}: {:?}",
-            o.verbs
-        );
-        assert_eq!(o.verbs.masked("XEXCH50"), 1, "{what}: {:?}", o.verbs);
+        for verb in ["VERB", "ONEX", "STARTTLS", "XEXCH50"] {
+            assert_eq!(o.verbs.masked(verb), 1, "{what}, {verb}: {:?}", o.verbs);
+        }
         outputs.push(o.data_out);
     }
     scapy_agrees(&outputs);
