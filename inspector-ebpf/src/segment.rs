@@ -206,17 +206,23 @@ fn client<P: Packet>(
             w.parser.client = own.state;
             stream::run_client(ctx, w, 0, len);
             if w.parser.held != 0 {
-                if own.state.state != cstate::AWAIT_GATE {
-                    // The command that opened the gate is in this very
-                    // segment, with bytes after it: the server cannot get
-                    // the command without them, and they cannot be judged
-                    // before its reply. No retransmission can fix that.
-                    if w.packet.monitor == 0 {
-                        side.mark_reset();
-                    }
-                    return Verdict::Reset;
+                // Held at the segment's first byte: the gate it starts
+                // behind has no reply yet, and the retransmission will pass
+                // once it has. Held later: the command that opened the gate
+                // is in this very segment (possibly after the reply to an
+                // earlier gate, as a SASL line after the 334 to AUTH), with
+                // bytes after it: the server cannot get the command without
+                // them, and they cannot be judged before its reply. No
+                // retransmission can fix that.
+                if own.state.state == cstate::AWAIT_GATE
+                    && w.parser.shared.gate_reply(own.state.gate_unit).is_none()
+                {
+                    return Verdict::Drop(Counter::AwaitingReplyDrops);
                 }
-                return Verdict::Drop(Counter::AwaitingReplyDrops);
+                if w.packet.monitor == 0 {
+                    side.mark_reset();
+                }
+                return Verdict::Reset;
             }
             own.ckpts.record(seq, &own.state);
             own.state = w.parser.client;

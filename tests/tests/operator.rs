@@ -1,5 +1,5 @@
 //! Running the inspector as an operator does (README "Deploy on a gateway
-//! host"), end to end on the test bed of TESTBED.md: `status`, a daemon that
+//! host"), end to end on the test bed of `docs/testbed.md`: `status`, a daemon that
 //! dies mid-session and the takeover by the next `attach`, `--persist` and
 //! `detach`, `stats --watch`, the Prometheus endpoint, policy files, live
 //! policy changes and the flow-table size.
@@ -1533,9 +1533,47 @@ fn policy_without_attach_fails_cleanly() {
 // 8. --max-flows
 // ---------------------------------------------------------------------
 
-/// `--max-flows 16` and 24 sessions open at once: the LRU evicts
-/// (flows_evicted rises, at most 16 tracked); every session keeps working
-/// (evicted ones pass as midstream); new sessions are inspected.
+/// The client ports of the flows to port 25 in the pinned flow table, read
+/// straight from the kernel with `bpftool map dump` (not through the
+/// inspector): the key is the client address (16 bytes), the server
+/// address (16), then the client and server ports in host byte order.
+fn tracked_client_ports(dir: &Path) -> Vec<u16> {
+    let mut c = Command::new("bpftool");
+    c.args(["-j", "map", "dump", "pinned"])
+        .arg(dir.join(inspector_common::flow::FLOWS_MAP));
+    let out = run(&mut c);
+    out.assert_success();
+    let v = json_of(&out);
+    let entries = v
+        .as_array()
+        .unwrap_or_else(|| panic!("bpftool map dump: not a list: {v}"));
+    entries
+        .iter()
+        .filter_map(|e| {
+            let key: Vec<u8> = e["key"]
+                .as_array()
+                .unwrap_or_else(|| panic!("bpftool map dump: no raw key in {e}"))
+                .iter()
+                .map(|b| {
+                    let b = b.as_str().expect("a key byte as a hex string");
+                    u8::from_str_radix(b.trim_start_matches("0x"), 16).expect("a hex byte")
+                })
+                .collect();
+            assert_eq!(key.len(), 36, "a flow key is 36 bytes: {e}");
+            let client_port = u16::from_ne_bytes([key[32], key[33]]);
+            let server_port = u16::from_ne_bytes([key[34], key[35]]);
+            (server_port == 25).then_some(client_port)
+        })
+        .collect()
+}
+
+/// `--max-flows 16` and 24 sessions open at once: the LRU evicts. Which
+/// flows are still tracked is read from the kernel's flow table itself,
+/// and checked against what the server receives: a disallowed verb of a
+/// tracked session arrives masked, that of an evicted one unmasked (it is
+/// a midstream flow now, passed untouched). `flows_evicted` must count
+/// exactly the sessions the server saw that way; every session keeps
+/// working, and new sessions are inspected from their SYN.
 #[test]
 fn max_flows_evicts_and_sessions_go_on() {
     const OPEN: usize = 24;
@@ -1556,34 +1594,54 @@ fn max_flows_evicts_and_sessions_go_on() {
         .collect();
     let s = stats(&bed.gateway, &dir);
     assert_eq!(counter(&s, "flows_created"), OPEN as u64, "{s}");
-    assert!(counter(&s, "flows_tracked") <= 16, "{s}");
-    assert!(counter(&s, "flows_evicted") >= (OPEN - 16) as u64, "{s}");
+    // Nothing expires within seconds: every missing flow was evicted.
+    assert_eq!(counter(&s, "flows_expired"), 0, "{s}");
+    let tracked = tracked_client_ports(&dir);
+    assert!(
+        tracked.len() <= 16,
+        "{} flows in a 16-flow table",
+        tracked.len()
+    );
+
+    // Every session still works, and the server says which are inspected.
+    let mut evicted = 0;
+    for c in &mut conns {
+        c.expect("VERB", 500);
+        let got = server_lines(&smtpd, c.local, "command");
+        let is_tracked = tracked.contains(&c.local.port());
+        let want = if is_tracked {
+            "XXXX\\r\\n"
+        } else {
+            "VERB\\r\\n"
+        };
+        assert_eq!(
+            got.last().map(String::as_str),
+            Some(want),
+            "session from port {} ({} in the flow table)",
+            c.local.port(),
+            if is_tracked { "" } else { "not" }
+        );
+        evicted += !is_tracked as u64;
+    }
+    assert!(evicted >= (OPEN - 16) as u64, "only {evicted} evicted");
+    let s2 = stats(&bed.gateway, &dir);
+    assert_eq!(counter(&s2, "flows_evicted"), evicted, "{s2}");
+    // Each evicted session's command and reply passed as midstream.
     assert_eq!(
-        counter(&s, "flows_evicted"),
-        OPEN as u64 - counter(&s, "flows_tracked") - counter(&s, "flows_expired"),
-        "{s}"
+        counter(&s2, "midstream") - counter(&s, "midstream"),
+        2 * evicted,
+        "{s2}"
+    );
+    assert_eq!(
+        counter(&s2, "commands_masked"),
+        OPEN as u64 - evicted,
+        "{s2}"
     );
     let st = status_json(&bed.gateway, &dir);
-    assert!(st["flows_tracked"].as_u64().unwrap() <= 16, "{st}");
-
-    // Every session still works.
-    for c in &mut conns {
-        c.expect("NOOP", 250);
-    }
-    let s2 = stats(&bed.gateway, &dir);
-    assert!(
-        counter(&s2, "midstream") > 0,
-        "evicted sessions should pass as midstream: {s2}"
-    );
-    // The most recent session is still tracked: its STARTTLS is masked.
-    let last = conns.last_mut().unwrap();
-    last.expect("STARTTLS", 500);
-    let local = last.local;
     assert_eq!(
-        server_lines(&smtpd, local, "command")
-            .last()
-            .map(String::as_str),
-        Some("XXXXXXXX\\r\\n")
+        st["flows_tracked"].as_u64(),
+        Some(tracked.len() as u64),
+        "{st}"
     );
     for c in &mut conns {
         c.expect("QUIT", 221);
@@ -1596,21 +1654,18 @@ fn max_flows_evicts_and_sessions_go_on() {
     }
     let s3 = stats(&bed.gateway, &dir);
     assert_eq!(counter(&s3, "flows_created"), OPEN as u64 + 3, "{s3}");
-    // The LRU may have room again (its per-CPU free lists evict before the
-    // table is completely full), so evictions need not grow here; they must
-    // stay consistent with what was created, tracked and expired.
+    assert_eq!(counter(&s3, "flows_expired"), 0, "{s3}");
+    let tracked = tracked_client_ports(&dir);
     assert!(
-        counter(&s3, "flows_evicted") >= counter(&s, "flows_evicted"),
-        "{s3}"
+        tracked.len() <= 16,
+        "{} flows in a 16-flow table",
+        tracked.len()
     );
     assert_eq!(
         counter(&s3, "flows_evicted"),
-        counter(&s3, "flows_created")
-            - counter(&s3, "flows_tracked")
-            - counter(&s3, "flows_expired"),
+        (OPEN + 3 - tracked.len()) as u64,
         "{s3}"
     );
-    assert!(counter(&s3, "flows_tracked") <= 16, "{s3}");
     assert_eq!(counter(&s3, "dropped"), 0, "{s3}");
 }
 

@@ -20,6 +20,7 @@ use inspector_tests::{
         Ext, Frame, Ipv4, Ipv6, Tcp, Udp, ETH_P_8021AD, ETH_P_8021Q, L4, TCP_ACK, TCP_FIN,
         TCP_OPTS_12, TCP_OPTS_40, TCP_SYN,
     },
+    kernel::{self, Hook, Loaded, Session, Verdict},
     proc::{cmd, run},
     smtpd::PYTHON,
     xdp::{expect, LoadedXdp, MIN_TEST_RUN_LEN, XDP_DROP, XDP_PASS},
@@ -691,25 +692,57 @@ fn truncated_other_frames_pass_unchanged() {
 }
 
 /// A frame longer than the linear part BPF_PROG_TEST_RUN gives an XDP
-/// program (about 3.5 KiB; the rest goes into fragments, as on a
-/// multi-buffer interface). It passes unchanged, and it is either counted
-/// with its whole IP-declared payload or not inspected at all; never with a
-/// wrong byte count. (Today it counts as malformed: the payload lies beyond
-/// the linear part.)
+/// program (3520 bytes; the rest goes into fragments, as on a multi-buffer
+/// interface). It passes unchanged (monitor mode), is counted with its whole
+/// IP-declared payload, and all of it is parsed: every command line is
+/// counted, and the disallowed verb on the last line, which lies in a
+/// fragment, is counted as masked. A program that only read the linear
+/// part would count fewer commands and no masked verb.
 #[test]
 fn frames_in_several_buffers_pass_unchanged() {
     let xdp = LoadedXdp::monitor();
-    for payload in [4000usize, 5000, 8000] {
+    let prog = Loaded::new(Hook::Xdp, CFG_MONITOR);
+    for payload_len in [4000usize, 5000, 8000, 20000] {
+        // Pipelined NOOPs, then (after leading spaces that make up the
+        // length) a VERB line at the very end.
+        let noops = (payload_len - 6) / 6;
+        let mut payload = b"NOOP\r\n".repeat(noops);
+        payload.resize(payload_len - 6, b' ');
+        payload.extend_from_slice(b"VERB\r\n");
+
         let port = open_flow(&xdp, "IPv4", &v4, 25);
-        let frame = v4(client_seg(port, 25, &vec![b'm'; payload]), false).bytes();
-        let d = xdp.run(&frame);
-        eprintln!("{}-byte frame: {d:?}", frame.len());
-        assert_eq!(d.packets_seen, 1, "{d:?}");
+        let frame = v4(client_seg(port, 25, &payload), false).bytes();
         assert!(
-            d == expect::inspected(payload) || (d.packets_inspected == 0 && d.bytes_inspected == 0),
-            "{}-byte frame: {d:?}",
+            frame.len() > 3520,
+            "{} bytes fit in one buffer",
             frame.len()
         );
+        assert_eq!(
+            xdp.run(&frame),
+            expect::inspected(payload_len),
+            "{}-byte frame",
+            frame.len()
+        );
+
+        for (name, shape) in [("IPv4", kernel::v4()), ("IPv6", kernel::v6())] {
+            let mut s = Session::new(&prog, shape, kernel::client_port(), 25);
+            s.open();
+            let frame = s.client_frame(&payload);
+            let what = format!("{name}, {}-byte frame", frame.len());
+            let o = s.run_client_frame(&frame, payload_len);
+            assert_eq!(o.verdict, Verdict::Pass, "{what}: {:?}", o.delta.nonzero());
+            assert!(o.data_out == frame, "{what}: changed in monitor mode");
+            assert_eq!(o.get("bytes_inspected"), payload_len as u64, "{what}");
+            assert_eq!(
+                o.get("commands_seen"),
+                noops as u64 + 1,
+                "{what}: {:?}",
+                o.delta.nonzero()
+            );
+            assert_eq!(o.get("commands_masked"), 1, "{what}");
+            assert_eq!(o.verbs.masked("VERB"), 1, "{what}: {:?}", o.verbs);
+            assert_eq!(o.get("malformed"), 0, "{what}");
+        }
     }
 }
 
