@@ -84,6 +84,21 @@ pub enum Command {
         after_help = "Examples:\n  inspector stats\n  inspector stats --json | jq .packets_inspected"
     )]
     Stats(StatsArgs),
+    /// Print a shell completion script for SHELL on stdout.
+    #[command(after_help = "Examples:\n  \
+        inspector completions bash > /etc/bash_completion.d/inspector\n  \
+        inspector completions zsh > /usr/local/share/zsh/site-functions/_inspector")]
+    Completions(CompletionsArgs),
+    /// Print the man page inspector(8), in roff, on stdout.
+    #[command(after_help = "Example:\n  inspector man > /usr/local/share/man/man8/inspector.8")]
+    Man,
+}
+
+#[derive(Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 // The options structs carry no doc comment of their own: the subcommand's
@@ -231,8 +246,9 @@ pub struct EventsArgs {
 
 #[derive(Args)]
 pub struct StatsArgs {
-    /// Print one JSON object whose keys are the counter names.
-    #[arg(long, conflicts_with = "watch")]
+    /// Print one JSON object whose keys are the counter names (with
+    /// --watch: one object a line, with per-second rates).
+    #[arg(long)]
     pub json: bool,
     /// Refresh every SECS seconds with per-second rates, until Ctrl-C.
     #[arg(long, value_name = "SECS")]

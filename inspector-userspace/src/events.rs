@@ -106,6 +106,7 @@ pub fn to_line(e: &Event, wall: &str) -> String {
 /// One JSON object.
 pub fn to_json(e: &Event, wall: &str) -> serde_json::Value {
     serde_json::json!({
+        "version": crate::stats::JSON_VERSION,
         "time": wall,
         "monotonic_ns": e.ts_ns,
         "action": action(e),

@@ -200,7 +200,25 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// Exit status 1 and exactly one line on stderr, `inspector: error: ...`,
 /// containing every string of `mentions`.
 pub fn assert_one_line_error(what: &str, code: Option<i32>, stderr: &str, mentions: &[&str]) {
-    assert_eq!(code, Some(1), "{what}: exit status; stderr:\n{stderr}");
+    assert_one_line_error_status(what, 1, code, stderr, mentions)
+}
+
+/// Exit status 2 (refused input: README "Exit status") and exactly one
+/// line on stderr naming every string of `mentions`.
+pub fn assert_one_line_refusal(what: &str, code: Option<i32>, stderr: &str, mentions: &[&str]) {
+    assert_one_line_error_status(what, 2, code, stderr, mentions)
+}
+
+/// Exit status `want` and exactly one line on stderr, `inspector: error:
+/// ...`, containing every string of `mentions`.
+pub fn assert_one_line_error_status(
+    what: &str,
+    want: i32,
+    code: Option<i32>,
+    stderr: &str,
+    mentions: &[&str],
+) {
+    assert_eq!(code, Some(want), "{what}: exit status; stderr:\n{stderr}");
     let lines: Vec<&str> = stderr.trim_end().lines().collect();
     assert_eq!(
         lines.len(),

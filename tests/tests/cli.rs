@@ -66,6 +66,20 @@ fn assert_failed_cleanly(what: &str, r: Result<Inspector, AttachFailed>, mention
     }
 }
 
+/// Like [`assert_failed_cleanly`], for input the validator refuses (exit 2).
+fn assert_refused_cleanly(what: &str, r: Result<Inspector, AttachFailed>, mentions: &[&str]) {
+    match r {
+        Ok(mut i) => {
+            let stderr = i.stderr();
+            let _ = i.stop_with(libc::SIGINT);
+            panic!("{what}: attach succeeded but should have been refused; stderr:\n{stderr}");
+        }
+        Err(f) => {
+            inspector_tests::assert_one_line_refusal(what, f.status.code(), &f.stderr, mentions)
+        }
+    }
+}
+
 fn assert_no_pin_dir(what: &str, dir: &Path) {
     assert!(!dir.exists(), "{what}: pin dir {} exists", dir.display());
 }
@@ -260,7 +274,7 @@ fn port_465_is_refused() {
         .arg("--port")
         .arg("465")
         .start();
-    assert_failed_cleanly("--port 465", r, &["465"]);
+    assert_refused_cleanly("--port 465", r, &["465"]);
     assert_no_pin_dir("--port 465", &dir);
     v.assert_no_xdp("--port 465");
 }
@@ -270,7 +284,7 @@ fn interface_named_twice_is_refused() {
     let v = Veths::new();
     let dir = unique_pin_dir();
     let r = Attach::new(&v.ns, &[&v.a, &v.a]).pin_dir(&dir).start();
-    assert_failed_cleanly("interface twice", r, &[&v.a]);
+    assert_refused_cleanly("interface twice", r, &[&v.a]);
     assert_no_pin_dir("interface twice", &dir);
     v.assert_no_xdp("interface twice");
 }

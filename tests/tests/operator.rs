@@ -234,6 +234,26 @@ fn assert_failed(what: &str, out: &Finished, mentions: &[&str]) {
     assert!(out.stdout.is_empty(), "{what}: printed on stdout: {out}");
 }
 
+/// Refused input: exit 2, one line, nothing on stdout.
+fn assert_refused(what: &str, out: &Finished, mentions: &[&str]) {
+    inspector_tests::assert_one_line_refusal(what, out.status.code(), &out.stderr, mentions);
+    assert!(out.stdout.is_empty(), "{what}: printed on stdout: {out}");
+}
+
+/// An attach whose input is refused: exit 2, one line.
+fn assert_attach_refused(what: &str, r: Result<Inspector, AttachFailed>, mentions: &[&str]) {
+    match r {
+        Ok(mut i) => {
+            let stderr = i.stderr();
+            let _ = i.stop_with(libc::SIGINT);
+            panic!("{what}: attach succeeded but should have been refused; stderr:\n{stderr}");
+        }
+        Err(f) => {
+            inspector_tests::assert_one_line_refusal(what, f.status.code(), &f.stderr, mentions)
+        }
+    }
+}
+
 fn assert_attach_failed(what: &str, r: Result<Inspector, AttachFailed>, mentions: &[&str]) {
     match r {
         Ok(mut i) => {
@@ -954,7 +974,13 @@ fn detach_unknown_interface_changes_nothing() {
         &bed.gateway,
         &["detach", "--iface", ifaces[1], "--pin-dir", pins.arg()],
     );
-    assert_failed("detach --iface not attached", &out, &[ifaces[1]]);
+    // Idempotent: nothing to do on that interface is success, said so.
+    assert!(out.status.success(), "{out}");
+    assert!(
+        out.stdout_str()
+            .contains(&format!("nothing to detach on `{}`", ifaces[1])),
+        "{out}"
+    );
     assert_eq!(ip_link_xdp(&bed.gateway, ifaces[0]), Some(prog));
     assert_pinned(&pins, &[ifaces[0]], "after a refused detach --iface");
     cli_ok(&bed.gateway, &["detach", "--pin-dir", pins.arg()]);
@@ -1094,10 +1120,15 @@ fn every_stat_name() -> Vec<&'static str> {
     v
 }
 
-/// The tables `stats --watch` printed so far (each after a screen clear).
+/// The tables `stats --watch` printed so far into a pipe (each after a
+/// title line; a screen clear only on a terminal).
 fn watch_tables(out: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(out);
-    text.split("\x1b[2J\x1b[H")
+    assert!(
+        !text.contains('\x1b'),
+        "escapes in piped --watch output:\n{text}"
+    );
+    text.split("inspector stats at ")
         .skip(1)
         .map(String::from)
         .collect()
@@ -1190,7 +1221,7 @@ fn stats_watch_json_and_table() {
     for secs in ["0", "0.01", "-1", "nan", "inf"] {
         let arg = format!("--watch={secs}");
         let out = cli(&bed.gateway, &["stats", &arg, "--pin-dir", pin_arg(&dir)]);
-        assert_failed(&format!("stats --watch {secs}"), &out, &["--watch"]);
+        assert_refused(&format!("stats --watch {secs}"), &out, &["--watch"]);
     }
     let nothing = unique_pin_dir();
     let out = cli(
@@ -1536,7 +1567,7 @@ fn bad_policy_files_fail_cleanly() {
             .start();
         let mut m = vec![path];
         m.extend(mentions.iter());
-        assert_attach_failed(&format!("policy file {name}"), r, &m);
+        assert_attach_refused(&format!("policy file {name}"), r, &m);
         assert_no_xdp(&bed, name);
         assert!(!pins.path().exists(), "{name}: pin dir created");
     }
@@ -1570,7 +1601,7 @@ fn policy_file_with_port_465_names_the_file() {
         .arg("--policy")
         .arg(&file)
         .start();
-    assert_attach_failed("ports = [465]", r, &["465", file.to_str().unwrap()]);
+    assert_attach_refused("ports = [465]", r, &["465", file.to_str().unwrap()]);
     assert_no_xdp(&bed, "ports = [465]");
     assert!(!pins.path().exists());
 }
@@ -1610,7 +1641,7 @@ fn policy_command_rejects_bad_verbs() {
         a.extend(["--pin-dir", pin_arg(&dir)]);
         let out = cli(&bed.gateway, &a);
         let what = format!("policy {args:?}");
-        assert_failed(&what, &out, &["not a verb"]);
+        assert_refused(&what, &out, &["not a verb"]);
         assert_eq!(
             policy_show(&bed.gateway, &dir),
             before,
@@ -1762,7 +1793,7 @@ fn max_flows_zero_is_refused_clearly() {
         .arg("--max-flows")
         .arg("0")
         .start();
-    assert_attach_failed("--max-flows 0", r, &["--max-flows", "at least 1"]);
+    assert_attach_refused("--max-flows 0", r, &["--max-flows", "at least 1"]);
     assert_no_xdp(&bed, "--max-flows 0");
     assert!(!pins.path().exists(), "pin dir left behind");
 }

@@ -12,7 +12,7 @@ use inspector_userspace::{
     metrics,
     pin::PinDir,
     privilege,
-    settings::Settings,
+    settings::{Refused, Settings},
 };
 use log::{info, warn};
 
@@ -31,7 +31,10 @@ pub fn run(args: AttachArgs) -> Result<()> {
     let settings = Settings::resolve(&args.given(), args.policy.as_deref())?;
     let mut seen = HashSet::new();
     if let Some(i) = args.ifaces.iter().find(|i| !seen.insert(*i)) {
-        bail!("interface `{i}` is named twice");
+        return Err(Refused(format!("interface `{i}` is named twice")).into());
+    }
+    for o in &settings.overrides {
+        info!("{o}");
     }
     privilege::require_admin("attach")?;
     check_kernel()?;

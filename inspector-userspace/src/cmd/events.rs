@@ -8,7 +8,7 @@ use inspector_common::events::{Event, EVENTS_MAP};
 use inspector_userspace::{events, flows::monotonic_ns, privilege};
 use tokio::io::unix::AsyncFd;
 
-use crate::cli::EventsArgs;
+use crate::{cli::EventsArgs, out};
 
 /// Wall-clock time of a monotonic timestamp.
 fn wall(ts_ns: u64) -> String {
@@ -45,9 +45,9 @@ pub fn run(args: EventsArgs) -> Result<()> {
                         let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
                         let w = wall(e.ts_ns);
                         if json {
-                            println!("{}", events::to_json(&e, &w));
+                            out::line(events::to_json(&e, &w))?;
                         } else {
-                            println!("{}", events::to_line(&e, &w));
+                            out::line(events::to_line(&e, &w))?;
                         }
                     }
                     guard.clear_ready();

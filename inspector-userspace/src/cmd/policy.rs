@@ -10,7 +10,10 @@ use inspector_common::{
 };
 use inspector_userspace::{loader, privilege, settings::with_changes};
 
-use crate::cli::{PolicyAction, PolicyArgs};
+use crate::{
+    cli::{PolicyAction, PolicyArgs},
+    out,
+};
 
 fn verb_string(k: VerbKey) -> String {
     let mut t = [0u8; MAX_VERB];
@@ -42,6 +45,10 @@ pub fn allowed_names(pin_dir: &Path) -> Result<Vec<String>> {
 
 pub fn run(args: PolicyArgs) -> Result<()> {
     let PolicyArgs { action, pin_dir } = args;
+    // Bad verbs are refused (exit 2) before anything else is looked at.
+    if let PolicyAction::Allow { verbs } | PolicyAction::Deny { verbs } = &action {
+        with_changes(&[], verbs, &[])?;
+    }
     privilege::require_bpf("policy")?;
     let mut map = open(&pin_dir)?;
     let current = allowed(&map);
@@ -50,10 +57,12 @@ pub fn run(args: PolicyArgs) -> Result<()> {
             let mut names: Vec<String> = current.iter().map(|k| verb_string(*k)).collect();
             names.sort();
             if json {
-                println!("{}", serde_json::json!({ "allowed": names }));
+                out::line(serde_json::json!({ "allowed": names }))?;
             } else {
-                println!("allowed: {}", names.join(" "));
-                println!("masked:  every other verb");
+                out::print(&format!(
+                    "allowed: {}\nmasked:  every other verb\n",
+                    names.join(" ")
+                ))?;
             }
             return Ok(());
         }
@@ -66,6 +75,6 @@ pub fn run(args: PolicyArgs) -> Result<()> {
     loader::write_policy(&mut map, &next)?;
     let mut names: Vec<String> = next.iter().map(|k| verb_string(*k)).collect();
     names.sort();
-    println!("allowed: {}", names.join(" "));
+    out::line(format_args!("allowed: {}", names.join(" ")))?;
     Ok(())
 }

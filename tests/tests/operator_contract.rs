@@ -1,0 +1,429 @@
+//! The operator's contract (README "Exit status", "Pin dirs", "Restarts
+//! and upgrades", "The journal", "Prometheus"), tried as an operator
+//! would: refused input exits 2 with one line, `detach` can be repeated,
+//! output into a closed pipe ends quietly, `--watch` into a file or a pipe
+//! writes plain lines, pin dirs the operator made are left as they were,
+//! a second inspector on an interface is refused, a live policy change is
+//! said to be lost or kept, masks are in the log, and `/metrics` parses
+//! with a real Prometheus parser.
+//!
+//! Needs root; run with `--test-threads=1`.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use inspector_tests::{
+    assert_one_line_refusal,
+    client::{self, Script},
+    inspector::{unique_pin_dir, Attach, ATTACH_TIMEOUT},
+    inspector_bin,
+    netns::addr::SERVER_V4,
+    proc::{run, Finished},
+    wait_until, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed,
+};
+use serde_json::Value;
+
+/// Bound for one step (a reply, counters settling, a process ending).
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An interface name no namespace has: a refusal that fails to happen
+/// cannot attach anywhere.
+const NO_IFACE: &str = "inspt-none0";
+
+fn inspector_in(ns: &NetNs, args: &[&str]) -> Finished {
+    let mut c = ns.nsenter(inspector_bin());
+    c.args(args).env("RUST_LOG", "info");
+    run(&mut c)
+}
+
+/// A namespace with a veth pair, both up.
+struct Veths {
+    ns: NetNs,
+    a: String,
+    b: String,
+}
+
+impl Veths {
+    fn new() -> Veths {
+        let ns = NetNs::new("opc");
+        let id = inspector_tests::unique_id();
+        let (a, b) = (format!("va{id}"), format!("vb{id}"));
+        ns.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ns.ip(&["link", "set", &a, "up"]);
+        ns.ip(&["link", "set", &b, "up"]);
+        Veths { ns, a, b }
+    }
+}
+
+fn write_policy(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// Runs `attach --persist` on `ifaces` with `dir`, waits for it to be
+/// ready, stops it with SIGTERM and waits for it to exit with status 0:
+/// the kernel side stays, pinned in `dir`. Returns what it logged.
+fn persisted(ns: &NetNs, ifaces: &[&str], dir: &Path, args: &[&str]) -> String {
+    let mut a = Attach::new(ns, ifaces).pin_dir(dir).arg("--persist");
+    for x in args {
+        a = a.arg(x);
+    }
+    let mut i = a
+        .start()
+        .unwrap_or_else(|f| panic!("attach --persist: {}", f.stderr));
+    let pid = i.pid();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    wait_until("attach --persist to stop", ATTACH_TIMEOUT, || {
+        (!i.is_running()).then_some(())
+    });
+    let log = i.stderr();
+    // Its Drop would check that the pins are gone; here they must stay.
+    std::mem::forget(i);
+    assert!(log.contains("left the inspector attached"), "{log}");
+    log
+}
+
+// ---------------------------------------------------------------------
+// Exit status and refused input
+// ---------------------------------------------------------------------
+
+/// Every value the README says is refused: exit 2 (as for a bad command
+/// line), one line naming what to change, nothing attached.
+#[test]
+fn refused_values_exit_2_with_one_line() {
+    let ns = NetNs::new("refuse");
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{}-", inspector_tests::NAME_PREFIX))
+        .tempdir()
+        .unwrap();
+    let empty_ports = write_policy(tmp.path(), "empty-ports.toml", "ports = []\n");
+    let both_lists = write_policy(
+        tmp.path(),
+        "both.toml",
+        "allow = [\"XFOO\"]\nallowed = [\"EHLO\", \"MAIL\"]\n",
+    );
+    let same_verb = write_policy(
+        tmp.path(),
+        "same.toml",
+        "allow = [\"VRFY\"]\ndeny = [\"vrfy\"]\n",
+    );
+    let pins = unique_pin_dir();
+    let pin = pins.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["attach", "-i", NO_IFACE, "--port", "0"],
+            vec!["--port", "port 0"],
+        ),
+        (vec!["attach", "-i", NO_IFACE, "--port", "465"], vec!["465"]),
+        (
+            vec!["attach", "-i", NO_IFACE, "--max-flows", "0"],
+            vec!["--max-flows"],
+        ),
+        (
+            vec![
+                "attach", "-i", NO_IFACE, "--allow", "XFOO", "--deny", "xfoo",
+            ],
+            vec!["--allow XFOO", "--deny xfoo"],
+        ),
+        (
+            vec!["attach", "-i", NO_IFACE, "--allow", "NOT A VERB"],
+            vec!["not a verb"],
+        ),
+        (
+            vec!["attach", "-i", NO_IFACE, "-i", NO_IFACE],
+            vec!["named twice"],
+        ),
+        (
+            vec!["attach", "-i", NO_IFACE, "--policy", &empty_ports],
+            vec![&empty_ports, "empty"],
+        ),
+        (
+            vec!["attach", "-i", NO_IFACE, "--policy", &both_lists],
+            vec![&both_lists, "allowed", "allow"],
+        ),
+        (
+            vec!["attach", "-i", NO_IFACE, "--policy", &same_verb],
+            vec![&same_verb, "VRFY"],
+        ),
+        (
+            vec!["stats", "--watch", "0", "--pin-dir", pin],
+            vec!["--watch"],
+        ),
+        (
+            vec!["stats", "--watch", "nan", "--pin-dir", pin],
+            vec!["--watch"],
+        ),
+        // The verb is judged before the (missing) pin dir is looked at.
+        (
+            vec!["policy", "allow", "NOT A VERB", "--pin-dir", pin],
+            vec!["not a verb"],
+        ),
+        (
+            vec!["policy", "deny", "TOOLONGVERB", "--pin-dir", pin],
+            vec!["TOOLONGVERB"],
+        ),
+    ];
+    for (args, mentions) in cases {
+        let out = inspector_in(&ns, &args);
+        assert_one_line_refusal(
+            &format!("{args:?}"),
+            out.status.code(),
+            &out.stderr,
+            &mentions,
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {out}");
+    }
+    assert!(
+        !pins.exists(),
+        "a refused command created {}",
+        pins.display()
+    );
+    // clap's own refusals are 2 as well.
+    for args in [
+        &["stats", "--watch", "soon"][..],
+        &["attach"],
+        &["frobnicate"],
+    ] {
+        let out = inspector_in(&ns, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out}");
+    }
+}
+
+/// `detach` with nothing attached succeeds and says so, as often as it is
+/// run; after a real detach, the second one is a no-op too.
+#[test]
+fn detach_is_idempotent() {
+    let v = Veths::new();
+    let dir = unique_pin_dir();
+    let pin = dir.to_str().unwrap();
+    for _ in 0..2 {
+        let out = inspector_in(&v.ns, &["detach", "--pin-dir", pin]);
+        assert!(out.status.success(), "{out}");
+        assert!(out.stdout_str().contains("nothing to detach"), "{out}");
+    }
+    persisted(&v.ns, &[&v.a, &v.b], &dir, &[]);
+    let out = inspector_in(&v.ns, &["detach", "--iface", &v.b, "--pin-dir", pin]);
+    assert!(out.status.success(), "{out}");
+    assert!(
+        out.stdout_str().contains(&format!("detached from {}", v.b)),
+        "{out}"
+    );
+    let again = inspector_in(&v.ns, &["detach", "--iface", &v.b, "--pin-dir", pin]);
+    assert!(again.status.success(), "{again}");
+    assert!(
+        again
+            .stdout_str()
+            .contains(&format!("nothing to detach on `{}`", v.b)),
+        "{again}"
+    );
+    let out = inspector_in(&v.ns, &["detach", "--pin-dir", pin]);
+    assert!(out.status.success(), "{out}");
+    assert_eq!(v.ns.xdp_prog_id(&v.a), None, "{out}");
+    assert!(!dir.exists(), "{out}");
+    let out = inspector_in(&v.ns, &["detach", "--pin-dir", pin]);
+    assert!(
+        out.status.success() && out.stdout_str().contains("nothing to detach"),
+        "{out}"
+    );
+}
+
+// ---------------------------------------------------------------------
+// Pipes
+// ---------------------------------------------------------------------
+
+/// Runs `inspector args` in `ns` with stdout into a pipe, reads the first
+/// line, closes the pipe (what `head -1` does), and returns that line and
+/// how the process ended: it must end by itself at its next write.
+fn first_line_then_close(ns: &NetNs, args: &[&str]) -> (String, Finished) {
+    let mut c = ns.nsenter(inspector_bin());
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawning inspector");
+    let mut stderr = child.stderr.take().unwrap();
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut r = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    r.read_line(&mut first).expect("reading the first line");
+    drop(r);
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("`inspector {args:?}` kept running after its reader went away");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = err.join().unwrap();
+    (
+        first,
+        Finished {
+            what: format!("inspector {args:?}"),
+            status,
+            stdout: Vec::new(),
+            stderr,
+        },
+    )
+}
+
+/// `stats --watch 0.1 | head -1`, the same with `--json`, and `events |
+/// head -1` (text and JSON): the first line arrives, then the tool ends
+/// with status 0 and nothing on stderr (no panic, no error).
+#[test]
+fn closed_pipe_ends_output_quietly() {
+    let bed = Testbed::new(Offloads::Default);
+    let _smtpd = RecordingSmtpd::start(&bed.server, &[SERVER_V4], 25);
+    let inspector = Inspector::attach(&bed.gateway, &bed.gateway_ifaces());
+    let pin = inspector.pin_dir().to_str().unwrap().to_string();
+    for args in [
+        vec!["stats", "--watch", "0.1", "--pin-dir", &pin],
+        vec!["stats", "--watch", "0.1", "--json", "--pin-dir", &pin],
+        vec!["status", "--pin-dir", &pin],
+    ] {
+        let (first, out) = first_line_then_close(&bed.gateway, &args);
+        assert!(!first.is_empty(), "{out}");
+        assert_eq!(out.status.code(), Some(0), "{out}");
+        assert!(out.stderr.is_empty(), "{out}");
+    }
+    // Masked sessions keep coming from another thread, so `events` has a
+    // first line to print and a next one to fail on.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let session = Script::new()
+        .cmd("EHLO client.test\r\n")
+        .cmd("STARTTLS\r\n")
+        .cmd("QUIT\r\n");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 300 {
+                client::run(&bed.client, SERVER_V4, 25, &session);
+                n += 1;
+            }
+        });
+        for json in [false, true] {
+            let mut args = vec!["events", "--pin-dir", &pin];
+            if json {
+                args.push("--json");
+            }
+            let (first, out) = first_line_then_close(&bed.gateway, &args);
+            stop.store(json, std::sync::atomic::Ordering::Relaxed);
+            assert!(first.contains("STARTTLS"), "{first}\n{out}");
+            assert_eq!(out.status.code(), Some(0), "{out}");
+            assert!(out.stderr.is_empty(), "{out}");
+        }
+    });
+}
+
+/// `stats --watch` into a pipe: no terminal escapes, one titled block per
+/// refresh; with `--json`, one JSON object a line with `version`, `time`,
+/// `rates` and every counter.
+#[test]
+fn watch_into_a_pipe_is_plain_and_combines_with_json() {
+    let v = Veths::new();
+    let inspector = Inspector::attach(&v.ns, &[&v.a, &v.b]);
+    let pin = inspector.pin_dir().to_str().unwrap().to_string();
+    for json in [false, true] {
+        let mut c = v.ns.nsenter(inspector_bin());
+        c.args(["stats", "--watch", "0.1", "--pin-dir", &pin]);
+        if json {
+            c.arg("--json");
+        }
+        let p = inspector_tests::proc::Proc::spawn(&mut c);
+        let lines = wait_until("three refreshes", STEP_TIMEOUT, || {
+            let text = String::from_utf8_lossy(&p.stdout()).into_owned();
+            let n = if json {
+                text.lines().count()
+            } else {
+                text.matches("inspector stats at ").count()
+            };
+            (n >= 3).then_some(text)
+        });
+        drop(p);
+        assert!(!lines.contains('\x1b'), "escapes into a pipe:\n{lines}");
+        if json {
+            for l in lines.lines().take(3) {
+                let o: Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not one JSON object a line ({e}): {l}"));
+                assert_eq!(o["version"], 1, "{l}");
+                assert!(o["time"].is_string(), "{l}");
+                assert!(o["rates"]["packets_seen"].is_number(), "{l}");
+                for c in inspector_common::counters::Counter::ALL {
+                    assert!(o[c.name()].is_u64(), "{} missing: {l}", c.name());
+                }
+                assert!(o["flows_evicted"].is_u64(), "{l}");
+            }
+        } else {
+            let block = lines.split("inspector stats at ").nth(1).unwrap();
+            assert!(
+                block
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some("commands_masked")),
+                "{block}"
+            );
+        }
+    }
+}
+
+/// A policy file and options that replace its keys: each replacement is
+/// logged, the options win, and the policy's origin is in the log.
+#[test]
+fn options_replacing_file_keys_are_logged() {
+    let v = Veths::new();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{}-", inspector_tests::NAME_PREFIX))
+        .tempdir()
+        .unwrap();
+    let file = write_policy(
+        tmp.path(),
+        "p.toml",
+        "ports = [2525]\nmidstream = \"drop\"\ndeny = [\"VRFY\"]\n",
+    );
+    let i = Attach::new(&v.ns, &[&v.a])
+        .arg("--policy")
+        .arg(&file)
+        .arg("--port")
+        .arg("25")
+        .arg("--midstream")
+        .arg("pass")
+        .arg("--allow")
+        .arg("VRFY")
+        .start()
+        .unwrap_or_else(|f| panic!("attach: {}", f.stderr));
+    let log = i.stderr();
+    for want in [
+        format!("--port [25] replaces ports = [2525] of policy file {file}"),
+        format!("--midstream pass replaces midstream = drop of policy file {file}"),
+        format!("--allow VRFY undoes deny = [.. VRFY ..] of policy file {file}"),
+    ] {
+        assert!(log.contains(&want), "no `{want}` in:\n{log}");
+    }
+    let status = inspector_in(
+        &v.ns,
+        &[
+            "status",
+            "--json",
+            "--pin-dir",
+            i.pin_dir().to_str().unwrap(),
+        ],
+    );
+    let st: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(st["ports"], serde_json::json!([25]), "{st}");
+    assert_eq!(st["midstream"], "pass", "{st}");
+    assert!(
+        st["allowed"].as_array().unwrap().contains(&"VRFY".into()),
+        "{st}"
+    );
+}
