@@ -427,3 +427,186 @@ fn options_replacing_file_keys_are_logged() {
         "{st}"
     );
 }
+
+// ---------------------------------------------------------------------
+// Pin dirs: what the operator made stays, what the tool made goes
+// ---------------------------------------------------------------------
+
+/// A scratch folder for pin-dir tests, `/tmp/inspt-<id>`, unmounted and
+/// removed on drop whatever happened.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        let p = std::env::temp_dir().join(format!(
+            "{}-{}",
+            inspector_tests::NAME_PREFIX,
+            inspector_tests::unique_id()
+        ));
+        std::fs::create_dir(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Mounts below first (lazily: a failed test may have left one).
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut below: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| Path::new(m).starts_with(&self.0))
+            .collect();
+        below.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in below {
+            let _ = run(&mut inspector_tests::proc::cmd("umount", &["-l", m]));
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn mount_bpffs(at: &Path) {
+    let out = run(&mut inspector_tests::proc::cmd(
+        "mount",
+        &["-t", "bpf", "bpf", at.to_str().unwrap()],
+    ));
+    assert!(out.status.success(), "{out}");
+}
+
+fn is_mount_point(p: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(p.to_str().unwrap()))
+}
+
+/// What a folder holds, without the two iterators the kernel puts at the
+/// root of every bpffs mount (bpf_preload).
+fn entries(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "maps.debug" && n != "progs.debug")
+        .collect();
+    v.sort();
+    v
+}
+
+/// Attaches with `dir`, stops with SIGTERM: exit 0, and returns the log.
+fn attach_and_stop(v: &Veths, dir: &Path, persist: bool) -> String {
+    let mut a = Attach::new(&v.ns, &[&v.a, &v.b]).pin_dir(dir);
+    if persist {
+        a = a.arg("--persist");
+    }
+    let mut i = a
+        .start()
+        .unwrap_or_else(|f| panic!("attach --pin-dir {}: {}", dir.display(), f.stderr));
+    let stopped = i.stop_leaving_pin_dir(libc::SIGTERM);
+    assert_eq!(
+        stopped.status.code(),
+        Some(0),
+        "attach --pin-dir {} after SIGTERM:\n{}",
+        dir.display(),
+        stopped.stderr
+    );
+    if !persist {
+        assert_eq!(v.ns.xdp_prog_id(&v.a), None, "{}", stopped.stderr);
+    }
+    stopped.stderr
+}
+
+/// A bpffs the operator mounted: used as it is, the pins removed on a
+/// clean stop, the mount and the folder left, exit 0.
+#[test]
+fn pin_dir_on_a_bpffs_the_operator_mounted_stays() {
+    let v = Veths::new();
+    let s = Scratch::new();
+    let dir = s.0.join("bpf");
+    std::fs::create_dir(&dir).unwrap();
+    mount_bpffs(&dir);
+    let log = attach_and_stop(&v, &dir, false);
+    assert!(
+        is_mount_point(&dir),
+        "the operator's bpffs was unmounted\n{log}"
+    );
+    assert!(
+        entries(&dir).is_empty(),
+        "pins left: {:?}\n{log}",
+        entries(&dir)
+    );
+    assert!(!log.contains("mounted a bpf"), "{log}");
+}
+
+/// An empty folder the operator made (not a bpffs): the tool mounts a
+/// bpffs on it, says so, and on a clean stop unmounts it and leaves the
+/// folder.
+#[test]
+fn pin_dir_the_operator_made_is_not_removed() {
+    let v = Veths::new();
+    let s = Scratch::new();
+    let dir = s.0.join("pins");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(s.0.join("pins-sibling"), b"mine").unwrap();
+    let log = attach_and_stop(&v, &dir, false);
+    assert!(
+        log.contains(&format!("mounted a bpf filesystem at {}", dir.display())),
+        "{log}"
+    );
+    assert!(dir.is_dir(), "the operator's folder was removed\n{log}");
+    assert!(!is_mount_point(&dir), "the tool's mount was left\n{log}");
+    assert!(entries(&dir).is_empty(), "{:?}", entries(&dir));
+    assert!(s.0.join("pins-sibling").exists());
+}
+
+/// A nested path whose folders do not exist: all of them are created, and
+/// all of them removed on a clean stop (the operator's folder above
+/// stays); the same after `--persist` and `detach`.
+#[test]
+fn nested_pin_dir_leaves_nothing_behind() {
+    let v = Veths::new();
+    let s = Scratch::new();
+    let dir = s.0.join("a/b/c");
+    let log = attach_and_stop(&v, &dir, false);
+    assert_eq!(entries(&s.0), Vec::<String>::new(), "left behind\n{log}");
+    assert!(!is_mount_point(&dir));
+
+    attach_and_stop(&v, &dir, true);
+    assert!(
+        is_mount_point(&dir),
+        "--persist keeps the pins (and their bpffs)"
+    );
+    let out = inspector_in(&v.ns, &["detach", "--pin-dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{out}");
+    assert_eq!(v.ns.xdp_prog_id(&v.a), None, "{out}");
+    assert_eq!(
+        entries(&s.0),
+        Vec::<String>::new(),
+        "left behind after detach\n{out}"
+    );
+}
+
+/// A pin dir that also holds the operator's own things: a folder on
+/// bpffs, and files under a folder the tool mounts over. A clean stop
+/// exits 0 and leaves them as they were.
+#[test]
+fn pin_dir_holding_other_things_keeps_them() {
+    let v = Veths::new();
+    // On the host's bpffs, a folder the operator made with a sub-folder.
+    let dir = unique_pin_dir();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::create_dir(dir.join("mine")).unwrap();
+    let log = attach_and_stop(&v, &dir, false);
+    let left = entries(&dir);
+    let _ = std::fs::remove_dir(dir.join("mine"));
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(left, ["mine"], "{log}");
+
+    // A plain folder holding a file: mounted over, then given back.
+    let s = Scratch::new();
+    let dir = s.0.join("pins");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+    let log = attach_and_stop(&v, &dir, false);
+    assert_eq!(entries(&dir), ["notes.txt"], "{log}");
+    assert!(!is_mount_point(&dir), "{log}");
+}

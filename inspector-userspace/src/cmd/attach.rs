@@ -123,6 +123,12 @@ fn run_attached(
         Some(addr) => Some(rt.block_on(metrics::bind(addr))?),
         None => None,
     };
+    // The handlers go in before anything is attached: a SIGTERM right
+    // after the readiness line must stop cleanly, not kill.
+    let signals = {
+        let _rt = rt.enter();
+        Signals::install()?
+    };
     let links = attach_with_settings(&mut ebpf, args, settings, pins.path())?;
     if let Some(addr) = args.metrics {
         info!("serving metrics on http://{addr}/metrics");
@@ -137,7 +143,7 @@ fn run_attached(
         ports.join(","),
         pins.path().display()
     );
-    rt.block_on(run_until_signal(metrics, pins.path()))?;
+    rt.block_on(run_until_signal(signals, metrics, pins.path()))?;
     if args.persist {
         // Dropping the pinned links leaves them attached: the kernel goes on
         // inspecting until the next `attach` takes over or `detach` runs.
@@ -187,7 +193,11 @@ fn attach_with_settings(
 
 /// The daemon's life: expire flows and serve metrics until SIGINT or
 /// SIGTERM (or until one of them fails).
-async fn run_until_signal(metrics: Option<tokio::net::TcpListener>, pin_dir: &Path) -> Result<()> {
+async fn run_until_signal(
+    signals: Signals,
+    metrics: Option<tokio::net::TcpListener>,
+    pin_dir: &Path,
+) -> Result<()> {
     let serve_metrics = async {
         match metrics {
             Some(l) => metrics::serve(l, pin_dir.to_path_buf()).await,
@@ -195,7 +205,7 @@ async fn run_until_signal(metrics: Option<tokio::net::TcpListener>, pin_dir: &Pa
         }
     };
     tokio::select! {
-        r = wait_for_signal() => r,
+        r = signals.wait() => r,
         r = expire_flows(pin_dir) => r,
         r = serve_metrics => r,
     }
@@ -216,13 +226,27 @@ async fn expire_flows(pin_dir: &Path) -> Result<()> {
     }
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Needs a tokio runtime context.
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) -> Result<()> {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM received"),
+            _ = self.int.recv() => info!("SIGINT received"),
+        }
+        Ok(())
+    }
 }

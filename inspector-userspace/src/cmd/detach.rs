@@ -48,7 +48,15 @@ pub fn run(args: DetachArgs) -> Result<()> {
             ))?;
         }
         pins.remove(MAP_NAMES)?;
-        out::line(format_args!("removed {}", pin_dir.display()))?;
+        if pin_dir.exists() {
+            // A folder (or mount) the operator made stays.
+            out::line(format_args!(
+                "removed the pins from {} (the folder was not made by the inspector: left in place)",
+                pin_dir.display()
+            ))?;
+        } else {
+            out::line(format_args!("removed {}", pin_dir.display()))?;
+        }
     }
     Ok(())
 }
