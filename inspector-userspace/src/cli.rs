@@ -222,17 +222,40 @@ pub enum PolicyAction {
         #[arg(long)]
         json: bool,
     },
-    /// Allow verbs (case-insensitive).
+    /// Allow verbs (case-insensitive), now; with --permanent also in the
+    /// policy file, so that the next start of `attach` keeps them.
     Allow {
         #[arg(required = true, value_name = "VERB")]
         verbs: Vec<String>,
+        #[command(flatten)]
+        permanent: Permanent,
     },
-    /// Mask verbs (case-insensitive).
+    /// Mask verbs (case-insensitive), now; with --permanent also in the
+    /// policy file.
     Deny {
         #[arg(required = true, value_name = "VERB")]
         verbs: Vec<String>,
+        #[command(flatten)]
+        permanent: Permanent,
     },
 }
+
+/// Where a live change is also written, like firewalld's runtime and
+/// permanent configurations: without --permanent a change lasts until the
+/// next start of `attach`, which applies the policy file (and options).
+#[derive(Args)]
+pub struct Permanent {
+    /// Also write the change into the policy file (`allow`/`deny`, or the
+    /// `allowed` list if the file has one), comments and other keys kept.
+    #[arg(long)]
+    pub permanent: bool,
+    /// The policy file `attach --policy` reads.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_POLICY_FILE, requires = "permanent")]
+    pub policy: PathBuf,
+}
+
+/// The policy file of the systemd unit (deploy/inspector.service).
+pub const DEFAULT_POLICY_FILE: &str = "/etc/inspector/policy.toml";
 
 #[derive(Args)]
 pub struct EventsArgs {

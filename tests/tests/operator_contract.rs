@@ -610,3 +610,139 @@ fn pin_dir_holding_other_things_keeps_them() {
     assert_eq!(entries(&dir), ["notes.txt"], "{log}");
     assert!(!is_mount_point(&dir), "{log}");
 }
+
+// ---------------------------------------------------------------------
+// One inspector per interface
+// ---------------------------------------------------------------------
+
+/// Runs `f` on a thread inside the network namespace of `ns`.
+fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns {}",
+            path.display()
+        );
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Program ids on `iface`'s TCX ingress and egress, as the kernel says.
+fn tcx_progs(ns: &NetNs, iface: &str) -> Vec<u32> {
+    use aya::programs::{tc::TcAttachType, SchedClassifier};
+    let iface = iface.to_string();
+    in_netns(ns, move || {
+        let mut v = Vec::new();
+        for t in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let (_, progs) = SchedClassifier::query_tcx(&iface, t).unwrap();
+            v.extend(progs.iter().map(|p| p.id()));
+        }
+        v
+    })
+}
+
+/// `attach --persist` on two interfaces, then `attach` on one of them with
+/// the same pin dir: the dropped interface is detached, and the log says
+/// so; `status` shows one interface.
+#[test]
+fn reattach_with_fewer_interfaces_detaches_the_dropped_one() {
+    let v = Veths::new();
+    let dir = unique_pin_dir();
+    persisted(&v.ns, &[&v.a, &v.b], &dir, &[]);
+    assert!(v.ns.xdp_prog_id(&v.b).is_some());
+    let i = Attach::new(&v.ns, &[&v.a])
+        .pin_dir(&dir)
+        .start()
+        .unwrap_or_else(|f| panic!("attach: {}", f.stderr));
+    let log = i.stderr();
+    assert!(
+        log.contains(&format!("detached from {} (xdp)", v.b)),
+        "no word of the dropped interface:\n{log}"
+    );
+    assert_eq!(v.ns.xdp_prog_id(&v.b), None, "{log}");
+    let a_prog = v.ns.xdp_prog_id(&v.a).expect("still on the named one");
+    let out = inspector_in(
+        &v.ns,
+        &["status", "--json", "--pin-dir", dir.to_str().unwrap()],
+    );
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let attached = st["attached"].as_array().unwrap();
+    assert_eq!(attached.len(), 1, "{st}");
+    assert_eq!(attached[0]["interface"], v.a.as_str(), "{st}");
+    assert_eq!(attached[0]["program_id"], a_prog, "{st}");
+    drop(i); // SIGINT: detaches and removes everything (checked by Drop)
+    assert_eq!(v.ns.xdp_prog_id(&v.a), None);
+}
+
+/// A second inspector on an interface, with another pin dir, in the same
+/// or another mode: refused with one line naming the interface, and the
+/// first one keeps running untouched. Both ways round (XDP first, then TC
+/// first), and also when the first was stopped with `--persist` (no
+/// process left: only the kernel knows).
+#[test]
+fn second_inspector_on_an_interface_is_refused() {
+    let v = Veths::new();
+    let first = Inspector::attach(&v.ns, &[&v.a]);
+    let xdp = v.ns.xdp_prog_id(&v.a).expect("XDP attached");
+    for mode in ["tc", "xdp", "xdp-skb"] {
+        let other = unique_pin_dir();
+        let r = Attach::new(&v.ns, &[&v.b, &v.a])
+            .pin_dir(&other)
+            .arg("--mode")
+            .arg(mode)
+            .start();
+        let f = match r {
+            Ok(mut i) => {
+                let _ = i.stop_with(libc::SIGINT);
+                panic!("a second inspector in mode {mode} was accepted on {}", v.a);
+            }
+            Err(f) => f,
+        };
+        inspector_tests::assert_one_line_error(
+            &format!("--mode {mode} on an inspected interface"),
+            f.status.code(),
+            &f.stderr,
+            &[&v.a, "of another inspector"],
+        );
+        assert!(!other.exists(), "{}", other.display());
+        assert_eq!(v.ns.xdp_prog_id(&v.a), Some(xdp));
+        assert_eq!(v.ns.xdp_prog_id(&v.b), None, "{mode}: {}", f.stderr);
+        assert_eq!(tcx_progs(&v.ns, &v.a), Vec::<u32>::new(), "{mode}");
+        assert_eq!(tcx_progs(&v.ns, &v.b), Vec::<u32>::new(), "{mode}");
+    }
+    drop(first);
+
+    // TC first, persisted (no process left), then XDP with another pin dir.
+    let dir = unique_pin_dir();
+    persisted(&v.ns, &[&v.b], &dir, &["--mode", "tc"]);
+    let tc = tcx_progs(&v.ns, &v.b);
+    assert_eq!(tc.len(), 2, "ingress and egress");
+    let other = unique_pin_dir();
+    let r = Attach::new(&v.ns, &[&v.b]).pin_dir(&other).start();
+    let f = r
+        .err()
+        .expect("an XDP inspector was accepted on a TC-inspected interface");
+    inspector_tests::assert_one_line_error("xdp after tc", f.status.code(), &f.stderr, &[&v.b]);
+    assert_eq!(v.ns.xdp_prog_id(&v.b), None);
+    assert_eq!(tcx_progs(&v.ns, &v.b), tc);
+    // The same pin dir takes over as before.
+    let i = Attach::new(&v.ns, &[&v.b])
+        .pin_dir(&dir)
+        .arg("--mode")
+        .arg("tc")
+        .start()
+        .unwrap_or_else(|f| panic!("takeover: {}", f.stderr));
+    assert!(
+        i.stderr().contains("took over 2 pinned link(s)"),
+        "{}",
+        i.stderr()
+    );
+    drop(i);
+    assert_eq!(tcx_progs(&v.ns, &v.b), Vec::<u32>::new());
+}

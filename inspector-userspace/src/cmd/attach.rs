@@ -5,6 +5,7 @@ use std::{borrow::Cow, collections::HashSet, path::Path};
 
 use anyhow::{bail, Context, Result};
 use aya::util::KernelVersion;
+use inspector_common::verbs::VerbKey;
 use inspector_userspace::{
     flows,
     links::{self, LinkSet, Mode},
@@ -171,6 +172,12 @@ fn attach_with_settings(
         loader::set_config(ebpf, settings.config)
     };
     let takeover = !links::pinned(pin_dir)?.is_empty();
+    // What the running instance enforces now, live changes included.
+    let live = if takeover {
+        Some(loader::policy_of(ebpf)?)
+    } else {
+        None
+    };
     if !takeover {
         // A fresh program must never run with empty maps (no ports, a
         // policy that masks everything): settings first.
@@ -182,13 +189,62 @@ fn attach_with_settings(
         // the new one starts with them too, then gets the new ones.
         write_settings(ebpf)?;
     }
+    for d in links.dropped() {
+        info!("detached from {d}: an earlier instance was attached there, this one is not");
+    }
     if links.taken_over() > 0 {
         info!(
             "took over {} pinned link(s) of an earlier instance: flows keep their state",
             links.taken_over()
         );
     }
+    log_policy(settings, live.as_deref());
     Ok(links)
+}
+
+/// Says which verb policy is in force and where it comes from; on a
+/// takeover, also what the earlier instance enforced differently (changes
+/// made live with `inspector policy` without `--permanent`, which the
+/// configuration replaces).
+fn log_policy(settings: &Settings, live: Option<&[VerbKey]>) {
+    let names = |keys: &mut dyn Iterator<Item = &VerbKey>| -> Vec<String> {
+        let mut v: Vec<String> = keys.map(|k| loader::verb_text(*k)).collect();
+        v.sort();
+        v
+    };
+    let allowed = names(&mut settings.allowed.iter());
+    info!(
+        "policy in force: {} allowed ({}), from {}; every other verb is masked",
+        allowed.len(),
+        allowed.join(" "),
+        settings.policy_origin
+    );
+    let Some(live) = live else { return };
+    let lost_allow = names(&mut live.iter().filter(|k| !settings.allowed.contains(k)));
+    let lost_deny = names(&mut settings.allowed.iter().filter(|k| !live.contains(k)));
+    if lost_allow.is_empty() && lost_deny.is_empty() {
+        info!("the earlier instance enforced the same policy");
+        return;
+    }
+    let mut what = Vec::new();
+    if !lost_allow.is_empty() {
+        what.push(format!(
+            "allowed {} (masked again now)",
+            lost_allow.join(" ")
+        ));
+    }
+    if !lost_deny.is_empty() {
+        what.push(format!(
+            "masked {} (allowed again now)",
+            lost_deny.join(" ")
+        ));
+    }
+    warn!(
+        "the earlier instance's live policy differed from the configuration: it {}; those were \
+         runtime changes (`inspector policy` without --permanent), replaced by the configuration \
+         at this start",
+        what.join(" and ")
+    );
 }
 
 /// The daemon's life: expire flows and serve metrics until SIGINT or
