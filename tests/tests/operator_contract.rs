@@ -746,3 +746,102 @@ fn second_inspector_on_an_interface_is_refused() {
     drop(i);
     assert_eq!(tcx_progs(&v.ns, &v.b), Vec::<u32>::new());
 }
+
+// ---------------------------------------------------------------------
+// Live policy across a restart
+// ---------------------------------------------------------------------
+
+fn allowed_now(ns: &NetNs, dir: &Path) -> Vec<String> {
+    let out = inspector_in(
+        ns,
+        &[
+            "policy",
+            "show",
+            "--json",
+            "--pin-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["allowed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The README's upgrade path with a live change in between: `policy allow
+/// XFOO` (runtime) says it lasts until the next start; `policy allow XBAR
+/// --permanent` writes the policy file (its comment kept); after a restart
+/// on the same pin dir, the log says which policy is in force and where it
+/// came from, and that the runtime XFOO was replaced; XBAR is still
+/// allowed, XFOO masked again.
+#[test]
+fn live_policy_change_across_a_restart_is_said() {
+    let v = Veths::new();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{}-", inspector_tests::NAME_PREFIX))
+        .tempdir()
+        .unwrap();
+    let file = write_policy(
+        tmp.path(),
+        "policy.toml",
+        "# the gateway's policy\ndeny = [\"VRFY\"]\n",
+    );
+    let dir = unique_pin_dir();
+    let pin = dir.to_str().unwrap();
+    let log = persisted(&v.ns, &[&v.a, &v.b], &dir, &["--policy", &file]);
+    assert!(
+        log.contains(&format!("from the default list, policy file {file}")),
+        "{log}"
+    );
+
+    let out = inspector_in(&v.ns, &["policy", "allow", "xfoo", "--pin-dir", pin]);
+    assert!(out.status.success(), "{out}");
+    assert!(out.stdout_str().contains("runtime"), "{out}");
+    let out = inspector_in(
+        &v.ns,
+        &[
+            "policy",
+            "allow",
+            "XBAR",
+            "--permanent",
+            "--policy",
+            &file,
+            "--pin-dir",
+            pin,
+        ],
+    );
+    assert!(out.status.success(), "{out}");
+    assert!(out.stdout_str().contains("permanent"), "{out}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("# the gateway's policy") && text.contains("XBAR"),
+        "{text}"
+    );
+    let now = allowed_now(&v.ns, &dir);
+    assert!(
+        now.contains(&"XFOO".into()) && now.contains(&"XBAR".into()),
+        "{now:?}"
+    );
+
+    // The restart (systemctl restart): same command line, same pin dir.
+    let i = Attach::new(&v.ns, &[&v.a, &v.b])
+        .pin_dir(&dir)
+        .arg("--policy")
+        .arg(&file)
+        .start()
+        .unwrap_or_else(|f| panic!("restart: {}", f.stderr));
+    let log = i.stderr();
+    assert!(log.contains("took over"), "{log}");
+    assert!(log.contains("policy in force:"), "{log}");
+    assert!(log.contains(&format!("policy file {file}")), "{log}");
+    assert!(log.contains("allowed XFOO (masked again now)"), "{log}");
+    assert!(!log.contains("XBAR (masked"), "{log}");
+    let now = allowed_now(&v.ns, &dir);
+    assert!(!now.contains(&"XFOO".into()), "{now:?}");
+    assert!(now.contains(&"XBAR".into()), "{now:?}");
+    assert!(!now.contains(&"VRFY".into()), "{now:?}");
+}
