@@ -7,6 +7,7 @@
 pub mod events;
 pub mod flows;
 pub mod hooks;
+pub mod journal;
 pub mod links;
 pub mod loader;
 pub mod metrics;

@@ -845,3 +845,74 @@ fn live_policy_change_across_a_restart_is_said() {
     assert!(now.contains(&"XBAR".into()), "{now:?}");
     assert!(!now.contains(&"VRFY".into()), "{now:?}");
 }
+
+// ---------------------------------------------------------------------
+// The journal
+// ---------------------------------------------------------------------
+
+/// The message id of mask lines (README "The journal").
+const MASK_ID: &str = "MESSAGE_ID=b0f7e1c2a3d44e5f8a6b7c8d9e0f1a21";
+const SUPPRESSED_ID: &str = "MESSAGE_ID=b0f7e1c2a3d44e5f8a6b7c8d9e0f1a25";
+
+/// `attach` logs each masked command as one key=value line with a stable
+/// message id, the client, server and verb; past 20 lines in 10 s the rest
+/// are counted in one `suppressed=N` line; lines and count add up to the
+/// masks. `inspector events` still sees every one (through `attach`).
+#[test]
+fn masks_are_in_the_log_rate_limited_with_a_count() {
+    const MASKS: usize = 25;
+    let bed = Testbed::new(Offloads::Default);
+    let _smtpd = RecordingSmtpd::start(&bed.server, &[SERVER_V4], 25);
+    let i = Inspector::attach(&bed.gateway, &bed.gateway_ifaces());
+    let mut c = bed.gateway.nsenter(inspector_bin());
+    c.args(["events", "--json", "--pin-dir"]).arg(i.pin_dir());
+    let events = inspector_tests::proc::Proc::spawn(&mut c);
+    let mut script = Script::new().cmd("EHLO client.test\r\n");
+    for _ in 0..MASKS {
+        script = script.cmd("STARTTLS\r\n");
+    }
+    let t = client::run(&bed.client, SERVER_V4, 25, &script.cmd("QUIT\r\n"));
+    let client_addr = t.local.to_string();
+    let count = |log: &str| -> (usize, u64) {
+        let lines = log.lines().filter(|l| l.contains(MASK_ID)).count();
+        let suppressed = log
+            .lines()
+            .filter(|l| l.contains(SUPPRESSED_ID))
+            .filter_map(|l| {
+                l.split("suppressed=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        (lines, suppressed)
+    };
+    let log = wait_until("every mask logged or counted", STEP_TIMEOUT, || {
+        let log = i.stderr();
+        let (n, s) = count(&log);
+        (n as u64 + s >= MASKS as u64).then_some(log)
+    });
+    let (n, s) = count(&log);
+    assert_eq!(n as u64 + s, MASKS as u64, "{log}");
+    assert!(
+        s > 0 && n <= 20,
+        "the rate limit did not act: {n} lines, {s} counted\n{log}"
+    );
+    let line = log.lines().find(|l| l.contains(MASK_ID)).unwrap();
+    for want in [
+        "action=mask".to_string(),
+        format!("client={client_addr}"),
+        "server=10.200.2.2:25".to_string(),
+        "verb=STARTTLS".to_string(),
+        "reason=-".to_string(),
+    ] {
+        assert!(line.contains(&want), "no `{want}` in: {line}");
+    }
+    // The events reader got all of them, not a share.
+    wait_until("every mask event", STEP_TIMEOUT, || {
+        let out = String::from_utf8_lossy(&events.stdout()).into_owned();
+        (out.lines().filter(|l| l.contains("\"masked\"")).count() >= MASKS).then_some(())
+    });
+}

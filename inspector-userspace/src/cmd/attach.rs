@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use aya::util::KernelVersion;
 use inspector_common::verbs::VerbKey;
 use inspector_userspace::{
-    flows,
+    flows, journal,
     links::{self, LinkSet, Mode},
     loader::{self, MAP_NAMES},
     metrics,
@@ -126,9 +126,9 @@ fn run_attached(
     };
     // The handlers go in before anything is attached: a SIGTERM right
     // after the readiness line must stop cleanly, not kill.
-    let signals = {
+    let (signals, relay) = {
         let _rt = rt.enter();
-        Signals::install()?
+        (Signals::install()?, journal::Relay::bind(pins.path())?)
     };
     let links = attach_with_settings(&mut ebpf, args, settings, pins.path())?;
     if let Some(addr) = args.metrics {
@@ -144,7 +144,7 @@ fn run_attached(
         ports.join(","),
         pins.path().display()
     );
-    rt.block_on(run_until_signal(signals, metrics, pins.path()))?;
+    rt.block_on(run_until_signal(signals, metrics, relay, pins.path()))?;
     if args.persist {
         // Dropping the pinned links leaves them attached: the kernel goes on
         // inspecting until the next `attach` takes over or `detach` runs.
@@ -252,6 +252,7 @@ fn log_policy(settings: &Settings, live: Option<&[VerbKey]>) {
 async fn run_until_signal(
     signals: Signals,
     metrics: Option<tokio::net::TcpListener>,
+    relay: journal::Relay,
     pin_dir: &Path,
 ) -> Result<()> {
     let serve_metrics = async {
@@ -262,6 +263,7 @@ async fn run_until_signal(
     };
     tokio::select! {
         r = signals.wait() => r,
+        r = journal::run(pin_dir, relay) => r,
         r = expire_flows(pin_dir) => r,
         r = serve_metrics => r,
     }

@@ -1,25 +1,21 @@
 //! `inspector events`: the masked-command and drop events, as they happen.
 
-use std::time::{Duration, SystemTime};
-
 use anyhow::{Context, Result};
 use aya::maps::{Map, RingBuf};
 use inspector_common::events::{Event, EVENTS_MAP};
-use inspector_userspace::{events, flows::monotonic_ns, privilege};
+use inspector_userspace::{events, journal, privilege};
 use tokio::io::unix::AsyncFd;
 
 use crate::{cli::EventsArgs, out};
 
-/// Wall-clock time of a monotonic timestamp.
-fn wall(ts_ns: u64) -> String {
-    let age = Duration::from_nanos(monotonic_ns().saturating_sub(ts_ns));
-    let t = SystemTime::now() - age;
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 pub fn run(args: EventsArgs) -> Result<()> {
     let EventsArgs { json, pin_dir } = args;
     privilege::require_bpf("events")?;
+    // A running `attach` is the ring's one consumer: read from it.
+    let sock = events::socket_path(&pin_dir);
+    if let Ok(s) = std::os::unix::net::UnixStream::connect(&sock) {
+        return relayed(s, json);
+    }
     let data = inspector_userspace::pin::open_map(&pin_dir, EVENTS_MAP, "event ring")?;
     let ring = RingBuf::try_from(Map::RingBuf(data)).context("event map has an unexpected type")?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -43,7 +39,7 @@ pub fn run(args: EventsArgs) -> Result<()> {
                         // above), read unaligned, and Event is plain data
                         // for which every bit pattern is a value.
                         let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-                        let w = wall(e.ts_ns);
+                        let w = journal::wall(e.ts_ns);
                         if json {
                             out::line(events::to_json(&e, &w))?;
                         } else {
@@ -56,4 +52,21 @@ pub fn run(args: EventsArgs) -> Result<()> {
             }
         }
     })
+}
+
+/// Prints what the running `attach` relays (JSON lines), until it stops.
+fn relayed(sock: std::os::unix::net::UnixStream, json: bool) -> Result<()> {
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(sock).lines() {
+        let line = line.context("reading events from `inspector attach`")?;
+        if json {
+            out::line(&line)?;
+        } else {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).context("an event from `attach` is not JSON")?;
+            out::line(events::line_from_json(&v))?;
+        }
+    }
+    log::info!("`inspector attach` stopped; no more events");
+    Ok(())
 }
