@@ -22,8 +22,9 @@ use inspector_userspace::{
         ports (default 25 and 587) and masks disallowed command verbs in place with `X`, \
         so the server answers 500 and the session goes on. Allowed by default, as on the \
         PIX/ASA: DATA HELO MAIL NOOP QUIT RCPT RSET AUTH EHLO ETRN HELP SAML SEND SOML VRFY.\n\n\
-        Exit status: 0 success, 1 error (one line on stderr says what and what to do), \
-        2 bad command line.",
+        Exit status: 0 success (also `detach` with nothing attached, and output into a \
+        pipe whose reader went away), 1 error (one line on stderr says what and what to \
+        do), 2 refused input: a bad option, value, verb or policy file.",
     after_help = "Examples:\n  \
         inspector attach --iface eth0 --iface eth1\n  \
         inspector stats\n  \

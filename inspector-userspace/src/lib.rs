@@ -11,6 +11,7 @@ pub mod journal;
 pub mod links;
 pub mod loader;
 pub mod metrics;
+pub mod notify;
 pub mod permanent;
 pub mod pin;
 pub mod privilege;

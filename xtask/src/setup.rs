@@ -26,6 +26,10 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "curl",
+    // systemd-analyze (security, verify) for the unit's tests, and man for
+    // rendering the generated man page.
+    "systemd",
+    "man-db",
 ];
 
 pub fn run() -> Result<()> {

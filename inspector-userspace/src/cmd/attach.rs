@@ -10,7 +10,7 @@ use inspector_userspace::{
     flows, journal,
     links::{self, LinkSet, Mode},
     loader::{self, MAP_NAMES},
-    metrics,
+    metrics, notify,
     pin::PinDir,
     privilege,
     settings::{Refused, Settings},
@@ -144,7 +144,14 @@ fn run_attached(
         ports.join(","),
         pins.path().display()
     );
+    // systemd (Type=notify): ready only now, with everything in place.
+    notify::notify(&format!(
+        "READY=1\nSTATUS=inspecting ports {} on {ifaces} (mode {})",
+        ports.join(","),
+        args.mode.name()
+    ))?;
     rt.block_on(run_until_signal(signals, metrics, relay, pins.path()))?;
+    notify::notify("STOPPING=1")?;
     if args.persist {
         // Dropping the pinned links leaves them attached: the kernel goes on
         // inspecting until the next `attach` takes over or `detach` runs.
