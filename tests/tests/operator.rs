@@ -1324,7 +1324,7 @@ fn metrics_endpoint() {
     let (code, body) = curl(&bed.gateway, &url);
     assert_eq!(code, 200, "{body}");
     assert_eq!(
-        metric(&body, "inspector_commands_masked_total"),
+        metric(&body, "inspector_masked_commands_total"),
         Some(0),
         "{body}"
     );
@@ -1335,7 +1335,7 @@ fn metrics_endpoint() {
     let (code, body) = curl(&bed.gateway, &url);
     assert_eq!(code, 200, "{body}");
     for c in Counter::ALL {
-        let name = format!("inspector_{}_total", c.name());
+        let name = inspector_userspace::metrics::metric_name(c.name());
         let v = metric(&body, &name).unwrap_or_else(|| panic!("no {name} in:\n{body}"));
         assert!(
             body.contains(&format!("# TYPE {name} counter\n")),
@@ -1347,10 +1347,10 @@ fn metrics_endpoint() {
         }
     }
     assert!(
-        metric(&body, "inspector_packets_inspected_total").unwrap()
+        metric(&body, "inspector_inspected_packets_total").unwrap()
             >= counter(&json, "packets_inspected")
     );
-    assert!(metric(&body, "inspector_packets_inspected_total").unwrap() > 0);
+    assert!(metric(&body, "inspector_inspected_packets_total").unwrap() > 0);
     assert!(
         body.lines()
             .any(|l| l == "inspector_commands_total{verb=\"STARTTLS\",action=\"masked\"} 1"),
@@ -1358,7 +1358,7 @@ fn metrics_endpoint() {
     );
     assert!(
         body.lines()
-            .any(|l| l == "inspector_commands_total{verb=\"STARTTLS\",action=\"seen\"} 1"),
+            .any(|l| l == "inspector_commands_total{verb=\"STARTTLS\",action=\"passed\"} 0"),
         "{body}"
     );
     assert!(
@@ -1366,8 +1366,8 @@ fn metrics_endpoint() {
             .any(|l| l == "inspector_commands_total{verb=\"EHLO\",action=\"masked\"} 0"),
         "{body}"
     );
-    assert_eq!(metric(&body, "inspector_flows_tracked"), Some(1), "{body}");
-    assert!(metric(&body, "inspector_flows_active").is_some(), "{body}");
+    assert_eq!(metric(&body, "inspector_tracked_flows"), Some(1), "{body}");
+    assert!(metric(&body, "inspector_active_flows").is_some(), "{body}");
 
     let (code, _) = curl(&bed.gateway, &format!("http://{addr}/nosuch"));
     assert_eq!(code, 404);

@@ -1124,3 +1124,187 @@ fn completions_and_man_page() {
     }
     assert!(text.contains("--persist"), "{text}");
 }
+
+// ---------------------------------------------------------------------
+// Prometheus
+// ---------------------------------------------------------------------
+
+/// `curl` inside `ns` with extra arguments: (status, headers, body).
+fn curl(ns: &NetNs, args: &[&str], url: &str) -> (u16, String, String) {
+    let mut c = ns.nsenter("curl");
+    c.args(["-sS", "-i", "--max-time", "10"])
+        .args(args)
+        .arg(url);
+    let out = run(&mut c);
+    assert!(out.status.success(), "{out}");
+    let text = out.stdout_str();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status from {url}: {out}"));
+    (code, head.to_string(), body.to_string())
+}
+
+/// The exposition parsed by the Prometheus project's own Python parser
+/// (prometheus_client.parser, Debian's python3-prometheus-client):
+/// `{sample name: [(labels, value)]}` and `{family name: type}`.
+fn parse_exposition(body: &str) -> (Value, Value) {
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+samples, types = {}, {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    types[fam.name] = fam.type
+    for s in fam.samples:
+        samples.setdefault(s.name, []).append([s.labels, s.value])
+print(json.dumps([samples, types]))
+"#;
+    let mut c = Command::new(inspector_tests::smtpd::PYTHON);
+    c.args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("python3");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition: {}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (v[0].clone(), v[1].clone())
+}
+
+/// GET and HEAD on /metrics with or without a query answer 200; `/`,
+/// other paths and other methods 404. What is served parses with a real
+/// Prometheus parser: every `stats` counter under its unit-last name
+/// with the value `stats` shows, flows_evicted too, per-verb commands as
+/// passed + masked adding up to the commands seen, and build info.
+#[test]
+fn metrics_follow_prometheus_conventions() {
+    let bed = Testbed::new(Offloads::Default);
+    let _smtpd = RecordingSmtpd::start(&bed.server, &[SERVER_V4], 25);
+    let port = in_netns(&bed.gateway, || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    });
+    let addr = format!("127.0.0.1:{port}");
+    let i = Attach::new(&bed.gateway, &bed.gateway_ifaces())
+        .arg("--metrics")
+        .arg(&addr)
+        .start()
+        .unwrap_or_else(|f| panic!("attach --metrics: {}", f.stderr));
+    let session = Script::new()
+        .cmd("EHLO client.test\r\n")
+        .cmd("STARTTLS\r\n")
+        .cmd("VRFY bob\r\n")
+        .cmd("QUIT\r\n");
+    client::run(&bed.client, SERVER_V4, 25, &session);
+
+    let base = format!("http://{addr}");
+    for (args, path, want) in [
+        (&[][..], "/metrics", 200),
+        (&[], "/metrics?x=1&name[]=up", 200),
+        (&["-I"], "/metrics", 200),
+        (&["-I"], "/metrics?x=1", 200),
+        (&[], "/", 404),
+        (&[], "/metricsx", 404),
+        (&[], "/metrics/", 404),
+        (&["-X", "POST"], "/metrics", 404),
+    ] {
+        let (code, head, body) = curl(&bed.gateway, args, &format!("{base}{path}"));
+        assert_eq!(code, want, "{args:?} {path}: {head}\n{body}");
+        if args == ["-I"] {
+            assert!(body.is_empty(), "HEAD with a body: {body}");
+            assert!(
+                head.to_lowercase().contains("content-type: text/plain"),
+                "{head}"
+            );
+        }
+    }
+    let stats: Value = serde_json::from_slice(
+        &inspector_in(
+            &bed.gateway,
+            &[
+                "stats",
+                "--json",
+                "--pin-dir",
+                i.pin_dir().to_str().unwrap(),
+            ],
+        )
+        .stdout,
+    )
+    .unwrap();
+    let (_, _, body) = curl(&bed.gateway, &[], &format!("{base}/metrics"));
+    let (samples, types) = parse_exposition(&body);
+    let value = |name: &str| -> f64 {
+        samples[name][0][1]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+    };
+    let mut names: Vec<&str> = inspector_common::counters::Counter::ALL
+        .iter()
+        .map(|c| c.name())
+        .collect();
+    names.push("flows_evicted");
+    for c in names {
+        let m = inspector_userspace::metrics::metric_name(c);
+        let v = value(&m);
+        let family = m.trim_end_matches("_total");
+        assert_eq!(types[family], "counter", "{m}: {types}");
+        if !matches!(c, "packets_seen" | "packets_inspected") {
+            // (other frames may still cross: neighbour discovery)
+            assert_eq!(v, stats[c].as_u64().unwrap() as f64, "{m} vs stats {c}");
+        }
+    }
+    for unit_first in [
+        "inspector_bytes_inspected_total",
+        "inspector_packets_seen_total",
+    ] {
+        assert!(
+            samples.get(unit_first).is_none(),
+            "{unit_first} still served"
+        );
+    }
+    assert_eq!(
+        value("inspector_inspected_bytes_total"),
+        stats["bytes_inspected"].as_u64().unwrap() as f64
+    );
+    // passed + masked = seen, per verb; summing over actions does not
+    // count a masked command twice.
+    let commands = samples["inspector_commands_total"].as_array().unwrap();
+    let get = |verb: &str, action: &str| -> f64 {
+        commands
+            .iter()
+            .find(|s| s[0]["verb"] == verb && s[0]["action"] == action)
+            .unwrap_or_else(|| panic!("no {verb}/{action} in {commands:?}"))[1]
+            .as_f64()
+            .unwrap()
+    };
+    for verb in ["STARTTLS", "VRFY", "EHLO"] {
+        let (seen, masked) = (
+            stats["verbs"][verb]["seen"].as_u64().unwrap() as f64,
+            stats["verbs"][verb]["masked"].as_u64().unwrap() as f64,
+        );
+        assert_eq!(get(verb, "masked"), masked, "{verb}");
+        assert_eq!(get(verb, "passed") + get(verb, "masked"), seen, "{verb}");
+    }
+    assert_eq!(get("STARTTLS", "masked"), 1.0);
+    assert_eq!(get("STARTTLS", "passed"), 0.0);
+    assert_eq!(get("VRFY", "passed"), 1.0);
+    let total: f64 = commands.iter().map(|s| s[1].as_f64().unwrap()).sum();
+    assert_eq!(total, stats["commands_seen"].as_u64().unwrap() as f64);
+    assert!(commands
+        .iter()
+        .all(|s| s[0]["action"] == "passed" || s[0]["action"] == "masked"));
+    let build = &samples["inspector_build_info"][0];
+    assert_eq!(build[1], 1.0);
+    assert!(build[0]["version"].is_string(), "{build}");
+    assert_eq!(types["inspector_tracked_flows"], "gauge");
+}

@@ -30,6 +30,9 @@ const APT_PACKAGES: &[&str] = &[
     // rendering the generated man page.
     "systemd",
     "man-db",
+    // The Prometheus project's own text-format parser, which the metrics
+    // test feeds the exposition to.
+    "python3-prometheus-client",
 ];
 
 pub fn run() -> Result<()> {
