@@ -20,8 +20,23 @@ use cli::{Cli, Command};
 /// line); the systemd unit does not restart on it.
 const REFUSED: u8 = 2;
 
+/// Log at info by default; RUST_LOG changes it, but the libraries'
+/// internals (hundreds of lines at start-up with a bare `debug`) stay at
+/// warn unless RUST_LOG names them (`RUST_LOG=debug,aya=debug`).
+fn init_logging() {
+    let mut b = env_logger::Builder::new();
+    b.filter_level(log::LevelFilter::Info);
+    for m in ["aya", "aya_obj", "hyper", "hyper_util", "mio", "tokio"] {
+        b.filter_module(m, log::LevelFilter::Warn);
+    }
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
+    b.init();
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging();
     let result = match Cli::parse().command {
         Command::Attach(args) => cmd::attach::run(args),
         Command::Detach(args) => cmd::detach::run(args),

@@ -1308,3 +1308,27 @@ fn metrics_follow_prometheus_conventions() {
     assert!(build[0]["version"].is_string(), "{build}");
     assert_eq!(types["inspector_tracked_flows"], "gauge");
 }
+
+/// `RUST_LOG=debug` shows the inspector's own debug lines, not the
+/// libraries' internals (aya's object parsing was hundreds of lines).
+#[test]
+fn debug_log_is_about_the_inspector() {
+    let v = Veths::new();
+    let i = Attach::new(&v.ns, &[&v.a])
+        .wrapped_in(&["env", "RUST_LOG=debug"])
+        .start()
+        .unwrap_or_else(|f| panic!("attach: {}", f.stderr));
+    let log = i.stderr();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines.len() < 40,
+        "{} lines at start-up:\n{log}",
+        lines.len()
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains(" aya") || l.contains(" hyper") || l.contains(" mio")),
+        "library internals:\n{log}"
+    );
+}
