@@ -71,9 +71,12 @@ pub enum Command {
     /// Stream masked-command and drop events of a running `inspector attach`.
     ///
     /// One line per event: time, action (mask, drop, would-mask in monitor
-    /// mode), client and server address and port, the verb (printable
-    /// characters, first 8) and, for drops, the reason. Runs until
-    /// interrupted. Only one `events` reader should run at a time.
+    /// mode), client and server address and port, the verb (upper-cased,
+    /// printable characters, first 8) and, for drops, the reason. Runs
+    /// until interrupted. While `attach` runs, the events come from it
+    /// (starting with up to the last 256), and any number of readers may
+    /// run; without it, `events` reads the kernel's event ring itself, and
+    /// only one reader should run then.
     #[command(after_help = "Example:\n  inspector events --json | jq 'select(.action==\"mask\")'")]
     Events(EventsArgs),
     /// Print the counters of a running `inspector attach`.
