@@ -31,6 +31,11 @@ pub fn write_through(path: &Path, allow: &[String], deny: &[String]) -> Result<(
         edit(&text, allow, deny).with_context(|| format!("policy file {}", path.display()))?;
     let tmp = path.with_extension("toml.inspector-new");
     std::fs::write(&tmp, &new).with_context(|| format!("writing {}", tmp.display()))?;
+    // The new file keeps the old one's mode (a policy file may be 0640).
+    if let Ok(m) = std::fs::metadata(path) {
+        std::fs::set_permissions(&tmp, m.permissions())
+            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+    }
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 

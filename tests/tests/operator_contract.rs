@@ -1332,3 +1332,58 @@ fn debug_log_is_about_the_inspector() {
         "library internals:\n{log}"
     );
 }
+
+/// `inspector events` follows a restart of `attach` (`--persist`, then a
+/// takeover, as `systemctl restart` does): the events of both instances,
+/// in one reader.
+#[test]
+fn events_follow_a_restart() {
+    let bed = Testbed::new(Offloads::Default);
+    let _smtpd = RecordingSmtpd::start(&bed.server, &[SERVER_V4], 25);
+    let dir = unique_pin_dir();
+    let start = || {
+        Attach::new(&bed.gateway, &bed.gateway_ifaces())
+            .pin_dir(&dir)
+            .arg("--persist")
+            .start()
+            .unwrap_or_else(|f| panic!("attach: {}", f.stderr))
+    };
+    let mut first = start();
+    let mut c = bed.gateway.nsenter(inspector_bin());
+    c.args(["events", "--json", "--pin-dir"]).arg(&dir);
+    let mut events = inspector_tests::proc::Proc::spawn(&mut c);
+    let masked = |n: usize| {
+        wait_until(&format!("{n} mask events"), STEP_TIMEOUT, || {
+            let out = String::from_utf8_lossy(&events.stdout()).into_owned();
+            (out.lines().filter(|l| l.contains("\"masked\"")).count() >= n).then_some(())
+        })
+    };
+    let session = Script::new()
+        .cmd("EHLO client.test\r\n")
+        .cmd("STARTTLS\r\n")
+        .cmd("QUIT\r\n");
+    client::run(&bed.client, SERVER_V4, 25, &session);
+    masked(1);
+    let stopped = first.stop_leaving_pin_dir(libc::SIGTERM);
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let second = start();
+    assert!(second.stderr().contains("took over"), "{}", second.stderr());
+    client::run(&bed.client, SERVER_V4, 25, &session);
+    masked(2);
+    assert!(events.try_status().is_none(), "events ended at the restart");
+    let mut second = second;
+    let stopped = second.stop_leaving_pin_dir(libc::SIGTERM);
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let out = inspector_in(
+        &bed.gateway,
+        &["detach", "--pin-dir", dir.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{out}");
+    std::mem::forget(first);
+    std::mem::forget(second);
+    let out = events.finish(STEP_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "events after attach stopped for good: {out}"
+    );
+}

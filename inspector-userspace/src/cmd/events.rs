@@ -14,7 +14,7 @@ pub fn run(args: EventsArgs) -> Result<()> {
     // A running `attach` is the ring's one consumer: read from it.
     let sock = events::socket_path(&pin_dir);
     if let Ok(s) = std::os::unix::net::UnixStream::connect(&sock) {
-        return relayed(s, json);
+        return relayed(s, json, &sock);
     }
     let data = inspector_userspace::pin::open_map(&pin_dir, EVENTS_MAP, "event ring")?;
     let ring = RingBuf::try_from(Map::RingBuf(data)).context("event map has an unexpected type")?;
@@ -54,19 +54,40 @@ pub fn run(args: EventsArgs) -> Result<()> {
     })
 }
 
-/// Prints what the running `attach` relays (JSON lines), until it stops.
-fn relayed(sock: std::os::unix::net::UnixStream, json: bool) -> Result<()> {
+/// How long `events` waits for the next `attach` once the one it read
+/// from stopped (`systemctl restart` starts the next one at once).
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Prints what the running `attach` relays (JSON lines), and goes on with
+/// the next `attach` if one starts soon after (a restart); ends when none
+/// does.
+fn relayed(
+    mut sock: std::os::unix::net::UnixStream,
+    json: bool,
+    path: &std::path::Path,
+) -> Result<()> {
     use std::io::BufRead;
-    for line in std::io::BufReader::new(sock).lines() {
-        let line = line.context("reading events from `inspector attach`")?;
-        if json {
-            out::line(&line)?;
-        } else {
-            let v: serde_json::Value =
-                serde_json::from_str(&line).context("an event from `attach` is not JSON")?;
-            out::line(events::line_from_json(&v))?;
+    loop {
+        for line in std::io::BufReader::new(sock).lines() {
+            let line = line.context("reading events from `inspector attach`")?;
+            if json {
+                out::line(&line)?;
+            } else {
+                let v: serde_json::Value =
+                    serde_json::from_str(&line).context("an event from `attach` is not JSON")?;
+                out::line(events::line_from_json(&v))?;
+            }
         }
+        let deadline = std::time::Instant::now() + RESTART_WAIT;
+        sock = loop {
+            if let Ok(s) = std::os::unix::net::UnixStream::connect(path) {
+                break s;
+            }
+            if std::time::Instant::now() >= deadline {
+                log::info!("`inspector attach` stopped; no more events");
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
     }
-    log::info!("`inspector attach` stopped; no more events");
-    Ok(())
 }
