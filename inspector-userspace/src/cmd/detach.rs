@@ -51,7 +51,7 @@ pub fn run(args: DetachArgs) -> Result<()> {
         if pin_dir.exists() {
             // A folder (or mount) the operator made stays.
             out::line(format_args!(
-                "removed the pins from {} (the folder was not made by the inspector: left in place)",
+                "removed the pins from {} (nothing records that the inspector made the folder: left in place)",
                 pin_dir.display()
             ))?;
         } else {
