@@ -104,24 +104,58 @@ pub fn ifindex(name: &str) -> Result<u32> {
     })
 }
 
-/// The name of the loaded program `id`, if it is still loaded.
-fn program_name(id: u32) -> Option<String> {
-    loaded_programs()
-        .filter_map(|p| p.ok())
-        .find(|p| p.id() == id)
-        .and_then(|p| p.name_as_str().map(str::to_string))
+/// The name of the loaded program `id`, if it is still loaded. Looking a
+/// program up by id needs CAP_SYS_ADMIN: without it the kernel says EPERM,
+/// and that is an error here, not "no such program".
+fn program_name(id: u32) -> Result<Option<String>> {
+    for p in loaded_programs() {
+        match p {
+            Ok(p) if p.id() == id => return Ok(p.name_as_str().map(str::to_string)),
+            Ok(_) => {}
+            Err(e) if is_eperm(&e) => anyhow::bail!("{e}"),
+            Err(_) => {} // unloaded meanwhile
+        }
+    }
+    Ok(None)
+}
+
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) {
+                return true;
+            }
+        }
+        if c.to_string().contains("Operation not permitted") {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// What a missing CAP_SYS_ADMIN leaves unchecked, for the log.
+fn unchecked(iface: &str) {
+    log::warn!(
+        "could not check whether another inspector runs on `{iface}`: looking programs up \
+         by id needs CAP_SYS_ADMIN"
+    );
 }
 
 /// The inspector programs (by name) the kernel runs on `iface`'s XDP hook
 /// and TCX hooks, whichever process attached them.
 pub fn inspectors_on(iface: &str, ifindex: u32) -> Result<Vec<Found>> {
     let mut out = Vec::new();
+    let mut blind = false;
     if let Some(id) = xdp_program_id(ifindex)? {
-        if program_name(id).as_deref() == Some(XDP_PROGRAM) {
-            out.push(Found {
+        match program_name(id) {
+            Ok(name) if name.as_deref() == Some(XDP_PROGRAM) => out.push(Found {
                 hook: Hook::Xdp,
                 program_id: id,
-            });
+            }),
+            Ok(_) => {}
+            Err(_) => blind = true,
         }
     }
     for (hook, t) in [
@@ -129,8 +163,13 @@ pub fn inspectors_on(iface: &str, ifindex: u32) -> Result<Vec<Found>> {
         (Hook::TcEgress, TcAttachType::Egress),
     ] {
         // Before Linux 6.6 there is no TCX to ask (and no TC mode).
-        let Ok((_, progs)) = SchedClassifier::query_tcx(iface, t) else {
-            continue;
+        let progs = match SchedClassifier::query_tcx(iface, t) {
+            Ok((_, progs)) => progs,
+            Err(e) if is_eperm(&e) => {
+                blind = true;
+                continue;
+            }
+            Err(_) => continue,
         };
         for p in progs {
             if p.name_as_str() == Some(TC_PROGRAM) {
@@ -140,6 +179,9 @@ pub fn inspectors_on(iface: &str, ifindex: u32) -> Result<Vec<Found>> {
                 });
             }
         }
+    }
+    if blind {
+        unchecked(iface);
     }
     Ok(out)
 }

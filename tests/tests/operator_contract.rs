@@ -1387,3 +1387,37 @@ fn events_follow_a_restart() {
         "events after attach stopped for good: {out}"
     );
 }
+
+/// Without CAP_SYS_ADMIN the kernel does not say which program runs on an
+/// interface (lookups by id need it): `attach` says once that it could
+/// not check, instead of silently assuming nobody is there.
+#[test]
+fn unchecked_interface_is_said() {
+    let v = Veths::new();
+    let tc = Attach::new(&v.ns, &[&v.b])
+        .arg("--mode")
+        .arg("tc")
+        .start()
+        .unwrap_or_else(|f| panic!("attach --mode tc: {}", f.stderr));
+    let i = Attach::new(&v.ns, &[&v.b])
+        .wrapped_in(&[
+            "setpriv",
+            "--bounding-set=-sys_admin",
+            "--inh-caps=-sys_admin",
+        ])
+        .start()
+        .unwrap_or_else(|f| panic!("attach without CAP_SYS_ADMIN: {}", f.stderr));
+    let log = i.stderr();
+    let warned = log
+        .lines()
+        .filter(|l| {
+            l.contains(&format!(
+                "could not check whether another inspector runs on `{}`",
+                v.b
+            ))
+        })
+        .count();
+    assert_eq!(warned, 1, "{log}");
+    drop(i);
+    drop(tc);
+}
