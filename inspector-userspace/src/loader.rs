@@ -253,6 +253,38 @@ pub fn write_policy<T: std::borrow::BorrowMut<aya::maps::MapData>>(
     Ok(())
 }
 
+/// The allowed verbs of a policy map (entries that are only prefixes of
+/// allowed verbs are not verbs of the policy).
+pub fn allowed_in<T: std::borrow::Borrow<aya::maps::MapData>>(
+    map: &aya::maps::HashMap<T, VerbKey, PolicyEntry>,
+) -> Vec<VerbKey> {
+    let mut v: Vec<VerbKey> = map
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(_, e)| e.flags & inspector_common::verbs::ALLOWED != 0)
+        .map(|(k, _)| k)
+        .collect();
+    v.sort();
+    v
+}
+
+/// The allowed verbs of the loaded object's policy map (for a takeover:
+/// the pinned map, as the running instance left it).
+pub fn policy_of(ebpf: &mut Ebpf) -> Result<Vec<VerbKey>> {
+    let map: aya::maps::HashMap<_, VerbKey, PolicyEntry> = aya::maps::HashMap::try_from(
+        ebpf.map_mut(POLICY_MAP)
+            .with_context(|| format!("the eBPF object has no map {POLICY_MAP}"))?,
+    )?;
+    Ok(allowed_in(&map))
+}
+
+/// A verb key as text (upper case, as the policy holds it).
+pub fn verb_text(k: VerbKey) -> String {
+    let mut t = [0u8; inspector_common::verbs::MAX_VERB];
+    let n = inspector_common::verbs::key_text(k, &mut t);
+    String::from_utf8_lossy(&t[..n]).into_owned()
+}
+
 /// Writes the run-time configuration word.
 pub fn set_config(ebpf: &mut Ebpf, config: Config) -> Result<()> {
     let mut map: Array<_, Config> = Array::try_from(

@@ -118,6 +118,11 @@ pub fn count_flows_pinned(pin_dir: &Path) -> Result<(u64, u64)> {
     Ok((tracked, active))
 }
 
+/// Version of the JSON objects `stats`, `status` and `events` print (the
+/// `version` key; docs/json.md): raised when a key changes meaning or goes
+/// away, not when one is added.
+pub const JSON_VERSION: u64 = 1;
+
 /// Everything `inspector stats` shows.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -165,6 +170,7 @@ impl Snapshot {
             serde_json::Value::Object(m) => m,
             _ => unreachable!("to_json returns an object"),
         };
+        obj.insert("version".into(), JSON_VERSION.into());
         obj.insert("flows_tracked".into(), self.flows_tracked.into());
         obj.insert("flows_active".into(), self.flows_active.into());
         obj.insert("flows_evicted".into(), self.flows_evicted().into());

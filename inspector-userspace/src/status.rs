@@ -98,6 +98,7 @@ impl Status {
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
+            "version": crate::stats::JSON_VERSION,
             "pin_dir": self.pin_dir,
             "daemon_pid": self.daemon_pid,
             "attached": self.hooks.iter().map(|(i, h, id)| serde_json::json!({

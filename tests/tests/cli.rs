@@ -8,7 +8,7 @@
 use std::{path::Path, process::Command};
 
 use inspector_tests::{
-    assert_attach_failed, assert_one_line_error,
+    assert_attach_failed, assert_attach_refused, assert_one_line_error,
     inspector::{stats_command, unique_pin_dir, Attach},
     inspector_bin,
     proc::run,
@@ -249,7 +249,7 @@ fn port_465_is_refused() {
         .arg("--port")
         .arg("465")
         .start();
-    assert_attach_failed("--port 465", r, &["465"]);
+    assert_attach_refused("--port 465", r, &["465"]);
     assert_no_pin_dir("--port 465", &dir);
     v.assert_no_xdp("--port 465");
 }
@@ -259,7 +259,7 @@ fn interface_named_twice_is_refused() {
     let v = Veths::new();
     let dir = unique_pin_dir();
     let r = Attach::new(&v.ns, &[&v.a, &v.a]).pin_dir(&dir).start();
-    assert_attach_failed("interface twice", r, &[&v.a]);
+    assert_attach_refused("interface twice", r, &[&v.a]);
     assert_no_pin_dir("interface twice", &dir);
     v.assert_no_xdp("interface twice");
 }

@@ -22,7 +22,7 @@ use std::{
 
 use inspector_common::{counters::Counter, verbs::DEFAULT_ALLOWED};
 use inspector_tests::{
-    assert_attach_failed, assert_one_line_error,
+    assert_attach_failed, assert_attach_refused, assert_one_line_error,
     client::{code_of, Smtp},
     inspector::{counter, unique_pin_dir, verb_counts, Attach, ATTACH_TIMEOUT},
     inspector_bin,
@@ -124,6 +124,12 @@ fn policy_show(ns: &NetNs, dir: &Path) -> (String, Value) {
 
 fn assert_failed(what: &str, out: &Finished, mentions: &[&str]) {
     assert_one_line_error(what, out.status.code(), &out.stderr, mentions);
+    assert!(out.stdout.is_empty(), "{what}: printed on stdout: {out}");
+}
+
+/// Refused input: exit 2, one line, nothing on stdout.
+fn assert_refused(what: &str, out: &Finished, mentions: &[&str]) {
+    inspector_tests::assert_one_line_refusal(what, out.status.code(), &out.stderr, mentions);
     assert!(out.stdout.is_empty(), "{what}: printed on stdout: {out}");
 }
 
@@ -696,7 +702,7 @@ fn daemon_killed_mid_session_tc() {
 /// and the pins in place; `status` says the daemon is not running; `detach`
 /// refuses while an `attach` runs and changes nothing; `detach --iface`
 /// removes one interface's hook only; `detach` removes the rest and the pin
-/// dir; a second `detach` fails with one line.
+/// dir; a second `detach` succeeds, saying there was nothing to detach.
 #[test]
 fn persist_then_detach() {
     let (bed, smtpd) = new_bed(Offloads::Default);
@@ -793,14 +799,14 @@ fn persist_then_detach() {
         "a link to program {prog2} still exists: {links}"
     );
 
-    // detach again: nothing there.
-    let out = cli(&bed.gateway, &["detach", "--pin-dir", pins.arg()]);
-    assert_failed("detach with nothing attached", &out, &[pins.arg()]);
+    // detach again: nothing there, which is success (idempotent), said so.
+    let out = cli_ok(&bed.gateway, &["detach", "--pin-dir", pins.arg()]);
+    assert!(out.stdout_str().contains("nothing to detach"), "{out}");
     assert!(!pins.path().exists());
 }
 
-/// `detach --iface` naming an interface the inspector is not on fails with
-/// one line, and changes nothing. (Stopped with SIGINT: `--persist` keeps
+/// `detach --iface` naming an interface the inspector is not on says so,
+/// succeeds, and changes nothing. (Stopped with SIGINT: `--persist` keeps
 /// everything on either signal.)
 #[test]
 fn detach_unknown_interface_changes_nothing() {
@@ -817,7 +823,13 @@ fn detach_unknown_interface_changes_nothing() {
         &bed.gateway,
         &["detach", "--iface", ifaces[1], "--pin-dir", pins.arg()],
     );
-    assert_failed("detach --iface not attached", &out, &[ifaces[1]]);
+    // Idempotent: nothing to do on that interface is success, said so.
+    assert!(out.status.success(), "{out}");
+    assert!(
+        out.stdout_str()
+            .contains(&format!("nothing to detach on `{}`", ifaces[1])),
+        "{out}"
+    );
     assert_eq!(ip_link_xdp(&bed.gateway, ifaces[0]), Some(prog));
     assert_pinned(&pins, &[ifaces[0]], "after a refused detach --iface");
     cli_ok(&bed.gateway, &["detach", "--pin-dir", pins.arg()]);
@@ -957,10 +969,15 @@ fn every_stat_name() -> Vec<&'static str> {
     v
 }
 
-/// The tables `stats --watch` printed so far (each after a screen clear).
+/// The tables `stats --watch` printed so far into a pipe (each after a
+/// title line; a screen clear only on a terminal).
 fn watch_tables(out: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(out);
-    text.split("\x1b[2J\x1b[H")
+    assert!(
+        !text.contains('\x1b'),
+        "escapes in piped --watch output:\n{text}"
+    );
+    text.split("inspector stats at ")
         .skip(1)
         .map(String::from)
         .collect()
@@ -1053,7 +1070,7 @@ fn stats_watch_json_and_table() {
     for secs in ["0", "0.01", "-1", "nan", "inf"] {
         let arg = format!("--watch={secs}");
         let out = cli(&bed.gateway, &["stats", &arg, "--pin-dir", pin_arg(&dir)]);
-        assert_failed(&format!("stats --watch {secs}"), &out, &["--watch"]);
+        assert_refused(&format!("stats --watch {secs}"), &out, &["--watch"]);
     }
     let nothing = unique_pin_dir();
     let out = cli(
@@ -1156,7 +1173,7 @@ fn metrics_endpoint() {
     let (code, body) = curl(&bed.gateway, &url);
     assert_eq!(code, 200, "{body}");
     assert_eq!(
-        metric(&body, "inspector_commands_masked_total"),
+        metric(&body, "inspector_masked_commands_total"),
         Some(0),
         "{body}"
     );
@@ -1167,7 +1184,7 @@ fn metrics_endpoint() {
     let (code, body) = curl(&bed.gateway, &url);
     assert_eq!(code, 200, "{body}");
     for c in Counter::ALL {
-        let name = format!("inspector_{}_total", c.name());
+        let name = inspector_userspace::metrics::metric_name(c.name());
         let v = metric(&body, &name).unwrap_or_else(|| panic!("no {name} in:\n{body}"));
         assert!(
             body.contains(&format!("# TYPE {name} counter\n")),
@@ -1179,10 +1196,10 @@ fn metrics_endpoint() {
         }
     }
     assert!(
-        metric(&body, "inspector_packets_inspected_total").unwrap()
+        metric(&body, "inspector_inspected_packets_total").unwrap()
             >= counter(&json, "packets_inspected")
     );
-    assert!(metric(&body, "inspector_packets_inspected_total").unwrap() > 0);
+    assert!(metric(&body, "inspector_inspected_packets_total").unwrap() > 0);
     assert!(
         body.lines()
             .any(|l| l == "inspector_commands_total{verb=\"STARTTLS\",action=\"masked\"} 1"),
@@ -1190,7 +1207,7 @@ fn metrics_endpoint() {
     );
     assert!(
         body.lines()
-            .any(|l| l == "inspector_commands_total{verb=\"STARTTLS\",action=\"seen\"} 1"),
+            .any(|l| l == "inspector_commands_total{verb=\"STARTTLS\",action=\"passed\"} 0"),
         "{body}"
     );
     assert!(
@@ -1198,8 +1215,8 @@ fn metrics_endpoint() {
             .any(|l| l == "inspector_commands_total{verb=\"EHLO\",action=\"masked\"} 0"),
         "{body}"
     );
-    assert_eq!(metric(&body, "inspector_flows_tracked"), Some(1), "{body}");
-    assert!(metric(&body, "inspector_flows_active").is_some(), "{body}");
+    assert_eq!(metric(&body, "inspector_tracked_flows"), Some(1), "{body}");
+    assert!(metric(&body, "inspector_active_flows").is_some(), "{body}");
 
     let (code, _) = curl(&bed.gateway, &format!("http://{addr}/nosuch"));
     assert_eq!(code, 404);
@@ -1399,7 +1416,7 @@ fn bad_policy_files_fail_cleanly() {
             .start();
         let mut m = vec![path];
         m.extend(mentions.iter());
-        assert_attach_failed(&format!("policy file {name}"), r, &m);
+        assert_attach_refused(&format!("policy file {name}"), r, &m);
         assert_no_xdp(&bed, name);
         assert!(!pins.path().exists(), "{name}: pin dir created");
     }
@@ -1433,7 +1450,7 @@ fn policy_file_with_port_465_names_the_file() {
         .arg("--policy")
         .arg(&file)
         .start();
-    assert_attach_failed("ports = [465]", r, &["465", file.to_str().unwrap()]);
+    assert_attach_refused("ports = [465]", r, &["465", file.to_str().unwrap()]);
     assert_no_xdp(&bed, "ports = [465]");
     assert!(!pins.path().exists());
 }
@@ -1473,7 +1490,7 @@ fn policy_command_rejects_bad_verbs() {
         a.extend(["--pin-dir", pin_arg(&dir)]);
         let out = cli(&bed.gateway, &a);
         let what = format!("policy {args:?}");
-        assert_failed(&what, &out, &["not a verb"]);
+        assert_refused(&what, &out, &["not a verb"]);
         assert_eq!(
             policy_show(&bed.gateway, &dir),
             before,
@@ -1680,7 +1697,7 @@ fn max_flows_zero_is_refused_clearly() {
         .arg("--max-flows")
         .arg("0")
         .start();
-    assert_attach_failed("--max-flows 0", r, &["--max-flows", "at least 1"]);
+    assert_attach_refused("--max-flows 0", r, &["--max-flows", "at least 1"]);
     assert_no_xdp(&bed, "--max-flows 0");
     assert!(!pins.path().exists(), "pin dir left behind");
 }

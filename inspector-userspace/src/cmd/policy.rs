@@ -8,9 +8,12 @@ use inspector_common::{
     policy::POLICY_MAP,
     verbs::{key_text, PolicyEntry, VerbKey, ALLOWED, MAX_VERB},
 };
-use inspector_userspace::{loader, privilege, settings::with_changes};
+use inspector_userspace::{loader, permanent, privilege, settings::with_changes};
 
-use crate::cli::{PolicyAction, PolicyArgs};
+use crate::{
+    cli::{PolicyAction, PolicyArgs},
+    out,
+};
 
 fn verb_string(k: VerbKey) -> String {
     let mut t = [0u8; MAX_VERB];
@@ -42,30 +45,50 @@ pub fn allowed_names(pin_dir: &Path) -> Result<Vec<String>> {
 
 pub fn run(args: PolicyArgs) -> Result<()> {
     let PolicyArgs { action, pin_dir } = args;
+    // Bad verbs are refused (exit 2) before anything else is looked at.
+    if let PolicyAction::Allow { verbs, .. } | PolicyAction::Deny { verbs, .. } = &action {
+        with_changes(&[], verbs, &[])?;
+    }
     privilege::require_bpf("policy")?;
     let mut map = open(&pin_dir)?;
     let current = allowed(&map);
-    let (allow, deny) = match action {
+    let (allow, deny, permanent) = match action {
         PolicyAction::Show { json } => {
             let mut names: Vec<String> = current.iter().map(|k| verb_string(*k)).collect();
             names.sort();
             if json {
-                println!("{}", serde_json::json!({ "allowed": names }));
+                out::line(serde_json::json!({ "allowed": names }))?;
             } else {
-                println!("allowed: {}", names.join(" "));
-                println!("masked:  every other verb");
+                out::print(&format!(
+                    "allowed: {}\nmasked:  every other verb\n",
+                    names.join(" ")
+                ))?;
             }
             return Ok(());
         }
-        PolicyAction::Allow { verbs } => (verbs, vec![]),
-        PolicyAction::Deny { verbs } => (vec![], verbs),
+        PolicyAction::Allow { verbs, permanent } => (verbs, vec![], permanent),
+        PolicyAction::Deny { verbs, permanent } => (vec![], verbs, permanent),
     };
-    // Check every verb (the rules of `attach --allow/--deny`) before
-    // touching the map.
     let next = with_changes(&current, &allow, &deny)?;
+    // The file first: if it cannot be written, nothing changes at all.
+    if permanent.permanent {
+        permanent::write_through(&permanent.policy, &allow, &deny)?;
+    }
     loader::write_policy(&mut map, &next)?;
     let mut names: Vec<String> = next.iter().map(|k| verb_string(*k)).collect();
     names.sort();
-    println!("allowed: {}", names.join(" "));
+    out::line(format_args!("allowed: {}", names.join(" ")))?;
+    if permanent.permanent {
+        out::line(format_args!(
+            "changed now and in {} (permanent: the next start of `attach --policy {}` keeps it)",
+            permanent.policy.display(),
+            permanent.policy.display()
+        ))?;
+    } else {
+        out::line(
+            "changed now only (runtime): the next start of `attach` applies its policy file and \
+             options again; add --permanent to also write the change into the policy file",
+        )?;
+    }
     Ok(())
 }
