@@ -21,7 +21,7 @@ use inspector_tests::{
     client::{self, Script},
     inspector::{unique_pin_dir, Attach, ATTACH_TIMEOUT},
     inspector_bin,
-    netns::addr::SERVER_V4,
+    netns::{addr::SERVER_V4, in_netns, Veths},
     proc::{run, Finished},
     wait_until, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed,
 };
@@ -38,25 +38,6 @@ fn inspector_in(ns: &NetNs, args: &[&str]) -> Finished {
     let mut c = ns.nsenter(inspector_bin());
     c.args(args).env("RUST_LOG", "info");
     run(&mut c)
-}
-
-/// A namespace with a veth pair, both up.
-struct Veths {
-    ns: NetNs,
-    a: String,
-    b: String,
-}
-
-impl Veths {
-    fn new() -> Veths {
-        let ns = NetNs::new("opc");
-        let id = inspector_tests::unique_id();
-        let (a, b) = (format!("va{id}"), format!("vb{id}"));
-        ns.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
-        ns.ip(&["link", "set", &a, "up"]);
-        ns.ip(&["link", "set", &b, "up"]);
-        Veths { ns, a, b }
-    }
 }
 
 fn write_policy(dir: &Path, name: &str, text: &str) -> String {
@@ -198,7 +179,7 @@ fn refused_values_exit_2_with_one_line() {
 /// run; after a real detach, the second one is a no-op too.
 #[test]
 fn detach_is_idempotent() {
-    let v = Veths::new();
+    let v = Veths::new("opc");
     let dir = unique_pin_dir();
     let pin = dir.to_str().unwrap();
     for _ in 0..2 {
@@ -332,7 +313,7 @@ fn closed_pipe_ends_output_quietly() {
 /// `rates` and every counter.
 #[test]
 fn watch_into_a_pipe_is_plain_and_combines_with_json() {
-    let v = Veths::new();
+    let v = Veths::new("opc");
     let inspector = Inspector::attach(&v.ns, &[&v.a, &v.b]);
     let pin = inspector.pin_dir().to_str().unwrap().to_string();
     for json in [false, true] {
@@ -381,7 +362,7 @@ fn watch_into_a_pipe_is_plain_and_combines_with_json() {
 /// logged, the options win, and the policy's origin is in the log.
 #[test]
 fn options_replacing_file_keys_are_logged() {
-    let v = Veths::new();
+    let v = Veths::new("opc");
     let tmp = tempfile::Builder::new()
         .prefix(&format!("{}-", inspector_tests::NAME_PREFIX))
         .tempdir()
@@ -519,7 +500,7 @@ fn attach_and_stop(v: &Veths, dir: &Path, persist: bool) -> String {
 /// clean stop, the mount and the folder left, exit 0.
 #[test]
 fn pin_dir_on_a_bpffs_the_operator_mounted_stays() {
-    let v = Veths::new();
+    let v = Veths::new("opc");
     let s = Scratch::new();
     let dir = s.0.join("bpf");
     std::fs::create_dir(&dir).unwrap();
@@ -542,7 +523,7 @@ fn pin_dir_on_a_bpffs_the_operator_mounted_stays() {
 /// folder.
 #[test]
 fn pin_dir_the_operator_made_is_not_removed() {
-    let v = Veths::new();
+    let v = Veths::new("opc");
     let s = Scratch::new();
     let dir = s.0.join("pins");
     std::fs::create_dir(&dir).unwrap();
@@ -563,7 +544,7 @@ fn pin_dir_the_operator_made_is_not_removed() {
 /// stays); the same after `--persist` and `detach`.
 #[test]
 fn nested_pin_dir_leaves_nothing_behind() {
-    let v = Veths::new();
+    let v = Veths::new("opc");
     let s = Scratch::new();
     let dir = s.0.join("a/b/c");
     let log = attach_and_stop(&v, &dir, false);
@@ -590,7 +571,7 @@ fn nested_pin_dir_leaves_nothing_behind() {
 /// exits 0 and leaves them as they were.
 #[test]
 fn pin_dir_holding_other_things_keeps_them() {
-    let v = Veths::new();
+    let v = Veths::new("opc");
     // On the host's bpffs, a folder the operator made with a sub-folder.
     let dir = unique_pin_dir();
     std::fs::create_dir(&dir).unwrap();
@@ -615,24 +596,6 @@ fn pin_dir_holding_other_things_keeps_them() {
 // One inspector per interface
 // ---------------------------------------------------------------------
 
-/// Runs `f` on a thread inside the network namespace of `ns`.
-fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
-    use std::os::fd::AsRawFd;
-    let path = ns.path();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns {}",
-            path.display()
-        );
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
 /// Program ids on `iface`'s TCX ingress and egress, as the kernel says.
 fn tcx_progs(ns: &NetNs, iface: &str) -> Vec<u32> {
     use aya::programs::{tc::TcAttachType, SchedClassifier};
@@ -652,7 +615,7 @@ fn tcx_progs(ns: &NetNs, iface: &str) -> Vec<u32> {
 /// so; `status` shows one interface.
 #[test]
 fn reattach_with_fewer_interfaces_detaches_the_dropped_one() {
-    let v = Veths::new();
+    let v = Veths::new("opc");
     let dir = unique_pin_dir();
     persisted(&v.ns, &[&v.a, &v.b], &dir, &[]);
     assert!(v.ns.xdp_prog_id(&v.b).is_some());
@@ -687,7 +650,7 @@ fn reattach_with_fewer_interfaces_detaches_the_dropped_one() {
 /// process left: only the kernel knows).
 #[test]
 fn second_inspector_on_an_interface_is_refused() {
-    let v = Veths::new();
+    let v = Veths::new("opc");
     let first = Inspector::attach(&v.ns, &[&v.a]);
     let xdp = v.ns.xdp_prog_id(&v.a).expect("XDP attached");
     for mode in ["tc", "xdp", "xdp-skb"] {
@@ -780,7 +743,7 @@ fn allowed_now(ns: &NetNs, dir: &Path) -> Vec<String> {
 /// allowed, XFOO masked again.
 #[test]
 fn live_policy_change_across_a_restart_is_said() {
-    let v = Veths::new();
+    let v = Veths::new("opc");
     let tmp = tempfile::Builder::new()
         .prefix(&format!("{}-", inspector_tests::NAME_PREFIX))
         .tempdir()
@@ -1024,7 +987,7 @@ fn systemd_unit_verifies_with_its_documentation() {
 #[test]
 fn attach_tells_systemd_when_it_is_ready() {
     use std::os::unix::net::UnixDatagram;
-    let v = Veths::new();
+    let v = Veths::new("opc");
     let dir = tempfile::Builder::new()
         .prefix(&format!("{}-", inspector_tests::NAME_PREFIX))
         .tempdir()
@@ -1313,7 +1276,7 @@ fn metrics_follow_prometheus_conventions() {
 /// libraries' internals (aya's object parsing was hundreds of lines).
 #[test]
 fn debug_log_is_about_the_inspector() {
-    let v = Veths::new();
+    let v = Veths::new("opc");
     let i = Attach::new(&v.ns, &[&v.a])
         .wrapped_in(&["env", "RUST_LOG=debug"])
         .start()
@@ -1393,7 +1356,7 @@ fn events_follow_a_restart() {
 /// not check, instead of silently assuming nobody is there.
 #[test]
 fn unchecked_interface_is_said() {
-    let v = Veths::new();
+    let v = Veths::new("opc");
     let tc = Attach::new(&v.ns, &[&v.b])
         .arg("--mode")
         .arg("tc")
