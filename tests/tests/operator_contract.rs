@@ -19,7 +19,7 @@ use std::{
 use inspector_tests::{
     assert_one_line_refusal,
     client::{self, Script},
-    inspector::{unique_pin_dir, Attach, ATTACH_TIMEOUT},
+    inspector::{unique_pin_dir, Attach},
     inspector_bin,
     netns::{addr::SERVER_V4, in_netns, Veths},
     proc::{run, Finished},
@@ -57,14 +57,14 @@ fn persisted(ns: &NetNs, ifaces: &[&str], dir: &Path, args: &[&str]) -> String {
     let mut i = a
         .start()
         .unwrap_or_else(|f| panic!("attach --persist: {}", f.stderr));
-    let pid = i.pid();
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    wait_until("attach --persist to stop", ATTACH_TIMEOUT, || {
-        (!i.is_running()).then_some(())
-    });
-    let log = i.stderr();
-    // Its Drop would check that the pins are gone; here they must stay.
-    std::mem::forget(i);
+    // The kernel side stays pinned in `dir`; the caller detaches it.
+    let stopped = i.stop_leaving_pin_dir(rustix::process::Signal::TERM.as_raw());
+    let log = stopped.stderr;
+    assert!(
+        stopped.status.success(),
+        "attach --persist, SIGTERM: {:?}\n{log}",
+        stopped.status
+    );
     assert!(log.contains("left the inspector attached"), "{log}");
     log
 }
