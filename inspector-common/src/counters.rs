@@ -57,8 +57,10 @@ counters! {
     FlowsClosed => "flows_closed",
     /// Flow entries removed by `inspector attach` after close or idle timeout (written by userspace).
     FlowsExpired => "flows_expired",
-    /// Payload packets of flows whose start was not seen (passed, or dropped with --midstream drop).
+    /// Payload packets of flows whose start was not seen (dropped, or passed with --midstream pass).
     Midstream => "midstream",
+    /// Packets of the server's direction that did not come from the server's side (dropped, no flow state changed).
+    Spoofed => "spoofed",
     /// Segments starting beyond the next expected byte, dropped so the sender retransmits in order.
     OutOfOrderDrops => "out_of_order_drops",
     /// Retransmissions re-inspected from the checkpoint and masked as the original was.

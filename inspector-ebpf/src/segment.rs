@@ -4,7 +4,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use inspector_common::{
-    config::{CFG_MIDSTREAM_DROP, CFG_MONITOR},
+    config::{CFG_MIDSTREAM_PASS, CFG_MONITOR},
     counters::Counter,
     events::{kind, reason},
     flow::{classify, expected_after, SegClass, DIR_RESET, DIR_SYNCED},
@@ -18,7 +18,7 @@ use crate::{
     mask,
     packet::Packet,
     report::{count, count_n, send},
-    rst, stream,
+    rst, side, stream,
     workarea::WorkArea,
 };
 
@@ -67,6 +67,17 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     let monitor = cfg & CFG_MONITOR != 0;
     w.packet.monitor = monitor as u32;
 
+    if !client_side {
+        // Before anything of the flow is read or written: a forged server
+        // packet must not move sequence numbers, acknowledgements, replies
+        // or the SYN-ACK (docs/contract.md §9).
+        let why = side::check_server(ctx, &w.packet.tcp, &mut w.lookup);
+        if why != 0 {
+            count(Counter::Spoofed);
+            send(w, kind::SPOOFED, why, OTHER);
+            return drop::<P>(monitor);
+        }
+    }
     if client_side && flags & (SYN | ACK) == SYN {
         flow::create(w, seq, now);
     }
@@ -167,19 +178,22 @@ fn drop<P: Packet>(monitor: bool) -> u32 {
     P::DROP
 }
 
-/// Payload of a flow whose start was not seen: passed, or dropped if so
-/// configured (docs/contract.md §6).
+/// Payload of a flow whose start was not seen: dropped, or passed
+/// uninspected if so configured (docs/contract.md §6). It cannot be read
+/// safely (it may be in the middle of a message body), and a client can make
+/// its own entry disappear, so passing it is never the default.
 #[inline(always)]
 fn midstream<P: Packet>(w: &WorkArea, payload_len: u32, cfg: u32, monitor: bool) -> u32 {
     if payload_len == 0 {
         return P::PASS;
     }
     count(Counter::Midstream);
-    send(w, kind::MIDSTREAM, reason::MIDSTREAM, OTHER);
-    if cfg & CFG_MIDSTREAM_DROP != 0 {
-        return drop::<P>(monitor);
+    if cfg & CFG_MIDSTREAM_PASS != 0 {
+        send(w, kind::MIDSTREAM, reason::MIDSTREAM, OTHER);
+        return P::PASS;
     }
-    P::PASS
+    send(w, kind::DROPPED, reason::MIDSTREAM, OTHER);
+    drop::<P>(monitor)
 }
 
 /// A client segment: parsed in order, re-inspected if it is a

@@ -120,8 +120,9 @@ pub struct AttachArgs {
     #[arg(long = "deny", value_name = "VERB")]
     pub deny: Vec<String>,
     /// What to do with payload of flows whose start the inspector did not
-    /// see (opened before it was attached, or evicted): `pass` them
-    /// untouched (counted as midstream; the default) or `drop` them.
+    /// see (opened before it was attached): `drop` them (the default: they
+    /// cannot be read safely, and the client retries) or `pass` them
+    /// uninspected. Both are counted as midstream.
     #[arg(long, value_enum)]
     pub midstream: Option<Action>,
     /// IP fragments of inspected flows cannot be inspected: `drop` them

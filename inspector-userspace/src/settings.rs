@@ -10,7 +10,7 @@
 //! allow = ["STARTTLS"]       # added to the default (PIX/ASA) verb list
 //! deny = ["VRFY"]            # removed from it
 //! # allowed = ["EHLO", ...]  # or: the complete list, replacing the default
-//! midstream = "pass"         # or "drop"
+//! midstream = "drop"         # or "pass" (uninspected)
 //! fragments = "drop"         # or "pass"
 //! monitor = false            # true: count and report only
 //! max_flows = 65536          # flow table size
@@ -20,7 +20,7 @@ use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{bail, Context, Result};
 use inspector_common::{
-    config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_DROP, CFG_MONITOR},
+    config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_PASS, CFG_MONITOR},
     ports::{DEFAULT_PORTS, NEVER_INSPECTED},
     verbs::{VerbKey, DEFAULT_ALLOWED},
 };
@@ -170,7 +170,7 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_PORTS.to_vec());
         ports.sort_unstable();
         ports.dedup();
-        let midstream = options.midstream.or(file.midstream).unwrap_or(Action::Pass);
+        let midstream = options.midstream.or(file.midstream).unwrap_or(Action::Drop);
         let fragments = options.fragments.or(file.fragments).unwrap_or(Action::Drop);
         let monitor = options.monitor.or(file.monitor).unwrap_or(false);
         Ok(Settings {
@@ -205,8 +205,8 @@ pub fn with_changes(base: &[VerbKey], allow: &[String], deny: &[String]) -> Resu
 
 fn config_word(midstream: Action, fragments: Action, monitor: bool) -> Config {
     let mut flags = 0;
-    if midstream == Action::Drop {
-        flags |= CFG_MIDSTREAM_DROP;
+    if midstream == Action::Pass {
+        flags |= CFG_MIDSTREAM_PASS;
     }
     if fragments == Action::Pass {
         flags |= CFG_FRAGMENTS_PASS;
@@ -307,7 +307,7 @@ mod tests {
         let file = dir.join("policy.toml");
         std::fs::write(
             &file,
-            "ports = [2525]\ndeny = [\"VRFY\"]\nmidstream = \"drop\"\nmax_flows = 10\n",
+            "ports = [2525]\ndeny = [\"VRFY\"]\nmidstream = \"pass\"\nmax_flows = 10\n",
         )
         .unwrap();
         let options = Given {
@@ -323,7 +323,7 @@ mod tests {
         want.push(parse_verb("STARTTLS").unwrap());
         want.sort();
         assert_eq!(s.allowed, want, "--allow VRFY undoes the file's deny");
-        assert_eq!(s.config.flags, CFG_MIDSTREAM_DROP | CFG_FRAGMENTS_PASS);
+        assert_eq!(s.config.flags, CFG_MIDSTREAM_PASS | CFG_FRAGMENTS_PASS);
         assert_eq!(s.max_flows, Some(20));
 
         let s = Settings::resolve(&Given::default(), None).unwrap();
@@ -331,7 +331,7 @@ mod tests {
         let mut want = default_policy();
         want.sort();
         assert_eq!(s.allowed, want);
-        assert_eq!(s.config.flags, 0);
+        assert_eq!(s.config.flags, 0, "midstream dropped, fragments dropped");
         assert_eq!(s.max_flows, None);
     }
 }
