@@ -411,7 +411,7 @@ fn status_shows_hooks_program_ids_daemon_ports_policy_and_flows() {
     assert_eq!(st["ports"], serde_json::json!([25, 587]), "{st}");
     assert_eq!(strings(&st["allowed"]), default_allowed_sorted(), "{st}");
     assert_eq!(st["monitor"], false);
-    assert_eq!(st["midstream"], "pass");
+    assert_eq!(st["midstream"], "drop", "fail closed by default");
     assert_eq!(st["fragments"], "drop");
     assert_eq!(st["flows_tracked"].as_u64(), Some(1), "{st}");
     assert_eq!(st["flows_active"].as_u64(), Some(1), "{st}");
@@ -1534,8 +1534,9 @@ fn policy_without_attach_fails_cleanly() {
 // ---------------------------------------------------------------------
 
 /// `--max-flows 16` and 24 sessions open at once: the LRU evicts
-/// (flows_evicted rises, at most 16 tracked); every session keeps working
-/// (evicted ones pass as midstream); new sessions are inspected.
+/// (flows_evicted rises, at most 16 tracked); with `--midstream pass` every
+/// session keeps working (evicted ones pass as midstream, uninspected); new
+/// sessions are inspected. (The default, fail-closed, cuts evicted ones.)
 #[test]
 fn max_flows_evicts_and_sessions_go_on() {
     const OPEN: usize = 24;
@@ -1543,6 +1544,8 @@ fn max_flows_evicts_and_sessions_go_on() {
     let inspector = Attach::new(&bed.gateway, &bed.gateway_ifaces())
         .arg("--max-flows")
         .arg("16")
+        .arg("--midstream")
+        .arg("pass")
         .start()
         .unwrap_or_else(|f| panic!("attach --max-flows failed ({}):\n{}", f.status, f.stderr));
     let dir = inspector.pin_dir().to_path_buf();

@@ -1,0 +1,223 @@
+//! docs/contract.md §9 end to end: a hostile client forges from its own
+//! side of the namespace gateway (docs/testbed.md, "Forging packets from
+//! the client's side") with scapy (`testkit/py/forge_client.py`), against
+//! the recording aiosmtpd server, with `inspector attach` at its defaults on
+//! the gateway (XDP or `--mode tc`; two interfaces or one-armed). Whatever it
+//! forges, the server never receives `VERB` unmasked, and the forgeries are
+//! counted `spoofed`.
+//!
+//! Needs root; run with `--test-threads=1`.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use inspector_tests::{
+    inspector::{counter, Attach},
+    netns::{
+        addr::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
+        OneArmed,
+    },
+    proc::{run_ok, run_timeout},
+    Inspector, NetNs, Offloads, RecordingSmtpd, Testbed,
+};
+
+#[derive(Clone, Copy, Debug)]
+enum Gateway {
+    Xdp,
+    Tc,
+    /// One interface for both sides (XDP).
+    OneArmed,
+}
+
+/// The test bed, either shape; fields drop in order (the inspector first).
+struct Bed {
+    inspector: Inspector,
+    smtpd: RecordingSmtpd,
+    _two: Option<Testbed>,
+    _one: Option<OneArmed>,
+    client: PathBuf,
+    client_if: String,
+    gw_mac: String,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testkit/py/forge_client.py")
+}
+
+impl Bed {
+    fn new(g: Gateway) -> Bed {
+        let (two, one) = match g {
+            Gateway::OneArmed => (None, Some(OneArmed::new(Offloads::Default))),
+            _ => (Some(Testbed::new(Offloads::Default)), None),
+        };
+        let (client, gateway, server, client_if, gw_if, ifaces): (
+            &NetNs,
+            &NetNs,
+            &NetNs,
+            String,
+            String,
+            Vec<String>,
+        ) = match (&two, &one) {
+            (Some(t), _) => (
+                &t.client,
+                &t.gateway,
+                &t.server,
+                t.client_if.clone(),
+                t.gw_client_if.clone(),
+                t.gateway_ifaces().iter().map(|s| s.to_string()).collect(),
+            ),
+            (_, Some(o)) => (
+                &o.client,
+                &o.gateway,
+                &o.server,
+                o.client_if.clone(),
+                o.gw_if.clone(),
+                o.gateway_ifaces().iter().map(|s| s.to_string()).collect(),
+            ),
+            _ => unreachable!(),
+        };
+        let smtpd = RecordingSmtpd::start(server, &[SERVER_V4, SERVER_V6], 25);
+        let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
+        let mut attach = Attach::new(gateway, &ifaces);
+        if let Gateway::Tc = g {
+            attach = attach.arg("--mode").arg("tc");
+        }
+        let inspector = attach
+            .start()
+            .unwrap_or_else(|f| panic!("inspector attach failed ({}):\n{}", f.status, f.stderr));
+        // The client's kernel must not reset the connection scapy owns.
+        for tool in ["iptables", "ip6tables"] {
+            run_ok(client.exec(tool).args([
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "--tcp-flags",
+                "RST",
+                "RST",
+                "-j",
+                "DROP",
+            ]));
+        }
+        let gw_mac = gateway.link_json(&gw_if)["address"]
+            .as_str()
+            .expect("the gateway's MAC")
+            .to_string();
+        Bed {
+            inspector,
+            smtpd,
+            client: client.path(),
+            client_if,
+            gw_mac,
+            _two: two,
+            _one: one,
+        }
+    }
+
+    /// Runs `scenario` of the hostile client; returns its replies and error.
+    fn attack(&self, v6: bool, scenario: &str, sport: u16) -> serde_json::Value {
+        let (c, s) = if v6 {
+            (CLIENT_V6, SERVER_V6)
+        } else {
+            (CLIENT_V4, SERVER_V4)
+        };
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.client.display()))
+            .arg("--")
+            .arg("/usr/bin/python3")
+            .arg(script())
+            .args(["--iface", &self.client_if, "--gw-mac", &self.gw_mac])
+            .args(["--client", &ip(c), "--server", &ip(s)])
+            .args(["--sport", &sport.to_string(), "--scenario", scenario]);
+        let out = run_timeout(&mut cmd, Duration::from_secs(90));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{scenario}: the client printed no JSON ({e}); status {}\nstdout: {}\nstderr: {}",
+                out.status,
+                out.stdout_str(),
+                out.stderr
+            )
+        })
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "--- stats ---\n{}\n--- aiosmtpd ---\n{}\n--- inspector ---\n{}",
+            self.inspector.stats_json(),
+            self.smtpd.stderr(),
+            self.inspector.stderr()
+        )
+    }
+}
+
+fn ip(a: IpAddr) -> String {
+    a.to_string()
+}
+
+/// The server's command lines, upper-cased, line ends kept.
+fn commands(bed: &Bed) -> Vec<String> {
+    bed.smtpd
+        .command_lines()
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).to_ascii_uppercase())
+        .collect()
+}
+
+/// Runs `scenario` and checks the promise: `VERB` never reaches the server
+/// unmasked; if `masked` it reached it masked (the session went on,
+/// inspected); the forgeries were counted.
+fn check(g: Gateway, v6: bool, scenario: &str, masked: bool, sport: u16) {
+    let bed = Bed::new(g);
+    let out = bed.attack(v6, scenario, sport);
+    let what = format!("{scenario} {g:?} v6={v6}");
+    let lines = commands(&bed);
+    assert!(
+        !lines.iter().any(|l| l.starts_with("VERB")),
+        "{what}: the server received VERB unmasked: {lines:?}\nclient: {out}\n{}",
+        bed.context()
+    );
+    if masked {
+        assert!(
+            lines.iter().any(|l| l == "XXXX\r\n"),
+            "{what}: the server never received the masked VERB: {lines:?}\nclient: {out}\n{}",
+            bed.context()
+        );
+        assert!(out["error"].is_null(), "{what}: {out}\n{}", bed.context());
+    }
+    let st = bed.inspector.stats_json();
+    assert!(
+        counter(&st, "spoofed") >= 1,
+        "{what}: no forgery counted: {st}"
+    );
+}
+
+#[test]
+fn forged_354_xdp() {
+    check(Gateway::Xdp, false, "forged-354", true, 43001);
+    check(Gateway::Xdp, true, "forged-354", true, 43002);
+}
+
+#[test]
+fn forged_354_tc() {
+    check(Gateway::Tc, false, "forged-354", true, 43003);
+    check(Gateway::Tc, true, "forged-354", true, 43004);
+}
+
+#[test]
+fn forged_354_one_armed() {
+    check(Gateway::OneArmed, false, "forged-354", true, 43005);
+    check(Gateway::OneArmed, true, "forged-354", true, 43006);
+}
+
+#[test]
+fn forged_ack_xdp_and_tc() {
+    check(Gateway::Xdp, false, "forged-ack", false, 43011);
+    check(Gateway::Tc, true, "forged-ack", false, 43012);
+    check(Gateway::OneArmed, false, "forged-ack", false, 43013);
+}
+
+#[test]
+fn forged_syn_ack_xdp_and_tc() {
+    check(Gateway::Xdp, false, "forged-synack", true, 43021);
+    check(Gateway::Tc, true, "forged-synack", true, 43022);
+    check(Gateway::OneArmed, true, "forged-synack", true, 43023);
+}
