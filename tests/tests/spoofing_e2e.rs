@@ -11,6 +11,7 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use inspector_tests::{
+    client::Smtp,
     inspector::{counter, Attach},
     netns::{
         addr::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
@@ -220,4 +221,53 @@ fn forged_syn_ack_xdp_and_tc() {
     check(Gateway::Xdp, false, "forged-synack", true, 43021);
     check(Gateway::Tc, true, "forged-synack", true, 43022);
     check(Gateway::OneArmed, true, "forged-synack", true, 43023);
+}
+
+/// The second attack: with `--max-flows 1024`, a session says
+/// EHLO, 3,000 other real sessions open and close, then the first sends
+/// `VERB`. Its entry may have been evicted; then its payload is midstream
+/// and dropped (docs/contract.md §6), never passed: `VERB` reaches the
+/// server masked, or not at all.
+#[test]
+fn a_crowded_flow_table_never_lets_verb_through_unmasked() {
+    const OTHERS: usize = 3000;
+    let tb = Testbed::new(Offloads::Default);
+    let smtpd = RecordingSmtpd::start(&tb.server, &[SERVER_V4, SERVER_V6], 25);
+    let inspector = Attach::new(&tb.gateway, &tb.gateway_ifaces())
+        .arg("--max-flows")
+        .arg("1024")
+        .start()
+        .unwrap_or_else(|f| panic!("inspector attach failed ({}):\n{}", f.status, f.stderr));
+    let to = std::net::SocketAddr::new(SERVER_V4, 25);
+    let step = Duration::from_secs(5);
+    let outcome = inspector_tests::netns::in_netns(&tb.client, move || {
+        let mut first = Smtp::try_connect(to, step).expect("the first session");
+        first
+            .try_expect_raw(b"EHLO client.test\r\n", 250)
+            .expect("EHLO");
+        for i in 0..OTHERS {
+            let mut s = Smtp::try_connect(to, step)
+                .unwrap_or_else(|e| panic!("session {i} of {OTHERS}: {e:#}"));
+            s.try_expect_raw(b"QUIT\r\n", 221)
+                .unwrap_or_else(|e| panic!("session {i} of {OTHERS}: {e:#}"));
+        }
+        first.try_send(b"VERB\r\n").ok();
+        first.try_reply().map_err(|e| format!("{e:#}"))
+    });
+    let lines = smtpd.command_lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.to_ascii_uppercase().starts_with(b"VERB")),
+        "VERB reached the server unmasked; first session's reply: {outcome:?}\n{}",
+        inspector.stats_json()
+    );
+    let st = inspector.stats_json();
+    match &outcome {
+        // The entry survived: VERB was inspected, hence masked.
+        Ok(reply) => assert!(reply.contains("XXXX"), "{reply}\n{st}"),
+        // The entry was evicted: the session is cut, its segment dropped.
+        Err(_) => assert!(counter(&st, "midstream") >= 1, "{outcome:?}\n{st}"),
+    }
+    assert!(counter(&st, "flows_created") > 1024, "{st}");
 }
