@@ -19,7 +19,9 @@ pub const CFG_MONITOR: u32 = 4;
 pub struct Config {
     /// `CFG_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// Flows one client address may have in the table; 0 means
+    /// `flow::DEFAULT_MAX_FLOWS_PER_CLIENT`.
+    pub max_flows_per_client: u32,
 }
 
 /// Name of the per-verb counter map: `VERB_SLOTS * 2` per-CPU `u64`s, slot

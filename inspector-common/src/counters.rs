@@ -51,8 +51,10 @@ counters! {
     CommandsMasked => "commands_masked",
     /// Payload bytes replaced by `X` (in monitor mode: that would have been).
     BytesMasked => "bytes_masked",
-    /// Flows whose SYN was seen and that got a table entry.
+    /// Flows whose handshake was seen complete and that got a table entry.
     FlowsCreated => "flows_created",
+    /// New flows refused: the flow table was full, or the client address had its maximum of flows (its SYN dropped, or its handshake's last ACK turned into a RST to the server).
+    FlowsRefused => "flows_refused",
     /// Flows that ended with FIN or RST.
     FlowsClosed => "flows_closed",
     /// Flow entries removed by `inspector attach` after close or idle timeout (written by userspace).

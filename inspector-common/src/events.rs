@@ -21,6 +21,8 @@ pub mod kind {
     /// server's side (the `reason` says how that was told); it was dropped
     /// and changed no flow state.
     pub const SPOOFED: u8 = 5;
+    /// A new flow was refused (the `reason` says why).
+    pub const REFUSED: u8 = 6;
 }
 
 /// Why a segment was dropped (`Event::reason`).
@@ -51,6 +53,10 @@ pub mod reason {
     /// Spoofed: on a host that does not forward, the packet belongs to no
     /// connection of this host.
     pub const NO_SOCKET: u8 = 14;
+    /// Refused: the flow table is full.
+    pub const TABLE_FULL: u8 = 15;
+    /// Refused: the client address has its maximum of flows.
+    pub const CLIENT_CAP: u8 = 16;
 }
 
 #[repr(C)]

@@ -1,5 +1,10 @@
 //! Per-flow state, shared by both directions and every interface the
-//! program is attached to, in an LRU hash keyed by [`FlowKey`].
+//! program is attached to, in a hash keyed by [`FlowKey`]. An entry is made
+//! only when a handshake completes (the client's ACK of a SYN-ACK believed
+//! from the server's side); until then the handshake waits in a small LRU
+//! map of its own ([`Handshake`]), so SYNs that never complete cannot fill
+//! the flow table, and nothing evicts an inspected flow to make room
+//! (docs/contract.md §6).
 //!
 //! Concurrency: the client-to-server and server-to-client packets of one flow
 //! may be processed at the same time on two CPUs (two interfaces, two RX
@@ -15,6 +20,41 @@ use crate::smtp::{ClientState, ServerState, Shared};
 pub const FLOWS_MAP: &str = "INSPECTOR_FLOWS";
 /// Default capacity of the flow table.
 pub const DEFAULT_MAX_FLOWS: u32 = 65536;
+
+/// Name of the pinned map of handshakes in progress (an LRU).
+pub const HANDSHAKES_MAP: &str = "INSPECTOR_HANDSHAKES";
+/// Capacity of the handshake map. A flood of SYNs only pushes older
+/// handshakes out of it: an honest one is lost only if more SYNs than this
+/// pass between its SYN and its ACK (one round trip), and its client retries.
+pub const HANDSHAKE_ENTRIES: u32 = 16384;
+
+/// Name of the pinned map of flows tracked per client address.
+pub const CLIENT_FLOWS_MAP: &str = "INSPECTOR_CLIENT_FLOWS";
+/// Default cap on the flows one client address may have in the table. Real
+/// MTAs stay far below: Postfix's server limits a client to 50 concurrent
+/// connections by default (smtpd_client_connection_count_limit), Exchange
+/// to 20 per source, and a sending Postfix opens at most 20 to one
+/// destination; 256 leaves room for a NAT gateway in front of many
+/// submission clients, and keeps one address from holding more than a
+/// 256th of the default table.
+pub const DEFAULT_MAX_FLOWS_PER_CLIENT: u32 = 256;
+
+/// A handshake in progress: the client's SYN was seen, its sequence numbers
+/// are kept until its ACK completes the handshake.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handshake {
+    /// The client's next sequence number (its ISN + 1).
+    pub client_next: u32,
+    /// The server's next sequence number (its ISN + 1), once `HS_SYN_ACK`.
+    pub server_next: u32,
+    /// `HS_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// A SYN-ACK believed from the server's side answered the SYN.
+pub const HS_SYN_ACK: u32 = 1;
 
 /// A flow, oriented client to server whatever the packet's direction. IPv4
 /// addresses are stored as IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`).

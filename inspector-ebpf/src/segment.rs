@@ -79,9 +79,29 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         }
     }
     if client_side && flags & (SYN | ACK) == SYN {
-        flow::create(w, seq, now);
+        let why = flow::syn(w, seq);
+        if why != 0 {
+            // The SYN is dropped: the client retries later.
+            return refuse::<P>(w, why, monitor);
+        }
+    } else if !client_side && flags & (SYN | ACK) == SYN | ACK {
+        flow::syn_ack(&w.packet.key, seq, ack);
     }
-    let Some(entry) = flow::lookup(&w.packet.key) else {
+    let mut found = flow::lookup(&w.packet.key);
+    if client_side && flags & (SYN | ACK) == ACK && !found.as_ref().is_some_and(|e| e.live()) {
+        let why = flow::complete(w, seq, ack, now);
+        if why != 0 {
+            // The server has accepted the connection: the handshake's last
+            // ACK becomes a RST to it, so that it lets go at once.
+            let v = refuse::<P>(w, why, monitor);
+            if monitor || !rst::rewrite(ctx, w, false) {
+                return v;
+            }
+            return P::PASS;
+        }
+        found = flow::lookup(&w.packet.key);
+    }
+    let Some(entry) = found else {
         return midstream::<P>(w, payload_len, cfg, monitor);
     };
     let (cur, peer) = entry.cursors(client_side);
@@ -152,6 +172,15 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
             }
         }
     }
+}
+
+/// A new flow refused (`why`: an event reason): counted, reported, its
+/// segment dropped unless in monitor mode.
+#[inline(always)]
+fn refuse<P: Packet>(w: &WorkArea, why: u8, monitor: bool) -> u32 {
+    count(Counter::FlowsRefused);
+    send(w, kind::REFUSED, why, OTHER);
+    drop::<P>(monitor)
 }
 
 /// The event reason of a drop counter.

@@ -1,8 +1,9 @@
 //! Expiry of flow-table entries. The kernel never deletes an entry on FIN
 //! or RST (a forged or rejected one must not end inspection of a live
 //! flow); `inspector attach` removes entries some time after the flow
-//! closed, or after it was idle for long. Under pressure the LRU evicts the
-//! least recently used entries by itself.
+//! closed, or after it was idle for long, then recounts the flows of each
+//! client address for the kernel's per-client cap (docs/contract.md §6).
+//! Nothing else makes room: a full table refuses new flows.
 
 use std::time::Duration;
 
@@ -50,7 +51,19 @@ where
     F: std::borrow::BorrowMut<MapData>,
     C: std::borrow::BorrowMut<MapData>,
 {
-    let now = monotonic_ns();
+    expire_at(flows, counters, monotonic_ns())
+}
+
+/// [`expire`] at time `now`.
+fn expire_at<F, C>(
+    flows: &mut HashMap<F, FlowKey, Flow>,
+    counters: &mut PerCpuArray<C, u64>,
+    now: u64,
+) -> Result<u64>
+where
+    F: std::borrow::BorrowMut<MapData>,
+    C: std::borrow::BorrowMut<MapData>,
+{
     let stale: Vec<FlowKey> = flows
         .iter()
         .filter_map(|r| r.ok())
@@ -59,7 +72,7 @@ where
         .collect();
     let mut removed = 0;
     for k in &stale {
-        // Gone already (evicted, or removed concurrently) is fine.
+        // Gone already (removed concurrently) is fine.
         if flows.remove(k).is_ok() {
             removed += 1;
         }
@@ -76,18 +89,58 @@ where
     Ok(removed)
 }
 
+/// Sets the per-client flow counts to what the table holds. The kernel
+/// adds one per admitted flow; entries removed since (by [`expire`]) are
+/// taken off here. A flow admitted between the table's read and the write
+/// of its client's count is missed until the next pass: the count can only
+/// be low, which loosens the cap, never refuses a flow wrongly.
+pub fn recount<F, K>(
+    flows: &HashMap<F, FlowKey, Flow>,
+    clients: &mut HashMap<K, [u8; 16], u64>,
+) -> Result<()>
+where
+    F: std::borrow::Borrow<MapData>,
+    K: std::borrow::BorrowMut<MapData>,
+{
+    let mut counts: std::collections::HashMap<[u8; 16], u64> = std::collections::HashMap::new();
+    for (k, _) in flows.iter().filter_map(|r| r.ok()) {
+        *counts.entry(k.client).or_default() += 1;
+    }
+    let known: Vec<([u8; 16], u64)> = clients.iter().filter_map(|r| r.ok()).collect();
+    for (client, old) in known {
+        match counts.remove(&client) {
+            Some(n) if n == old => {}
+            Some(n) => clients
+                .insert(client, n, 0)
+                .context("updating a client's flow count")?,
+            None => {
+                let _ = clients.remove(&client);
+            }
+        }
+    }
+    // Flows admitted since the kernel counted them are counted already; a
+    // client missing here was added after `known` was read: the kernel's
+    // own count stands.
+    Ok(())
+}
+
 /// The pinned flow table.
 pub type FlowMap = HashMap<MapData, FlowKey, Flow>;
+/// The pinned per-client flow counts.
+pub type ClientMap = HashMap<MapData, [u8; 16], u64>;
 /// The pinned global counter map.
 pub type CounterMap = PerCpuArray<MapData, u64>;
 
-/// Opens the pinned flow table and counter map, for [`expire`].
-pub fn open_pinned(pin_dir: &std::path::Path) -> Result<(FlowMap, CounterMap)> {
+/// Opens the pinned flow table, per-client counts and counter map, for
+/// [`expire`] and [`recount`].
+pub fn open_pinned(pin_dir: &std::path::Path) -> Result<(FlowMap, ClientMap, CounterMap)> {
     use aya::maps::Map;
+    use inspector_common::flow::{CLIENT_FLOWS_MAP, FLOWS_MAP};
     let open = |name: &str| crate::pin::open_map(pin_dir, name, "map");
-    let flows = HashMap::try_from(Map::LruHashMap(open(inspector_common::flow::FLOWS_MAP)?))?;
+    let flows = HashMap::try_from(Map::HashMap(open(FLOWS_MAP)?))?;
+    let clients = HashMap::try_from(Map::HashMap(open(CLIENT_FLOWS_MAP)?))?;
     let counters = PerCpuArray::try_from(Map::PerCpuArray(open(
         inspector_common::counters::COUNTERS_MAP,
     )?))?;
-    Ok((flows, counters))
+    Ok((flows, clients, counters))
 }

@@ -14,6 +14,7 @@
 //! fragments = "drop"         # or "pass"
 //! monitor = false            # true: count and report only
 //! max_flows = 65536          # flow table size
+//! max_flows_per_client = 256 # flows one client address may hold
 //! ```
 
 use std::{collections::BTreeSet, path::Path};
@@ -21,6 +22,7 @@ use std::{collections::BTreeSet, path::Path};
 use anyhow::{bail, Context, Result};
 use inspector_common::{
     config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_PASS, CFG_MONITOR},
+    flow::DEFAULT_MAX_FLOWS_PER_CLIENT,
     ports::{DEFAULT_PORTS, NEVER_INSPECTED},
     verbs::{VerbKey, DEFAULT_ALLOWED},
 };
@@ -52,6 +54,7 @@ pub struct Given {
     pub fragments: Option<Action>,
     pub monitor: Option<bool>,
     pub max_flows: Option<u32>,
+    pub max_flows_per_client: Option<u32>,
 }
 
 /// How the operator spells each checked setting where it came from, so that
@@ -62,6 +65,7 @@ struct Spelling {
     allow: &'static str,
     deny: &'static str,
     max_flows: &'static str,
+    max_flows_per_client: &'static str,
 }
 
 const OPTIONS: Spelling = Spelling {
@@ -70,6 +74,7 @@ const OPTIONS: Spelling = Spelling {
     allow: "--allow",
     deny: "--deny",
     max_flows: "--max-flows",
+    max_flows_per_client: "--max-flows-per-client",
 };
 
 const FILE_KEYS: Spelling = Spelling {
@@ -78,6 +83,7 @@ const FILE_KEYS: Spelling = Spelling {
     allow: "allow",
     deny: "deny",
     max_flows: "max_flows",
+    max_flows_per_client: "max_flows_per_client",
 };
 
 impl Given {
@@ -118,6 +124,9 @@ impl Given {
         }
         if self.max_flows == Some(0) {
             bail!("{} must be at least 1", names.max_flows);
+        }
+        if self.max_flows_per_client == Some(0) {
+            bail!("{} must be at least 1", names.max_flows_per_client);
         }
         Ok(())
     }
@@ -176,7 +185,15 @@ impl Settings {
         Ok(Settings {
             ports,
             allowed,
-            config: config_word(midstream, fragments, monitor),
+            config: config_word(
+                midstream,
+                fragments,
+                monitor,
+                options
+                    .max_flows_per_client
+                    .or(file.max_flows_per_client)
+                    .unwrap_or(DEFAULT_MAX_FLOWS_PER_CLIENT),
+            ),
             max_flows: options.max_flows.or(file.max_flows),
         })
     }
@@ -203,7 +220,12 @@ pub fn with_changes(base: &[VerbKey], allow: &[String], deny: &[String]) -> Resu
     Ok(set.into_iter().collect())
 }
 
-fn config_word(midstream: Action, fragments: Action, monitor: bool) -> Config {
+fn config_word(
+    midstream: Action,
+    fragments: Action,
+    monitor: bool,
+    max_flows_per_client: u32,
+) -> Config {
     let mut flags = 0;
     if midstream == Action::Pass {
         flags |= CFG_MIDSTREAM_PASS;
@@ -214,7 +236,10 @@ fn config_word(midstream: Action, fragments: Action, monitor: bool) -> Config {
     if monitor {
         flags |= CFG_MONITOR;
     }
-    Config { flags, _pad: 0 }
+    Config {
+        flags,
+        max_flows_per_client,
+    }
 }
 
 #[cfg(test)]
@@ -332,6 +357,7 @@ mod tests {
         want.sort();
         assert_eq!(s.allowed, want);
         assert_eq!(s.config.flags, 0, "midstream dropped, fragments dropped");
+        assert_eq!(s.config.max_flows_per_client, DEFAULT_MAX_FLOWS_PER_CLIENT);
         assert_eq!(s.max_flows, None);
     }
 }

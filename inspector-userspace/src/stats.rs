@@ -106,7 +106,7 @@ pub fn read_verbs(map: Map) -> Result<Vec<VerbValue>> {
 pub fn count_flows_pinned(pin_dir: &Path) -> Result<(u64, u64)> {
     let data = crate::pin::open_map(pin_dir, FLOWS_MAP, "flow table")?;
     let map: aya::maps::HashMap<_, FlowKey, Flow> =
-        aya::maps::HashMap::try_from(Map::LruHashMap(data))
+        aya::maps::HashMap::try_from(Map::HashMap(data))
             .context("flow table has an unexpected type")?;
     let (mut tracked, mut active) = (0, 0);
     for (_, f) in map.iter().filter_map(|r| r.ok()) {

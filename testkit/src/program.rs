@@ -188,7 +188,14 @@ pub fn open(object: &[u8], ports: &[u16], flags: u32, allowed: &[&str]) -> Resul
     write_policy(&mut ebpf, allowed)?;
     let mut cfg: Array<_, Config> =
         Array::try_from(ebpf.map_mut(CONFIG_MAP).context("no config map")?)?;
-    cfg.set(0, Config { flags, _pad: 0 }, 0)?;
+    cfg.set(
+        0,
+        Config {
+            flags,
+            max_flows_per_client: 0,
+        },
+        0,
+    )?;
     Ok(ebpf)
 }
 
