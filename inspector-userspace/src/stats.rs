@@ -142,8 +142,9 @@ impl Snapshot {
         })
     }
 
-    /// Entries the LRU evicted: every created entry is still tracked, was
-    /// expired by `attach`, or was evicted.
+    /// Created entries neither tracked nor expired. The flow table no
+    /// longer evicts (docs/contract.md §6): this only counts closed entries
+    /// that a new handshake of the same addresses and ports replaced.
     pub fn flows_evicted(&self) -> u64 {
         self.get("flows_created")
             .saturating_sub(self.flows_tracked)
