@@ -28,7 +28,7 @@ pub const HANDSHAKES_MAP: &str = "INSPECTOR_HANDSHAKES";
 /// pass between its SYN and its ACK (one round trip), and its client retries.
 pub const HANDSHAKE_ENTRIES: u32 = 16384;
 
-/// Name of the pinned map of flows tracked per client address.
+/// Name of the pinned map of live (not closed) flows per client address.
 pub const CLIENT_FLOWS_MAP: &str = "INSPECTOR_CLIENT_FLOWS";
 /// Default cap on the flows one client address may have in the table. Real
 /// MTAs stay far below: Postfix's server limits a client to 50 concurrent

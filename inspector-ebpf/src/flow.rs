@@ -152,7 +152,7 @@ impl Entry {
 /// Bookkeeping of a segment with TCP `flags` on its direction's cursor
 /// `cur` (`peer`: the other direction's): the first SYN-ACK starts the
 /// server's stream, acknowledgements advance, FIN and RST close (the first
-/// close of the flow is counted).
+/// close of the flow is counted). True if this segment is that first close.
 #[inline(always)]
 pub fn track(
     cur: &mut Cursor,
@@ -162,7 +162,7 @@ pub fn track(
     ack: u32,
     now: u64,
     server: bool,
-) {
+) -> bool {
     let closed_before = (cur.flags | flags_of(peer)) & (DIR_FIN | DIR_RST) != 0;
     if server && flags & (SYN | ACK) == (SYN | ACK) && cur.flags & DIR_SYNCED == 0 {
         // Only the first: a forged or late SYN-ACK must not move the stream.
@@ -176,7 +176,8 @@ pub fn track(
         }
         cur.flags |= DIR_ACKED;
     }
-    if flags & (FIN | RST) != 0 && !closed_before {
+    let closes = flags & (FIN | RST) != 0 && !closed_before;
+    if closes {
         count(Counter::FlowsClosed);
     }
     if flags & FIN != 0 {
@@ -189,6 +190,7 @@ pub fn track(
     // receiver then rejects (bad checksum, out of window) would otherwise
     // turn the rest of the flow into an uninspected midstream flow.
     // `inspector attach` expires closed and idle entries.
+    closes
 }
 
 /// The `DIR_*` flags of a cursor another CPU may be writing.
@@ -267,11 +269,14 @@ impl ClientSide<'_> {
     /// with a RST, and the entry counts as closed and expires like any
     /// closed flow.
     #[inline(always)]
-    pub fn mark_reset(&mut self) {
-        if !self.closed() {
+    /// True if this closes the flow.
+    pub fn mark_reset(&mut self) -> bool {
+        let closes = !self.closed();
+        if closes {
             count(Counter::FlowsClosed);
         }
         self.own.cur.flags |= DIR_RESET | DIR_RST;
+        closes
     }
 }
 
@@ -386,10 +391,9 @@ pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64) -> Refusal {
         return 0;
     }
     let _ = HANDSHAKES.remove(key);
-    // Replacing a closed entry of the same key takes no new slot and
-    // leaves the client's count as it is.
+    // Replacing a closed entry of the same key takes no new slot.
     let replacing = FLOWS.get_ptr(key).is_some();
-    if !replacing && client_flows(&key.client) >= max_flows_per_client() {
+    if client_flows(&key.client) >= max_flows_per_client() {
         return reason::CLIENT_CAP;
     }
     let flow = &mut w.new_flow;
@@ -409,10 +413,22 @@ pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64) -> Refusal {
         return reason::TABLE_FULL;
     }
     count(Counter::FlowsCreated);
-    if !replacing {
-        add_client_flow(&w.packet.key.client);
-    }
+    add_client_flow(&w.packet.key.client);
     0
+}
+
+/// One flow of `client` closed: it no longer counts against the cap (its
+/// entry stays until it expires, for late retransmissions). Not atomic, as
+/// in `add_client_flow`; a lost update is corrected by the next recount.
+#[inline(always)]
+pub fn client_flow_closed(client: &[u8; 16]) {
+    if let Some(p) = CLIENT_FLOWS.get_ptr_mut(client) {
+        // SAFETY: a live map value, one aligned word.
+        unsafe {
+            let n = read_volatile(p);
+            write_volatile(p, n.saturating_sub(1));
+        }
+    }
 }
 
 /// One more flow for `client` in `CLIENT_FLOWS`.

@@ -105,7 +105,9 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         return midstream::<P>(w, payload_len, cfg, monitor);
     };
     let (cur, peer) = entry.cursors(client_side);
-    flow::track(cur, peer, flags, seq, ack, now, !client_side);
+    if flow::track(cur, peer, flags, seq, ack, now, !client_side) {
+        flow::client_flow_closed(&w.packet.key.client);
+    }
     if payload_len == 0 {
         return P::PASS;
     }
@@ -254,8 +256,8 @@ fn client<P: Packet>(
                     // segment, with bytes after it: the server cannot get
                     // the command without them, and they cannot be judged
                     // before its reply. No retransmission can fix that.
-                    if w.packet.monitor == 0 {
-                        side.mark_reset();
+                    if w.packet.monitor == 0 && side.mark_reset() {
+                        flow::client_flow_closed(&w.packet.key.client);
                     }
                     return Verdict::Reset;
                 }

@@ -46,6 +46,7 @@ pub fn kind_name(k: u8) -> &'static str {
         kind::MIDSTREAM => "midstream",
         kind::RESET => "reset",
         kind::SPOOFED => "spoofed",
+        kind::REFUSED => "refused",
         _ => "unknown",
     }
 }
@@ -66,6 +67,8 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::NO_NEIGHBOUR => "no-neighbour",
         reason::NOT_ROUTED => "not-routed",
         reason::NO_SOCKET => "no-socket",
+        reason::TABLE_FULL => "table-full",
+        reason::CLIENT_CAP => "client-cap",
         _ => "",
     }
 }
@@ -82,6 +85,8 @@ pub fn action(e: &Event) -> &'static str {
         (kind::RESET, _) => "would-reset",
         (kind::SPOOFED, 0) => "drop",
         (kind::SPOOFED, _) => "would-drop",
+        (kind::REFUSED, 0) => "refuse",
+        (kind::REFUSED, _) => "would-refuse",
         _ => "?",
     }
 }

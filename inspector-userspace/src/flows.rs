@@ -89,11 +89,12 @@ where
     Ok(removed)
 }
 
-/// Sets the per-client flow counts to what the table holds. The kernel
-/// adds one per admitted flow; entries removed since (by [`expire`]) are
-/// taken off here. A flow admitted between the table's read and the write
-/// of its client's count is missed until the next pass: the count can only
-/// be low, which loosens the cap, never refuses a flow wrongly.
+/// Sets the per-client counts of live flows to what the table holds. The
+/// kernel adds one when it admits a flow and takes one off when the flow
+/// closes, without atomics (the BPF target has none in Rust's core), so two
+/// CPUs can lose an update; this pass corrects any drift every
+/// `EXPIRY_PERIOD`. A flow admitted or closed between the table's read and
+/// the write of its client's count is off by one until the next pass.
 pub fn recount<F, K>(
     flows: &HashMap<F, FlowKey, Flow>,
     clients: &mut HashMap<K, [u8; 16], u64>,
@@ -103,8 +104,11 @@ where
     K: std::borrow::BorrowMut<MapData>,
 {
     let mut counts: std::collections::HashMap<[u8; 16], u64> = std::collections::HashMap::new();
-    for (k, _) in flows.iter().filter_map(|r| r.ok()) {
-        *counts.entry(k.client).or_default() += 1;
+    // Closed flows wait for expiry in the table but no longer count.
+    for (k, f) in flows.iter().filter_map(|r| r.ok()) {
+        if (f.client.cur.flags | f.server.cur.flags) & (DIR_FIN | DIR_RST) == 0 {
+            *counts.entry(k.client).or_default() += 1;
+        }
     }
     let known: Vec<([u8; 16], u64)> = clients.iter().filter_map(|r| r.ok()).collect();
     for (client, old) in known {

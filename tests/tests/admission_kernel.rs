@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use inspector_common::{flow::HANDSHAKE_ENTRIES, verbs::DEFAULT_ALLOWED};
 use inspector_tests::{
-    frame::{Frame, Ipv4, Tcp, TCP_ACK, TCP_RST, TCP_SYN},
+    frame::{Frame, Ipv4, Tcp, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     kernel::{v4, Hook, Loaded, Outcome, Session, Verdict, CLIENT_ISN, SERVER_ISN},
 };
 
@@ -132,6 +132,18 @@ fn one_client_address_cannot_take_more_than_its_cap() {
     assert_eq!(o.get("flows_refused"), 1);
     // Another address is not affected.
     let o = handshake(&prog, Ipv4Addr::new(10, 200, 1, 8), 45203);
+    assert_eq!(o.get("flows_created"), 1, "{:?}", o.delta.nonzero());
+    // A closed flow waits for expiry in the table, but no longer counts.
+    let o = prog.run(&frame(
+        greedy,
+        Tcp::new(45200, 25)
+            .flags(TCP_FIN | TCP_ACK)
+            .seq(CLIENT_ISN.wrapping_add(1))
+            .ack(SERVER_ISN.wrapping_add(1)),
+        false,
+    ));
+    assert_eq!(o.get("flows_closed"), 1, "{:?}", o.delta.nonzero());
+    let o = handshake(&prog, greedy, 45204);
     assert_eq!(o.get("flows_created"), 1, "{:?}", o.delta.nonzero());
 }
 
