@@ -344,6 +344,14 @@ pub fn syn(w: &mut WorkArea, seq: u32) -> Refusal {
             return 0;
         }
     }
+    if let Some(h) = HANDSHAKES.get_ptr(key) {
+        // A retransmitted SYN (the SYN-ACK may be on its way, or lost to
+        // the client) keeps what the handshake learnt.
+        // SAFETY: a live map value; one aligned 32-bit load.
+        if unsafe { read_volatile(addr_of!((*h).client_next)) } == seq.wrapping_add(1) {
+            return 0;
+        }
+    }
     if client_flows(&key.client) >= max_flows_per_client() {
         return reason::CLIENT_CAP;
     }

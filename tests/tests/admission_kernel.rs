@@ -185,3 +185,36 @@ fn only_a_matching_handshake_makes_an_entry() {
     ));
     assert_eq!(o.get("flows_created"), 1, "{:?}", o.delta.nonzero());
 }
+
+/// A SYN retransmitted after the SYN-ACK passed (the client never got it)
+/// keeps the handshake: the client's ACK of the server's retransmitted
+/// SYN-ACK, or of the first one, still makes the entry.
+#[test]
+fn a_retransmitted_syn_keeps_the_handshake() {
+    let prog = Loaded::with_policy(Hook::Xdp, &[25], 0, DEFAULT_ALLOWED);
+    let c = Ipv4Addr::new(10, 200, 1, 10);
+    let syn = frame(
+        c,
+        Tcp::new(45400, 25).flags(TCP_SYN).seq(CLIENT_ISN).ack(0),
+        false,
+    );
+    prog.run(&syn);
+    prog.run(&frame(
+        c,
+        Tcp::new(25, 45400)
+            .flags(TCP_SYN | TCP_ACK)
+            .seq(SERVER_ISN)
+            .ack(CLIENT_ISN.wrapping_add(1)),
+        true,
+    ));
+    prog.run(&syn);
+    let o = prog.run(&frame(
+        c,
+        Tcp::new(45400, 25)
+            .flags(TCP_ACK)
+            .seq(CLIENT_ISN.wrapping_add(1))
+            .ack(SERVER_ISN.wrapping_add(1)),
+        false,
+    ));
+    assert_eq!(o.get("flows_created"), 1, "{:?}", o.delta.nonzero());
+}
