@@ -59,6 +59,8 @@ counters! {
     FlowsClosed => "flows_closed",
     /// Flow entries removed by `inspector attach` after close or idle timeout (written by userspace).
     FlowsExpired => "flows_expired",
+    /// Entries of closed or idle flows the kernel removed to make room in a full table (while the daemon was not there to expire them).
+    FlowsReclaimed => "flows_reclaimed",
     /// Payload packets of flows whose start was not seen (dropped, or passed with --midstream pass).
     Midstream => "midstream",
     /// Packets of the server's direction that did not come from the server's side (dropped, no flow state changed).

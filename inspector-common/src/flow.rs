@@ -21,6 +21,33 @@ pub const FLOWS_MAP: &str = "INSPECTOR_FLOWS";
 /// Default capacity of the flow table.
 pub const DEFAULT_MAX_FLOWS: u32 = 65536;
 
+/// How long a closed flow's entry stays, in seconds (late retransmissions
+/// of the last segments must still be re-inspected, not passed as
+/// midstream). `inspector attach` expires it then; the kernel reclaims it
+/// if it needs the room.
+pub const CLOSED_GRACE_SECS: u64 = 60;
+/// How long an idle flow's entry stays, in seconds. SMTP servers time out
+/// idle clients after 5 minutes (Postfix smtpd_timeout) and RFC 5321 lets a
+/// client wait 10 minutes for the end-of-data reply.
+pub const IDLE_TIMEOUT_SECS: u64 = 20 * 60;
+
+/// Whether the entry `f` may go at time `now` (ns, CLOCK_MONOTONIC): closed
+/// for [`CLOSED_GRACE_SECS`], or idle for [`IDLE_TIMEOUT_SECS`].
+#[inline(always)]
+pub fn reclaimable(f: &Flow, now: u64) -> bool {
+    let mut last = f.created_ns;
+    if f.client.cur.last_ns > last {
+        last = f.client.cur.last_ns;
+    }
+    if f.server.cur.last_ns > last {
+        last = f.server.cur.last_ns;
+    }
+    let idle = now.saturating_sub(last);
+    let closed = (f.client.cur.flags | f.server.cur.flags) & (DIR_FIN | DIR_RST) != 0;
+    (closed && idle >= CLOSED_GRACE_SECS * 1_000_000_000)
+        || idle >= IDLE_TIMEOUT_SECS * 1_000_000_000
+}
+
 /// Name of the pinned map of handshakes in progress (an LRU).
 pub const HANDSHAKES_MAP: &str = "INSPECTOR_HANDSHAKES";
 /// Capacity of the handshake map. A flood of SYNs only pushes older

@@ -20,13 +20,18 @@
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
-use aya_ebpf::bindings::{BPF_EXIST, BPF_NOEXIST};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    helpers::bpf_for_each_map_elem,
+};
 use inspector_common::{
     counters::Counter,
     events::reason,
     flow::{
-        seq_diff, ClientDir, Cursor, Flow, FlowKey, Handshake, ServerDir, DIR_ACKED, DIR_FIN,
-        DIR_RESET, DIR_RST, DIR_SYNCED, HS_SYN_ACK,
+        reclaimable, seq_diff, ClientDir, Cursor, Flow, FlowKey, Handshake, ServerDir, DIR_ACKED,
+        DIR_FIN, DIR_RESET, DIR_RST, DIR_SYNCED, HS_SYN_ACK,
     },
     smtp::{ClientState, Shared, GATE_SLOTS},
 };
@@ -417,12 +422,93 @@ pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64) -> Refusal {
     if FLOWS
         .insert(&w.packet.key, &w.new_flow, mode as u64)
         .is_err()
+        && !(reclaim(w, now)
+            && FLOWS
+                .insert(&w.packet.key, &w.new_flow, BPF_NOEXIST as u64)
+                .is_ok())
     {
         return reason::TABLE_FULL;
     }
     count(Counter::FlowsCreated);
     add_client_flow(&w.packet.key.client);
     0
+}
+
+/// How often one CPU may search a full table for an entry to reclaim: the
+/// search walks the table, which a client must not be able to make every
+/// SYN pay for.
+const RECLAIM_EVERY_NS: u64 = 1_000_000_000;
+
+/// What the reclaim callback gets: the work area (where it writes the key
+/// it found) and the time.
+#[repr(C)]
+struct ReclaimCtx {
+    area: *mut WorkArea,
+    now: u64,
+}
+
+/// The table is full: removes one entry that may go (closed for
+/// `CLOSED_GRACE_SECS`, or idle for `IDLE_TIMEOUT_SECS`, the same rule as
+/// `inspector attach`'s expiry) to make room, so that the kernel side alone
+/// never refuses every new flow because dead entries filled the table while
+/// the daemon was down (docs/contract.md §6). A live flow is never taken.
+/// At most one search per second per CPU. True if an entry was removed.
+#[inline(always)]
+fn reclaim(w: &mut WorkArea, now: u64) -> bool {
+    if now.wrapping_sub(w.last_reclaim_ns) < RECLAIM_EVERY_NS && w.last_reclaim_ns != 0 {
+        return false;
+    }
+    w.last_reclaim_ns = now;
+    let mut ctx = ReclaimCtx {
+        area: w as *mut WorkArea,
+        now,
+    };
+    // SAFETY: `FLOWS` is a map definition the loader relocates; `ctx`
+    // outlives the call, and the callback uses it only while this waits.
+    let found = unsafe {
+        bpf_for_each_map_elem(
+            addr_of!(FLOWS) as *mut c_void,
+            reclaim_cb as *mut c_void,
+            &mut ctx as *mut ReclaimCtx as *mut c_void,
+            0,
+        )
+    };
+    // The helper returns how many entries it visited; the callback stops
+    // at the first that may go and marks it by setting `now` to 0.
+    if found <= 0 || ctx.now != 0 {
+        return false;
+    }
+    let key = w.reclaim_key;
+    // An idle flow that never closed still counts for its client.
+    let was_live = FLOWS.get_ptr(&key).is_some_and(live);
+    if FLOWS.remove(&key).is_err() {
+        return false;
+    }
+    if was_live {
+        client_flow_closed(&key.client);
+    }
+    count(Counter::FlowsReclaimed);
+    true
+}
+
+/// The `bpf_for_each_map_elem` callback of [`reclaim`].
+unsafe extern "C" fn reclaim_cb(
+    _map: *mut c_void,
+    key: *const FlowKey,
+    value: *const Flow,
+    ctx: *mut c_void,
+) -> i64 {
+    let ctx = ctx as *mut ReclaimCtx;
+    // SAFETY: the helper hands over a live entry of the table and the
+    // context `reclaim` made, whose work-area pointer is this CPU's entry.
+    unsafe {
+        if !reclaimable(&*value, (*ctx).now) {
+            return 0;
+        }
+        (*(*ctx).area).reclaim_key = *key;
+        (*ctx).now = 0;
+    }
+    1
 }
 
 /// One flow of `client` closed: it no longer counts against the cap (its

@@ -50,6 +50,11 @@ pub struct WorkArea {
     /// The parameters of the kernel lookups that tell a packet's side
     /// (see `side.rs`); they would not fit beside `segment::inspect`'s frame.
     pub lookup: Lookup,
+    /// The entry a reclaim pass found (see `flow::reclaim`).
+    pub reclaim_key: FlowKey,
+    /// When this CPU last searched the full table for an entry to reclaim;
+    /// kept from one invocation to the next (this CPU's entry of the map).
+    pub last_reclaim_ns: u64,
 }
 
 /// Route and socket lookup parameters (see `side.rs`).

@@ -11,16 +11,13 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
 use inspector_common::{
     counters::Counter,
-    flow::{Flow, FlowKey, DIR_FIN, DIR_RST},
+    flow::{reclaimable, Flow, FlowKey, CLOSED_GRACE_SECS, DIR_FIN, DIR_RST, IDLE_TIMEOUT_SECS},
 };
 
-/// How long a closed flow's entry stays (late retransmissions of the last
-/// segments must still be re-inspected, not passed as midstream).
-pub const CLOSED_GRACE: Duration = Duration::from_secs(60);
-/// How long an idle flow's entry stays. SMTP servers time out idle clients
-/// after 5 minutes (Postfix smtpd_timeout) and RFC 5321 lets a client wait
-/// 10 minutes for the end-of-data reply.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// How long a closed flow's entry stays (see `CLOSED_GRACE_SECS`).
+pub const CLOSED_GRACE: Duration = Duration::from_secs(CLOSED_GRACE_SECS);
+/// How long an idle flow's entry stays (see `IDLE_TIMEOUT_SECS`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(IDLE_TIMEOUT_SECS);
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns.
 pub fn monotonic_ns() -> u64 {
@@ -28,17 +25,9 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Whether an entry should go, at time `now` (ns).
+/// Whether an entry should go, at time `now` (ns): the kernel's own rule.
 pub fn expired(flow: &Flow, now: u64) -> bool {
-    let last = flow
-        .client
-        .cur
-        .last_ns
-        .max(flow.server.cur.last_ns)
-        .max(flow.created_ns);
-    let idle = Duration::from_nanos(now.saturating_sub(last));
-    let closed = (flow.client.cur.flags | flow.server.cur.flags) & (DIR_FIN | DIR_RST) != 0;
-    (closed && idle >= CLOSED_GRACE) || idle >= IDLE_TIMEOUT
+    reclaimable(flow, now)
 }
 
 /// Removes expired entries and adds their number to the `flows_expired`

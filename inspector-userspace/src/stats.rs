@@ -149,6 +149,7 @@ impl Snapshot {
         self.get("flows_created")
             .saturating_sub(self.flows_tracked)
             .saturating_sub(self.get("flows_expired"))
+            .saturating_sub(self.get("flows_reclaimed"))
     }
 
     pub fn get(&self, name: &str) -> u64 {

@@ -218,3 +218,55 @@ fn a_retransmitted_syn_keeps_the_handshake() {
     ));
     assert_eq!(o.get("flows_created"), 1, "{:?}", o.delta.nonzero());
 }
+
+/// A full table whose entries include one closed long ago (as if the daemon
+/// had been down and not expired it): the kernel takes that entry's place
+/// for a new flow (`flows_reclaimed`); live flows are never taken.
+#[test]
+fn a_full_table_reclaims_a_long_closed_entry_but_never_a_live_one() {
+    use aya::maps::HashMap as BpfHashMap;
+    use inspector_common::flow::{Flow, FlowKey, FLOWS_MAP};
+
+    let mut prog = Loaded::with_table(Hook::Xdp, &[25], 0, DEFAULT_ALLOWED, Some(4), 0);
+    let c = Ipv4Addr::new(10, 200, 1, 2);
+    for p in 45500..45504 {
+        let o = handshake(&prog, c, p);
+        assert_eq!(
+            o.get("flows_created"),
+            1,
+            "flow {p}: {:?}",
+            o.delta.nonzero()
+        );
+    }
+    let o = prog.run(&frame(
+        c,
+        Tcp::new(45500, 25)
+            .flags(TCP_FIN | TCP_ACK)
+            .seq(CLIENT_ISN.wrapping_add(1))
+            .ack(SERVER_ISN.wrapping_add(1)),
+        false,
+    ));
+    assert_eq!(o.get("flows_closed"), 1);
+    // Age the closed entry past the grace period, as time would.
+    {
+        let mut flows: BpfHashMap<_, FlowKey, Flow> =
+            BpfHashMap::try_from(prog.ebpf_mut().map_mut(FLOWS_MAP).expect("the flow table"))
+                .expect("a hash map");
+        let (k, mut f) = flows
+            .iter()
+            .filter_map(|r| r.ok())
+            .find(|(k, _)| k.client_port == 45500)
+            .expect("the closed flow's entry");
+        f.created_ns = 0;
+        f.client.cur.last_ns = 0;
+        f.server.cur.last_ns = 0;
+        flows.insert(k, f, 0).expect("rewriting the entry");
+    }
+    let o = handshake(&prog, c, 45504);
+    assert_eq!(o.get("flows_reclaimed"), 1, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("flows_created"), 1, "{:?}", o.delta.nonzero());
+    // Only live flows are left: the next one is refused.
+    let o = handshake(&prog, c, 45505);
+    assert_eq!(o.get("flows_refused"), 1, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("flows_reclaimed"), 0);
+}
