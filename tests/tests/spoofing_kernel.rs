@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 
 use inspector_common::verbs::DEFAULT_ALLOWED;
 use inspector_tests::{
-    frame::{Frame, Ipv4, Ipv6, Tcp, TCP_ACK, TCP_SYN},
+    frame::{Frame, Ipv4, Ipv6, Tcp, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     kernel::{Hook, Loaded, Outcome, Verdict, CLIENT_ISN, SERVER_ISN},
     netns::in_netns,
     NetNs,
@@ -472,5 +472,67 @@ fn on_a_host_that_does_not_forward_only_replies_to_its_own_connections_pass() {
             }
         }
         drop(stream);
+    });
+}
+
+/// The next things an attacker tries from the client's side: a forged
+/// server FIN or RST (to close the flow, then reopen it from a fresh
+/// state), a forged reply sent with the gateway's own MAC, and a forged
+/// reply claiming the gateway's own address. None is believed; the flow
+/// stays live and inspected.
+#[test]
+fn forged_closes_and_other_disguises_are_not_believed() {
+    each(|prog, ifs, v6, one_armed, port| {
+        let mut c = Conn::new(prog, ifs, v6, port);
+        c.handshake();
+        c.server(b"220 server.test ESMTP\r\n");
+        c.forge(
+            "forged RST",
+            c.server_seg().flags(TCP_RST | TCP_ACK),
+            one_armed,
+        );
+        c.forge(
+            "forged FIN",
+            c.server_seg().flags(TCP_FIN | TCP_ACK),
+            one_armed,
+        );
+        // A SYN for the same addresses and ports, as if the flow had closed.
+        let o = c.run_client(
+            Tcp::new(c.cport, c.sport)
+                .flags(TCP_SYN)
+                .seq(0x0bad_0000)
+                .ack(0),
+        );
+        assert_eq!(o.get("flows_created"), 0, "{:?}", o.delta.nonzero());
+        // With the gateway's own MAC (the frame claims it was sent by the
+        // gateway): still the client's interface or a wrong next hop.
+        let gw_mac = [0x02, 0, 0, 0, 0xee, 0x01];
+        let f = c.server_frame(c.server_seg().payload(b"354 go ahead\r\n"), gw_mac);
+        let on = if one_armed { c.bed.1 } else { c.bed.0 };
+        let o = prog.run_on(&f, on);
+        assert_eq!(o.verdict, Verdict::Drop, "{:?}", o.delta.nonzero());
+        assert_eq!(o.get("spoofed"), 1);
+        // Claiming the gateway's own address: a local address is never
+        // behind an interface.
+        let gw = if v6 {
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x200, 2, 0, 0, 0, 0, 1))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(10, 200, 2, 1))
+        };
+        let f = frame(
+            Tcp::new(25, c.cport).payload(b"354 go ahead\r\n"),
+            c.client,
+            gw,
+            true,
+            CLIENT_MAC,
+        );
+        let o = prog.run_on(&f, on);
+        assert_eq!(o.verdict, Verdict::Drop, "{:?}", o.delta.nonzero());
+        assert_eq!(o.get("spoofed"), 1);
+        // The flow is still live and inspected.
+        c.client(b"EHLO client.test\r\n");
+        c.server(b"250 server.test\r\n");
+        let o = c.client(b"VERB\r\n");
+        assert_eq!(payload_of(&o, 6), b"XXXX\r\n");
     });
 }
