@@ -17,6 +17,12 @@ pub mod kind {
     pub const MIDSTREAM: u8 = 3;
     /// A flow was reset (its segment turned into a RST to the server).
     pub const RESET: u8 = 4;
+    /// A packet of the server's direction came from elsewhere than the
+    /// server's side (the `reason` says how that was told); it was dropped
+    /// and changed no flow state.
+    pub const SPOOFED: u8 = 5;
+    /// A new flow was refused (the `reason` says why).
+    pub const REFUSED: u8 = 6;
 }
 
 /// Why a segment was dropped (`Event::reason`).
@@ -32,6 +38,25 @@ pub mod reason {
     pub const BYTES_BEFORE_REPLY: u8 = 8;
     /// The flow was reset by the inspector earlier.
     pub const FLOW_RESET: u8 = 9;
+    /// Spoofed: the route back to the claimed sender leaves through another
+    /// interface than the one the packet came in on.
+    pub const WRONG_INTERFACE: u8 = 10;
+    /// Spoofed: the packet's source MAC is not the next hop the kernel's
+    /// neighbour table gives for the claimed sender (one interface, two sides).
+    pub const WRONG_MAC: u8 = 11;
+    /// Spoofed: the kernel has no neighbour entry for the claimed sender, so
+    /// its side cannot be told.
+    pub const NO_NEIGHBOUR: u8 = 12;
+    /// Spoofed: the claimed sender is not reachable through this host (a
+    /// local address, unroutable, or blackholed).
+    pub const NOT_ROUTED: u8 = 13;
+    /// Spoofed: on a host that does not forward, the packet belongs to no
+    /// connection of this host.
+    pub const NO_SOCKET: u8 = 14;
+    /// Refused: the flow table is full.
+    pub const TABLE_FULL: u8 = 15;
+    /// Refused: the client address has its maximum of flows.
+    pub const CLIENT_CAP: u8 = 16;
 }
 
 #[repr(C)]

@@ -139,8 +139,9 @@ pub struct AttachArgs {
     #[arg(long = "deny", value_name = "VERB")]
     pub deny: Vec<String>,
     /// What to do with payload of flows whose start the inspector did not
-    /// see (opened before it was attached, or evicted): `pass` them
-    /// untouched (counted as midstream; the default) or `drop` them.
+    /// see (opened before it was attached): `drop` them (the default: they
+    /// cannot be read safely, and the client retries) or `pass` them
+    /// uninspected. Both are counted as midstream.
     #[arg(long, value_enum)]
     pub midstream: Option<Action>,
     /// IP fragments of inspected flows cannot be inspected: `drop` them
@@ -152,7 +153,8 @@ pub struct AttachArgs {
     #[arg(long)]
     pub monitor: bool,
     /// Read settings from a TOML policy file (ports, allow/deny/allowed,
-    /// midstream, fragments, monitor, max_flows); options given on the
+    /// midstream, fragments, monitor, max_flows, max_flows_per_client);
+    /// options given on the
     /// command line apply on top. See README "Policy file".
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
@@ -160,10 +162,14 @@ pub struct AttachArgs {
     /// 127.0.0.1:9725 (GET /metrics).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
-    /// Flow table size (entries; least recently used flows are evicted
-    /// when it is full). Default 65536, about 35 MB.
+    /// Flow table size (entries). When it is full, new flows are refused
+    /// (flows_refused); no flow is evicted. Default 65536, about 35 MB.
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
+    /// Flows one client address may have in the table at once; more are
+    /// refused (flows_refused). Default 256, far above what a real MTA opens.
+    #[arg(long, value_name = "N")]
+    pub max_flows_per_client: Option<u32>,
     /// On SIGINT/SIGTERM, leave the programs attached and the maps
     /// pinned: the kernel keeps inspecting, and the next `attach` on the
     /// same pin dir takes over without losing flow state (upgrades,
@@ -185,6 +191,7 @@ impl AttachArgs {
             fragments: self.fragments,
             monitor: self.monitor.then_some(true),
             max_flows: self.max_flows,
+            max_flows_per_client: self.max_flows_per_client,
         }
     }
 }

@@ -45,6 +45,8 @@ pub fn kind_name(k: u8) -> &'static str {
         kind::DROPPED => "dropped",
         kind::MIDSTREAM => "midstream",
         kind::RESET => "reset",
+        kind::SPOOFED => "spoofed",
+        kind::REFUSED => "refused",
         _ => "unknown",
     }
 }
@@ -60,6 +62,13 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::MIDSTREAM => "midstream",
         reason::BYTES_BEFORE_REPLY => "bytes-sent-before-reply",
         reason::FLOW_RESET => "flow-was-reset",
+        reason::WRONG_INTERFACE => "wrong-interface",
+        reason::WRONG_MAC => "wrong-mac",
+        reason::NO_NEIGHBOUR => "no-neighbour",
+        reason::NOT_ROUTED => "not-routed",
+        reason::NO_SOCKET => "no-socket",
+        reason::TABLE_FULL => "table-full",
+        reason::CLIENT_CAP => "client-cap",
         _ => "",
     }
 }
@@ -74,6 +83,10 @@ pub fn action(e: &Event) -> &'static str {
         (kind::MIDSTREAM, _) => "pass",
         (kind::RESET, 0) => "reset",
         (kind::RESET, _) => "would-reset",
+        (kind::SPOOFED, 0) => "drop",
+        (kind::SPOOFED, _) => "would-drop",
+        (kind::REFUSED, 0) => "refuse",
+        (kind::REFUSED, _) => "would-refuse",
         _ => "?",
     }
 }

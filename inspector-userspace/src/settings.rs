@@ -10,17 +10,19 @@
 //! allow = ["STARTTLS"]       # added to the default (PIX/ASA) verb list
 //! deny = ["VRFY"]            # removed from it
 //! # allowed = ["EHLO", ...]  # or: the complete list, replacing the default
-//! midstream = "pass"         # or "drop"
+//! midstream = "drop"         # or "pass" (uninspected)
 //! fragments = "drop"         # or "pass"
 //! monitor = false            # true: count and report only
 //! max_flows = 65536          # flow table size
+//! max_flows_per_client = 256 # flows one client address may hold
 //! ```
 
 use std::{collections::BTreeSet, fmt, path::Path};
 
 use anyhow::{Context, Result};
 use inspector_common::{
-    config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_DROP, CFG_MONITOR},
+    config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_PASS, CFG_MONITOR},
+    flow::DEFAULT_MAX_FLOWS_PER_CLIENT,
     ports::{DEFAULT_PORTS, NEVER_INSPECTED},
     verbs::{VerbKey, DEFAULT_ALLOWED},
 };
@@ -88,6 +90,7 @@ pub struct Given {
     pub fragments: Option<Action>,
     pub monitor: Option<bool>,
     pub max_flows: Option<u32>,
+    pub max_flows_per_client: Option<u32>,
 }
 
 /// How the operator spells each checked setting where it came from, so that
@@ -98,6 +101,7 @@ struct Spelling {
     allow: &'static str,
     deny: &'static str,
     max_flows: &'static str,
+    max_flows_per_client: &'static str,
 }
 
 const OPTIONS: Spelling = Spelling {
@@ -106,6 +110,7 @@ const OPTIONS: Spelling = Spelling {
     allow: "--allow",
     deny: "--deny",
     max_flows: "--max-flows",
+    max_flows_per_client: "--max-flows-per-client",
 };
 
 const FILE_KEYS: Spelling = Spelling {
@@ -114,6 +119,7 @@ const FILE_KEYS: Spelling = Spelling {
     allow: "allow",
     deny: "deny",
     max_flows: "max_flows",
+    max_flows_per_client: "max_flows_per_client",
 };
 
 impl Given {
@@ -184,6 +190,9 @@ impl Given {
         }
         if self.max_flows == Some(0) {
             refuse!("{} must be at least 1", names.max_flows);
+        }
+        if self.max_flows_per_client == Some(0) {
+            refuse!("{} must be at least 1", names.max_flows_per_client);
         }
         Ok(())
     }
@@ -256,13 +265,21 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_PORTS.to_vec());
         ports.sort_unstable();
         ports.dedup();
-        let midstream = options.midstream.or(file.midstream).unwrap_or(Action::Pass);
+        let midstream = options.midstream.or(file.midstream).unwrap_or(Action::Drop);
         let fragments = options.fragments.or(file.fragments).unwrap_or(Action::Drop);
         let monitor = options.monitor.or(file.monitor).unwrap_or(false);
         Ok(Settings {
             ports,
             allowed,
-            config: config_word(midstream, fragments, monitor),
+            config: config_word(
+                midstream,
+                fragments,
+                monitor,
+                options
+                    .max_flows_per_client
+                    .or(file.max_flows_per_client)
+                    .unwrap_or(DEFAULT_MAX_FLOWS_PER_CLIENT),
+            ),
             max_flows: options.max_flows.or(file.max_flows),
             policy_origin: origin.join(", "),
             overrides,
@@ -336,10 +353,15 @@ pub fn with_changes(base: &[VerbKey], allow: &[String], deny: &[String]) -> Resu
     Ok(set.into_iter().collect())
 }
 
-fn config_word(midstream: Action, fragments: Action, monitor: bool) -> Config {
+fn config_word(
+    midstream: Action,
+    fragments: Action,
+    monitor: bool,
+    max_flows_per_client: u32,
+) -> Config {
     let mut flags = 0;
-    if midstream == Action::Drop {
-        flags |= CFG_MIDSTREAM_DROP;
+    if midstream == Action::Pass {
+        flags |= CFG_MIDSTREAM_PASS;
     }
     if fragments == Action::Pass {
         flags |= CFG_FRAGMENTS_PASS;
@@ -347,7 +369,10 @@ fn config_word(midstream: Action, fragments: Action, monitor: bool) -> Config {
     if monitor {
         flags |= CFG_MONITOR;
     }
-    Config { flags, _pad: 0 }
+    Config {
+        flags,
+        max_flows_per_client,
+    }
 }
 
 #[cfg(test)]
@@ -466,7 +491,7 @@ mod tests {
         let file = dir.join("policy.toml");
         std::fs::write(
             &file,
-            "ports = [2525]\ndeny = [\"VRFY\"]\nmidstream = \"drop\"\nmax_flows = 10\n",
+            "ports = [2525]\ndeny = [\"VRFY\"]\nmidstream = \"pass\"\nmax_flows = 10\n",
         )
         .unwrap();
         let options = Given {
@@ -482,7 +507,7 @@ mod tests {
         want.push(parse_verb("STARTTLS").unwrap());
         want.sort();
         assert_eq!(s.allowed, want, "--allow VRFY undoes the file's deny");
-        assert_eq!(s.config.flags, CFG_MIDSTREAM_DROP | CFG_FRAGMENTS_PASS);
+        assert_eq!(s.config.flags, CFG_MIDSTREAM_PASS | CFG_FRAGMENTS_PASS);
         assert_eq!(s.max_flows, Some(20));
         let file_name = file.display().to_string();
         assert_eq!(
@@ -502,7 +527,8 @@ mod tests {
         let mut want = default_policy();
         want.sort();
         assert_eq!(s.allowed, want);
-        assert_eq!(s.config.flags, 0);
+        assert_eq!(s.config.flags, 0, "midstream dropped, fragments dropped");
+        assert_eq!(s.config.max_flows_per_client, DEFAULT_MAX_FLOWS_PER_CLIENT);
         assert_eq!(s.max_flows, None);
     }
 }

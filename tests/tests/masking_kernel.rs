@@ -10,7 +10,7 @@
 //!
 //! Needs root (loads eBPF programs); run with `--test-threads=1`.
 
-use inspector_common::config::{CFG_MIDSTREAM_DROP, CFG_MONITOR};
+use inspector_common::config::{CFG_MIDSTREAM_PASS, CFG_MONITOR};
 use inspector_tests::{
     frame::{
         Ext, Frame, Ipv4, Ipv6, Tcp, Udp, ETH_P_8021AD, ETH_P_8021Q, L4, TCP_OPTS_12, TCP_OPTS_40,
@@ -734,29 +734,37 @@ fn a_conflicting_retransmission_is_dropped() {
     }
 }
 
+/// docs/contract.md §6: fail closed by default, `--midstream pass` opts in.
 #[test]
-fn a_flow_whose_syn_was_not_seen_passes_untouched_or_is_dropped() {
+fn a_flow_whose_syn_was_not_seen_is_dropped_or_passes_untouched() {
     let payload = b"STARTTLS\r\n";
     let prog = Loaded::new(Hook::Xdp, 0);
+    let s = Session::new(&prog, v6(), client_port(), 587);
+    let frame = s.client_frame(payload);
+    let o = prog.run(&frame);
+    assert_eq!(o.verdict, Verdict::Drop, "the default drops it");
+    assert_eq!(o.get("midstream"), 1, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("dropped"), 1);
+    assert_eq!(o.get("commands_seen"), 0);
+    // The server's side of such a flow is not read either.
+    let frame = s.server_frame(b"354 go ahead\r\n");
+    let o = prog.run(&frame);
+    assert_eq!(o.verdict, Verdict::Drop, "a server segment of no flow");
+    assert_eq!(o.get("midstream"), 1, "{:?}", o.delta.nonzero());
+    // A flow that was seen from its SYN is not affected.
+    let mut s = session(&prog, v6());
+    send_expect(&mut s, "tracked flow", payload, b"XXXXXXXX\r\n");
+
+    let prog = Loaded::new(Hook::Xdp, CFG_MIDSTREAM_PASS);
     let s = Session::new(&prog, v4(), client_port(), 25);
     let frame = s.client_frame(payload);
     let o = prog.run(&frame);
-    assert_eq!(o.verdict, Verdict::Pass);
+    assert_eq!(o.verdict, Verdict::Pass, "--midstream pass");
     assert!(o.data_out == frame, "a midstream flow was modified");
     assert_eq!(o.get("midstream"), 1, "{:?}", o.delta.nonzero());
     assert_eq!(o.get("commands_masked"), 0);
     assert_eq!(o.get("commands_seen"), 0);
-
-    let prog = Loaded::new(Hook::Xdp, CFG_MIDSTREAM_DROP);
-    let s = Session::new(&prog, v6(), client_port(), 587);
-    let frame = s.client_frame(payload);
-    let o = prog.run(&frame);
-    assert_eq!(o.verdict, Verdict::Drop);
-    assert_eq!(o.get("midstream"), 1, "{:?}", o.delta.nonzero());
-    assert_eq!(o.get("dropped"), 1);
-    // A flow that was seen from its SYN is not affected by the option.
-    let mut s = session(&prog, v6());
-    send_expect(&mut s, "tracked flow", payload, b"XXXXXXXX\r\n");
+    assert_eq!(o.get("dropped"), 0);
 }
 
 #[test]

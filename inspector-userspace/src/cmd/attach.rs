@@ -279,7 +279,7 @@ async fn run_until_signal(
 /// Removes closed and idle flow entries every few seconds. Works on the
 /// pinned maps, like any other process would.
 async fn expire_flows(pin_dir: &Path) -> Result<()> {
-    let (mut flow_map, mut counters) = flows::open_pinned(pin_dir)?;
+    let (mut flow_map, mut clients, mut counters) = flows::open_pinned(pin_dir)?;
     let mut tick = tokio::time::interval(EXPIRY_PERIOD);
     loop {
         tick.tick().await;
@@ -287,6 +287,9 @@ async fn expire_flows(pin_dir: &Path) -> Result<()> {
             Ok(n) if n > 0 => log::debug!("expired {n} flow entries"),
             Ok(_) => {}
             Err(e) => warn!("expiring flow entries: {e:#}"),
+        }
+        if let Err(e) = flows::recount(&flow_map, &mut clients) {
+            warn!("recounting the flows of each client: {e:#}");
         }
     }
 }
