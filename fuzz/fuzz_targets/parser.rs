@@ -21,7 +21,7 @@
 //!
 //! Client segments go through `feed_client` and through a byte-at-a-time
 //! copy of it that calls `ClientState::step` directly and records the state
-//! each byte is parsed in. Checked, without any model of SMTP:
+//! each byte is parsed in. Checked on every segment:
 //!
 //! - no panic; the output has the input's length; every changed byte is `X`;
 //! - only bytes parsed at a line start or in a verb are masked, never white
@@ -29,8 +29,19 @@
 //!   the opaque stream after STARTTLS;
 //! - `feed_client` and the byte-at-a-time variant agree (bytes, state,
 //!   held or not);
-//! - re-feeding the segment from the saved state (a retransmission) gives
-//!   the same result, bytes, events and state.
+//! - a retransmission of the last segments in one (up to four, as many as
+//!   the kernel keeps checkpoints for, fed since the last server segment or
+//!   policy change), from the state before the first of them, is not held
+//!   and ends in the state the segments reached one by one.
+//!
+//! And at the end, against [`expected_commands`], an independent reference
+//! model of the command direction (it shares no code with the parser):
+//! every verb the policy allows reaches the server unchanged, every other
+//! verb is masked but for the leading bytes a segment end showed while they
+//! could still become an allowed verb, and no other byte changes; the same
+//! for every retransmission above, with the segment ends it has. The model
+//! reads the stream up to the first allowed DATA, AUTH, STARTTLS or BDAT
+//! line (what follows depends on replies it does not model).
 //!
 //! A held segment is discarded, as the kernel does.
 //!
@@ -43,6 +54,8 @@
 //! and published words.
 
 #![no_main]
+
+use std::collections::{BTreeSet, VecDeque};
 
 use inspector_common::{
     config::{CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
@@ -132,13 +145,21 @@ const COMMANDS: [&[u8]; 32] = [
     b"\r\n",
 ];
 
-fn policy(bytes: &[u8]) -> Vec<VerbKey> {
+/// The verbs a policy allows, as texts.
+fn policy(bytes: &[u8]) -> Vec<&'static str> {
     let bits = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0]);
     let bits = if bits & 0x7f_ffff == 0 { 0x7fff } else { bits };
     POOL.iter()
         .enumerate()
         .filter(|(i, _)| (bits >> i) & 1 == 1)
-        .map(|(_, v)| key_of(v.as_bytes()).unwrap())
+        .map(|(_, v)| *v)
+        .collect()
+}
+
+fn keys(policy: &[&str]) -> Vec<VerbKey> {
+    policy
+        .iter()
+        .map(|v| key_of(v.as_bytes()).unwrap())
         .collect()
 }
 
@@ -224,13 +245,37 @@ fn feed_bytewise(
     apply(buf, &input, states, &out)
 }
 
-fn client_segment(st: &mut ClientState, seg: &[u8], env: &View) {
+/// The client bytes the run accepted, for the checks that need more than
+/// one segment.
+#[derive(Default)]
+struct Stream {
+    input: Vec<u8>,
+    /// What the parser made of them.
+    output: Vec<u8>,
+    /// The policy (0 or 1) each byte was parsed under.
+    policy: Vec<usize>,
+    /// The state each byte was parsed in.
+    states: Vec<u8>,
+    /// Segment ends (offsets in the stream).
+    cuts: BTreeSet<usize>,
+    /// The last accepted segments fed in the same conditions (no server
+    /// segment, policy change or held segment between them): where each
+    /// starts, and the state before it.
+    recent: VecDeque<(usize, ClientState)>,
+    /// Retransmissions of several segments in one: where they start, and
+    /// what they became.
+    regrouped: Vec<(usize, Vec<u8>)>,
+}
+
+/// Checkpoints the kernel keeps per direction.
+const CHECKPOINTS: usize = 4;
+
+fn client_segment(st: &mut ClientState, seg: &[u8], env: &View, which: usize, stream: &mut Stream) {
     let before = *st;
 
     let mut out = seg.to_vec();
     let mut after = before;
-    let mut events = vec![];
-    let res = feed_client(&mut after, &mut out, env, |o| events.push(*o));
+    let res = feed_client(&mut after, &mut out, env, |_| {});
 
     let mut out2 = seg.to_vec();
     let mut after2 = before;
@@ -238,15 +283,10 @@ fn client_segment(st: &mut ClientState, seg: &[u8], env: &View) {
     let res2 = feed_bytewise(&mut after2, &mut out2, env, &mut states);
     assert_eq!(res, res2, "feed_client and step disagree on holding");
 
-    // A retransmission, from the saved state.
-    let mut out3 = seg.to_vec();
-    let mut after3 = before;
-    let mut events3 = vec![];
-    let res3 = feed_client(&mut after3, &mut out3, env, |o| events3.push(*o));
-    assert_eq!(res, res3, "retransmission held differently");
-
     if res.is_err() {
-        return; // held: the kernel drops it and keeps `before`
+        // Held: the kernel drops it and keeps `before`.
+        stream.recent.clear();
+        return;
     }
     assert_eq!(out.len(), seg.len());
     for (i, (&a, &b)) in seg.iter().zip(&out).enumerate() {
@@ -262,10 +302,205 @@ fn client_segment(st: &mut ClientState, seg: &[u8], env: &View) {
     }
     assert_eq!(out, out2, "feed_client and step mask differently");
     assert_eq!(after, after2, "feed_client and step end in other states");
-    assert_eq!(out, out3, "retransmission masked differently");
-    assert_eq!(after, after3, "retransmission ends in another state");
-    assert_eq!(events, events3, "retransmission gives other events");
     *st = after;
+
+    let start = stream.input.len();
+    stream.input.extend_from_slice(seg);
+    stream.output.extend_from_slice(&out);
+    stream.policy.extend(std::iter::repeat_n(which, seg.len()));
+    stream.states.extend_from_slice(&states);
+    stream.cuts.insert(stream.input.len());
+    if stream.recent.len() == CHECKPOINTS {
+        stream.recent.pop_front();
+    }
+    stream.recent.push_back((start, before));
+
+    // The recent segments retransmitted in one, from the first one's
+    // checkpoint: the conditions are those they were parsed in.
+    if stream.recent.len() > 1 {
+        let (from, ckpt) = stream.recent[0];
+        let mut again = stream.input[from..].to_vec();
+        let mut end = ckpt;
+        let res = feed_client(&mut end, &mut again, env, |_| {});
+        assert_eq!(
+            res,
+            Ok(()),
+            "retransmission of {} segments in one held",
+            stream.recent.len()
+        );
+        assert_eq!(
+            end,
+            *st,
+            "retransmission of {} segments in one ends in another state",
+            stream.recent.len()
+        );
+        stream.regrouped.push((from, again));
+    }
+}
+
+/// C-locale white space other than LF, as the docs define it (the model's
+/// own copy).
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | 0x0b | 0x0c | b'\r')
+}
+
+/// A verb the reference model judges.
+struct Verb {
+    /// Its bytes in the stream.
+    at: std::ops::Range<usize>,
+    /// The policy it was parsed under.
+    policy: usize,
+    allowed: bool,
+}
+
+/// What the reference model expects of the stream.
+struct Model {
+    /// What the server must get for each byte, `None` where the model does
+    /// not judge.
+    want: Vec<Option<u8>>,
+    verbs: Vec<Verb>,
+    /// For each byte of a judged verb, the verb's index in `verbs`.
+    verb_of: Vec<Option<usize>>,
+}
+
+/// How many leading bytes of a verb the policy does not allow may pass:
+/// the longest prefix that ends at a segment end (`cut`) and could still
+/// become an allowed verb there (the parser cannot mask what it cannot
+/// know yet).
+fn kept(verb: &[u8], at: usize, policy: &[&str], cut: impl Fn(usize) -> bool) -> usize {
+    let upper = verb.to_ascii_uppercase();
+    (1..=upper.len())
+        .filter(|&k| cut(at + k) && policy.iter().any(|v| v.as_bytes().starts_with(&upper[..k])))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The reference model of the command direction, written from the rules the
+/// docs give, not from the parser. The stream is read line by line, as the
+/// docs say Postfix reads it: leading white space is skipped, the verb ends
+/// at white space or LF, verbs are case-insensitive, a bare LF ends a line.
+/// An allowed verb and everything that is not a verb pass unchanged; a verb
+/// the policy does not allow is all `X` but for its [`kept`] prefix. A verb
+/// parsed under two policies (a live change) is not judged, and nothing
+/// after an allowed DATA, AUTH, STARTTLS or BDAT line is.
+fn expected_commands(s: &Stream, policies: &[Vec<&str>; 2]) -> Model {
+    let input = &s.input;
+    let n = input.len();
+    let mut m = Model {
+        want: vec![None; n],
+        verbs: vec![],
+        verb_of: vec![None; n],
+    };
+    let mut i = 0;
+    while i < n {
+        if is_ws(input[i]) || input[i] == b'\n' {
+            m.want[i] = Some(input[i]);
+            i += 1;
+            continue;
+        }
+        let vs = i;
+        while i < n && !is_ws(input[i]) && input[i] != b'\n' {
+            i += 1;
+        }
+        let ve = i;
+        let line_end = input[ve..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(n, |p| ve + p + 1);
+        let verb = input[vs..ve].to_ascii_uppercase();
+        // What decides the verb: its bytes and the byte that ends it.
+        let p = s.policy[vs];
+        let one_policy = s.policy[vs..(ve + 1).min(n)].iter().all(|&q| q == p);
+        let gate = [&b"DATA"[..], b"AUTH", b"STARTTLS", b"BDAT"].contains(&verb.as_slice());
+        if !one_policy {
+            if gate {
+                // Perhaps a gate: what follows is not modelled.
+                return m;
+            }
+            i = line_end;
+            continue;
+        }
+        let allowed = policies[p].iter().any(|v| v.as_bytes() == verb.as_slice());
+        let keep = if allowed {
+            verb.len()
+        } else {
+            kept(&verb, vs, &policies[p], |c| s.cuts.contains(&c))
+        };
+        for (j, &b) in input.iter().enumerate().take(ve).skip(vs) {
+            m.want[j] = Some(if j < vs + keep { b } else { b'X' });
+            m.verb_of[j] = Some(m.verbs.len());
+        }
+        m.verbs.push(Verb {
+            at: vs..ve,
+            policy: p,
+            allowed,
+        });
+        for (w, &b) in m.want[ve..line_end].iter_mut().zip(&input[ve..line_end]) {
+            *w = Some(b);
+        }
+        if allowed && gate {
+            return m;
+        }
+        i = line_end;
+    }
+    m
+}
+
+/// The checks against the reference model, at the end of a run.
+fn check_against_model(s: &Stream, policies: &[Vec<&str>; 2]) {
+    let m = expected_commands(s, policies);
+    for (i, w) in m.want.iter().enumerate() {
+        if let Some(w) = w {
+            assert_eq!(
+                s.output[i],
+                *w,
+                "byte {i} of the client stream: the model wants {:?}, the parser made {:?}\n in: {:?}\nout: {:?}",
+                *w as char,
+                s.output[i] as char,
+                String::from_utf8_lossy(&s.input),
+                String::from_utf8_lossy(&s.output)
+            );
+        }
+    }
+    // The retransmissions in one segment: as the model says with the cuts
+    // inside them gone, which only changes denied verbs across those cuts.
+    for (from, again) in &s.regrouped {
+        let (from, to) = (*from, from + again.len());
+        let cut = |c: usize| s.cuts.contains(&c) && (c <= from || c >= to);
+        for (k, &got) in again.iter().enumerate() {
+            let i = from + k;
+            let want = match (m.want[i], m.verb_of[i]) {
+                (None, _) => {
+                    // Not judged: at most a verb byte masked that a cut kept.
+                    assert!(
+                        got == s.output[i]
+                            || (got == b'X'
+                                && matches!(
+                                    s.states[i],
+                                    cstate::LINE_START | cstate::VERB | cstate::VERB_MASKED
+                                )),
+                        "byte {i} retransmitted in one segment from {from} to {to} became {got:#x}"
+                    );
+                    continue;
+                }
+                (Some(_), Some(v)) if !m.verbs[v].allowed => {
+                    let v = &m.verbs[v];
+                    let keep = kept(&s.input[v.at.clone()], v.at.start, &policies[v.policy], cut);
+                    if i < v.at.start + keep {
+                        s.input[i]
+                    } else {
+                        b'X'
+                    }
+                }
+                (Some(w), _) => w,
+            };
+            assert_eq!(
+                got, want,
+                "byte {i} retransmitted in one segment from {from} to {to}: the model wants {:?}",
+                want as char
+            );
+        }
+    }
 }
 
 /// A server segment through `feed_server`, checked against a
@@ -308,7 +543,9 @@ fuzz_target!(|data: &[u8]| {
     // Banner masking and EHLO filtering off, from bits the policies leave.
     let cfg =
         ((data[2] >> 7) as u32 * CFG_MASK_BANNER) | ((data[5] >> 7) as u32 * CFG_NO_EHLO_FILTER);
+    let policy_keys = [keys(&policies[0]), keys(&policies[1])];
     let mut which = 0;
+    let mut stream = Stream::default();
     let mut shared = Shared::default();
     let mut client = ClientState::default();
     let mut server = ServerState::default();
@@ -321,9 +558,10 @@ fuzz_target!(|data: &[u8]| {
                     &mut server,
                     REPLIES[(op & 0x1f) as usize],
                     &mut shared,
-                    &policies[which],
+                    &policy_keys[which],
                     cfg,
                 );
+                stream.recent.clear();
                 continue;
             }
             0b111 => COMMANDS[(op & 0x1f) as usize],
@@ -332,20 +570,23 @@ fuzz_target!(|data: &[u8]| {
                 let (seg, tail) = rest.split_at(n);
                 rest = tail;
                 if op & 0x80 != 0 {
-                    server_segment(&mut server, seg, &mut shared, &policies[which], cfg);
+                    server_segment(&mut server, seg, &mut shared, &policy_keys[which], cfg);
+                    stream.recent.clear();
                     continue;
                 }
                 if op & 0x40 != 0 {
                     which ^= 1;
+                    stream.recent.clear();
                 }
                 seg
             }
         };
         let env = View {
-            keys: &policies[which],
+            keys: &policy_keys[which],
             shared: &shared,
         };
-        client_segment(&mut client, seg, &env);
+        client_segment(&mut client, seg, &env, which, &mut stream);
         shared.publish_client(&client);
     }
+    check_against_model(&stream, &policies);
 });

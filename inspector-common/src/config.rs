@@ -4,8 +4,11 @@
 /// Name of the pinned configuration map.
 pub const CONFIG_MAP: &str = "INSPECTOR_CONFIG";
 
-/// Drop payload packets of flows whose start was not seen (default: pass).
-pub const CFG_MIDSTREAM_DROP: u32 = 1;
+/// Pass payload packets of flows whose start was not seen, uninspected
+/// (default: drop them, docs/contract.md §6). A new bit, not the old
+/// `CFG_MIDSTREAM_DROP` (1) inverted: a configuration written by an older
+/// `inspector` reads as the safe default.
+pub const CFG_MIDSTREAM_PASS: u32 = 32;
 /// Pass IP fragments of possibly inspected flows (default: drop).
 pub const CFG_FRAGMENTS_PASS: u32 = 2;
 /// Monitor only: count and report, never modify or drop.
@@ -48,7 +51,9 @@ pub const fn limit_action(flags: u32, rule: u8) -> u32 {
 pub struct Config {
     /// `CFG_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// Flows one client address may have in the table; 0 means
+    /// `flow::DEFAULT_MAX_FLOWS_PER_CLIENT`.
+    pub max_flows_per_client: u32,
 }
 
 /// Name of the per-verb counter map: `VERB_SLOTS * 2` per-CPU `u64`s, slot

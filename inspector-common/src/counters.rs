@@ -51,14 +51,20 @@ counters! {
     CommandsMasked => "commands_masked",
     /// Payload bytes replaced by `X` (in monitor mode: that would have been).
     BytesMasked => "bytes_masked",
-    /// Flows whose SYN was seen and that got a table entry.
+    /// Flows whose handshake was seen complete and that got a table entry.
     FlowsCreated => "flows_created",
+    /// New flows refused: the flow table was full, or the client address had its maximum of flows (its SYN dropped, or its handshake's last ACK turned into a RST to the server).
+    FlowsRefused => "flows_refused",
     /// Flows that ended with FIN or RST.
     FlowsClosed => "flows_closed",
     /// Flow entries removed by `inspector attach` after close or idle timeout (written by userspace).
     FlowsExpired => "flows_expired",
-    /// Payload packets of flows whose start was not seen (passed, or dropped with --midstream drop).
+    /// Entries of closed or idle flows the kernel removed to make room in a full table (while the daemon was not there to expire them).
+    FlowsReclaimed => "flows_reclaimed",
+    /// Payload packets of flows whose start was not seen (dropped, or passed with --midstream pass).
     Midstream => "midstream",
+    /// Packets of the server's direction that did not come from the server's side (dropped, no flow state changed).
+    Spoofed => "spoofed",
     /// Segments starting beyond the next expected byte, dropped so the sender retransmits in order.
     OutOfOrderDrops => "out_of_order_drops",
     /// Retransmissions re-inspected from the checkpoint and masked as the original was.

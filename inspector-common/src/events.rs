@@ -23,6 +23,12 @@ pub mod kind {
     /// A limit matched (the `reason` names the rule); its action, if not
     /// `log`, has an event of its own.
     pub const LIMIT: u8 = 6;
+    /// A packet of the server's direction came from elsewhere than the
+    /// server's side (the `reason` says how that was told); it was dropped
+    /// and changed no flow state.
+    pub const SPOOFED: u8 = 7;
+    /// A new flow was refused (the `reason` says why).
+    pub const REFUSED: u8 = 8;
 }
 
 /// Why a segment was dropped (`Event::reason`).
@@ -46,6 +52,25 @@ pub mod reason {
     pub const FLOW_DROPPED: u8 = 12;
     /// More than 100 RCPT commands in one transaction (the RCPT limit).
     pub const TOO_MANY_RCPTS: u8 = 13;
+    /// Spoofed: the route back to the claimed sender leaves through another
+    /// interface than the one the packet came in on.
+    pub const WRONG_INTERFACE: u8 = 14;
+    /// Spoofed: the packet's source MAC is not the next hop the kernel's
+    /// neighbour table gives for the claimed sender (one interface, two sides).
+    pub const WRONG_MAC: u8 = 15;
+    /// Spoofed: the kernel has no neighbour entry for the claimed sender, so
+    /// its side cannot be told.
+    pub const NO_NEIGHBOUR: u8 = 16;
+    /// Spoofed: the claimed sender is not reachable through this host (a
+    /// local address, unroutable, or blackholed).
+    pub const NOT_ROUTED: u8 = 17;
+    /// Spoofed: on a host that does not forward, the packet belongs to no
+    /// connection of this host.
+    pub const NO_SOCKET: u8 = 18;
+    /// Refused: the flow table is full.
+    pub const TABLE_FULL: u8 = 19;
+    /// Refused: the client address has its maximum of flows.
+    pub const CLIENT_CAP: u8 = 20;
 }
 
 #[repr(C)]

@@ -1,5 +1,10 @@
 //! Per-flow state, shared by both directions and every interface the
-//! program is attached to, in an LRU hash keyed by [`FlowKey`].
+//! program is attached to, in a hash keyed by [`FlowKey`]. An entry is made
+//! only when a handshake completes (the client's ACK of a SYN-ACK believed
+//! from the server's side); until then the handshake waits in a small LRU
+//! map of its own ([`Handshake`]), so SYNs that never complete cannot fill
+//! the flow table, and nothing evicts an inspected flow to make room
+//! (docs/contract.md §6).
 //!
 //! Concurrency: the client-to-server and server-to-client packets of one flow
 //! may be processed at the same time on two CPUs (two interfaces, two RX
@@ -15,6 +20,68 @@ use crate::smtp::{ClientState, ServerState, Shared};
 pub const FLOWS_MAP: &str = "INSPECTOR_FLOWS";
 /// Default capacity of the flow table.
 pub const DEFAULT_MAX_FLOWS: u32 = 65536;
+
+/// How long a closed flow's entry stays, in seconds (late retransmissions
+/// of the last segments must still be re-inspected, not passed as
+/// midstream). `inspector attach` expires it then; the kernel reclaims it
+/// if it needs the room.
+pub const CLOSED_GRACE_SECS: u64 = 60;
+/// How long an idle flow's entry stays, in seconds. SMTP servers time out
+/// idle clients after 5 minutes (Postfix smtpd_timeout) and RFC 5321 lets a
+/// client wait 10 minutes for the end-of-data reply.
+pub const IDLE_TIMEOUT_SECS: u64 = 20 * 60;
+
+/// Whether the entry `f` may go at time `now` (ns, CLOCK_MONOTONIC): closed
+/// for [`CLOSED_GRACE_SECS`], or idle for [`IDLE_TIMEOUT_SECS`].
+#[inline(always)]
+pub fn reclaimable(f: &Flow, now: u64) -> bool {
+    let mut last = f.created_ns;
+    if f.client.cur.last_ns > last {
+        last = f.client.cur.last_ns;
+    }
+    if f.server.cur.last_ns > last {
+        last = f.server.cur.last_ns;
+    }
+    let idle = now.saturating_sub(last);
+    let closed = (f.client.cur.flags | f.server.cur.flags) & (DIR_FIN | DIR_RST) != 0;
+    (closed && idle >= CLOSED_GRACE_SECS * 1_000_000_000)
+        || idle >= IDLE_TIMEOUT_SECS * 1_000_000_000
+}
+
+/// Name of the pinned map of handshakes in progress (an LRU).
+pub const HANDSHAKES_MAP: &str = "INSPECTOR_HANDSHAKES";
+/// Capacity of the handshake map. A flood of SYNs only pushes older
+/// handshakes out of it: an honest one is lost only if more SYNs than this
+/// pass between its SYN and its ACK (one round trip), and its client retries.
+pub const HANDSHAKE_ENTRIES: u32 = 16384;
+
+/// Name of the pinned map of live (not closed) flows per client address.
+pub const CLIENT_FLOWS_MAP: &str = "INSPECTOR_CLIENT_FLOWS";
+/// Default cap on the flows one client address may have in the table. Real
+/// MTAs stay far below: Postfix's server limits a client to 50 concurrent
+/// connections by default (smtpd_client_connection_count_limit), Exchange
+/// to 20 per source, and a sending Postfix opens at most 20 to one
+/// destination; 256 leaves room for a NAT gateway in front of many
+/// submission clients, and keeps one address from holding more than a
+/// 256th of the default table.
+pub const DEFAULT_MAX_FLOWS_PER_CLIENT: u32 = 256;
+
+/// A handshake in progress: the client's SYN was seen, its sequence numbers
+/// are kept until its ACK completes the handshake.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handshake {
+    /// The client's next sequence number (its ISN + 1).
+    pub client_next: u32,
+    /// The server's next sequence number (its ISN + 1), once `HS_SYN_ACK`.
+    pub server_next: u32,
+    /// `HS_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// A SYN-ACK believed from the server's side answered the SYN.
+pub const HS_SYN_ACK: u32 = 1;
 
 /// A flow, oriented client to server whatever the packet's direction. IPv4
 /// addresses are stored as IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`).

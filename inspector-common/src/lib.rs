@@ -15,10 +15,13 @@ pub mod scan;
 pub mod smtp;
 pub mod verbs;
 
-/// `aya::Pod` for every type that crosses the kernel/user boundary. All are
-/// `#[repr(C)]` plain data without padding-dependent meaning.
+/// `aya::Pod` for every type that crosses the kernel/user boundary.
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: each type is `#[repr(C)]`, made only of integers and arrays of
+    // integers (no references, no enums with invalid bit patterns), so any
+    // bytes the kernel writes are a valid value, and none has padding whose
+    // content would matter.
     unsafe impl aya::Pod for crate::verbs::PolicyEntry {}
     unsafe impl aya::Pod for crate::config::Config {}
     unsafe impl aya::Pod for crate::flow::FlowKey {}

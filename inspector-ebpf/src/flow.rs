@@ -1,5 +1,14 @@
-//! The flow table: finding a segment's flow, creating it on a SYN, and each
-//! direction's bookkeeping (acknowledgements, FIN, RST, the reset mark).
+//! The flow table: finding a segment's flow, admitting it when its
+//! handshake completes, and each direction's bookkeeping (acknowledgements,
+//! FIN, RST, the reset mark).
+//!
+//! Admission (docs/contract.md §6): a client's SYN only records a
+//! handshake in `HANDSHAKES`, an LRU of its own; the SYN-ACK, believed from
+//! the server's side, adds the server's sequence number; the client's ACK of
+//! it makes the flow's entry. A spoofed SYN flood never completes, so it
+//! only churns the handshake map. The table is a plain hash: when it is
+//! full, or the client address already has its maximum of flows, the new
+//! flow is refused; no entry is ever evicted to make room.
 //!
 //! An entry is shared by two CPUs: the client-to-server and the
 //! server-to-client packets of one flow may be inspected at the same time.
@@ -11,17 +20,27 @@
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    helpers::bpf_for_each_map_elem,
+};
 use inspector_common::{
     counters::Counter,
+    events::reason,
     flow::{
-        seq_diff, ClientDir, Cursor, Flow, FlowKey, ServerDir, DIR_ACKED, DIR_DROPPED, DIR_FIN,
-        DIR_RESET, DIR_RST, DIR_SYNCED,
+        reclaimable, seq_diff, ClientDir, Cursor, Flow, FlowKey, Handshake, ServerDir, DIR_ACKED,
+        DIR_DROPPED, DIR_FIN, DIR_RESET, DIR_RST, DIR_SYNCED, HS_SYN_ACK,
     },
     smtp::{ClientState, Shared, GATE_SLOTS},
 };
 
-use crate::{maps::FLOWS, report::count, workarea::WorkArea};
+use crate::{
+    maps::{max_flows_per_client, CLIENT_FLOWS, FLOWS, HANDSHAKES},
+    report::count,
+    workarea::WorkArea,
+};
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -138,7 +157,7 @@ impl Entry {
 /// Bookkeeping of a segment with TCP `flags` on its direction's cursor
 /// `cur` (`peer`: the other direction's): the first SYN-ACK starts the
 /// server's stream, acknowledgements advance, FIN and RST close (the first
-/// close of the flow is counted).
+/// close of the flow is counted). True if this segment is that first close.
 #[inline(always)]
 pub fn track(
     cur: &mut Cursor,
@@ -148,7 +167,7 @@ pub fn track(
     ack: u32,
     now: u64,
     server: bool,
-) {
+) -> bool {
     let closed_before = (cur.flags | flags_of(peer)) & (DIR_FIN | DIR_RST) != 0;
     if server && flags & (SYN | ACK) == (SYN | ACK) && cur.flags & DIR_SYNCED == 0 {
         // Only the first: a forged or late SYN-ACK must not move the stream.
@@ -162,7 +181,8 @@ pub fn track(
         }
         cur.flags |= DIR_ACKED;
     }
-    if flags & (FIN | RST) != 0 && !closed_before {
+    let closes = flags & (FIN | RST) != 0 && !closed_before;
+    if closes {
         count(Counter::FlowsClosed);
     }
     if flags & FIN != 0 {
@@ -175,6 +195,7 @@ pub fn track(
     // receiver then rejects (bad checksum, out of window) would otherwise
     // turn the rest of the flow into an uninspected midstream flow.
     // `inspector attach` expires closed and idle entries.
+    closes
 }
 
 /// The `DIR_*` flags of a cursor another CPU may be writing.
@@ -196,9 +217,9 @@ impl<Own: Half, Peer: Half> Side<'_, Own, Peer> {
     #[inline(always)]
     pub fn peer_acked(&self) -> Option<u32> {
         let cur = Peer::cursor_of(self.peer);
-        // Read whether it is valid or not: a value the `None` path leaves
-        // unwritten may be spilled to the stack, which the verifier refuses
-        // (`!read_ok`).
+        // Loaded on both paths: an `Option` whose payload register is
+        // undefined when `None` may be spilled as it is, and the verifier
+        // refuses to read an unset register (TC program, "R4 !read_ok").
         // SAFETY: as in `flags_of`.
         let acked = unsafe { read_volatile(addr_of!((*cur).acked)) };
         if flags_of(cur) & DIR_ACKED == 0 {
@@ -258,24 +279,28 @@ impl ClientSide<'_> {
 
     /// The inspector resets the flow: later client segments are answered
     /// with a RST, and the entry counts as closed and expires like any
-    /// closed flow.
+    /// closed flow. True if this closes the flow.
     #[inline(always)]
-    pub fn mark_reset(&mut self) {
-        if !self.closed() {
+    pub fn mark_reset(&mut self) -> bool {
+        let closes = !self.closed();
+        if closes {
             count(Counter::FlowsClosed);
         }
         self.own.cur.flags |= DIR_RESET | DIR_RST;
+        closes
     }
 
     /// A limit's drop-connection action: every later segment of the flow,
     /// both ways, is dropped; the entry counts as closed and expires like
-    /// any closed flow.
+    /// any closed flow. True if this closes the flow.
     #[inline(always)]
-    pub fn mark_dropped(&mut self) {
-        if !self.closed() {
+    pub fn mark_dropped(&mut self) -> bool {
+        let closes = !self.closed();
+        if closes {
             count(Counter::FlowsClosed);
         }
         self.own.cur.flags |= DIR_DROPPED | DIR_RST;
+        closes
     }
 }
 
@@ -302,30 +327,235 @@ impl ServerSide<'_> {
     }
 }
 
-/// A client's SYN: a new entry for the work area's key, unless a live flow
-/// has it (a retransmitted SYN, or a stray one inside a live flow, keeps its
-/// state: a forged SYN must not reset the parser).
+/// Whether the entry at `f` is of a live flow (neither side closed it).
 #[inline(always)]
-pub fn create(w: &mut WorkArea, seq: u32, now: u64) {
+fn live(f: *const Flow) -> bool {
+    // SAFETY: field projections into a live entry.
+    let (c, s) = unsafe { (addr_of!((*f).client.cur), addr_of!((*f).server.cur)) };
+    (flags_of(c) | flags_of(s)) & (DIR_FIN | DIR_RST) == 0
+}
+
+impl Entry {
+    /// Whether the flow is live (neither side closed it).
+    #[inline(always)]
+    pub fn live(&self) -> bool {
+        live(self.0)
+    }
+}
+
+/// Flows of `client` in the table, as counted (see `maps::CLIENT_FLOWS`).
+#[inline(always)]
+fn client_flows(client: &[u8; 16]) -> u64 {
+    match CLIENT_FLOWS.get_ptr(client) {
+        // SAFETY: a live map value; one aligned 64-bit load.
+        Some(p) => unsafe { read_volatile(p) },
+        None => 0,
+    }
+}
+
+/// Why a new flow is refused (an event reason), or 0.
+pub type Refusal = u8;
+
+/// A client's SYN: the handshake is remembered in `HANDSHAKES` until the
+/// client's ACK completes it. A live flow's entry is left as it is (a
+/// retransmitted SYN, or a forged one inside a live flow, must not reset
+/// the parser). Refused if the client already has its maximum of flows.
+#[inline(always)]
+pub fn syn(w: &mut WorkArea, seq: u32) -> Refusal {
     let key = &w.packet.key;
-    if let Some(old) = FLOWS.get_ptr(key) {
-        // SAFETY: field projections into a live entry.
-        let (c, s) = unsafe { (addr_of!((*old).client.cur), addr_of!((*old).server.cur)) };
-        if (flags_of(c) | flags_of(s)) & (DIR_FIN | DIR_RST) == 0 {
-            return;
+    if let Some(f) = FLOWS.get_ptr(key) {
+        if live(f) {
+            return 0;
         }
-        let _ = FLOWS.remove(key);
+    }
+    if let Some(h) = HANDSHAKES.get_ptr(key) {
+        // A retransmitted SYN (the SYN-ACK may be on its way, or lost to
+        // the client) keeps what the handshake learnt.
+        // SAFETY: a live map value; one aligned 32-bit load.
+        if unsafe { read_volatile(addr_of!((*h).client_next)) } == seq.wrapping_add(1) {
+            return 0;
+        }
+    }
+    if client_flows(&key.client) >= max_flows_per_client() {
+        return reason::CLIENT_CAP;
+    }
+    let h = Handshake {
+        client_next: seq.wrapping_add(1),
+        ..Handshake::default()
+    };
+    let _ = HANDSHAKES.insert(key, &h, 0);
+    0
+}
+
+/// A SYN-ACK believed from the server's side (`side.rs` checked it): the
+/// server's sequence numbers, if it answers the SYN of a handshake in
+/// progress. The first one only.
+#[inline(always)]
+pub fn syn_ack(key: &FlowKey, seq: u32, ack: u32) {
+    let Some(h) = HANDSHAKES.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a live map value; the handshake's two directions write
+    // different words (the client direction only removes the entry).
+    unsafe {
+        if (*h).flags & HS_SYN_ACK == 0 && (*h).client_next == ack {
+            (*h).server_next = seq.wrapping_add(1);
+            (*h).flags |= HS_SYN_ACK;
+        }
+    }
+}
+
+/// A client segment with ACK and no entry of a live flow: if it completes
+/// a handshake in progress (it acknowledges exactly the believed SYN-ACK,
+/// at the SYN's next sequence number), the flow gets its entry, both
+/// directions synchronised. A closed flow's entry with the same key is
+/// replaced. Returns a refusal if the table is full or the client has its
+/// maximum of flows; 0 otherwise (admitted, or no handshake to complete).
+#[inline(always)]
+pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64) -> Refusal {
+    let key = &w.packet.key;
+    let Some(h) = HANDSHAKES.get_ptr(key) else {
+        return 0;
+    };
+    // SAFETY: a live map value, copied out before the entry is removed.
+    let h = unsafe { *h };
+    if h.flags & HS_SYN_ACK == 0 || h.client_next != seq || h.server_next != ack {
+        return 0;
+    }
+    let _ = HANDSHAKES.remove(key);
+    // Replacing a closed entry of the same key takes no new slot.
+    let replacing = FLOWS.get_ptr(key).is_some();
+    if client_flows(&key.client) >= max_flows_per_client() {
+        return reason::CLIENT_CAP;
     }
     let flow = &mut w.new_flow;
     *flow = Flow::default();
     flow.created_ns = now;
-    flow.client.cur.next_seq = seq.wrapping_add(1);
+    flow.client.cur.next_seq = seq;
     flow.client.cur.flags = DIR_SYNCED;
     flow.client.cur.last_ns = now;
+    flow.server.cur.next_seq = ack;
+    flow.server.cur.flags = DIR_SYNCED;
+    flow.server.cur.last_ns = now;
+    let mode = if replacing { BPF_EXIST } else { BPF_NOEXIST };
     if FLOWS
-        .insert(&w.packet.key, &w.new_flow, BPF_NOEXIST as u64)
-        .is_ok()
+        .insert(&w.packet.key, &w.new_flow, mode as u64)
+        .is_err()
+        && !(reclaim(w, now)
+            && FLOWS
+                .insert(&w.packet.key, &w.new_flow, BPF_NOEXIST as u64)
+                .is_ok())
     {
-        count(Counter::FlowsCreated);
+        return reason::TABLE_FULL;
+    }
+    count(Counter::FlowsCreated);
+    add_client_flow(&w.packet.key.client);
+    0
+}
+
+/// How often one CPU may search a full table for an entry to reclaim: the
+/// search walks the table, which a client must not be able to make every
+/// SYN pay for.
+const RECLAIM_EVERY_NS: u64 = 1_000_000_000;
+
+/// What the reclaim callback gets: the work area (where it writes the key
+/// it found) and the time.
+#[repr(C)]
+struct ReclaimCtx {
+    area: *mut WorkArea,
+    now: u64,
+}
+
+/// The table is full: removes one entry that may go (closed for
+/// `CLOSED_GRACE_SECS`, or idle for `IDLE_TIMEOUT_SECS`, the same rule as
+/// `inspector attach`'s expiry) to make room, so that the kernel side alone
+/// never refuses every new flow because dead entries filled the table while
+/// the daemon was down (docs/contract.md §6). A live flow is never taken.
+/// At most one search per second per CPU. True if an entry was removed.
+#[inline(always)]
+fn reclaim(w: &mut WorkArea, now: u64) -> bool {
+    if now.wrapping_sub(w.last_reclaim_ns) < RECLAIM_EVERY_NS && w.last_reclaim_ns != 0 {
+        return false;
+    }
+    w.last_reclaim_ns = now;
+    let mut ctx = ReclaimCtx {
+        area: w as *mut WorkArea,
+        now,
+    };
+    // SAFETY: `FLOWS` is a map definition the loader relocates; `ctx`
+    // outlives the call, and the callback uses it only while this waits.
+    let found = unsafe {
+        bpf_for_each_map_elem(
+            addr_of!(FLOWS) as *mut c_void,
+            reclaim_cb as *mut c_void,
+            &mut ctx as *mut ReclaimCtx as *mut c_void,
+            0,
+        )
+    };
+    // The helper returns how many entries it visited; the callback stops
+    // at the first that may go and marks it by setting `now` to 0.
+    if found <= 0 || ctx.now != 0 {
+        return false;
+    }
+    let key = w.reclaim_key;
+    // An idle flow that never closed still counts for its client.
+    let was_live = FLOWS.get_ptr(&key).is_some_and(live);
+    if FLOWS.remove(&key).is_err() {
+        return false;
+    }
+    if was_live {
+        client_flow_closed(&key.client);
+    }
+    count(Counter::FlowsReclaimed);
+    true
+}
+
+/// The `bpf_for_each_map_elem` callback of [`reclaim`].
+unsafe extern "C" fn reclaim_cb(
+    _map: *mut c_void,
+    key: *const FlowKey,
+    value: *const Flow,
+    ctx: *mut c_void,
+) -> i64 {
+    let ctx = ctx as *mut ReclaimCtx;
+    // SAFETY: the helper hands over a live entry of the table and the
+    // context `reclaim` made, whose work-area pointer is this CPU's entry.
+    unsafe {
+        if !reclaimable(&*value, (*ctx).now) {
+            return 0;
+        }
+        (*(*ctx).area).reclaim_key = *key;
+        (*ctx).now = 0;
+    }
+    1
+}
+
+/// One flow of `client` closed: it no longer counts against the cap (its
+/// entry stays until it expires, for late retransmissions). Not atomic, as
+/// in `add_client_flow`; a lost update is corrected by the next recount.
+#[inline(always)]
+pub fn client_flow_closed(client: &[u8; 16]) {
+    if let Some(p) = CLIENT_FLOWS.get_ptr_mut(client) {
+        // SAFETY: a live map value, one aligned word.
+        unsafe {
+            let n = read_volatile(p);
+            write_volatile(p, n.saturating_sub(1));
+        }
+    }
+}
+
+/// One more flow for `client` in `CLIENT_FLOWS`.
+#[inline(always)]
+fn add_client_flow(client: &[u8; 16]) {
+    if CLIENT_FLOWS.insert(client, &1, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    if let Some(p) = CLIENT_FLOWS.get_ptr_mut(client) {
+        // SAFETY: a live map value, one aligned word. Not atomic (the BPF
+        // target has no atomic read-modify-write in Rust's core): two flows
+        // of one client admitted at the same instant on two CPUs may count
+        // as one, which only loosens the cap until `inspector attach`
+        // recounts.
+        unsafe { write_volatile(p, read_volatile(p) + 1) };
     }
 }

@@ -13,7 +13,9 @@
 //!   bounds come from `access.rs`, where every verifier workaround lives;
 //! - `segment.rs`: the per-segment decision for each direction (in order,
 //!   retransmitted, out of order; pass, drop, reset), on the flow entry that
-//!   `flow.rs` finds, creates and keeps (one half per direction);
+//!   `flow.rs` finds, creates and keeps (one half per direction), once
+//!   `side.rs` believes a server-direction packet came from the server's
+//!   side;
 //! - `stream.rs`: runs the shared parser of `inspector-common` over the
 //!   payload, chunk by chunk, from `bpf_loop` callbacks;
 //! - `mask.rs`: writes the masks into the packet and fixes the checksum
@@ -38,6 +40,7 @@ mod packet;
 mod report;
 mod rst;
 mod segment;
+mod side;
 mod stream;
 mod workarea;
 

@@ -10,7 +10,10 @@ use inspector_common::{
     config::Config,
     counters::COUNTER_COUNT,
     events::EVENTS_BYTES,
-    flow::{Flow, FlowKey, DEFAULT_MAX_FLOWS},
+    flow::{
+        Flow, FlowKey, Handshake, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_PER_CLIENT,
+        HANDSHAKE_ENTRIES,
+    },
     policy::POLICY_ENTRIES,
     ports::{port_slot, PORT_WORDS},
     verbs::{PolicyEntry, VerbKey, VERB_SLOTS},
@@ -34,11 +37,24 @@ static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map(name = "INSPECTOR_POLICY")]
 pub static POLICY: HashMap<VerbKey, PolicyEntry> = HashMap::with_max_entries(POLICY_ENTRIES, 0);
 
-/// Flow table (see `flow.rs`). LRU: under pressure the least recently used
-/// flow is evicted, and its later packets count as midstream (passed or
-/// dropped by config).
+/// Flow table (see `flow.rs`). A plain hash, not an LRU: nothing evicts an
+/// inspected flow to make room; a new flow is refused when it is full.
+/// `inspector attach` sets its size and expires closed and idle entries.
 #[map(name = "INSPECTOR_FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Handshakes in progress (see `flow.rs`). An LRU: SYNs that never complete
+/// only push one another out, never a flow.
+#[map(name = "INSPECTOR_HANDSHAKES")]
+pub static HANDSHAKES: LruHashMap<FlowKey, Handshake> =
+    LruHashMap::with_max_entries(HANDSHAKE_ENTRIES, 0);
+
+/// Flows in the table per client address (IPv4-mapped for IPv4), for the
+/// per-client cap. The kernel adds; `inspector attach` recounts after each
+/// expiry pass (see `inspector-userspace/src/flows.rs`). As large as the
+/// flow table: there cannot be more clients than flows.
+#[map(name = "INSPECTOR_CLIENT_FLOWS")]
+pub static CLIENT_FLOWS: HashMap<[u8; 16], u64> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// Run-time configuration (one entry).
 #[map(name = "INSPECTOR_CONFIG")]
@@ -78,5 +94,14 @@ pub fn config() -> u32 {
     match CONFIG.get(0) {
         Some(c) => c.flags,
         None => 0,
+    }
+}
+
+/// The flows one client address may have in the table.
+#[inline(always)]
+pub fn max_flows_per_client() -> u64 {
+    match CONFIG.get(0) {
+        Some(c) if c.max_flows_per_client != 0 => c.max_flows_per_client as u64,
+        _ => DEFAULT_MAX_FLOWS_PER_CLIENT as u64,
     }
 }

@@ -44,6 +44,9 @@ pub trait Packet {
     /// hook: TC egress of a packet that was forwarded, hence seen on the
     /// ingress of the interface it came in on.
     fn seen_on_ingress(&self) -> bool;
+    /// The interface the packet came in on; 0 if this host made it (TC
+    /// egress of a local packet), the one case with no outside sender.
+    fn ingress_ifindex(&self) -> u32;
     /// The verdict that sends the (rewritten) packet back out of the
     /// interface it came in on.
     fn bounce(&self) -> u32;
@@ -130,6 +133,12 @@ impl Packet for XdpContext {
         false
     }
     #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: `self.ctx` is this invocation's xdp_md, which the program
+        // may read.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+    #[inline(always)]
     fn bounce(&self) -> u32 {
         xdp_action::XDP_TX
     }
@@ -204,6 +213,13 @@ impl Packet for TcContext {
         let (ingress, ifindex) =
             unsafe { ((*self.skb.skb).ingress_ifindex, (*self.skb.skb).ifindex) };
         ingress != 0 && ingress != ifindex
+    }
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // 0 on egress for a packet this host made; the arrival interface on
+        // ingress (forwarded packets on egress never get this far).
+        // SAFETY: as in `seen_on_ingress`.
+        unsafe { (*self.skb.skb).ingress_ifindex }
     }
     #[inline(always)]
     fn bounce(&self) -> u32 {

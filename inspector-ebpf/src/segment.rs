@@ -5,7 +5,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use inspector_common::{
     config::{action, limit_action},
-    config::{CFG_MIDSTREAM_DROP, CFG_MONITOR},
+    config::{CFG_MIDSTREAM_PASS, CFG_MONITOR},
     counters::Counter,
     events::{kind, reason},
     flow::{classify, expected_after, SegClass, DIR_DROPPED, DIR_RESET, DIR_SYNCED},
@@ -19,7 +19,7 @@ use crate::{
     mask,
     packet::Packet,
     report::{self, count, count_n, send},
-    rst, stream,
+    rst, side, stream,
     workarea::WorkArea,
 };
 
@@ -71,14 +71,47 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     let monitor = cfg & CFG_MONITOR != 0;
     w.packet.monitor = monitor as u32;
 
-    if client_side && flags & (SYN | ACK) == SYN {
-        flow::create(w, seq, now);
+    if !client_side {
+        // Before anything of the flow is read or written: a forged server
+        // packet must not move sequence numbers, acknowledgements, replies
+        // or the SYN-ACK (docs/contract.md §9).
+        let why = side::check_server(ctx, &w.packet.tcp, &mut w.lookup);
+        if why != 0 {
+            count(Counter::Spoofed);
+            send(w, kind::SPOOFED, why, OTHER);
+            return drop::<P>(monitor);
+        }
     }
-    let Some(entry) = flow::lookup(&w.packet.key) else {
+    if client_side && flags & (SYN | ACK) == SYN {
+        let why = flow::syn(w, seq);
+        if why != 0 {
+            // The SYN is dropped: the client retries later.
+            return refuse::<P>(w, why, monitor);
+        }
+    } else if !client_side && flags & (SYN | ACK) == SYN | ACK {
+        flow::syn_ack(&w.packet.key, seq, ack);
+    }
+    let mut found = flow::lookup(&w.packet.key);
+    if client_side && flags & (SYN | ACK) == ACK && !found.as_ref().is_some_and(|e| e.live()) {
+        let why = flow::complete(w, seq, ack, now);
+        if why != 0 {
+            // The server has accepted the connection: the handshake's last
+            // ACK becomes a RST to it, so that it lets go at once.
+            let v = refuse::<P>(w, why, monitor);
+            if monitor || !rst::rewrite(ctx, w, false) {
+                return v;
+            }
+            return P::PASS;
+        }
+        found = flow::lookup(&w.packet.key);
+    }
+    let Some(entry) = found else {
         return midstream::<P>(w, payload_len, cfg, monitor);
     };
     let (cur, peer) = entry.cursors(client_side);
-    flow::track(cur, peer, flags, seq, ack, now, !client_side);
+    if flow::track(cur, peer, flags, seq, ack, now, !client_side) {
+        flow::client_flow_closed(&w.packet.key.client);
+    }
     let client_flags = if client_side {
         cur.flags
     } else {
@@ -162,6 +195,15 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     }
 }
 
+/// A new flow refused (`why`: an event reason): counted, reported, its
+/// segment dropped unless in monitor mode.
+#[inline(always)]
+fn refuse<P: Packet>(w: &WorkArea, why: u8, monitor: bool) -> u32 {
+    count(Counter::FlowsRefused);
+    send(w, kind::REFUSED, why, OTHER);
+    drop::<P>(monitor)
+}
+
 /// The event reason of a drop counter.
 #[inline(always)]
 fn reason_of(c: Counter) -> u8 {
@@ -187,19 +229,22 @@ fn drop<P: Packet>(monitor: bool) -> u32 {
     P::DROP
 }
 
-/// Payload of a flow whose start was not seen: passed, or dropped if so
-/// configured (docs/contract.md §6).
+/// Payload of a flow whose start was not seen: dropped, or passed
+/// uninspected if so configured (docs/contract.md §6). It cannot be read
+/// safely (it may be in the middle of a message body), and a client can make
+/// its own entry disappear, so passing it is never the default.
 #[inline(always)]
 fn midstream<P: Packet>(w: &WorkArea, payload_len: u32, cfg: u32, monitor: bool) -> u32 {
     if payload_len == 0 {
         return P::PASS;
     }
     count(Counter::Midstream);
-    send(w, kind::MIDSTREAM, reason::MIDSTREAM, OTHER);
-    if cfg & CFG_MIDSTREAM_DROP != 0 {
-        return drop::<P>(monitor);
+    if cfg & CFG_MIDSTREAM_PASS != 0 {
+        send(w, kind::MIDSTREAM, reason::MIDSTREAM, OTHER);
+        return P::PASS;
     }
-    P::PASS
+    send(w, kind::DROPPED, reason::MIDSTREAM, OTHER);
+    drop::<P>(monitor)
 }
 
 /// A client segment: parsed in order, re-inspected if it is a
@@ -226,18 +271,24 @@ fn client<P: Packet>(
             w.parser.client = own.state;
             stream::run_client(ctx, w, 0, len);
             if w.parser.held != 0 {
-                if own.state.state != cstate::AWAIT_GATE {
-                    // The command that opened the gate is in this very
-                    // segment, with bytes after it: the server cannot get
-                    // the command without them, and they cannot be judged
-                    // before its reply. No retransmission can fix that.
-                    if w.parser.reset == 0 {
-                        // (A masked BDAT before it keeps its own reason.)
-                        w.parser.reset = reason::BYTES_BEFORE_REPLY as u32;
-                    }
-                    return reset(side, w);
+                // Held at the segment's first byte: the gate it starts
+                // behind has no reply yet, and the retransmission will pass
+                // once it has. Held later: the command that opened the gate
+                // is in this very segment (possibly after the reply to an
+                // earlier gate, as a SASL line after the 334 to AUTH), with
+                // bytes after it: the server cannot get the command without
+                // them, and they cannot be judged before its reply. No
+                // retransmission can fix that.
+                if own.state.state == cstate::AWAIT_GATE
+                    && w.parser.shared.gate_reply(own.state.gate_unit).is_none()
+                {
+                    return Verdict::Drop(Counter::AwaitingReplyDrops);
                 }
-                return Verdict::Drop(Counter::AwaitingReplyDrops);
+                if w.parser.reset == 0 {
+                    // (A masked BDAT before it keeps its own reason.)
+                    w.parser.reset = reason::BYTES_BEFORE_REPLY as u32;
+                }
+                return reset(side, w);
             }
             if let Some(v) = apply_limit(side, w) {
                 return v;
@@ -327,7 +378,9 @@ fn apply_limit(side: &mut ClientSide<'_>, w: &mut WorkArea) -> Option<Verdict> {
             None
         }
         action::DROP_CONNECTION => {
-            side.mark_dropped();
+            if side.mark_dropped() {
+                flow::client_flow_closed(&w.packet.key.client);
+            }
             Some(Verdict::Drop(Counter::FlowsDropped))
         }
         _ => None,
@@ -338,8 +391,8 @@ fn apply_limit(side: &mut ClientSide<'_>, w: &mut WorkArea) -> Option<Verdict> {
 /// to the server, and later client segments are answered with a RST.
 #[inline(always)]
 fn reset(side: &mut ClientSide<'_>, w: &WorkArea) -> Verdict {
-    if w.packet.monitor == 0 {
-        side.mark_reset();
+    if w.packet.monitor == 0 && side.mark_reset() {
+        flow::client_flow_closed(&w.packet.key.client);
     }
     Verdict::Reset
 }

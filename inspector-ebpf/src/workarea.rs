@@ -11,7 +11,10 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::bpf_loop;
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, bpf_sock_tuple},
+    helpers::bpf_loop,
+};
 use inspector_common::{
     flow::{Flow, FlowKey},
     smtp::{ClientState, Seg, ServerState, Shared},
@@ -44,6 +47,21 @@ pub struct WorkArea {
     pub hdr: [u8; 2 * HDR_MAX],
     /// A new flow entry is built here (too big for the stack).
     pub new_flow: Flow,
+    /// The parameters of the kernel lookups that tell a packet's side
+    /// (see `side.rs`); they would not fit beside `segment::inspect`'s frame.
+    pub lookup: Lookup,
+    /// The entry a reclaim pass found (see `flow::reclaim`).
+    pub reclaim_key: FlowKey,
+    /// When this CPU last searched the full table for an entry to reclaim;
+    /// kept from one invocation to the next (this CPU's entry of the map).
+    pub last_reclaim_ns: u64,
+}
+
+/// Route and socket lookup parameters (see `side.rs`).
+#[repr(C)]
+pub struct Lookup {
+    pub fib: bpf_fib_lookup,
+    pub tuple: bpf_sock_tuple,
 }
 
 /// The parser states and cursors of the segment being inspected.

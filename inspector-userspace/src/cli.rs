@@ -22,8 +22,9 @@ use inspector_userspace::{
         ports (default 25 and 587) and masks disallowed command verbs in place with `X`, \
         so the server answers 500 and the session goes on. Allowed by default, as on the \
         PIX/ASA: DATA HELO MAIL NOOP QUIT RCPT RSET AUTH EHLO ETRN HELP SAML SEND SOML VRFY.\n\n\
-        Exit status: 0 success, 1 error (one line on stderr says what and what to do), \
-        2 bad command line.",
+        Exit status: 0 success (also `detach` with nothing attached, and output into a \
+        pipe whose reader went away), 1 error (one line on stderr says what and what to \
+        do), 2 refused input: a bad option, value, verb or policy file.",
     after_help = "Examples:\n  \
         inspector attach --iface eth0 --iface eth1\n  \
         inspector stats\n  \
@@ -70,9 +71,12 @@ pub enum Command {
     /// Stream masked-command and drop events of a running `inspector attach`.
     ///
     /// One line per event: time, action (mask, drop, would-mask in monitor
-    /// mode), client and server address and port, the verb (printable
-    /// characters, first 8) and, for drops, the reason. Runs until
-    /// interrupted. Only one `events` reader should run at a time.
+    /// mode), client and server address and port, the verb (upper-cased,
+    /// printable characters, first 8) and, for drops, the reason. Runs
+    /// until interrupted. While `attach` runs, the events come from it
+    /// (starting with up to the last 256), and any number of readers may
+    /// run; without it, `events` reads the kernel's event ring itself, and
+    /// only one reader should run then.
     #[command(after_help = "Example:\n  inspector events --json | jq 'select(.action==\"mask\")'")]
     Events(EventsArgs),
     /// Print the counters of a running `inspector attach`.
@@ -84,6 +88,21 @@ pub enum Command {
         after_help = "Examples:\n  inspector stats\n  inspector stats --json | jq .packets_inspected"
     )]
     Stats(StatsArgs),
+    /// Print a shell completion script for SHELL on stdout.
+    #[command(after_help = "Examples:\n  \
+        inspector completions bash > /etc/bash_completion.d/inspector\n  \
+        inspector completions zsh > /usr/local/share/zsh/site-functions/_inspector")]
+    Completions(CompletionsArgs),
+    /// Print the man page inspector(8), in roff, on stdout.
+    #[command(after_help = "Example:\n  inspector man > /usr/local/share/man/man8/inspector.8")]
+    Man,
+}
+
+#[derive(Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 // The options structs carry no doc comment of their own: the subcommand's
@@ -120,8 +139,9 @@ pub struct AttachArgs {
     #[arg(long = "deny", value_name = "VERB")]
     pub deny: Vec<String>,
     /// What to do with payload of flows whose start the inspector did not
-    /// see (opened before it was attached, or evicted): `pass` them
-    /// untouched (counted as midstream; the default) or `drop` them.
+    /// see (opened before it was attached): `drop` them (the default: they
+    /// cannot be read safely, and the client retries) or `pass` them
+    /// uninspected. Both are counted as midstream.
     #[arg(long, value_enum)]
     pub midstream: Option<Action>,
     /// IP fragments of inspected flows cannot be inspected: `drop` them
@@ -151,8 +171,8 @@ pub struct AttachArgs {
     #[arg(long, value_enum, value_name = "ACTION")]
     pub rcpt_limit: Option<LimitAction>,
     /// Read settings from a TOML policy file (ports, allow/deny/allowed,
-    /// midstream, fragments, monitor, max_flows, ehlo_filter,
-    /// mask_banner); options given on the
+    /// midstream, fragments, monitor, max_flows, max_flows_per_client,
+    /// ehlo_filter, mask_banner, limits); options given on the
     /// command line apply on top. See README "Policy file".
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
@@ -160,10 +180,14 @@ pub struct AttachArgs {
     /// 127.0.0.1:9725 (GET /metrics).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
-    /// Flow table size (entries; least recently used flows are evicted
-    /// when it is full). Default 65536, about 38 MB.
+    /// Flow table size (entries). When it is full, new flows are refused
+    /// (flows_refused); no flow is evicted. Default 65536, about 35 MB.
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
+    /// Flows one client address may have in the table at once; more are
+    /// refused (flows_refused). Default 256, far above what a real MTA opens.
+    #[arg(long, value_name = "N")]
+    pub max_flows_per_client: Option<u32>,
     /// On SIGINT/SIGTERM, leave the programs attached and the maps
     /// pinned: the kernel keeps inspecting, and the next `attach` on the
     /// same pin dir takes over without losing flow state (upgrades,
@@ -189,6 +213,7 @@ impl AttachArgs {
             mask_banner: self.mask_banner.then_some(true),
             command_line_limit: self.command_line_limit,
             rcpt_limit: self.rcpt_limit,
+            max_flows_per_client: self.max_flows_per_client,
         }
     }
 }
@@ -232,15 +257,21 @@ pub enum PolicyAction {
         #[arg(long)]
         json: bool,
     },
-    /// Allow verbs (case-insensitive).
+    /// Allow verbs (case-insensitive), now; with --permanent also in the
+    /// policy file, so that the next start of `attach` keeps them.
     Allow {
         #[arg(required = true, value_name = "VERB")]
         verbs: Vec<String>,
+        #[command(flatten)]
+        permanent: Permanent,
     },
-    /// Mask verbs (case-insensitive).
+    /// Mask verbs (case-insensitive), now; with --permanent also in the
+    /// policy file.
     Deny {
         #[arg(required = true, value_name = "VERB")]
         verbs: Vec<String>,
+        #[command(flatten)]
+        permanent: Permanent,
     },
     /// Turn a filter of the server's side on or off, live (until the next
     /// `attach`, which applies its own options and policy file):
@@ -287,6 +318,23 @@ pub enum OnOff {
     Off,
 }
 
+/// Where a live change is also written, like firewalld's runtime and
+/// permanent configurations: without --permanent a change lasts until the
+/// next start of `attach`, which applies the policy file (and options).
+#[derive(Args)]
+pub struct Permanent {
+    /// Also write the change into the policy file (`allow`/`deny`, or the
+    /// `allowed` list if the file has one), comments and other keys kept.
+    #[arg(long)]
+    pub permanent: bool,
+    /// The policy file `attach --policy` reads.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_POLICY_FILE, requires = "permanent")]
+    pub policy: PathBuf,
+}
+
+/// The policy file of the systemd unit (deploy/inspector.service).
+pub const DEFAULT_POLICY_FILE: &str = "/etc/inspector/policy.toml";
+
 #[derive(Args)]
 pub struct EventsArgs {
     /// One JSON object per line.
@@ -299,8 +347,9 @@ pub struct EventsArgs {
 
 #[derive(Args)]
 pub struct StatsArgs {
-    /// Print one JSON object whose keys are the counter names.
-    #[arg(long, conflicts_with = "watch")]
+    /// Print one JSON object whose keys are the counter names (with
+    /// --watch: one object a line, with per-second rates).
+    #[arg(long)]
     pub json: bool,
     /// Refresh every SECS seconds with per-second rates, until Ctrl-C.
     #[arg(long, value_name = "SECS")]

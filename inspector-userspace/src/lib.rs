@@ -6,9 +6,13 @@
 
 pub mod events;
 pub mod flows;
+pub mod hooks;
+pub mod journal;
 pub mod links;
 pub mod loader;
 pub mod metrics;
+pub mod notify;
+pub mod permanent;
 pub mod pin;
 pub mod privilege;
 pub mod settings;

@@ -248,6 +248,39 @@ pub struct LinkSet {
     /// Links made by this run (the others were taken over).
     made: Vec<PathBuf>,
     taken_over: usize,
+    dropped: Vec<String>,
+}
+
+/// Fails if the kernel runs an inspector program on one of `ifaces` that
+/// is not one of the links pinned in `pin_dir` (which this run takes
+/// over): another `attach`, with another pin dir or mode, inspects that
+/// interface, and two would inspect (and mask) every packet twice.
+fn refuse_other_inspectors(pin_dir: &Path, ifaces: &[String]) -> Result<()> {
+    let ours = pinned(pin_dir)?;
+    for iface in ifaces {
+        let index = crate::hooks::ifindex(iface)?;
+        for found in crate::hooks::inspectors_on(iface, index)? {
+            let pinned_here = ours.iter().any(|e| {
+                &e.iface == iface
+                    && e.hook == found.hook
+                    && program_id(&e.path).ok() == Some(found.program_id)
+            });
+            if !pinned_here {
+                let what = match found.hook {
+                    Hook::Xdp => "an XDP program".to_string(),
+                    h => format!("a TCX program ({})", h.name()),
+                };
+                bail!(
+                    "interface `{iface}` already has {what} of another inspector (program {}, \
+                     not pinned in {}): two would inspect every packet twice; stop that one, or \
+                     `inspector detach --pin-dir` its pin dir, first",
+                    found.program_id,
+                    pin_dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 impl LinkSet {
@@ -268,10 +301,12 @@ impl LinkSet {
                 );
             }
         }
+        refuse_other_inspectors(pin_dir, ifaces)?;
         let mut out = LinkSet {
             links: Vec::new(),
             made: Vec::new(),
             taken_over: 0,
+            dropped: Vec::new(),
         };
         if let Err(e) = out.attach_all(ebpf, pin_dir, ifaces, mode) {
             // Leave nothing half-attached: undo the links this run made
@@ -283,7 +318,22 @@ impl LinkSet {
             }
             return Err(e);
         }
+        // Interfaces an earlier instance was attached to and this run does
+        // not name: the operator dropped them, so they are detached (only
+        // now, once everything named runs the new program).
+        for e in pinned(pin_dir)? {
+            if !ifaces.contains(&e.iface) {
+                remove(&e.path)?;
+                out.dropped.push(format!("{} ({})", e.iface, e.hook.name()));
+            }
+        }
         Ok(out)
+    }
+
+    /// The hooks of an earlier instance this run detached because its
+    /// interface was not named again, as `iface (hook)`.
+    pub fn dropped(&self) -> &[String] {
+        &self.dropped
     }
 
     fn attach_all(

@@ -12,7 +12,7 @@ use inspector_common::{
     config::{Config, CONFIG_MAP, VERB_COUNTERS_MAP},
     counters::COUNTERS_MAP,
     events::EVENTS_MAP,
-    flow::{DEFAULT_MAX_FLOWS, FLOWS_MAP},
+    flow::{CLIENT_FLOWS_MAP, DEFAULT_MAX_FLOWS, FLOWS_MAP, HANDSHAKES_MAP},
     policy::{entry_for, for_each_key, POLICY_MAP},
     ports::{port_slot, PORTS_MAP, PORT_WORDS},
     verbs::{key_of, PolicyEntry, VerbKey},
@@ -35,6 +35,8 @@ pub const MAP_NAMES: &[&str] = &[
     PORTS_MAP,
     POLICY_MAP,
     FLOWS_MAP,
+    HANDSHAKES_MAP,
+    CLIENT_FLOWS_MAP,
     CONFIG_MAP,
     EVENTS_MAP,
 ];
@@ -74,12 +76,14 @@ pub fn open(object: &[u8], pin_dir: Option<&Path>) -> Result<Ebpf> {
 /// Key and value sizes each map must have: a map pinned by another version
 /// with another layout must not be reused.
 fn expected_layout(name: &str) -> Option<(u32, u32)> {
-    use inspector_common::flow::{Flow, FlowKey};
+    use inspector_common::flow::{Flow, FlowKey, Handshake};
     use std::mem::size_of;
     Some(match name {
         COUNTERS_MAP | VERB_COUNTERS_MAP | PORTS_MAP => (4, 8),
         POLICY_MAP => (size_of::<VerbKey>() as u32, size_of::<PolicyEntry>() as u32),
         FLOWS_MAP => (size_of::<FlowKey>() as u32, size_of::<Flow>() as u32),
+        HANDSHAKES_MAP => (size_of::<FlowKey>() as u32, size_of::<Handshake>() as u32),
+        CLIENT_FLOWS_MAP => (16, 8),
         CONFIG_MAP => (4, size_of::<Config>() as u32),
         _ => return None,
     })
@@ -107,6 +111,13 @@ fn check_pinned(pin_dir: &Path, max_flows: u32) -> Result<()> {
                 );
             }
         }
+        // The flow table was an LRU before admission control.
+        if *name == FLOWS_MAP && !matches!(info.map_type(), Ok(aya::maps::MapType::Hash)) {
+            anyhow::bail!(
+                "pinned map {} is of another type (from another version of inspector); {again}",
+                path.display()
+            );
+        }
         if *name == FLOWS_MAP && info.max_entries() != max_flows {
             anyhow::bail!(
                 "the pinned flow table holds {} flows, {max_flows} were asked for; {again}",
@@ -125,6 +136,8 @@ pub fn open_with(object: &[u8], pin_dir: Option<&Path>, max_flows: Option<u32>) 
     }
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(FLOWS_MAP, max_flows);
+    // There cannot be more clients than flows.
+    loader.map_max_entries(CLIENT_FLOWS_MAP, max_flows);
     let paths: Vec<_> = pin_dir
         .map(|d| MAP_NAMES.iter().map(|n| (*n, d.join(n))).collect())
         .unwrap_or_default();
@@ -251,6 +264,38 @@ pub fn write_policy<T: std::borrow::BorrowMut<aya::maps::MapData>>(
             .with_context(|| format!("updating {POLICY_MAP}"))?;
     }
     Ok(())
+}
+
+/// The allowed verbs of a policy map (entries that are only prefixes of
+/// allowed verbs are not verbs of the policy).
+pub fn allowed_in<T: std::borrow::Borrow<aya::maps::MapData>>(
+    map: &aya::maps::HashMap<T, VerbKey, PolicyEntry>,
+) -> Vec<VerbKey> {
+    let mut v: Vec<VerbKey> = map
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(_, e)| e.flags & inspector_common::verbs::ALLOWED != 0)
+        .map(|(k, _)| k)
+        .collect();
+    v.sort();
+    v
+}
+
+/// The allowed verbs of the loaded object's policy map (for a takeover:
+/// the pinned map, as the running instance left it).
+pub fn policy_of(ebpf: &mut Ebpf) -> Result<Vec<VerbKey>> {
+    let map: aya::maps::HashMap<_, VerbKey, PolicyEntry> = aya::maps::HashMap::try_from(
+        ebpf.map_mut(POLICY_MAP)
+            .with_context(|| format!("the eBPF object has no map {POLICY_MAP}"))?,
+    )?;
+    Ok(allowed_in(&map))
+}
+
+/// A verb key as text (upper case, as the policy holds it).
+pub fn verb_text(k: VerbKey) -> String {
+    let mut t = [0u8; inspector_common::verbs::MAX_VERB];
+    let n = inspector_common::verbs::key_text(k, &mut t);
+    String::from_utf8_lossy(&t[..n]).into_owned()
 }
 
 /// Writes the run-time configuration word.

@@ -1,6 +1,6 @@
 //! Prometheus exposition of the counters (`attach --metrics ADDR`): GET
-//! /metrics (or /) answers the counters in text format 0.0.4, anything
-//! else 404.
+//! or HEAD /metrics, with any query string, answers the counters in text
+//! format 0.0.4; anything else is 404.
 //!
 //! The values are read from the pinned maps on each scrape, so there is no
 //! registry of live metrics: each scrape builds the metric families and the
@@ -40,9 +40,40 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// persistent failure does not spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// The snapshot as Prometheus metric families: `inspector_<counter>_total`
-/// for every counter, the flow gauges, and `inspector_commands_total` by
-/// verb and action.
+/// The Prometheus name of a `stats` counter: the convention puts the unit
+/// last (`inspector_inspected_bytes_total`, not `bytes_inspected`). A
+/// counter without an entry keeps its `stats` name.
+pub fn metric_name(counter: &str) -> String {
+    let base = match counter {
+        "packets_seen" => "seen_packets",
+        "packets_inspected" => "inspected_packets",
+        "bytes_inspected" => "inspected_bytes",
+        "commands_seen" => "seen_commands",
+        "commands_masked" => "masked_commands",
+        "bytes_masked" => "masked_bytes",
+        "flows_created" => "created_flows",
+        "flows_closed" => "closed_flows",
+        "flows_expired" => "expired_flows",
+        "flows_evicted" => "evicted_flows",
+        "flows_reset" => "reset_flows",
+        "midstream" => "midstream_packets",
+        "retrans_reinspected" => "reinspected_retransmissions",
+        "retrans_acked" => "acked_retransmissions",
+        "retrans_conflicts" => "conflicting_retransmissions",
+        "retrans_unverifiable" => "unverifiable_retransmissions",
+        "malformed" => "malformed_packets",
+        "checksum_partial" => "checksum_partial_packets",
+        "dropped" => "dropped_packets",
+        other => other,
+    };
+    format!("inspector_{base}_total")
+}
+
+/// The snapshot as Prometheus metric families: every counter of `stats`
+/// (unit-last names, [`metric_name`]), the flow-table gauges,
+/// `inspector_commands_total` by verb and action (`passed` or `masked`,
+/// which add up to the commands of that verb), and
+/// `inspector_build_info`.
 pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
     let mut out = Vec::new();
     for c in &s.counters {
@@ -52,20 +83,26 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
             .map(|k| k.help().trim())
             .unwrap_or("");
         out.push(family(
-            &format!("inspector_{}_total", c.name),
+            &metric_name(c.name),
             help,
             MetricType::COUNTER,
             vec![sample(&[], c.value, MetricType::COUNTER)],
         ));
     }
+    out.push(family(
+        &metric_name("flows_evicted"),
+        "Flow entries the LRU evicted under pressure (created - tracked - expired).",
+        MetricType::COUNTER,
+        vec![sample(&[], s.flows_evicted(), MetricType::COUNTER)],
+    ));
     for (name, v, help) in [
         (
-            "inspector_flows_tracked",
+            "inspector_tracked_flows",
             s.flows_tracked,
             "Entries in the flow table.",
         ),
         (
-            "inspector_flows_active",
+            "inspector_active_flows",
             s.flows_active,
             "Tracked flows that saw neither FIN nor RST.",
         ),
@@ -81,7 +118,11 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
         .verbs
         .iter()
         .flat_map(|v| {
-            [("seen", v.seen), ("masked", v.masked)].map(|(action, n)| {
+            [
+                ("passed", v.seen.saturating_sub(v.masked)),
+                ("masked", v.masked),
+            ]
+            .map(|(action, n)| {
                 sample(
                     &[("verb", v.verb), ("action", action)],
                     n,
@@ -92,9 +133,19 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
         .collect();
     out.push(family(
         "inspector_commands_total",
-        "Commands by verb; action is seen or masked.",
+        "Commands by verb slot; action is passed or masked (they add up to the commands seen).",
         MetricType::COUNTER,
         commands,
+    ));
+    out.push(family(
+        "inspector_build_info",
+        "Always 1; the labels say which inspector serves these metrics.",
+        MetricType::GAUGE,
+        vec![sample(
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1,
+            MetricType::GAUGE,
+        )],
     ));
     out
 }
@@ -189,8 +240,10 @@ pub async fn serve(listener: TcpListener, pin_dir: std::path::PathBuf) -> Result
 }
 
 fn respond(req: &Request<Incoming>, pin_dir: &Path) -> Response<Full<Bytes>> {
-    let scrape = matches!(*req.method(), Method::GET | Method::HEAD)
-        && matches!(req.uri().path(), "/metrics" | "/");
+    // Any query string is ignored (scrapers add their own parameters);
+    // HEAD gets the headers of GET (hyper sends no body for it).
+    let scrape =
+        matches!(*req.method(), Method::GET | Method::HEAD) && req.uri().path() == "/metrics";
     let (status, body) = if !scrape {
         (StatusCode::NOT_FOUND, "try /metrics\n".to_string())
     } else {
@@ -250,7 +303,7 @@ mod tests {
         let text = render(&snapshot()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         for (i, c) in Counter::ALL.iter().enumerate() {
-            let name = format!("inspector_{}_total", c.name());
+            let name = metric_name(c.name());
             assert!(
                 lines.contains(&format!("# TYPE {name} counter").as_str()),
                 "{text}"
@@ -261,17 +314,41 @@ mod tests {
             assert!(lines.contains(&value.as_str()), "{text}");
         }
         for want in [
-            "# TYPE inspector_flows_tracked gauge",
-            "inspector_flows_tracked 5",
-            "# TYPE inspector_flows_active gauge",
-            "inspector_flows_active 4",
+            "# TYPE inspector_tracked_flows gauge",
+            "inspector_tracked_flows 5",
+            "# TYPE inspector_active_flows gauge",
+            "inspector_active_flows 4",
             "# TYPE inspector_commands_total counter",
-            "inspector_commands_total{verb=\"STARTTLS\",action=\"seen\"} 3",
+            "inspector_commands_total{verb=\"STARTTLS\",action=\"passed\"} 1",
             "inspector_commands_total{verb=\"STARTTLS\",action=\"masked\"} 2",
-            "inspector_commands_total{verb=\"EHLO\",action=\"seen\"} 9007199254740992",
+            "inspector_commands_total{verb=\"EHLO\",action=\"passed\"} 9007199254740992",
             "inspector_commands_total{verb=\"EHLO\",action=\"masked\"} 0",
+            "inspector_inspected_bytes_total 2007",
+            "inspector_evicted_flows_total 0",
         ] {
             assert!(lines.contains(&want), "no `{want}` in:\n{text}");
         }
+        assert!(
+            lines.contains(
+                &format!(
+                    "inspector_build_info{{version=\"{}\"}} 1",
+                    env!("CARGO_PKG_VERSION")
+                )
+                .as_str()
+            ),
+            "{text}"
+        );
+    }
+
+    /// Every counter has its own name, and every name ends in `_total`.
+    #[test]
+    fn metric_names_are_unique() {
+        let mut names: Vec<String> = Counter::ALL.iter().map(|c| metric_name(c.name())).collect();
+        names.push(metric_name("flows_evicted"));
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "{names:?}");
+        assert!(names.iter().all(|m| m.ends_with("_total")));
     }
 }

@@ -10,7 +10,7 @@
 //! allow = ["STARTTLS"]       # added to the default (PIX/ASA) verb list
 //! deny = ["VRFY"]            # removed from it
 //! # allowed = ["EHLO", ...]  # or: the complete list, replacing the default
-//! midstream = "pass"         # or "drop"
+//! midstream = "drop"         # or "pass" (uninspected)
 //! fragments = "drop"         # or "pass"
 //! monitor = false            # true: count and report only
 //! max_flows = 65536          # flow table size
@@ -18,16 +18,18 @@
 //! mask_banner = false        # true: mask the text of the 220 greeting
 //! command_line_limit = "log" # lines over 512 bytes: log, reset, drop-connection, off
 //! rcpt_limit = "log"         # over 100 RCPT per transaction: the same actions
+//! max_flows_per_client = 256 # flows one client address may hold
 //! ```
 
-use std::{collections::BTreeSet, path::Path};
+use std::{collections::BTreeSet, fmt, path::Path};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use inspector_common::{
     config::{
-        action, limit_shift, Config, CFG_FRAGMENTS_PASS, CFG_MASK_BANNER, CFG_MIDSTREAM_DROP,
+        action, limit_shift, Config, CFG_FRAGMENTS_PASS, CFG_MASK_BANNER, CFG_MIDSTREAM_PASS,
         CFG_MONITOR, CFG_NO_EHLO_FILTER,
     },
+    flow::DEFAULT_MAX_FLOWS_PER_CLIENT,
     ports::{DEFAULT_PORTS, NEVER_INSPECTED},
     smtp::rule,
     verbs::{VerbKey, DEFAULT_ALLOWED},
@@ -35,6 +37,42 @@ use inspector_common::{
 use serde::Deserialize;
 
 use crate::loader::parse_verb;
+
+/// A value the operator gave (an option, a policy-file key, a verb of
+/// `inspector policy`) that the rules refuse. `main` exits with status 2
+/// for it, like clap for a bad command line: the input must change, so
+/// trying again (a systemd restart, say) cannot help. Other failures
+/// (the kernel, the environment) are status 1.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Fails with [`Refused`].
+macro_rules! refuse {
+    ($($t:tt)*) => {
+        return Err(anyhow::Error::new(Refused(format!($($t)*))))
+    };
+}
+
+/// Turns any error into [`Refused`], keeping its text on one line.
+pub fn refused(e: anyhow::Error) -> anyhow::Error {
+    if e.chain().any(|c| c.is::<Refused>()) {
+        return e;
+    }
+    anyhow::Error::new(Refused(format!("{e:#}")))
+}
+
+/// Whether `e` (anywhere in its chain) is a refused input.
+pub fn is_refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Refused>())
+}
 
 /// `pass` or `drop`: for `--midstream`/`midstream` and
 /// `--fragments`/`fragments`.
@@ -111,6 +149,7 @@ pub struct Given {
     pub mask_banner: Option<bool>,
     pub command_line_limit: Option<LimitAction>,
     pub rcpt_limit: Option<LimitAction>,
+    pub max_flows_per_client: Option<u32>,
 }
 
 /// How the operator spells each checked setting where it came from, so that
@@ -121,6 +160,7 @@ struct Spelling {
     allow: &'static str,
     deny: &'static str,
     max_flows: &'static str,
+    max_flows_per_client: &'static str,
 }
 
 const OPTIONS: Spelling = Spelling {
@@ -129,6 +169,7 @@ const OPTIONS: Spelling = Spelling {
     allow: "--allow",
     deny: "--deny",
     max_flows: "--max-flows",
+    max_flows_per_client: "--max-flows-per-client",
 };
 
 const FILE_KEYS: Spelling = Spelling {
@@ -137,6 +178,7 @@ const FILE_KEYS: Spelling = Spelling {
     allow: "allow",
     deny: "deny",
     max_flows: "max_flows",
+    max_flows_per_client: "max_flows_per_client",
 };
 
 impl Given {
@@ -151,7 +193,13 @@ impl Given {
     pub fn parse(text: &str) -> Result<Self> {
         // toml's message names the line and the key; keep it on one line.
         let g: Given = toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace('\n', " ").trim()))?;
+            .map_err(|e| Refused(e.to_string().replace('\n', " ").trim().to_string()))?;
+        if g.allowed.is_some() && !(g.allow.is_empty() && g.deny.is_empty()) {
+            refuse!(
+                "`allowed` is the complete list of allowed verbs and `allow`/`deny` change the \
+                 default list: give one or the other"
+            );
+        }
         g.check(&FILE_KEYS)?;
         Ok(g)
     }
@@ -163,6 +211,13 @@ impl Given {
 
     /// The one place where settings are checked.
     fn check(&self, names: &Spelling) -> Result<()> {
+        if self.ports.as_ref().is_some_and(|p| p.is_empty()) {
+            refuse!(
+                "{}: the list is empty; name at least one port, or leave the key out for the \
+                 default (25 and 587)",
+                names.ports
+            );
+        }
         for p in self.ports.iter().flatten() {
             check_port(*p, names.ports)?;
         }
@@ -172,11 +227,31 @@ impl Given {
             (names.deny, &self.deny),
         ] {
             for v in verbs {
-                parse_verb(v).with_context(|| key.to_string())?;
+                parse_verb(v)
+                    .with_context(|| key.to_string())
+                    .map_err(refused)?;
+            }
+        }
+        // The same verb allowed and denied in one place is a mistake, not
+        // an order of precedence to guess.
+        for v in &self.allow {
+            if let Some(d) = self
+                .deny
+                .iter()
+                .find(|d| parse_verb(d).ok() == parse_verb(v).ok())
+            {
+                refuse!(
+                    "{} {v} and {} {d} name the same verb: keep one",
+                    names.allow,
+                    names.deny
+                );
             }
         }
         if self.max_flows == Some(0) {
-            bail!("{} must be at least 1", names.max_flows);
+            refuse!("{} must be at least 1", names.max_flows);
+        }
+        if self.max_flows_per_client == Some(0) {
+            refuse!("{} must be at least 1", names.max_flows_per_client);
         }
         Ok(())
     }
@@ -184,8 +259,8 @@ impl Given {
 
 fn check_port(port: u16, key: &str) -> Result<()> {
     match port {
-        0 => bail!("{key}: port 0 is no port"),
-        NEVER_INSPECTED => bail!(
+        0 => refuse!("{key}: port 0 is no port"),
+        NEVER_INSPECTED => refuse!(
             "{key}: port {NEVER_INSPECTED} carries implicit TLS (SMTPS) and cannot be inspected; \
              remove it"
         ),
@@ -204,6 +279,12 @@ pub struct Settings {
     pub config: Config,
     /// Flow-table size; `None` for the default.
     pub max_flows: Option<u32>,
+    /// Where the verb policy comes from, for the log: `defaults`, the
+    /// file, the options.
+    pub policy_origin: String,
+    /// Each option that replaced or undid what the policy file says, one
+    /// sentence each, for `attach` to log.
+    pub overrides: Vec<String>,
 }
 
 impl Settings {
@@ -212,16 +293,30 @@ impl Settings {
     /// apply after the file's.
     pub fn resolve(options: &Given, file: Option<&Path>) -> Result<Settings> {
         options.check_options()?;
-        let file = match file {
-            Some(p) => Given::read(p)?,
-            None => Given::default(),
+        let (given, file_name) = match file {
+            Some(p) => (Given::read(p)?, p.display().to_string()),
+            None => (Given::default(), String::new()),
         };
+        let overrides = overrides(options, &given, &file_name);
+        let file = given;
         let base = match &file.allowed {
             Some(list) => with_changes(&[], list, &[])?,
             None => default_policy(),
         };
         let base = with_changes(&base, &file.allow, &file.deny)?;
         let allowed = with_changes(&base, &options.allow, &options.deny)?;
+        let mut origin = Vec::new();
+        if file.allowed.is_none() {
+            origin.push("the default list".to_string());
+        }
+        if !file_name.is_empty() {
+            origin.push(format!("policy file {file_name}"));
+        }
+        for (opt, verbs) in [("--allow", &options.allow), ("--deny", &options.deny)] {
+            if !verbs.is_empty() {
+                origin.push(format!("{opt} {}", verbs.join(" ")));
+            }
+        }
         let mut ports = options
             .ports
             .clone()
@@ -229,10 +324,18 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_PORTS.to_vec());
         ports.sort_unstable();
         ports.dedup();
-        let midstream = options.midstream.or(file.midstream).unwrap_or(Action::Pass);
+        let midstream = options.midstream.or(file.midstream).unwrap_or(Action::Drop);
         let fragments = options.fragments.or(file.fragments).unwrap_or(Action::Drop);
         let monitor = options.monitor.or(file.monitor).unwrap_or(false);
-        let mut config = config_word(midstream, fragments, monitor);
+        let mut config = config_word(
+            midstream,
+            fragments,
+            monitor,
+            options
+                .max_flows_per_client
+                .or(file.max_flows_per_client)
+                .unwrap_or(DEFAULT_MAX_FLOWS_PER_CLIENT),
+        );
         if !options.ehlo_filter.or(file.ehlo_filter).unwrap_or(true) {
             config.flags |= CFG_NO_EHLO_FILTER;
         }
@@ -253,8 +356,55 @@ impl Settings {
             allowed,
             config,
             max_flows: options.max_flows.or(file.max_flows),
+            policy_origin: origin.join(", "),
+            overrides,
         })
     }
+}
+
+/// What the options change of what the file says, one sentence each.
+fn overrides(options: &Given, file: &Given, file_name: &str) -> Vec<String> {
+    fn show<T: fmt::Debug>(v: &T) -> String {
+        format!("{v:?}").to_lowercase()
+    }
+    let mut out = Vec::new();
+    let mut note = |opt: &str, key: &str, opt_v: String, file_v: String| {
+        out.push(format!(
+            "{opt} {opt_v} replaces {key} = {file_v} of policy file {file_name}"
+        ));
+    };
+    if let (Some(o), Some(f)) = (&options.ports, &file.ports) {
+        note("--port", "ports", show(o), show(f));
+    }
+    if let (Some(o), Some(f)) = (options.midstream, file.midstream) {
+        note("--midstream", "midstream", show(&o), show(&f));
+    }
+    if let (Some(o), Some(f)) = (options.fragments, file.fragments) {
+        note("--fragments", "fragments", show(&o), show(&f));
+    }
+    if let (Some(o), Some(f)) = (options.monitor, file.monitor) {
+        note("--monitor", "monitor", show(&o), show(&f));
+    }
+    if let (Some(o), Some(f)) = (options.max_flows, file.max_flows) {
+        note("--max-flows", "max_flows", o.to_string(), f.to_string());
+    }
+    let same = |a: &String, b: &String| parse_verb(a).ok() == parse_verb(b).ok();
+    for v in &options.allow {
+        if file.deny.iter().any(|d| same(d, v)) {
+            out.push(format!(
+                "--allow {v} undoes deny = [.. {v} ..] of policy file {file_name}"
+            ));
+        }
+    }
+    let file_allows = file.allow.iter().chain(file.allowed.iter().flatten());
+    for d in file_allows {
+        if options.deny.iter().any(|v| same(d, v)) {
+            out.push(format!(
+                "--deny {d} undoes the policy file {file_name}, which allows it"
+            ));
+        }
+    }
+    out
 }
 
 /// The verbs the default policy allows.
@@ -270,18 +420,23 @@ pub fn default_policy() -> Vec<VerbKey> {
 pub fn with_changes(base: &[VerbKey], allow: &[String], deny: &[String]) -> Result<Vec<VerbKey>> {
     let mut set: BTreeSet<VerbKey> = base.iter().copied().collect();
     for v in allow {
-        set.insert(parse_verb(v)?);
+        set.insert(parse_verb(v).map_err(refused)?);
     }
     for v in deny {
-        set.remove(&parse_verb(v)?);
+        set.remove(&parse_verb(v).map_err(refused)?);
     }
     Ok(set.into_iter().collect())
 }
 
-fn config_word(midstream: Action, fragments: Action, monitor: bool) -> Config {
+fn config_word(
+    midstream: Action,
+    fragments: Action,
+    monitor: bool,
+    max_flows_per_client: u32,
+) -> Config {
     let mut flags = 0;
-    if midstream == Action::Drop {
-        flags |= CFG_MIDSTREAM_DROP;
+    if midstream == Action::Pass {
+        flags |= CFG_MIDSTREAM_PASS;
     }
     if fragments == Action::Pass {
         flags |= CFG_FRAGMENTS_PASS;
@@ -289,7 +444,10 @@ fn config_word(midstream: Action, fragments: Action, monitor: bool) -> Config {
     if monitor {
         flags |= CFG_MONITOR;
     }
-    Config { flags, _pad: 0 }
+    Config {
+        flags,
+        max_flows_per_client,
+    }
 }
 
 #[cfg(test)]
@@ -344,8 +502,17 @@ mod tests {
             ("ports = [25, 465]", "implicit TLS"),
             ("ports = [0]", "port 0"),
             ("ports = [", "TOML"),
+            ("ports = []", "the list is empty"),
+            ("allow = [\"X\"]\nallowed = [\"EHLO\"]", "one or the other"),
+            ("deny = [\"X\"]\nallowed = [\"EHLO\"]", "one or the other"),
+            (
+                "allow = [\"VRFY\"]\ndeny = [\"vrfy\"]",
+                "name the same verb",
+            ),
         ] {
-            let e = format!("{:#}", Given::parse(text).unwrap_err());
+            let e = Given::parse(text).unwrap_err();
+            assert!(is_refused(&e), "{text}: not a refusal: {e:#}");
+            let e = format!("{e:#}");
             assert!(e.contains(why) || why == "TOML", "{text}: {e}");
             assert!(!e.contains('\n'), "{text}: multi-line error {e}");
         }
@@ -392,8 +559,25 @@ mod tests {
                 "--max-flows must be at least 1",
             ),
         ];
+        let both = Given {
+            allow: vec!["XFOO".into()],
+            deny: vec!["xfoo".into()],
+            ..Given::default()
+        };
+        let cases = cases.into_iter().chain([
+            (both, "--allow XFOO and --deny xfoo name the same verb"),
+            (
+                Given {
+                    ports: Some(vec![]),
+                    ..Given::default()
+                },
+                "--port: the list is empty",
+            ),
+        ]);
         for (given, why) in cases {
-            let e = format!("{:#}", Settings::resolve(&given, None).unwrap_err());
+            let e = Settings::resolve(&given, None).unwrap_err();
+            assert!(is_refused(&e), "{given:?}: not a refusal: {e:#}");
+            let e = format!("{e:#}");
             assert!(e.contains(why), "{given:?}: {e}");
         }
     }
@@ -405,7 +589,7 @@ mod tests {
         let file = dir.join("policy.toml");
         std::fs::write(
             &file,
-            "ports = [2525]\ndeny = [\"VRFY\"]\nmidstream = \"drop\"\nmax_flows = 10\n",
+            "ports = [2525]\ndeny = [\"VRFY\"]\nmidstream = \"pass\"\nmax_flows = 10\n",
         )
         .unwrap();
         let options = Given {
@@ -421,15 +605,28 @@ mod tests {
         want.push(parse_verb("STARTTLS").unwrap());
         want.sort();
         assert_eq!(s.allowed, want, "--allow VRFY undoes the file's deny");
-        assert_eq!(s.config.flags, CFG_MIDSTREAM_DROP | CFG_FRAGMENTS_PASS);
+        assert_eq!(s.config.flags, CFG_MIDSTREAM_PASS | CFG_FRAGMENTS_PASS);
         assert_eq!(s.max_flows, Some(20));
+        let file_name = file.display().to_string();
+        assert_eq!(
+            s.overrides,
+            [
+                format!("--max-flows 20 replaces max_flows = 10 of policy file {file_name}"),
+                format!("--allow vrfy undoes deny = [.. vrfy ..] of policy file {file_name}"),
+            ]
+        );
+        assert_eq!(
+            s.policy_origin,
+            format!("the default list, policy file {file_name}, --allow vrfy STARTTLS")
+        );
 
         let s = Settings::resolve(&Given::default(), None).unwrap();
         assert_eq!(s.ports, DEFAULT_PORTS);
         let mut want = default_policy();
         want.sort();
         assert_eq!(s.allowed, want);
-        assert_eq!(s.config.flags, 0);
+        assert_eq!(s.config.flags, 0, "midstream dropped, fragments dropped");
+        assert_eq!(s.config.max_flows_per_client, DEFAULT_MAX_FLOWS_PER_CLIENT);
         assert_eq!(s.max_flows, None);
     }
 }

@@ -106,7 +106,7 @@ pub fn read_verbs(map: Map) -> Result<Vec<VerbValue>> {
 pub fn count_flows_pinned(pin_dir: &Path) -> Result<(u64, u64)> {
     let data = crate::pin::open_map(pin_dir, FLOWS_MAP, "flow table")?;
     let map: aya::maps::HashMap<_, FlowKey, Flow> =
-        aya::maps::HashMap::try_from(Map::LruHashMap(data))
+        aya::maps::HashMap::try_from(Map::HashMap(data))
             .context("flow table has an unexpected type")?;
     let (mut tracked, mut active) = (0, 0);
     for (_, f) in map.iter().filter_map(|r| r.ok()) {
@@ -117,6 +117,11 @@ pub fn count_flows_pinned(pin_dir: &Path) -> Result<(u64, u64)> {
     }
     Ok((tracked, active))
 }
+
+/// Version of the JSON objects `stats`, `status` and `events` print (the
+/// `version` key; docs/json.md): raised when a key changes meaning or goes
+/// away, not when one is added.
+pub const JSON_VERSION: u64 = 1;
 
 /// Everything `inspector stats` shows.
 #[derive(Clone, Debug)]
@@ -142,12 +147,14 @@ impl Snapshot {
         })
     }
 
-    /// Entries the LRU evicted: every created entry is still tracked, was
-    /// expired by `attach`, or was evicted.
+    /// Created entries neither tracked nor expired. The flow table no
+    /// longer evicts (docs/contract.md §6): this only counts closed entries
+    /// that a new handshake of the same addresses and ports replaced.
     pub fn flows_evicted(&self) -> u64 {
         self.get("flows_created")
             .saturating_sub(self.flows_tracked)
             .saturating_sub(self.get("flows_expired"))
+            .saturating_sub(self.get("flows_reclaimed"))
     }
 
     pub fn get(&self, name: &str) -> u64 {
@@ -165,6 +172,7 @@ impl Snapshot {
             serde_json::Value::Object(m) => m,
             _ => unreachable!("to_json returns an object"),
         };
+        obj.insert("version".into(), JSON_VERSION.into());
         obj.insert("flows_tracked".into(), self.flows_tracked.into());
         obj.insert("flows_active".into(), self.flows_active.into());
         obj.insert("flows_evicted".into(), self.flows_evicted().into());

@@ -11,7 +11,7 @@ use std::{
 use anyhow::Result;
 use aya::maps::{Array, Map};
 use inspector_common::{
-    config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_DROP, CFG_MONITOR, CONFIG_MAP},
+    config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_PASS, CFG_MONITOR, CONFIG_MAP},
     ports::{port_slot, PORTS_MAP, PORT_WORDS},
 };
 
@@ -98,6 +98,7 @@ impl Status {
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
+            "version": crate::stats::JSON_VERSION,
             "pin_dir": self.pin_dir,
             "daemon_pid": self.daemon_pid,
             "attached": self.hooks.iter().map(|(i, h, id)| serde_json::json!({
@@ -107,7 +108,7 @@ impl Status {
             "ports": self.ports,
             "allowed": self.allowed,
             "monitor": self.flag(CFG_MONITOR),
-            "midstream": if self.flag(CFG_MIDSTREAM_DROP) { "drop" } else { "pass" },
+            "midstream": if self.flag(CFG_MIDSTREAM_PASS) { "pass" } else { "drop" },
             "fragments": if self.flag(CFG_FRAGMENTS_PASS) { "pass" } else { "drop" },
             "flows_tracked": self.flows_tracked,
             "flows_active": self.flows_active,
@@ -143,10 +144,10 @@ impl Status {
             } else {
                 "enforcing"
             },
-            if self.flag(CFG_MIDSTREAM_DROP) {
-                "drop"
-            } else {
+            if self.flag(CFG_MIDSTREAM_PASS) {
                 "pass"
+            } else {
+                "drop"
             },
             if self.flag(CFG_FRAGMENTS_PASS) {
                 "pass"

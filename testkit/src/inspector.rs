@@ -359,6 +359,20 @@ impl Inspector {
         self.stop_with(Signal::INT.as_raw())
     }
 
+    /// Sends `signal` and waits for `attach` to exit, like
+    /// [`Inspector::stop_with`], but leaves the pin dir as `attach` left it
+    /// (for tests of what it leaves; the caller cleans up).
+    pub fn stop_leaving_pin_dir(&mut self, signal: i32) -> Stopped {
+        let mut proc = self.proc.take().expect("stop called twice");
+        proc.signal(signal);
+        let out = proc.finish(ATTACH_TIMEOUT);
+        Stopped {
+            status: out.status,
+            stderr: out.stderr,
+            pins_left: self.pin_dir.exists(),
+        }
+    }
+
     /// Sends `signal` and waits for `attach` to exit; panics if it does not
     /// exit within [`ATTACH_TIMEOUT`].
     pub fn stop_with(&mut self, signal: i32) -> Stopped {

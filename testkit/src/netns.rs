@@ -270,6 +270,38 @@ impl Drop for NetNs {
     }
 }
 
+/// A namespace of its own with a veth pair `va<id>` / `vb<id>`, both up:
+/// interfaces to attach to (and refuse to attach to) in command-line tests.
+pub struct Veths {
+    pub ns: NetNs,
+    pub a: String,
+    pub b: String,
+}
+
+impl Veths {
+    pub fn new(prefix: &str) -> Veths {
+        let ns = NetNs::new(prefix);
+        let id = unique_id();
+        let (a, b) = (format!("va{id}"), format!("vb{id}"));
+        ns.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ns.ip(&["link", "set", &a, "up"]);
+        ns.ip(&["link", "set", &b, "up"]);
+        Veths { ns, a, b }
+    }
+
+    /// Neither interface has an XDP program.
+    pub fn assert_no_xdp(&self, what: &str) {
+        for i in [&self.a, &self.b] {
+            assert_eq!(
+                self.ns.xdp_prog_id(i),
+                None,
+                "{what}: an XDP program is attached to {i}:\n{}",
+                self.ns.link_text(i)
+            );
+        }
+    }
+}
+
 /// Whether the test bed's veths keep their default offloads or have them
 /// all turned off (`docs/testbed.md`: run the suite both ways).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -188,7 +188,14 @@ pub fn open(object: &[u8], ports: &[u16], flags: u32, allowed: &[&str]) -> Resul
     write_policy(&mut ebpf, allowed)?;
     let mut cfg: Array<_, Config> =
         Array::try_from(ebpf.map_mut(CONFIG_MAP).context("no config map")?)?;
-    cfg.set(0, Config { flags, _pad: 0 }, 0)?;
+    cfg.set(
+        0,
+        Config {
+            flags,
+            max_flows_per_client: 0,
+        },
+        0,
+    )?;
     Ok(ebpf)
 }
 
@@ -316,12 +323,25 @@ impl Loaded {
     /// Runs the program `name` (the hook's own, or one loaded with
     /// [`Loaded::load_xdp`]) `repeat` times on `frame`.
     pub fn test_run(&self, name: &str, frame: &[u8], repeat: u32) -> Result<TestRunResult> {
+        self.test_run_ctx(name, frame, repeat, None)
+    }
+
+    /// [`Loaded::test_run`] with a context (`xdp_md` or `__sk_buff`) given
+    /// to the kernel, as [`arrival_ctx`] builds it.
+    pub fn test_run_ctx(
+        &self,
+        name: &str,
+        frame: &[u8],
+        repeat: u32,
+        ctx: Option<&[u8]>,
+    ) -> Result<TestRunResult> {
         // Room to spare: the kernel fails with ENOSPC if data_out is short,
         // and a program that grew the frame would show here.
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: ctx,
             repeat,
             ..Default::default()
         };
@@ -357,10 +377,24 @@ impl Loaded {
     /// Runs the hook's program once on `frame`; panics if the kernel
     /// refuses the run or the program returns an unknown code.
     pub fn run(&self, frame: &[u8]) -> Outcome {
+        self.run_ctx(frame, None)
+    }
+
+    /// [`Loaded::run`] for a frame that arrives on the interface with index
+    /// `ifindex` (of the calling thread's network namespace): XDP's
+    /// `ingress_ifindex`, a TC ingress hook's `ifindex` and
+    /// `ingress_ifindex`. Without it a frame comes from the loopback device
+    /// (XDP) or is one this host sends (TC).
+    pub fn run_on(&self, frame: &[u8], ifindex: u32) -> Outcome {
+        let ctx = arrival_ctx(self.hook, frame.len(), ifindex);
+        self.run_ctx(frame, Some(&ctx))
+    }
+
+    fn run_ctx(&self, frame: &[u8], ctx: Option<&[u8]>) -> Outcome {
         let before = self.counters();
         let verbs_before = self.verb_counters();
         let r = self
-            .test_run(self.hook.program(), frame, 1)
+            .test_run_ctx(self.hook.program(), frame, 1, ctx)
             .unwrap_or_else(|e| panic!("{e:#}"));
         let verdict = match (self.hook, r.return_value) {
             (Hook::Xdp, XDP_PASS) | (Hook::Tc, TC_ACT_OK) => Verdict::Pass,
@@ -376,6 +410,23 @@ impl Loaded {
             verbs: self.verb_counters().since(&verbs_before),
         }
     }
+}
+
+/// The context of a test run whose `len`-byte frame arrives on interface
+/// `ifindex`. XDP: an `xdp_md` (data 0, data_end `len`, no metadata, the
+/// interface's first receive queue). TC: the start of a `__sk_buff` up to
+/// `ifindex`, the fields the kernel takes from a test run's context besides
+/// `mark` and `priority` (left 0).
+pub fn arrival_ctx(hook: Hook, len: usize, ifindex: u32) -> Vec<u8> {
+    let words: Vec<u32> = match hook {
+        // data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex
+        Hook::Xdp => vec![0, len as u32, 0, ifindex, 0, 0],
+        // len, pkt_type, mark, queue_mapping, protocol, vlan_present,
+        // vlan_tci, vlan_proto, priority, ingress_ifindex, ifindex
+        Hook::Tc => vec![0, 0, 0, 0, 0, 0, 0, 0, 0, ifindex, ifindex],
+    };
+    words.iter().flat_map(|w| w.to_ne_bytes()).collect()
 }
 
 /// How a session wraps its TCP segments into frames: `(segment, sent by

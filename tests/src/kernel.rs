@@ -27,11 +27,33 @@ impl Loaded {
 
     /// Explicit ports, flags and allowed verbs.
     pub fn with_policy(hook: Hook, ports: &[u16], flags: u32, allowed: &[&str]) -> Loaded {
+        Self::with_table(hook, ports, flags, allowed, None, 0)
+    }
+
+    /// [`Loaded::with_policy`] with a flow table of `max_flows` entries
+    /// (`None`: the default) and a per-client cap (`0`: the default), as
+    /// `attach --max-flows --max-flows-per-client` set them.
+    pub fn with_table(
+        hook: Hook,
+        ports: &[u16],
+        flags: u32,
+        allowed: &[&str],
+        max_flows: Option<u32>,
+        max_flows_per_client: u32,
+    ) -> Loaded {
         crate::require_root();
-        let mut ebpf = loader::open(EBPF_OBJECT, None).expect("opening the embedded eBPF object");
+        let mut ebpf = loader::open_with(EBPF_OBJECT, None, max_flows)
+            .expect("opening the embedded eBPF object");
         loader::set_ports(&mut ebpf, ports).expect("writing the port bitmap");
         set_policy(&mut ebpf, allowed);
-        loader::set_config(&mut ebpf, Config { flags, _pad: 0 }).expect("writing the config");
+        loader::set_config(
+            &mut ebpf,
+            Config {
+                flags,
+                max_flows_per_client,
+            },
+        )
+        .expect("writing the config");
         let prog = inspector_testkit::program::Loaded::from_ebpf(ebpf, hook)
             .unwrap_or_else(|e| panic!("loading the {hook:?} program: {e:#}"));
         Loaded(prog)

@@ -32,20 +32,57 @@ pub fn assert_attach_failed(
     r: Result<Inspector, inspector::AttachFailed>,
     mentions: &[&str],
 ) {
+    assert_attach_ended(what, 1, r, mentions)
+}
+
+/// An attach whose input the validator refuses: exit 2 (README "Exit
+/// status"), one line on stderr naming every string of `mentions`.
+pub fn assert_attach_refused(
+    what: &str,
+    r: Result<Inspector, inspector::AttachFailed>,
+    mentions: &[&str],
+) {
+    assert_attach_ended(what, 2, r, mentions)
+}
+
+fn assert_attach_ended(
+    what: &str,
+    want: i32,
+    r: Result<Inspector, inspector::AttachFailed>,
+    mentions: &[&str],
+) {
     match r {
         Ok(mut i) => {
             let stderr = i.stderr();
             let _ = i.stop_with(rustix::process::Signal::INT.as_raw());
-            panic!("{what}: attach succeeded but should have failed; stderr:\n{stderr}");
+            panic!("{what}: attach succeeded but should have ended with status {want}; stderr:\n{stderr}");
         }
-        Err(f) => assert_one_line_error(what, f.status.code(), &f.stderr, mentions),
+        Err(f) => assert_one_line_error_status(what, want, f.status.code(), &f.stderr, mentions),
     }
 }
 
 /// Exit status 1 and exactly one line on stderr, `inspector: error: ...`,
 /// containing every string of `mentions`.
 pub fn assert_one_line_error(what: &str, code: Option<i32>, stderr: &str, mentions: &[&str]) {
-    assert_eq!(code, Some(1), "{what}: exit status; stderr:\n{stderr}");
+    assert_one_line_error_status(what, 1, code, stderr, mentions)
+}
+
+/// Exit status 2 (refused input: README "Exit status") and exactly one
+/// line on stderr naming every string of `mentions`.
+pub fn assert_one_line_refusal(what: &str, code: Option<i32>, stderr: &str, mentions: &[&str]) {
+    assert_one_line_error_status(what, 2, code, stderr, mentions)
+}
+
+/// Exit status `want` and exactly one line on stderr, `inspector: error:
+/// ...`, containing every string of `mentions`.
+pub fn assert_one_line_error_status(
+    what: &str,
+    want: i32,
+    code: Option<i32>,
+    stderr: &str,
+    mentions: &[&str],
+) {
+    assert_eq!(code, Some(want), "{what}: exit status; stderr:\n{stderr}");
     let lines: Vec<&str> = stderr.trim_end().lines().collect();
     assert_eq!(
         lines.len(),

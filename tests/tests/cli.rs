@@ -8,11 +8,12 @@
 use std::{path::Path, process::Command};
 
 use inspector_tests::{
-    assert_attach_failed, assert_one_line_error,
+    assert_attach_failed, assert_attach_refused, assert_one_line_error,
     inspector::{stats_command, unique_pin_dir, Attach},
     inspector_bin,
+    netns::Veths,
     proc::run,
-    Counts, Inspector, NetNs,
+    Counts, Inspector,
 };
 
 /// Drops every privilege: user and group nobody, no capabilities at all.
@@ -25,43 +26,13 @@ const UNPRIVILEGED: &[&str] = &[
     "--bounding-set=-all",
 ];
 
-/// A namespace with a veth pair `va<id>` / `vb<id>`, both up.
-struct Veths {
-    ns: NetNs,
-    a: String,
-    b: String,
-}
-
-impl Veths {
-    fn new() -> Veths {
-        let ns = NetNs::new("cli");
-        let id = inspector_tests::unique_id();
-        let (a, b) = (format!("va{id}"), format!("vb{id}"));
-        ns.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
-        ns.ip(&["link", "set", &a, "up"]);
-        ns.ip(&["link", "set", &b, "up"]);
-        Veths { ns, a, b }
-    }
-
-    fn assert_no_xdp(&self, what: &str) {
-        for i in [&self.a, &self.b] {
-            assert_eq!(
-                self.ns.xdp_prog_id(i),
-                None,
-                "{what}: an XDP program is attached to {i}:\n{}",
-                self.ns.link_text(i)
-            );
-        }
-    }
-}
-
 fn assert_no_pin_dir(what: &str, dir: &Path) {
     assert!(!dir.exists(), "{what}: pin dir {} exists", dir.display());
 }
 
 #[test]
 fn attach_shows_on_the_link_and_sigint_undoes_everything() {
-    let v = Veths::new();
+    let v = Veths::new("cli");
     let inspector = Inspector::attach(&v.ns, &[&v.a, &v.b]);
     let stderr = inspector.stderr();
     assert!(stderr.contains(&v.a) && stderr.contains(&v.b), "{stderr}");
@@ -120,7 +91,7 @@ fn attach_shows_on_the_link_and_sigint_undoes_everything() {
 
 #[test]
 fn sigterm_detaches_too() {
-    let v = Veths::new();
+    let v = Veths::new("cli");
     let mut inspector = Inspector::attach(&v.ns, &[&v.a]);
     assert!(v.ns.xdp_prog_id(&v.a).is_some());
     let stopped = inspector.stop_with(libc::SIGTERM);
@@ -131,7 +102,7 @@ fn sigterm_detaches_too() {
 
 #[test]
 fn attach_without_privileges_fails_cleanly() {
-    let v = Veths::new();
+    let v = Veths::new("cli");
     let dir = unique_pin_dir();
     let r = Attach::new(&v.ns, &[&v.a])
         .pin_dir(&dir)
@@ -144,7 +115,7 @@ fn attach_without_privileges_fails_cleanly() {
 
 #[test]
 fn stats_without_privileges_fails_cleanly() {
-    let v = Veths::new();
+    let v = Veths::new("cli");
     let inspector = Inspector::attach(&v.ns, &[&v.a]);
     let before = inspector.stats();
     let mut c = Command::new(UNPRIVILEGED[0]);
@@ -171,7 +142,7 @@ fn stats_without_privileges_fails_cleanly() {
 
 #[test]
 fn unknown_interface_fails_cleanly() {
-    let v = Veths::new();
+    let v = Veths::new("cli");
     let dir = unique_pin_dir();
     let r = Attach::new(&v.ns, &["nosuch0"]).pin_dir(&dir).start();
     assert_attach_failed("unknown interface", r, &["nosuch0"]);
@@ -186,7 +157,7 @@ fn unknown_interface_fails_cleanly() {
 
 #[test]
 fn interface_with_an_xdp_program_fails_cleanly() {
-    let v = Veths::new();
+    let v = Veths::new("cli");
     let first = Inspector::attach(&v.ns, &[&v.a]);
     let id = v.ns.xdp_prog_id(&v.a).expect("first attach is on the link");
     let before = first.stats();
@@ -215,7 +186,7 @@ fn interface_with_an_xdp_program_fails_cleanly() {
 
 #[test]
 fn pin_dir_in_use_fails_cleanly() {
-    let v = Veths::new();
+    let v = Veths::new("cli");
     let first = Inspector::attach(&v.ns, &[&v.a]);
     let r = Attach::new(&v.ns, &[&v.b]).pin_dir(first.pin_dir()).start();
     assert_attach_failed("second attach, same pin dir", r, &["in use"]);
@@ -242,24 +213,24 @@ fn stats_with_nothing_attached_fails_cleanly() {
 
 #[test]
 fn port_465_is_refused() {
-    let v = Veths::new();
+    let v = Veths::new("cli");
     let dir = unique_pin_dir();
     let r = Attach::new(&v.ns, &[&v.a])
         .pin_dir(&dir)
         .arg("--port")
         .arg("465")
         .start();
-    assert_attach_failed("--port 465", r, &["465"]);
+    assert_attach_refused("--port 465", r, &["465"]);
     assert_no_pin_dir("--port 465", &dir);
     v.assert_no_xdp("--port 465");
 }
 
 #[test]
 fn interface_named_twice_is_refused() {
-    let v = Veths::new();
+    let v = Veths::new("cli");
     let dir = unique_pin_dir();
     let r = Attach::new(&v.ns, &[&v.a, &v.a]).pin_dir(&dir).start();
-    assert_attach_failed("interface twice", r, &[&v.a]);
+    assert_attach_refused("interface twice", r, &[&v.a]);
     assert_no_pin_dir("interface twice", &dir);
     v.assert_no_xdp("interface twice");
 }
@@ -316,7 +287,7 @@ fn object_with_uninitialised_read() -> Vec<u8> {
 
 #[test]
 fn program_rejected_by_the_verifier_fails_cleanly() {
-    let v = Veths::new();
+    let v = Veths::new("cli");
     let tmp = tempfile::Builder::new()
         .prefix(&format!(
             "{}-{}-obj",

@@ -1,4 +1,4 @@
-//! End to end: the test bed of TESTBED.md, the inspector attached to both
+//! End to end: the test bed of `docs/testbed.md`, the inspector attached to both
 //! gateway interfaces, a recording aiosmtpd server in the server namespace,
 //! and swaks sending a real mail from the client namespace. Judged by what
 //! the server received (commands byte for byte, SHA-256 of the body) and by

@@ -1,5 +1,5 @@
 //! Masking end to end, judged by real mail software: the test bed of
-//! TESTBED.md (client, gateway, server namespaces), `inspector attach` on
+//! `docs/testbed.md` (client, gateway, server namespaces), `inspector attach` on
 //! both gateway interfaces (XDP, or `--mode tc`), and at the server end
 //! either the recording aiosmtpd server (which writes down every byte it
 //! read) or a real Postfix instance (whose replies, logs and delivered
@@ -338,7 +338,7 @@ fn check_recorded_message(bed: &Bed, n: usize) {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 2, 3, 8: masked verbs reach the server masked, the session goes
+// docs/contract.md §2, §3, §8: masked verbs reach the server masked, the session goes
 // on, the counters say what was sent.
 // ---------------------------------------------------------------------
 
@@ -487,7 +487,7 @@ fn masked_verbs_postfix_ipv4_tc() {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 2, 3: allowed verbs pass unchanged.
+// docs/contract.md §2, §3: allowed verbs pass unchanged.
 // ---------------------------------------------------------------------
 
 /// Every allowed verb, as the server must get it, with the steps that make
@@ -600,7 +600,7 @@ fn allowed_verbs_are_recognised_by_postfix() {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 4, 7: message bodies are not inspected and arrive unchanged.
+// docs/contract.md §4, §7: message bodies are not inspected and arrive unchanged.
 // ---------------------------------------------------------------------
 
 /// The body is sent in segments cut just before and after the dots and
@@ -714,7 +714,7 @@ fn large_body(mode: Mode) {
     // Where the hook sees GSO packets whole, a tail-loss probe of the
     // sender (the last MSS of such a packet, sent again) starts inside an
     // inspected packet and cannot be re-inspected: dropping it is allowed
-    // (SPEC 5), and the original was delivered. No other drop is.
+    // (docs/contract.md §5), and the original was delivered. No other drop is.
     assert_eq!(
         counter(&st, "dropped"),
         counter(&st, "retrans_unverifiable") + counter(&st, "out_of_order_drops"),
@@ -756,7 +756,7 @@ fn body_with_command_lines_is_delivered_by_postfix() {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 4: PIPELINING, and a DATA that is refused.
+// docs/contract.md §4: PIPELINING, and a DATA that is refused.
 // ---------------------------------------------------------------------
 
 /// MAIL, RCPT, a masked VERB, RCPT and DATA in one segment; then the body,
@@ -916,7 +916,7 @@ fn a_refused_data_leaves_the_next_commands_inspected() {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 4: AUTH, SASL lines are not inspected.
+// docs/contract.md §4: AUTH, SASL lines are not inspected.
 // ---------------------------------------------------------------------
 
 #[test]
@@ -1002,7 +1002,7 @@ fn auth_plain_and_login_succeed_and_sasl_lines_pass_unchanged() {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 4: one byte per segment.
+// docs/contract.md §4: one byte per segment.
 // ---------------------------------------------------------------------
 
 fn one_byte_per_segment(offloads: Offloads, server: IpAddr, mode: Mode) {
@@ -1069,7 +1069,7 @@ fn one_byte_per_segment_ipv4_tc_offloads_off() {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 2: the policy changes live.
+// docs/contract.md §2: the policy changes live.
 // ---------------------------------------------------------------------
 
 fn inspector_cmd(pin_dir: &Path, args: &[&str]) -> Finished {
@@ -1146,7 +1146,7 @@ fn wait_file(p: &Path) {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 8: events, counters, monitor mode.
+// docs/contract.md §8: events, counters, monitor mode.
 // ---------------------------------------------------------------------
 
 /// `inspector events --json` running as a separate process.
@@ -1303,7 +1303,7 @@ fn monitor_mode_leaves_every_byte_untouched_but_counts() {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 4: an allowed BDAT chunk is not inspected (Postfix advertises
+// docs/contract.md §4: an allowed BDAT chunk is not inspected (Postfix advertises
 // CHUNKING).
 // ---------------------------------------------------------------------
 
@@ -1342,14 +1342,14 @@ fn an_allowed_bdat_chunk_passes_uninspected_to_postfix() {
 }
 
 // ---------------------------------------------------------------------
-// SPEC 5: loss between the gateway and the server.
+// docs/contract.md §5: loss between the gateway and the server.
 // ---------------------------------------------------------------------
 
 /// A command segment that the inspector saw and passed, then lost on the
 /// way to the server (dropped in the gateway's FORWARD chain, after XDP),
 /// while the next segment arrives: the client retransmits the lost one,
 /// and the session must go on with both commands delivered (and the next
-/// disallowed command still masked). SPEC 5 allows re-inspecting the
+/// disallowed command still masked). docs/contract.md §5 allows re-inspecting the
 /// retransmission or resetting the flow; not dropping it for ever.
 #[test]
 fn a_segment_lost_after_the_gateway_is_retransmitted_and_gets_through() {

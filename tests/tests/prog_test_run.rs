@@ -20,6 +20,7 @@ use inspector_tests::{
         Ext, Frame, Ipv4, Ipv6, Tcp, Udp, ETH_P_8021AD, ETH_P_8021Q, L4, TCP_ACK, TCP_FIN,
         TCP_OPTS_12, TCP_OPTS_40, TCP_SYN,
     },
+    kernel::{self, Hook, Loaded, Session, Verdict},
     proc::{cmd, run},
     smtpd::PYTHON,
     xdp::{expect, LoadedXdp, MIN_TEST_RUN_LEN, XDP_DROP, XDP_PASS},
@@ -68,21 +69,28 @@ fn server_seg(port: u16, server_port: u16, payload: &[u8]) -> Tcp {
         .payload(payload)
 }
 
-/// Client SYN and server SYN-ACK in `shape`; returns the client port.
+/// Client SYN, server SYN-ACK and the client's ACK in `shape`: the ACK that
+/// completes the handshake makes the flow's entry. Returns the client port.
 fn open_flow(xdp: &LoadedXdp, what: &str, shape: Shape, server_port: u16) -> u16 {
     let port = client_port();
-    let syn = shape(Tcp::syn(port, server_port), false).bytes();
-    assert_eq!(xdp.run(&syn), expect::flow_created(), "{what}: SYN");
+    let [syn, synack, ack] = handshake(shape, port, server_port);
+    assert_eq!(xdp.run(&syn), expect::ignored(), "{what}: SYN");
+    assert_eq!(xdp.run(&synack), expect::ignored(), "{what}: SYN-ACK");
+    assert_eq!(xdp.run(&ack), expect::flow_created(), "{what}: ACK");
+    port
+}
+
+/// The three frames of a handshake between `port` and `server_port`.
+fn handshake(shape: Shape, port: u16, server_port: u16) -> [Vec<u8>; 3] {
     let synack = Tcp::new(server_port, port)
         .flags(TCP_SYN | TCP_ACK)
         .seq(SERVER_SEQ - 1)
         .ack(CLIENT_SEQ);
-    assert_eq!(
-        xdp.run(&shape(synack, true).bytes()),
-        expect::ignored(),
-        "{what}: SYN-ACK"
-    );
-    port
+    [
+        shape(Tcp::syn(port, server_port), false).bytes(),
+        shape(synack, true).bytes(),
+        shape(Tcp::new(port, server_port).flags(TCP_ACK), false).bytes(),
+    ]
 }
 
 /// Checks that frames of `shape` are parsed to the payload: a lone segment
@@ -169,17 +177,17 @@ fn segments_without_payload_are_not_inspected() {
                 expect::ignored(),
             ),
             (
-                "SYN to 25 starts a flow",
+                "a lone SYN to 25 (a flow starts when its handshake completes)",
                 v4(Tcp::syn(client_port(), 25), false).bytes(),
-                expect::flow_created(),
-            ),
-            (
-                "SYN to 80 does not",
-                v4(Tcp::syn(client_port(), 80), false).bytes(),
                 expect::ignored(),
             ),
         ],
     );
+    open_flow(&xdp, "a handshake with 25", &v4, 25);
+    let port = client_port();
+    for (i, frame) in handshake(&v4, port, 80).iter().enumerate() {
+        assert_eq!(xdp.run(frame), expect::ignored(), "handshake with 80, #{i}");
+    }
 }
 
 #[test]
@@ -337,13 +345,9 @@ fn the_port_set_decides_what_is_inspected() {
                 v4(client_seg(client_port(), 2525, EHLO), false).bytes(),
                 expect::midstream(),
             ),
-            (
-                "SYN to 2525",
-                v4(Tcp::syn(client_port(), 2525), false).bytes(),
-                expect::flow_created(),
-            ),
         ],
     );
+    open_flow(&xdp, "a handshake with 2525", &v4, 2525);
 }
 
 fn fragment_frames() -> Vec<(&'static str, Vec<u8>, bool)> {
@@ -691,25 +695,57 @@ fn truncated_other_frames_pass_unchanged() {
 }
 
 /// A frame longer than the linear part BPF_PROG_TEST_RUN gives an XDP
-/// program (about 3.5 KiB; the rest goes into fragments, as on a
-/// multi-buffer interface). It passes unchanged, and it is either counted
-/// with its whole IP-declared payload or not inspected at all; never with a
-/// wrong byte count. (Today it counts as malformed: the payload lies beyond
-/// the linear part.)
+/// program (3520 bytes; the rest goes into fragments, as on a multi-buffer
+/// interface). It passes unchanged (monitor mode), is counted with its whole
+/// IP-declared payload, and all of it is parsed: every command line is
+/// counted, and the disallowed verb on the last line, which lies in a
+/// fragment, is counted as masked. A program that only read the linear
+/// part would count fewer commands and no masked verb.
 #[test]
 fn frames_in_several_buffers_pass_unchanged() {
     let xdp = LoadedXdp::monitor();
-    for payload in [4000usize, 5000, 8000] {
+    let prog = Loaded::new(Hook::Xdp, CFG_MONITOR);
+    for payload_len in [4000usize, 5000, 8000, 20000] {
+        // Pipelined NOOPs, then (after leading spaces that make up the
+        // length) a VERB line at the very end.
+        let noops = (payload_len - 6) / 6;
+        let mut payload = b"NOOP\r\n".repeat(noops);
+        payload.resize(payload_len - 6, b' ');
+        payload.extend_from_slice(b"VERB\r\n");
+
         let port = open_flow(&xdp, "IPv4", &v4, 25);
-        let frame = v4(client_seg(port, 25, &vec![b'm'; payload]), false).bytes();
-        let d = xdp.run(&frame);
-        eprintln!("{}-byte frame: {d:?}", frame.len());
-        assert_eq!(d.packets_seen, 1, "{d:?}");
+        let frame = v4(client_seg(port, 25, &payload), false).bytes();
         assert!(
-            d == expect::inspected(payload) || (d.packets_inspected == 0 && d.bytes_inspected == 0),
-            "{}-byte frame: {d:?}",
+            frame.len() > 3520,
+            "{} bytes fit in one buffer",
             frame.len()
         );
+        assert_eq!(
+            xdp.run(&frame),
+            expect::inspected(payload_len),
+            "{}-byte frame",
+            frame.len()
+        );
+
+        for (name, shape) in [("IPv4", kernel::v4()), ("IPv6", kernel::v6())] {
+            let mut s = Session::new(&prog, shape, kernel::client_port(), 25);
+            s.open();
+            let frame = s.client_frame(&payload);
+            let what = format!("{name}, {}-byte frame", frame.len());
+            let o = s.run_client_frame(&frame, payload_len);
+            assert_eq!(o.verdict, Verdict::Pass, "{what}: {:?}", o.delta.nonzero());
+            assert!(o.data_out == frame, "{what}: changed in monitor mode");
+            assert_eq!(o.get("bytes_inspected"), payload_len as u64, "{what}");
+            assert_eq!(
+                o.get("commands_seen"),
+                noops as u64 + 1,
+                "{what}: {:?}",
+                o.delta.nonzero()
+            );
+            assert_eq!(o.get("commands_masked"), 1, "{what}");
+            assert_eq!(o.verbs.masked("VERB"), 1, "{what}: {:?}", o.verbs);
+            assert_eq!(o.get("malformed"), 0, "{what}");
+        }
     }
 }
 

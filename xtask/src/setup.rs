@@ -26,6 +26,13 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "curl",
+    // systemd-analyze (security, verify) for the unit's tests, and man for
+    // rendering the generated man page.
+    "systemd",
+    "man-db",
+    // The Prometheus project's own text-format parser, which the metrics
+    // test feeds the exposition to.
+    "python3-prometheus-client",
 ];
 
 pub fn run() -> Result<()> {

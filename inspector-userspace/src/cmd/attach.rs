@@ -5,14 +5,15 @@ use std::{borrow::Cow, collections::HashSet, path::Path};
 
 use anyhow::{bail, Context, Result};
 use aya::util::KernelVersion;
+use inspector_common::verbs::VerbKey;
 use inspector_userspace::{
-    flows,
+    flows, journal,
     links::{self, LinkSet, Mode},
     loader::{self, MAP_NAMES},
-    metrics,
+    metrics, notify,
     pin::PinDir,
     privilege,
-    settings::Settings,
+    settings::{Refused, Settings},
 };
 use log::{info, warn};
 
@@ -31,7 +32,10 @@ pub fn run(args: AttachArgs) -> Result<()> {
     let settings = Settings::resolve(&args.given(), args.policy.as_deref())?;
     let mut seen = HashSet::new();
     if let Some(i) = args.ifaces.iter().find(|i| !seen.insert(*i)) {
-        bail!("interface `{i}` is named twice");
+        return Err(Refused(format!("interface `{i}` is named twice")).into());
+    }
+    for o in &settings.overrides {
+        info!("{o}");
     }
     privilege::require_admin("attach")?;
     check_kernel()?;
@@ -114,15 +118,17 @@ fn run_attached(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // Handlers first: a SIGTERM that arrives once the readiness line below
-    // is out (or while attaching) must stop the daemon cleanly, not kill it
-    // with the default action.
-    let signals = rt.block_on(async { Signals::install() })?;
     // Bound before the readiness line below, so that whoever waits for it
     // can scrape at once.
     let metrics = match args.metrics {
         Some(addr) => Some(rt.block_on(metrics::bind(addr))?),
         None => None,
+    };
+    // The handlers go in before anything is attached: a SIGTERM right
+    // after the readiness line must stop cleanly, not kill.
+    let (signals, relay) = {
+        let _rt = rt.enter();
+        (Signals::install()?, journal::Relay::bind(pins.path())?)
     };
     let links = attach_with_settings(&mut ebpf, args, settings, pins.path())?;
     if let Some(addr) = args.metrics {
@@ -138,7 +144,14 @@ fn run_attached(
         ports.join(","),
         pins.path().display()
     );
-    rt.block_on(run_until_signal(signals, metrics, pins.path()))?;
+    // systemd (Type=notify): ready only now, with everything in place.
+    notify::notify(&format!(
+        "READY=1\nSTATUS=inspecting ports {} on {ifaces} (mode {})",
+        ports.join(","),
+        args.mode.name()
+    ))?;
+    rt.block_on(run_until_signal(signals, metrics, relay, pins.path()))?;
+    notify::notify("STOPPING=1")?;
     if args.persist {
         // Dropping the pinned links leaves them attached: the kernel goes on
         // inspecting until the next `attach` takes over or `detach` runs.
@@ -166,6 +179,12 @@ fn attach_with_settings(
         loader::set_config(ebpf, settings.config)
     };
     let takeover = !links::pinned(pin_dir)?.is_empty();
+    // What the running instance enforces now, live changes included.
+    let live = if takeover {
+        Some(loader::policy_of(ebpf)?)
+    } else {
+        None
+    };
     if !takeover {
         // A fresh program must never run with empty maps (no ports, a
         // policy that masks everything): settings first.
@@ -177,13 +196,62 @@ fn attach_with_settings(
         // the new one starts with them too, then gets the new ones.
         write_settings(ebpf)?;
     }
+    for d in links.dropped() {
+        info!("detached from {d}: an earlier instance was attached there, this one is not");
+    }
     if links.taken_over() > 0 {
         info!(
             "took over {} pinned link(s) of an earlier instance: flows keep their state",
             links.taken_over()
         );
     }
+    log_policy(settings, live.as_deref());
     Ok(links)
+}
+
+/// Says which verb policy is in force and where it comes from; on a
+/// takeover, also what the earlier instance enforced differently (changes
+/// made live with `inspector policy` without `--permanent`, which the
+/// configuration replaces).
+fn log_policy(settings: &Settings, live: Option<&[VerbKey]>) {
+    let names = |keys: &mut dyn Iterator<Item = &VerbKey>| -> Vec<String> {
+        let mut v: Vec<String> = keys.map(|k| loader::verb_text(*k)).collect();
+        v.sort();
+        v
+    };
+    let allowed = names(&mut settings.allowed.iter());
+    info!(
+        "policy in force: {} allowed ({}), from {}; every other verb is masked",
+        allowed.len(),
+        allowed.join(" "),
+        settings.policy_origin
+    );
+    let Some(live) = live else { return };
+    let lost_allow = names(&mut live.iter().filter(|k| !settings.allowed.contains(k)));
+    let lost_deny = names(&mut settings.allowed.iter().filter(|k| !live.contains(k)));
+    if lost_allow.is_empty() && lost_deny.is_empty() {
+        info!("the earlier instance enforced the same policy");
+        return;
+    }
+    let mut what = Vec::new();
+    if !lost_allow.is_empty() {
+        what.push(format!(
+            "allowed {} (masked again now)",
+            lost_allow.join(" ")
+        ));
+    }
+    if !lost_deny.is_empty() {
+        what.push(format!(
+            "masked {} (allowed again now)",
+            lost_deny.join(" ")
+        ));
+    }
+    warn!(
+        "the earlier instance's live policy differed from the configuration: it {}; those were \
+         runtime changes (`inspector policy` without --permanent), replaced by the configuration \
+         at this start",
+        what.join(" and ")
+    );
 }
 
 /// The daemon's life: expire flows and serve metrics until SIGINT or
@@ -191,6 +259,7 @@ fn attach_with_settings(
 async fn run_until_signal(
     signals: Signals,
     metrics: Option<tokio::net::TcpListener>,
+    relay: journal::Relay,
     pin_dir: &Path,
 ) -> Result<()> {
     let serve_metrics = async {
@@ -201,6 +270,7 @@ async fn run_until_signal(
     };
     tokio::select! {
         r = signals.wait() => r,
+        r = journal::run(pin_dir, relay) => r,
         r = expire_flows(pin_dir) => r,
         r = serve_metrics => r,
     }
@@ -209,7 +279,7 @@ async fn run_until_signal(
 /// Removes closed and idle flow entries every few seconds. Works on the
 /// pinned maps, like any other process would.
 async fn expire_flows(pin_dir: &Path) -> Result<()> {
-    let (mut flow_map, mut counters) = flows::open_pinned(pin_dir)?;
+    let (mut flow_map, mut clients, mut counters) = flows::open_pinned(pin_dir)?;
     let mut tick = tokio::time::interval(EXPIRY_PERIOD);
     loop {
         tick.tick().await;
@@ -217,6 +287,9 @@ async fn expire_flows(pin_dir: &Path) -> Result<()> {
             Ok(n) if n > 0 => log::debug!("expired {n} flow entries"),
             Ok(_) => {}
             Err(e) => warn!("expiring flow entries: {e:#}"),
+        }
+        if let Err(e) = flows::recount(&flow_map, &mut clients) {
+            warn!("recounting the flows of each client: {e:#}");
         }
     }
 }
@@ -228,7 +301,7 @@ struct Signals {
 }
 
 impl Signals {
-    /// Must run inside the runtime.
+    /// Needs a tokio runtime context.
     fn install() -> Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod detach;
+pub mod docs;
 pub mod events;
 pub mod policy;
 pub mod stats;

@@ -11,11 +11,14 @@ use inspector_common::{
     verbs::{key_text, PolicyEntry, VerbKey, ALLOWED, MAX_VERB},
 };
 use inspector_userspace::{
-    loader, privilege,
+    loader, permanent, privilege,
     settings::{with_changes, LimitAction},
 };
 
-use crate::cli::{LimitRule, OnOff, PolicyAction, PolicyArgs, Switch};
+use crate::{
+    cli::{LimitRule, OnOff, PolicyAction, PolicyArgs, Switch},
+    out,
+};
 
 fn verb_string(k: VerbKey) -> String {
     let mut t = [0u8; MAX_VERB];
@@ -118,10 +121,14 @@ fn limits_line(c: &Config) -> String {
 
 pub fn run(args: PolicyArgs) -> Result<()> {
     let PolicyArgs { action, pin_dir } = args;
+    // Bad verbs are refused (exit 2) before anything else is looked at.
+    if let PolicyAction::Allow { verbs, .. } | PolicyAction::Deny { verbs, .. } = &action {
+        with_changes(&[], verbs, &[])?;
+    }
     privilege::require_bpf("policy")?;
     let mut map = open(&pin_dir)?;
     let current = allowed(&map);
-    let (allow, deny) = match action {
+    let (allow, deny, permanent) = match action {
         PolicyAction::Show { json } => {
             let mut names: Vec<String> = current.iter().map(|k| verb_string(*k)).collect();
             names.sort();
@@ -130,38 +137,51 @@ pub fn run(args: PolicyArgs) -> Result<()> {
                 .context("reading the configuration")?;
             let (ehlo, banner) = switches(&c);
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "allowed": names,
-                        "ehlo_filter": ehlo,
-                        "mask_banner": banner,
-                        "limits": {
-                            "command_line": action_of(&c, rule::COMMAND_LINE),
-                            "rcpts": action_of(&c, rule::RCPTS),
-                        },
-                    })
-                );
+                out::line(serde_json::json!({
+                    "allowed": names,
+                    "ehlo_filter": ehlo,
+                    "mask_banner": banner,
+                    "limits": {
+                        "command_line": action_of(&c, rule::COMMAND_LINE),
+                        "rcpts": action_of(&c, rule::RCPTS),
+                    },
+                }))?;
             } else {
-                println!("allowed: {}", names.join(" "));
-                println!("masked:  every other verb");
-                println!("ehlo_filter: {}", on_off(ehlo));
-                println!("mask_banner: {}", on_off(banner));
-                println!("{}", limits_line(&c));
+                out::print(&format!(
+                    "allowed: {}\nmasked:  every other verb\nehlo_filter: {}\nmask_banner: {}\n{}\n",
+                    names.join(" "),
+                    on_off(ehlo),
+                    on_off(banner),
+                    limits_line(&c)
+                ))?;
             }
             return Ok(());
         }
         PolicyAction::Limit { rule, action } => return set_limit(&pin_dir, rule, action),
         PolicyAction::Set { switch, value } => return set(&pin_dir, switch, value),
-        PolicyAction::Allow { verbs } => (verbs, vec![]),
-        PolicyAction::Deny { verbs } => (vec![], verbs),
+        PolicyAction::Allow { verbs, permanent } => (verbs, vec![], permanent),
+        PolicyAction::Deny { verbs, permanent } => (vec![], verbs, permanent),
     };
-    // Check every verb (the rules of `attach --allow/--deny`) before
-    // touching the map.
     let next = with_changes(&current, &allow, &deny)?;
+    // The file first: if it cannot be written, nothing changes at all.
+    if permanent.permanent {
+        permanent::write_through(&permanent.policy, &allow, &deny)?;
+    }
     loader::write_policy(&mut map, &next)?;
     let mut names: Vec<String> = next.iter().map(|k| verb_string(*k)).collect();
     names.sort();
-    println!("allowed: {}", names.join(" "));
+    out::line(format_args!("allowed: {}", names.join(" ")))?;
+    if permanent.permanent {
+        out::line(format_args!(
+            "changed now and in {} (permanent: the next start of `attach --policy {}` keeps it)",
+            permanent.policy.display(),
+            permanent.policy.display()
+        ))?;
+    } else {
+        out::line(
+            "changed now only (runtime): the next start of `attach` applies its policy file and \
+             options again; add --permanent to also write the change into the policy file",
+        )?;
+    }
     Ok(())
 }

@@ -3,16 +3,16 @@
 use anyhow::Result;
 use inspector_userspace::{privilege, status::Status};
 
-use crate::{cli::StatusArgs, cmd::policy};
+use crate::{cli::StatusArgs, cmd::policy, out};
 
 pub fn run(args: StatusArgs) -> Result<()> {
     privilege::require_bpf("status")?;
     let allowed = policy::allowed_names(&args.pin_dir)?;
     let st = Status::read(&args.pin_dir, allowed)?;
     if args.json {
-        println!("{}", st.to_json());
+        out::line(st.to_json())?;
     } else {
-        print!("{}", st.to_text());
+        out::print(&st.to_text())?;
     }
     Ok(())
 }

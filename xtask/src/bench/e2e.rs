@@ -177,9 +177,13 @@ fn activate(gw: &Testbed, env: &Env, f: Filter) -> Result<Active> {
             } else {
                 "tc"
             };
+            // All the load comes from one client address: lift the
+            // per-client cap (the idle flows alone are thousands).
             let i = Attach::new(&gw.gateway, &gw.gateway_ifaces())
                 .arg("--mode")
                 .arg(mode)
+                .arg("--max-flows-per-client")
+                .arg("65536")
                 .start()
                 .map_err(|e| {
                     anyhow!(

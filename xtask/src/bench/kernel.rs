@@ -79,6 +79,7 @@ fn moved(d: &Counters) -> String {
 /// passed uninspected.
 const MUST_STAY_ZERO: &[Counter] = &[
     Counter::Midstream,
+    Counter::Spoofed,
     Counter::OutOfOrderDrops,
     Counter::RetransConflicts,
     Counter::RetransUnverifiable,

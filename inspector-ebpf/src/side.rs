@@ -1,0 +1,147 @@
+//! Which side a packet of the server's direction came from
+//! (docs/contract.md §9). The client is the adversary and can forge
+//! anything from its own side, including packets that claim the server's
+//! address and port; only where a packet arrived, and from which neighbour,
+//! tells them apart. A server-direction packet is believed when:
+//!
+//! - this host made it (TC egress of a local packet, or the loopback
+//!   device): nobody outside can inject there;
+//! - on a forwarding host (a gateway, XDP or TC ingress), the kernel's own
+//!   routing table sends packets for the claimed sender out of the very
+//!   interface this one came in on (a reverse-path check), and the frame's
+//!   source MAC is the next hop the neighbour table gives for that address.
+//!   The interface tells the sides of a two-interface gateway apart; the MAC
+//!   tells them apart on a one-armed gateway, where both sides share the
+//!   interface. No neighbour entry means the side cannot be told: refused;
+//!   the gateway resolved the server when it forwarded the client's SYN, so
+//!   a real server's packets find one;
+//! - on a host that does not forward (the MTA host itself), the host has a
+//!   connection for the packet: the replies of its own outgoing sessions.
+//!   Its incoming sessions' server packets leave on egress and never come
+//!   in; one that comes in claiming a local server is forged.
+//!
+//! What this cannot tell: a client that shares the server's layer-2 segment
+//! and forges the server's (or the server-side router's) MAC, as on a
+//! one-armed gateway whose clients and servers sit on one LAN.
+
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN,
+    },
+    helpers::{bpf_fib_lookup, bpf_sk_lookup_tcp, bpf_sk_release},
+};
+use inspector_common::events::reason;
+
+use crate::{headers::Tcp, packet::Packet, workarea::Lookup};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPPROTO_TCP: u8 = 6;
+/// The loopback device has this index in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Whether the server-direction segment `t` came from the server's side:
+/// 0 if so, otherwise the `reason` it is refused with. The lookups'
+/// parameters are built in `l`.
+#[inline(never)]
+pub fn check_server<P: Packet>(ctx: &P, t: &Tcp, l: &mut Lookup) -> u8 {
+    let ifindex = ctx.ingress_ifindex();
+    if ifindex == 0 || ifindex == LOOPBACK_IFINDEX {
+        return 0;
+    }
+    // SAFETY: a plain-old-data parameter block; all zeroes is its "unset".
+    l.fib = unsafe { zeroed() };
+    let p = &mut l.fib;
+    p.l4_protocol = IPPROTO_TCP;
+    // The route back: from the client to the claimed sender (the ports
+    // only choose among equal-cost routes).
+    p.sport = t.dst_port.to_be();
+    p.dport = t.src_port.to_be();
+    p.ifindex = ifindex;
+    if t.is_v6 {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = words(&t.dst);
+        p.__bindgen_anon_4.ipv6_dst = words(&t.src);
+    } else {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = word(&t.dst, 12);
+        p.__bindgen_anon_4.ipv4_dst = word(&t.src, 12);
+    }
+    // SAFETY: `p` is a complete parameter block in the work area.
+    let rc = unsafe { bpf_fib_lookup(ctx.raw(), p, size_of::<FibParams>() as i32, 0) };
+    if rc == BPF_FIB_LKUP_RET_FWD_DISABLED as i64 {
+        return local_connection(ctx, t, &mut l.tuple);
+    }
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // Unreachable, blackholed, prohibited, or a local address
+        // (NOT_FWDED): the server is not behind this interface.
+        return reason::NOT_ROUTED;
+    }
+    if p.ifindex != ifindex {
+        return reason::WRONG_INTERFACE;
+    }
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return reason::NO_NEIGHBOUR;
+    }
+    let Some(src_mac) = ctx.read::<[u8; 6]>(6) else {
+        return reason::WRONG_MAC;
+    };
+    if src_mac != p.dmac {
+        return reason::WRONG_MAC;
+    }
+    0
+}
+
+/// On a host that does not forward: 0 if the host has a connection (not a
+/// listener) the segment `t` belongs to, as its receiver.
+#[inline(always)]
+fn local_connection<P: Packet>(ctx: &P, t: &Tcp, tuple: &mut bpf_sock_tuple) -> u8 {
+    let size = if t.is_v6 {
+        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr: words(&t.src),
+            daddr: words(&t.dst),
+            sport: t.src_port.to_be(),
+            dport: t.dst_port.to_be(),
+        };
+        size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+    } else {
+        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            saddr: word(&t.src, 12),
+            daddr: word(&t.dst, 12),
+            sport: t.src_port.to_be(),
+            dport: t.dst_port.to_be(),
+        };
+        size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    };
+    // SAFETY: `tuple` holds `size` initialised bytes in the work area;
+    // the socket reference is released below on every path.
+    unsafe {
+        let sk = bpf_sk_lookup_tcp(ctx.raw(), tuple, size as u32, BPF_F_CURRENT_NETNS as u64, 0);
+        if sk.is_null() {
+            return reason::NO_SOCKET;
+        }
+        let state = (*sk).state;
+        bpf_sk_release(sk as *mut _);
+        // A listener matches any peer on its port: it says nothing about
+        // this segment.
+        if state == BPF_TCP_LISTEN {
+            return reason::NO_SOCKET;
+        }
+    }
+    0
+}
+
+/// An address as the kernel's `__be32[4]`: the same bytes in memory order.
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [word(a, 0), word(a, 4), word(a, 8), word(a, 12)]
+}
+
+#[inline(always)]
+fn word(a: &[u8; 16], at: usize) -> u32 {
+    u32::from_ne_bytes([a[at], a[at + 1], a[at + 2], a[at + 3]])
+}
