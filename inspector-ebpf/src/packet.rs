@@ -149,6 +149,10 @@ impl Packet for XdpContext {
     const DROP: u32 = xdp_action::XDP_DROP;
 }
 
+/// The skb mark of a RST that `bounce` sends back toward the client in TC
+/// mode ("INSP"), cleared when the egress hook lets it go.
+const BOUNCE_MARK: u32 = 0x494e_5350;
+
 impl Packet for TcContext {
     #[inline(always)]
     fn raw(&self) -> *mut core::ffi::c_void {
@@ -210,8 +214,21 @@ impl Packet for TcContext {
         // ifindex on ingress; anything else is a forwarded packet leaving.
         // SAFETY: `self.skb.skb` points to this invocation's __sk_buff,
         // whose fields the program may read.
-        let (ingress, ifindex) =
-            unsafe { ((*self.skb.skb).ingress_ifindex, (*self.skb.skb).ifindex) };
+        let (ingress, ifindex, mark) = unsafe {
+            (
+                (*self.skb.skb).ingress_ifindex,
+                (*self.skb.skb).ifindex,
+                (*self.skb.skb).mark,
+            )
+        };
+        if mark == BOUNCE_MARK {
+            // Our own RST, turned around by `bounce` on ingress and now
+            // leaving by the same interface: already decided. The mark
+            // goes, so that nothing downstream sees it.
+            // SAFETY: as above; `mark` is writable by TC programs.
+            unsafe { (*self.skb.skb).mark = 0 };
+            return true;
+        }
         ingress != 0 && ingress != ifindex
     }
     #[inline(always)]
@@ -223,8 +240,17 @@ impl Packet for TcContext {
     }
     #[inline(always)]
     fn bounce(&self) -> u32 {
-        // SAFETY: as in `seen_on_ingress`; `bpf_redirect` takes plain values.
-        unsafe { bpf_redirect((*self.skb.skb).ifindex, 0) as u32 }
+        // The redirected RST leaves by the interface it came in on, through
+        // that interface's egress hook: this program again, where its
+        // arrival interface would make it look like a server packet from
+        // the client's side. The mark says it is ours (nothing outside the
+        // host can set an skb mark).
+        // SAFETY: as in `seen_on_ingress`; `mark` is writable by TC
+        // programs and `bpf_redirect` takes plain values.
+        unsafe {
+            (*self.skb.skb).mark = BOUNCE_MARK;
+            bpf_redirect((*self.skb.skb).ifindex, 0) as u32
+        }
     }
     const MAX_CHUNKS: u32 = 16;
     const PASS: u32 = TC_ACT_OK as u32;

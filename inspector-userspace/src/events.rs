@@ -142,6 +142,10 @@ pub fn message_id(e: &Event) -> &'static str {
         kind::DROPPED => "b0f7e1c2a3d44e5f8a6b7c8d9e0f1a22",
         kind::RESET => "b0f7e1c2a3d44e5f8a6b7c8d9e0f1a23",
         kind::MIDSTREAM => "b0f7e1c2a3d44e5f8a6b7c8d9e0f1a24",
+        kind::KEYWORD_MASKED => "b0f7e1c2a3d44e5f8a6b7c8d9e0f1a26",
+        kind::LIMIT => "b0f7e1c2a3d44e5f8a6b7c8d9e0f1a27",
+        kind::SPOOFED => "b0f7e1c2a3d44e5f8a6b7c8d9e0f1a28",
+        kind::REFUSED => "b0f7e1c2a3d44e5f8a6b7c8d9e0f1a29",
         _ => "b0f7e1c2a3d44e5f8a6b7c8d9e0f1a2f",
     }
 }
