@@ -18,7 +18,6 @@ use crate::{
     netns::{in_netns, NetNs},
     proc::{Finished, Proc},
     smtpd::PYTHON,
-    unique_id, NAME_PREFIX,
 };
 
 /// Bound for a whole scripted session.
@@ -317,10 +316,7 @@ impl Running {
 /// A folder for hand-shake files, readable from every namespace.
 pub fn handshake_dir() -> tempfile::TempDir {
     crate::remove_stale_once();
-    tempfile::Builder::new()
-        .prefix(&format!("{NAME_PREFIX}-{}-client", unique_id()))
-        .tempdir()
-        .expect("creating a temporary folder")
+    crate::temp_dir("client")
 }
 
 /// Starts `script` against `server:port` from namespace `ns`.

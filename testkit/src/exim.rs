@@ -21,7 +21,7 @@ use std::{
 use crate::{
     netns::NetNs,
     proc::{run_timeout, Finished},
-    target_dir, unique_id, NAME_PREFIX,
+    target_dir, unique_id,
 };
 
 /// The uid and gid `Debian-exim` gets in the bound passwd and group files
@@ -59,10 +59,7 @@ impl Exim {
             "{} is missing: `cargo xtask setup` unpacks Debian's exim4-daemon-light there",
             bin.display()
         );
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{NAME_PREFIX}-{}-exim", unique_id()))
-            .tempdir()
-            .expect("creating a temporary folder");
+        let dir = crate::temp_dir("exim");
         let d = dir.path();
         std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .expect("chmod 755");

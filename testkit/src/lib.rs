@@ -111,6 +111,15 @@ pub fn unique_id() -> String {
     )
 }
 
+/// A temporary folder named `<NAME_PREFIX>-<unique id>-<role>`, removed on
+/// drop (and, if a killed run left it, by [`remove_stale_once`]).
+pub fn temp_dir(role: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{NAME_PREFIX}-{}-{role}", unique_id()))
+        .tempdir()
+        .unwrap_or_else(|e| panic!("creating a temporary folder for {role}: {e}"))
+}
+
 /// The process id encoded in a name made from [`unique_id`] after
 /// `<NAME_PREFIX>-`, if any.
 pub fn owner_pid(name: &str) -> Option<i32> {

@@ -22,7 +22,7 @@ use rustix::process::Signal;
 use crate::{
     netns::NetNs,
     proc::{cmd, run, run_timeout, Finished},
-    unique_id, wait_until, NAME_PREFIX,
+    wait_until,
 };
 
 /// The domain Postfix accepts mail for.
@@ -102,10 +102,7 @@ impl Postfix {
     pub fn start_with(ns: &NetNs, addrs: &[IpAddr], extra: &[&str]) -> Postfix {
         crate::require_root();
         crate::remove_stale_once();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{NAME_PREFIX}-{}-postfix", unique_id()))
-            .tempdir()
-            .expect("creating a temporary folder");
+        let dir = crate::temp_dir("postfix");
         // The daemons run as postfix and must reach their folders.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod 755");

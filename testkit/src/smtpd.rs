@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{from_hex, netns::NetNs, proc::Proc, unique_id, wait_until, NAME_PREFIX};
+use crate::{from_hex, netns::NetNs, proc::Proc, wait_until};
 
 /// Bound for the server to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -70,10 +70,7 @@ impl RecordingSmtpd {
     /// (`--smtputf8`, `--auth`, `--auth-user USER:PASSWORD`).
     pub fn start_with(ns: &NetNs, hosts: &[IpAddr], port: u16, extra: &[&str]) -> RecordingSmtpd {
         crate::remove_stale_once();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{NAME_PREFIX}-{}-smtpd", unique_id()))
-            .tempdir()
-            .expect("creating a temporary folder");
+        let dir = crate::temp_dir("smtpd");
         let log = dir.path().join("received.jsonl");
         let ready = dir.path().join("ready.json");
         let mut c = ns.exec(PYTHON);

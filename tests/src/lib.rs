@@ -21,7 +21,7 @@ pub mod xdp;
 
 pub use inspector_testkit::{
     client, exim, frame, from_hex, inspector, inspector_bin, netns, owner_pid, pid_alive, postfix,
-    proc, remove_stale_once, require_root, sha256_hex, smtpd, unique_id, wait_until,
+    proc, remove_stale_once, require_root, sha256_hex, smtpd, temp_dir, unique_id, wait_until,
     workspace_root, Counts, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed, NAME_PREFIX,
 };
 

@@ -288,14 +288,7 @@ fn object_with_uninitialised_read() -> Vec<u8> {
 #[test]
 fn program_rejected_by_the_verifier_fails_cleanly() {
     let v = Veths::new("cli");
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            "{}-{}-obj",
-            inspector_tests::NAME_PREFIX,
-            inspector_tests::unique_id()
-        ))
-        .tempdir()
-        .unwrap();
+    let tmp = inspector_tests::temp_dir("obj");
     let obj = tmp.path().join("broken.bpf.o");
     std::fs::write(&obj, object_with_uninitialised_read()).unwrap();
     let dir = unique_pin_dir();

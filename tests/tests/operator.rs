@@ -28,7 +28,7 @@ use inspector_tests::{
     inspector_bin,
     netns::{addr::SERVER_V4, in_netns},
     proc::{run, Finished, Proc},
-    unique_id, wait_until, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed, NAME_PREFIX,
+    wait_until, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed,
 };
 use serde_json::Value;
 
@@ -1298,10 +1298,7 @@ fn failed_takeover_changes_nothing() {
 // ---------------------------------------------------------------------
 
 fn policy_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("{NAME_PREFIX}-{}-policy", unique_id()))
-        .tempdir()
-        .expect("a temporary folder")
+    inspector_tests::temp_dir("policy")
 }
 
 /// `--policy FILE` with allow STARTTLS, deny VRFY, ports [25]: at the
