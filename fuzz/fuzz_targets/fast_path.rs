@@ -9,11 +9,13 @@
 //!
 //! - byte 0: the state the stream starts in (a body at a line start or in a
 //!   line, a SASL line, a command's arguments, a BDAT chunk of `byte 2`
-//!   bytes, a line start), so that the fuzzer reaches the fast paths without
-//!   first guessing a command and its reply;
+//!   bytes, a line start, a message's header section at a line start or
+//!   `byte 2 * 4` bytes into a header line), so that the fuzzer reaches the
+//!   fast paths without first guessing a command and its reply;
 //! - byte 1: bit 0, the server advertised CHUNKING; bit 1, BDAT and STARTTLS
 //!   are allowed too; bits 2-4, which reply every gate command (DATA, AUTH,
-//!   a SASL line, STARTTLS) gets;
+//!   a SASL line, STARTTLS) gets; bits 5-7, the action of every limit
+//!   (log, reset, drop-connection, off, mask; 5-7 read as log);
 //! - byte 2: the stream is the rest of the input repeated `(byte 2 & 3) + 1`
 //!   times (segments then grow past the kernel's 4 KiB chunk);
 //! - bytes 3-4: seed of the segmentation (lengths from 1 byte to 9 KB, or up
@@ -41,6 +43,7 @@ struct Replies {
     code: u16,
     known: u32,
     chunking: bool,
+    action: u32,
 }
 
 impl Env for Replies {
@@ -53,21 +56,29 @@ impl Env for Replies {
     fn chunking(&self) -> bool {
         self.chunking
     }
+    fn limit_action(&self, _rule: u8) -> u32 {
+        self.action
+    }
 }
 
 /// The state a stream starts in.
 fn start(kind: u8, count: u8) -> ClientState {
-    let (state, sub) = match kind % 6 {
-        0 => (cstate::BODY, 1), // at a line start
-        1 => (cstate::BODY, 0), // inside a line
-        2 => (cstate::SASL, 0),
-        3 => (cstate::ARGS, 0),
-        4 => (cstate::CHUNK, 0),
-        _ => (cstate::LINE_START, 0),
+    let (state, sub, hdr, hdr_len) = match kind % 8 {
+        0 => (cstate::BODY, 1, 0, 0), // at a line start
+        1 => (cstate::BODY, 0, 0, 0), // inside a line
+        2 => (cstate::SASL, 0, 0, 0),
+        3 => (cstate::ARGS, 0, 0, 0),
+        4 => (cstate::CHUNK, 0, 0, 0),
+        // The header section, at a line start or inside a line.
+        6 => (cstate::BODY, 1, 1, 0),
+        7 => (cstate::BODY, 0, 1, count as u16 * 4 + 1),
+        _ => (cstate::LINE_START, 0, 0, 0),
     };
     ClientState {
         state,
         sub,
+        hdr,
+        hdr_len,
         verb_id: OTHER,
         count: count as u64 + 1,
         units: 1,
@@ -116,6 +127,7 @@ fuzz_target!(|data: &[u8]| {
         code: CODES[(data[1] >> 2) as usize % CODES.len()],
         known: 0,
         chunking: data[1] & 1 != 0,
+        action: (data[1] >> 5) as u32,
     };
     let mut st = start(data[0], data[2]);
     let stream = data[5..].repeat((data[2] & 3) as usize + 1);

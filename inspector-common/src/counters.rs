@@ -105,10 +105,16 @@ counters! {
     BannersMasked => "banners_masked",
     /// Command lines longer than 512 bytes (the command-line limit matched, whatever its action).
     LimitCommandLine => "limit_command_line",
-    /// Transactions with more than 100 RCPT commands (the RCPT limit matched, whatever its action).
+    /// RCPT commands after the 100th of a transaction (the RCPT limit matched, whatever its action).
     LimitRcpts => "limit_rcpts",
     /// Segments dropped because a limit's drop-connection action dropped their flow.
     FlowsDropped => "flows_dropped",
+    /// MAIL/RCPT addresses longer than 320 bytes (the address-length limit matched, whatever its action).
+    LimitAddressLength => "limit_address_length",
+    /// MAIL/RCPT arguments with a character no address has: |, backquote, NUL, unbalanced <> (the address-characters limit matched, whatever its action).
+    LimitAddressChars => "limit_address_chars",
+    /// Header lines longer than 998 bytes in a message's header section (the header-line limit matched, whatever its action).
+    LimitHeaderLine => "limit_header_line",
 }
 
 /// Number of counters (size of the counter map).

@@ -71,6 +71,13 @@ pub mod reason {
     pub const TABLE_FULL: u8 = 19;
     /// Refused: the client address has its maximum of flows.
     pub const CLIENT_CAP: u8 = 20;
+    /// A MAIL/RCPT address longer than 320 bytes (the address-length limit).
+    pub const ADDRESS_TOO_LONG: u8 = 21;
+    /// A MAIL/RCPT argument with a character no address has (the
+    /// address-characters limit).
+    pub const ADDRESS_CHARS: u8 = 22;
+    /// A header line longer than 998 bytes (the header-line limit).
+    pub const HEADER_LINE_TOO_LONG: u8 = 23;
 }
 
 #[repr(C)]

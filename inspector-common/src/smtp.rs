@@ -22,7 +22,7 @@
 //!   the server offered (CHUNKING) is what the client was shown.
 
 use crate::{
-    config::{CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
+    config::{action, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
     scan::{scan_body, scan_to_lf, Words, CHUNK},
     verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX},
 };
@@ -60,6 +60,50 @@ pub mod gate {
 
 /// `ClientState::flags` bits.
 const F_ALLOWED: u8 = 1;
+/// The line is an allowed MAIL or RCPT: its argument goes through the
+/// address rules (and is stepped byte by byte, not skipped to its LF).
+const F_ADDRESS: u8 = 2;
+
+/// Address parser states (in `ClientState::addr` while in the argument of
+/// an allowed MAIL or RCPT). The address is what is between `<` and `>`;
+/// without a `<`, the word after the colon of `FROM:`/`TO:` (or the first
+/// word, if it has no colon).
+mod addr {
+    /// Whitespace before the first word.
+    pub const PRE: u8 = 0;
+    /// In the first word, before its colon (`FROM`, `TO`).
+    pub const KEY: u8 = 1;
+    /// After the colon, before the address.
+    pub const COLON: u8 = 2;
+    /// In an address without angle brackets.
+    pub const BARE: u8 = 3;
+    /// Inside the `<...>` of the address.
+    pub const IN: u8 = 4;
+    /// After the address: ESMTP parameters.
+    pub const DONE: u8 = 5;
+    /// Inside a bracketed parameter value (RFC 4954's `AUTH=<>`).
+    pub const PARAM_IN: u8 = 6;
+}
+
+/// Header-section states (in `ClientState::hdr` while in a body).
+mod hdr {
+    /// Not in a header section: the body proper, or not in a body.
+    pub const OFF: u8 = 0;
+    /// In the header section.
+    pub const LINE: u8 = 1;
+    /// In the header section, on a line that so far is one CR: a LF now
+    /// ends the section.
+    pub const CR: u8 = 2;
+}
+
+/// `ClientState::lim` bits: what the limits did on the current line.
+mod lim {
+    pub const ADDRESS_LENGTH: u8 = 1;
+    pub const ADDRESS_CHARS: u8 = 2;
+    pub const HEADER_LINE: u8 = 4;
+    /// A `mask` action masked the line's verb.
+    pub const MASKED: u8 = 8;
+}
 
 /// BDAT argument parser states (in `ClientState::sub` while in ARGS).
 mod bdat {
@@ -120,6 +164,19 @@ pub struct ClientState {
     /// Bytes of the current command line so far (saturating), for the
     /// command-line limit (docs/contract.md §10).
     pub line_len: u32,
+    /// Address parser state ([`addr`]) in the argument of MAIL/RCPT.
+    pub addr: u8,
+    /// Header-section state ([`hdr`]) in a body.
+    pub hdr: u8,
+    /// [`lim`] bits of the current line.
+    pub lim: u8,
+    pub _pad: u8,
+    /// Bytes of the address so far (saturating).
+    pub addr_len: u16,
+    /// Bytes of the current header line so far, CR and LF excluded
+    /// (saturating; a line-start dot, which the server removes, is not
+    /// counted).
+    pub hdr_len: u16,
 }
 
 /// Longest command line the limit lets through, its CRLF included
@@ -130,12 +187,46 @@ pub const MAX_COMMAND_LINE: u32 = 512;
 /// default).
 pub const MAX_RCPTS: u16 = 100;
 
-/// Limit rules ([`Out::limit`]).
+/// Longest MAIL/RCPT address the limit lets through (the ASA's default
+/// for the sender address; RFC 5321 allows 64 + 1 + 255 bytes).
+pub const MAX_ADDRESS: u16 = 320;
+
+/// Longest header line the limit lets through, CRLF excluded (RFC 5322
+/// 2.1.1, the ASA's default).
+pub const MAX_HEADER_LINE: u16 = 998;
+
+/// Limit rules. [`Out::limit`] holds one bit per rule that matched
+/// ([`bit`]).
 pub mod rule {
     /// A command line longer than [`super::MAX_COMMAND_LINE`].
     pub const COMMAND_LINE: u8 = 1;
-    /// More than [`super::MAX_RCPTS`] RCPT commands in one transaction.
+    /// More than [`super::MAX_RCPTS`] RCPT commands in one transaction:
+    /// every RCPT after the 100th.
     pub const RCPTS: u8 = 2;
+    /// A MAIL/RCPT address longer than [`super::MAX_ADDRESS`].
+    pub const ADDRESS_LENGTH: u8 = 3;
+    /// A MAIL/RCPT argument holding a character no address has: `|`, a
+    /// backquote, NUL, or unbalanced angle brackets.
+    pub const ADDRESS_CHARS: u8 = 4;
+    /// A header line longer than [`super::MAX_HEADER_LINE`] in a message's
+    /// header section (DATA only: BDAT chunks are not parsed).
+    pub const HEADER_LINE: u8 = 5;
+    /// Number of rules.
+    pub const COUNT: u8 = 5;
+
+    /// The bit of `rule` in [`super::Out::limit`].
+    #[inline(always)]
+    pub const fn bit(rule: u8) -> u8 {
+        1 << ((rule.wrapping_sub(1)) & 7)
+    }
+
+    /// Whether a rule's action may be `mask`: only a rule about one
+    /// command (its verb can be masked); a line cannot be masked without
+    /// changing mail.
+    #[inline(always)]
+    pub const fn maskable(rule: u8) -> bool {
+        matches!(rule, RCPTS | ADDRESS_LENGTH | ADDRESS_CHARS)
+    }
 }
 
 /// State of the reply (server to client) direction. Written only by the
@@ -232,6 +323,11 @@ pub trait Env {
     fn gate_reply(&self, unit: u32) -> Option<u16>;
     /// Whether the server advertised CHUNKING.
     fn chunking(&self) -> bool;
+    /// The action (`config::action`) of limit `rule`; `log` unless told.
+    #[inline(always)]
+    fn limit_action(&self, _rule: u8) -> u32 {
+        action::LOG
+    }
 }
 
 /// What to do with the byte just parsed (and possibly earlier ones).
@@ -271,8 +367,18 @@ pub struct Out {
     pub event: u8,
     pub verb_id: u8,
     pub masked: u8,
-    /// A limit [`rule`] this byte went past (once per line).
+    /// The limit rules this byte went past, one [`rule::bit`] each (each
+    /// once per line, RCPTS once per RCPT), those whose action is `off`
+    /// left out.
     pub limit: u8,
+    /// What the limits that matched ask for, the strongest of their
+    /// actions (`config::action`: log, mask, reset, drop-connection), after
+    /// the parser applied `mask` (to [`Self::act`]) or turned it into
+    /// `reset` because the verb is not in this segment.
+    pub limit_act: u8,
+    /// The rule whose action is [`Self::limit_act`] (the reason reported
+    /// for a reset).
+    pub limit_rule: u8,
 }
 
 impl Out {
@@ -294,6 +400,10 @@ pub struct Seg {
     /// Segment offset where the current verb started (0 if it started in an
     /// earlier segment).
     pub verb_start: u32,
+    /// Segment offset where the current line's verb ended. The verb bytes
+    /// of this segment (chunk) are `[verb_start, verb_end)` when that is
+    /// not empty; otherwise the whole verb left in earlier segments.
+    pub verb_end: u32,
 }
 
 impl ClientState {
@@ -320,24 +430,31 @@ impl ClientState {
     }
 
     /// Whether every byte other than LF leaves this state exactly as it is
-    /// (and is kept): the middle of a body line, the arguments of a command
-    /// other than BDAT, a SASL line. [`Self::skip_ahead`] then skips
-    /// to the next LF a word at a time instead of stepping byte by byte.
+    /// (and is kept), but for the line's length: the middle of a body line,
+    /// the arguments of a command other than BDAT and an allowed MAIL or
+    /// RCPT (whose address is checked byte by byte), a SASL line.
+    /// [`Self::skip_ahead`] then skips to the next LF a word at a time
+    /// instead of stepping byte by byte, counting what a line limit counts.
     #[inline(always)]
     pub fn skips_to_lf(&self) -> bool {
         match self.state {
-            cstate::BODY => self.sub == body::MID,
-            cstate::ARGS => self.verb_id != id::BDAT,
+            // In the header section, only once the line has a byte (see
+            // `header_byte`: the first may be a lone CR).
+            cstate::BODY => self.sub == body::MID && (self.hdr == hdr::OFF || self.hdr_len != 0),
+            cstate::ARGS => self.verb_id != id::BDAT && self.flags & F_ADDRESS == 0,
             cstate::SASL => true,
             _ => false,
         }
     }
 
-    /// Whether the body fast path applies: in a body, at a line start or in
-    /// the middle of a line (not right after a line-start dot).
+    /// Whether the body fast path applies: in a body past its header
+    /// section, at a line start or in the middle of a line (not right after
+    /// a line-start dot).
     #[inline(always)]
     pub fn body_scannable(&self) -> bool {
-        self.state == cstate::BODY && (self.sub == body::MID || self.sub == body::BOL)
+        self.state == cstate::BODY
+            && self.hdr == hdr::OFF
+            && (self.sub == body::MID || self.sub == body::BOL)
     }
 
     /// The word-at-a-time fast paths of [`crate::scan`]: moves over bytes
@@ -363,19 +480,37 @@ impl ClientState {
             return to;
         }
         if self.skips_to_lf() {
-            if self.state != cstate::ARGS {
-                return scan_to_lf(buf, at, end);
+            if self.state == cstate::ARGS {
+                // A command line: counted, and the byte that goes past the
+                // limit is left to `step`, which reports it.
+                let stop = if self.line_len > MAX_COMMAND_LINE {
+                    end
+                } else {
+                    core::cmp::min(end, at + (MAX_COMMAND_LINE - self.line_len))
+                };
+                let to = scan_to_lf(buf, at, stop);
+                self.line_len += to - at;
+                return to;
             }
-            // A command line: counted, and the byte that goes past the
-            // limit is left to `step`, which reports it.
-            let stop = if self.line_len > MAX_COMMAND_LINE {
-                end
-            } else {
-                core::cmp::min(end, at + (MAX_COMMAND_LINE - self.line_len))
-            };
-            let to = scan_to_lf(buf, at, stop);
-            self.line_len += to - at;
-            return to;
+            if self.state == cstate::BODY && self.hdr != hdr::OFF {
+                // A header line: the same, with its own limit (once it
+                // matched, the rest of the line goes at full speed).
+                let stop = if self.lim & lim::HEADER_LINE != 0 {
+                    end
+                } else if self.hdr_len >= MAX_HEADER_LINE {
+                    at
+                } else {
+                    core::cmp::min(end, at + (MAX_HEADER_LINE - self.hdr_len) as u32)
+                };
+                let to = scan_to_lf(buf, at, stop);
+                if to != at {
+                    let n = core::cmp::min(to - at, u16::MAX as u32) as u16;
+                    self.hdr_len = self.hdr_len.saturating_add(n);
+                    self.hdr = hdr::LINE;
+                }
+                return to;
+            }
+            return scan_to_lf(buf, at, end);
         }
         at
     }
@@ -419,7 +554,10 @@ impl ClientState {
     /// Starts a segment.
     #[inline(always)]
     pub fn begin_segment(&self) -> Seg {
-        Seg { verb_start: 0 }
+        Seg {
+            verb_start: 0,
+            verb_end: 0,
+        }
     }
 
     /// Parses byte `b` at offset `pos` of the current segment.
@@ -469,13 +607,21 @@ impl ClientState {
                 }
             }
             cstate::ARGS => {
+                if self.flags & F_ADDRESS != 0 {
+                    self.address_byte(b, &mut out);
+                }
                 if b == b'\n' {
                     self.end_line(env.chunking(), &mut out);
                 } else if self.verb_id == id::BDAT {
                     self.bdat_arg(b);
                 }
             }
-            cstate::BODY => self.body_byte(b, &mut out),
+            cstate::BODY => {
+                if self.hdr != hdr::OFF {
+                    self.header_byte(b, &mut out);
+                }
+                self.body_byte(b, &mut out);
+            }
             cstate::CHUNK => self.skip(1),
             cstate::SASL if b == b'\n' => {
                 self.units = self.units.wrapping_add(1);
@@ -537,7 +683,11 @@ impl ClientState {
 
     /// The verb ended with delimiter `b` at `pos`.
     #[inline(always)]
-    fn end_verb<E: Env>(&mut self, b: u8, pos: u32, seg: &Seg, env: &E, out: &mut Out) {
+    fn end_verb<E: Env>(&mut self, b: u8, pos: u32, seg: &mut Seg, env: &E, out: &mut Out) {
+        seg.verb_end = pos;
+        self.lim = 0;
+        self.addr = addr::PRE;
+        self.addr_len = 0;
         let entry = env.policy(self.verb);
         // The verb's counter slot, if its key holds all of it (a byte no
         // verb has, such as NUL, does not enter the key: `BD\0AT` is not
@@ -556,12 +706,15 @@ impl ClientState {
             match self.verb_id {
                 id::MAIL | id::RSET | id::HELO | id::EHLO => self.rcpts = 0,
                 id::RCPT => {
-                    if self.rcpts == MAX_RCPTS && out.limit == 0 {
-                        out.limit = rule::RCPTS;
+                    if self.rcpts >= MAX_RCPTS {
+                        self.limit(rule::RCPTS, out);
                     }
                     self.rcpts = self.rcpts.saturating_add(1);
                 }
                 _ => {}
+            }
+            if matches!(self.verb_id, id::MAIL | id::RCPT) {
+                self.flags |= F_ADDRESS;
             }
         } else {
             self.flags = 0;
@@ -618,9 +771,161 @@ impl ClientState {
     #[inline(always)]
     fn count_line_byte(&mut self, out: &mut Out) {
         if self.line_len == MAX_COMMAND_LINE {
-            out.limit = rule::COMMAND_LINE;
+            self.limit(rule::COMMAND_LINE, out);
         }
         self.line_len = self.line_len.saturating_add(1);
+    }
+
+    /// Limit `rule` matched at this byte; [`Self::limit_actions`] decides
+    /// what that does, once per step.
+    #[inline(always)]
+    fn limit(&mut self, rule: u8, out: &mut Out) {
+        out.limit |= rule::bit(rule);
+    }
+
+    /// The actions of the limits that matched at a byte, called after
+    /// its [`Self::step`] when `out.limit` is not 0 (docs/contract.md §10):
+    /// a rule that is off (`action_of` gives each rule's action) is left
+    /// out; the strongest action applies. `mask` masks the verb bytes of
+    /// this segment, once per line; with none here (the whole verb left in
+    /// earlier segments), or for a rule about a whole line, it becomes
+    /// `reset`. Apart from `step` so that the kernel passes its
+    /// configuration word straight from its work area, without a map
+    /// lookup (and the registers it would spill) in the step.
+    #[inline(always)]
+    pub fn limit_actions<A: Fn(u8) -> u32>(&mut self, seg: &Seg, action_of: A, out: &mut Out) {
+        let mut r = 1;
+        while r <= rule::COUNT {
+            let bit = rule::bit(r);
+            if out.limit & bit != 0 {
+                let a = action_of(r);
+                if a == action::OFF {
+                    out.limit &= !bit;
+                } else {
+                    let a = if a != action::MASK || self.lim & lim::MASKED != 0 {
+                        a
+                    } else if rule::maskable(r)
+                        && seg.verb_end > seg.verb_start
+                        && out.act == act::KEEP
+                    {
+                        out.act = act::MASK;
+                        out.mask_from = seg.verb_start;
+                        out.mask_to = seg.verb_end;
+                        self.lim |= lim::MASKED;
+                        a
+                    } else {
+                        action::RESET
+                    };
+                    if out.limit_rule == 0 || severity(a) > severity(out.limit_act as u32) {
+                        out.limit_act = a as u8;
+                        out.limit_rule = r;
+                    }
+                }
+            }
+            r += 1;
+        }
+    }
+
+    /// A byte of the argument of an allowed MAIL or RCPT: the address
+    /// rules. A LF ends the argument (an open `<` is unbalanced).
+    #[inline(always)]
+    fn address_byte(&mut self, b: u8, out: &mut Out) {
+        let space = is_space(b);
+        let mut bad = matches!(b, b'|' | b'`' | 0);
+        let mut counted = false;
+        self.addr = match (self.addr, b) {
+            (addr::IN | addr::PARAM_IN, b'\n') => {
+                bad = true;
+                addr::DONE
+            }
+            (_, b'\n') => addr::DONE,
+            // A second `<` before the first closed.
+            (addr::IN | addr::PARAM_IN, b'<') => {
+                bad = true;
+                self.addr
+            }
+            (addr::DONE, b'<') => addr::PARAM_IN,
+            (_, b'<') => {
+                self.addr_len = 0;
+                addr::IN
+            }
+            (addr::IN, b'>') => addr::DONE,
+            (addr::PARAM_IN, b'>') => addr::DONE,
+            // A `>` before any `<`, or after the pair closed.
+            (_, b'>') => {
+                bad = true;
+                self.addr
+            }
+            (addr::PRE, _) if space => addr::PRE,
+            (addr::PRE, _) => {
+                counted = true;
+                addr::KEY
+            }
+            (addr::KEY, b':') => {
+                self.addr_len = 0;
+                addr::COLON
+            }
+            (addr::KEY | addr::BARE, _) if space => addr::DONE,
+            (addr::COLON, _) if space => addr::COLON,
+            (addr::KEY | addr::COLON | addr::BARE, _) => {
+                counted = true;
+                if self.addr == addr::KEY {
+                    addr::KEY
+                } else {
+                    addr::BARE
+                }
+            }
+            (addr::IN, _) => {
+                counted = true;
+                addr::IN
+            }
+            (st, _) => st,
+        };
+        if counted {
+            if self.addr_len == MAX_ADDRESS && self.lim & lim::ADDRESS_LENGTH == 0 {
+                self.lim |= lim::ADDRESS_LENGTH;
+                self.limit(rule::ADDRESS_LENGTH, out);
+            }
+            self.addr_len = self.addr_len.saturating_add(1);
+        }
+        if bad && self.lim & lim::ADDRESS_CHARS == 0 {
+            self.lim |= lim::ADDRESS_CHARS;
+            self.limit(rule::ADDRESS_CHARS, out);
+        }
+    }
+
+    /// A byte of a message's header section (before `body_byte` moves the
+    /// line position): the header-line limit, and the empty line that
+    /// ends the section.
+    #[inline(always)]
+    fn header_byte(&mut self, b: u8, out: &mut Out) {
+        if b == b'\n' {
+            self.hdr = if self.hdr_len == 0 || self.hdr == hdr::CR {
+                hdr::OFF
+            } else {
+                hdr::LINE
+            };
+            self.hdr_len = 0;
+            self.lim = 0;
+            return;
+        }
+        if b == b'.' && self.sub == body::BOL {
+            // The server removes a line-start dot.
+            return;
+        }
+        // Past 998 bytes; a CR only once it cannot be the CR of the CRLF.
+        let over =
+            self.hdr_len > MAX_HEADER_LINE || (b != b'\r' && self.hdr_len == MAX_HEADER_LINE);
+        if over && self.lim & lim::HEADER_LINE == 0 {
+            self.lim |= lim::HEADER_LINE;
+            self.limit(rule::HEADER_LINE, out);
+        }
+        self.hdr = if self.hdr_len == 0 && b == b'\r' {
+            hdr::CR
+        } else {
+            hdr::LINE
+        };
+        self.hdr_len = self.hdr_len.saturating_add(1);
     }
 
     /// LF at the end of a command line.
@@ -674,6 +979,10 @@ impl ClientState {
             (gate::DATA, 354) => {
                 self.state = cstate::BODY;
                 self.sub = body::BOL;
+                // The message starts with its header section.
+                self.hdr = hdr::LINE;
+                self.hdr_len = 0;
+                self.lim = 0;
                 out.event = event::BODY_START;
             }
             (gate::AUTH, 334) => {
@@ -697,6 +1006,7 @@ impl ClientState {
                 // End of data: the server answers it, so it is a unit.
                 self.units = self.units.wrapping_add(1);
                 self.state = cstate::LINE_START;
+                self.hdr = hdr::OFF;
                 out.event = event::BODY_END;
                 body::MID
             }
@@ -706,6 +1016,19 @@ impl ClientState {
             (b'\r', body::DOT | body::DOT_CR) => body::DOT_CR,
             _ => body::MID,
         };
+    }
+}
+
+/// How strong a limit's action is: `log` < `mask` < `reset` <
+/// `drop-connection`. When several limits match at one byte, the
+/// strongest action applies.
+#[inline(always)]
+const fn severity(a: u32) -> u8 {
+    match a {
+        action::MASK => 1,
+        action::RESET => 2,
+        action::DROP_CONNECTION => 3,
+        _ => 0,
     }
 }
 
@@ -727,32 +1050,44 @@ mod tests {
     }
 
     /// The word-at-a-time skip of `scan.rs` is only correct if this holds:
-    /// but for the length of a command line, which `skip_ahead` counts.
+    /// but for the length of a command line or a header line, which
+    /// `skip_ahead` counts.
     #[test]
     fn skip_to_lf_states_ignore_every_other_byte() {
-        let mut states = [ClientState::default(); 64];
+        let mut states = [ClientState::default(); 1024];
         let mut n = 0;
         for state in 0..=cstate::OPAQUE {
             for sub in 0..=8 {
-                for verb_id in [id::DATA, id::BDAT, crate::verbs::OTHER] {
-                    let st = ClientState {
-                        state,
-                        sub,
-                        verb_id,
-                        flags: F_ALLOWED,
-                        units: 7,
-                        count: 3,
-                        ..Default::default()
-                    };
-                    if st.skips_to_lf() {
-                        states[n] = st;
-                        n += 1;
+                for verb_id in [id::DATA, id::BDAT, id::MAIL, id::RCPT, crate::verbs::OTHER] {
+                    for (flags, hdr, hdr_len) in [
+                        (F_ALLOWED, hdr::OFF, 0),
+                        (F_ALLOWED | F_ADDRESS, hdr::OFF, 0),
+                        (F_ALLOWED, hdr::LINE, 0),
+                        (F_ALLOWED, hdr::LINE, 5),
+                        (F_ALLOWED, hdr::CR, 1),
+                    ] {
+                        let st = ClientState {
+                            state,
+                            sub,
+                            verb_id,
+                            flags,
+                            hdr,
+                            hdr_len,
+                            units: 7,
+                            count: 3,
+                            ..Default::default()
+                        };
+                        if st.skips_to_lf() {
+                            states[n] = st;
+                            n += 1;
+                        }
                     }
                 }
             }
         }
         assert!(n >= 3);
         for &st in &states[..n] {
+            assert!(st.flags & F_ADDRESS == 0 || st.state != cstate::ARGS);
             for b in 0..=255u8 {
                 if b == b'\n' {
                     continue;
@@ -763,6 +1098,11 @@ mod tests {
                 let mut want = st;
                 if st.state == cstate::ARGS {
                     want.line_len += 1;
+                }
+                if st.state == cstate::BODY && st.hdr != hdr::OFF {
+                    assert_ne!(st.hdr_len, 0);
+                    want.hdr_len += 1;
+                    want.hdr = hdr::LINE;
                 }
                 assert_eq!(after, want, "state {st:?} changed on byte {b:#x}");
                 assert_eq!(out, Out::default(), "state {st:?} byte {b:#x}");
@@ -927,7 +1267,10 @@ impl ServerState {
     /// Starts a segment (the keyword span starts at its first byte).
     #[inline(always)]
     pub fn begin_segment(&self) -> Seg {
-        Seg { verb_start: 0 }
+        Seg {
+            verb_start: 0,
+            verb_end: 0,
+        }
     }
 
     /// Parses reply byte `b` at offset `pos` of the current segment.
@@ -1229,7 +1572,10 @@ fn run_client<E: Env>(
                     continue;
                 }
             }
-            let out = st.step(buf[pos], pos as u32, &mut seg, env);
+            let mut out = st.step(buf[pos], pos as u32, &mut seg, env);
+            if out.limit != 0 {
+                st.limit_actions(&seg, |r| env.limit_action(r), &mut out);
+            }
             apply(buf, &out, on_event)?;
             pos += 1;
         }

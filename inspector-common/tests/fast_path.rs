@@ -37,6 +37,8 @@ struct Script {
     codes: Vec<u16>,
     known: u32,
     chunking: bool,
+    /// The action of limit rule `r`: `actions[r % len]` (log if empty).
+    actions: Vec<u32>,
 }
 
 impl Env for Script {
@@ -49,6 +51,17 @@ impl Env for Script {
     fn chunking(&self) -> bool {
         self.chunking
     }
+    fn limit_action(&self, rule: u8) -> u32 {
+        if self.actions.is_empty() {
+            return 0;
+        }
+        self.actions[rule as usize % self.actions.len()]
+    }
+}
+
+/// Limit actions: log, reset, drop-connection, off, mask.
+fn actions() -> impl Strategy<Value = Vec<u32>> {
+    prop::collection::vec(0u32..5, 0..6)
 }
 
 const EOLS: &[&[u8]] = &[b"\r\n", b"\n"];
@@ -137,6 +150,35 @@ fn piece() -> impl Strategy<Value = Vec<Part>> {
             vec![part(b"STARTTLS\r\n".to_vec(), true), part(b, false)]
         }),
         1 => body_bytes(100).prop_map(|b| vec![part(b, false)]),
+        // MAIL or RCPT with an address (often long, bracketed or not) and
+        // the characters the address rules look for.
+        2 => (
+            prop::sample::select(&["MAIL FROM:", "RCPT TO:", "mail from: ", "RCPT "][..]),
+            prop::collection::vec(prop_oneof![
+                6 => Just(b'a'),
+                1 => prop::sample::select(&b"<>|`\0 :@"[..]),
+            ], 0..400),
+        ).prop_map(|(v, a)| {
+            let mut l = v.as_bytes().to_vec();
+            l.extend(a);
+            l.extend_from_slice(b"\r\n");
+            vec![part(l, false)]
+        }),
+        // DATA and a message whose header section has lines near or past
+        // 998 bytes, then a body.
+        1 => (prop::collection::vec((990usize..1010, body_bytes(8)), 0..4), prop::collection::vec(body_line(), 0..10), prop::sample::select(ENDS))
+            .prop_map(|(headers, lines, end)| {
+                let mut body = vec![];
+                for (n, tail) in headers {
+                    body.extend(std::iter::repeat_n(b'h', n));
+                    body.extend(tail.into_iter().filter(|&b| b != b'\n'));
+                    body.extend_from_slice(b"\r\n");
+                }
+                body.extend_from_slice(b"\r\n");
+                body.extend(lines.concat());
+                body.extend_from_slice(end);
+                vec![part(b"DATA\r\n".to_vec(), true), part(body, false)]
+            }),
     ]
 }
 
@@ -187,6 +229,7 @@ proptest! {
         allowed in prop::collection::vec(any::<bool>(), POOL.len()),
         codes in prop::collection::vec(prop::sample::select(&[354u16, 334, 220, 250, 501][..]), 1..6),
         chunking in any::<bool>(),
+        actions in actions(),
         cuts in prop::collection::vec(prop_oneof![
             3 => (1usize..4).prop_map(Cut::Lines),
             6 => (1usize..200).prop_map(Cut::Bytes),
@@ -211,7 +254,7 @@ proptest! {
             .filter(|(_, &a)| a)
             .map(|(v, _)| key_of(v.as_bytes()).unwrap())
             .collect();
-        let mut env = Script { keys, codes, known: 0, chunking };
+        let mut env = Script { keys, codes, known: 0, chunking, actions };
         let mut st = ClientState::default();
         let (mut at, mut i) = (0, 0);
         while at < stream.len() {
@@ -253,13 +296,21 @@ proptest! {
         aligned in any::<bool>(),
         state in prop_oneof![2 => Just(cstate::BODY), 1 => 0..=cstate::OPAQUE],
         sub in prop_oneof![3 => 0u8..4, 1 => 0u8..9],
-        verb_id in prop::sample::select(&[id::DATA, id::BDAT, id::AUTH, OTHER][..]),
+        verb_id in prop::sample::select(&[id::DATA, id::BDAT, id::AUTH, id::MAIL, id::RCPT, OTHER][..]),
         count in 0u64..300,
+        flags in 0u8..4,
+        hdr in 0u8..3,
+        hdr_len in prop_oneof![0u16..4, 990u16..1000, Just(u16::MAX)],
+        lim in 0u8..16,
+        line_len in prop_oneof![0u32..4, 500u32..520],
     ) {
         // Half the time on the word grid, where the body scan works.
         let at = start.index(buf.len()) as u32 & if aligned { !7 } else { !0 };
-        let before = ClientState { state, sub, verb_id, count, units: 3, gate_unit: 3, ..Default::default() };
-        let env = Script { keys: vec![], codes: vec![354], known: 0, chunking: true };
+        let before = ClientState {
+            state, sub, verb_id, count, flags, hdr, hdr_len, lim, line_len,
+            units: 3, gate_unit: 3, ..Default::default()
+        };
+        let env = Script { keys: vec![], codes: vec![354], known: 0, chunking: true, actions: vec![] };
         let mut skipped = before;
         let to = skipped.skip_ahead(&buf[..], at, buf.len() as u32);
         prop_assert!(to >= at && to as usize <= buf.len());
@@ -298,6 +349,7 @@ proptest! {
         extra in 1usize..2 * CHUNK,
         allowed in prop::collection::vec(any::<bool>(), POOL.len()),
         chunking in any::<bool>(),
+        actions in actions(),
     ) {
         let mut stream: Vec<u8> = pieces.concat().iter().flat_map(|p| p.bytes.iter().copied()).collect();
         while stream.len() < CHUNK + extra {
@@ -311,7 +363,7 @@ proptest! {
             .map(|(v, _)| key_of(v.as_bytes()).unwrap())
             .collect();
         // Every gate reply known: nothing is held.
-        let env = Script { keys, codes: vec![354, 334, 250, 220], known: u32::MAX, chunking };
+        let env = Script { keys, codes: vec![354, 334, 250, 220], known: u32::MAX, chunking, actions };
         let (whole, whole_bytes, whole_st, whole_ev) = feed(ClientState::default(), seg, &env);
         let (first, first_bytes, first_st, first_ev) = feed(ClientState::default(), &seg[..CHUNK], &env);
         let (rest, rest_bytes, rest_st, rest_ev) = feed(first_st, &seg[CHUNK..], &env);

@@ -4,8 +4,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use inspector_common::{
     counters::Counter,
-    events::{kind, Event},
-    smtp::{event, Out},
+    events::{kind, reason, Event},
+    smtp::{event, rule, Out},
 };
 
 use crate::{
@@ -61,26 +61,37 @@ pub fn parser_event(w: &WorkArea, out: &Out) {
 
 /// The event reason of a limit rule.
 #[inline(always)]
-pub fn limit_reason(rule: u8) -> u8 {
-    if rule == inspector_common::smtp::rule::RCPTS {
-        inspector_common::events::reason::TOO_MANY_RCPTS
-    } else {
-        inspector_common::events::reason::COMMAND_LINE_TOO_LONG
+pub fn limit_reason(r: u8) -> u8 {
+    match r {
+        rule::RCPTS => reason::TOO_MANY_RCPTS,
+        rule::ADDRESS_LENGTH => reason::ADDRESS_TOO_LONG,
+        rule::ADDRESS_CHARS => reason::ADDRESS_CHARS,
+        rule::HEADER_LINE => reason::HEADER_LINE_TOO_LONG,
+        _ => reason::COMMAND_LINE_TOO_LONG,
     }
 }
 
-/// Counts and reports a limit `rule` that matched.
+/// Counts every limit rule that matched at one byte (`bits`: one
+/// `rule::bit` each) and reports them with one event, whose reason names
+/// the rule whose action applies (`Out::limit_rule`; two rules matching at
+/// one byte is rare, and the counters have both).
 #[inline(always)]
-pub fn limit(w: &WorkArea, rule: u8) {
-    count(if rule == inspector_common::smtp::rule::RCPTS {
-        Counter::LimitRcpts
-    } else {
-        Counter::LimitCommandLine
-    });
+pub fn limit(w: &WorkArea, bits: u8, acting: u8) {
+    for (r, c) in [
+        (rule::COMMAND_LINE, Counter::LimitCommandLine),
+        (rule::RCPTS, Counter::LimitRcpts),
+        (rule::ADDRESS_LENGTH, Counter::LimitAddressLength),
+        (rule::ADDRESS_CHARS, Counter::LimitAddressChars),
+        (rule::HEADER_LINE, Counter::LimitHeaderLine),
+    ] {
+        if bits & rule::bit(r) != 0 {
+            count(c);
+        }
+    }
     send(
         w,
         kind::LIMIT,
-        limit_reason(rule),
+        limit_reason(acting),
         inspector_common::verbs::OTHER,
     );
 }

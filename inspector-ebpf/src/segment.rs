@@ -4,7 +4,6 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use inspector_common::{
-    config::{action, limit_action},
     config::{CFG_MIDSTREAM_PASS, CFG_MONITOR},
     counters::Counter,
     events::{kind, reason},
@@ -18,7 +17,7 @@ use crate::{
     maps::{config, work_area},
     mask,
     packet::Packet,
-    report::{self, count, count_n, send},
+    report::{count, count_n, send},
     rst, side, stream,
     workarea::WorkArea,
 };
@@ -360,31 +359,20 @@ fn client<P: Packet>(
     }
 }
 
-/// The action of a limit the segment went past (docs/contract.md §10):
-/// `reset` resets the flow, `drop-connection` drops this and every later
-/// segment of it; `log` (counted and reported already) changes nothing, and
-/// so does everything in monitor mode.
+/// The `drop-connection` action of a limit the segment went past
+/// (docs/contract.md §10): this and every later segment of the flow are
+/// dropped. (`reset` went to `ParserCtx::reset`, `mask` into the spans;
+/// `log`, counted and reported already, changes nothing, and so does
+/// everything in monitor mode.)
 #[inline(always)]
 fn apply_limit(side: &mut ClientSide<'_>, w: &mut WorkArea) -> Option<Verdict> {
     if w.parser.limit == 0 || w.packet.monitor != 0 {
         return None;
     }
-    let rule = w.parser.limit as u8;
-    match limit_action(w.parser.config, rule) {
-        action::RESET => {
-            if w.parser.reset == 0 {
-                w.parser.reset = report::limit_reason(rule) as u32;
-            }
-            None
-        }
-        action::DROP_CONNECTION => {
-            if side.mark_dropped() {
-                flow::client_flow_closed(&w.packet.key.client);
-            }
-            Some(Verdict::Drop(Counter::FlowsDropped))
-        }
-        _ => None,
+    if side.mark_dropped() {
+        flow::client_flow_closed(&w.packet.key.client);
     }
+    Some(Verdict::Drop(Counter::FlowsDropped))
 }
 
 /// The flow is reset (docs/contract.md §4, §10): the segment becomes a RST

@@ -270,7 +270,12 @@ unsafe extern "C" fn client_step(_i: u64, ctx: *mut c_void) -> i64 {
     }
     let b = chunk_byte(&w.payload, at);
     let env = KernelEnv { shared: &s.shared };
-    let out = s.client.step(b, s.pos, &mut s.seg, &env);
+    let mut out = s.client.step(b, s.pos, &mut s.seg, &env);
+    if out.limit != 0 {
+        let cfg = s.config;
+        s.client
+            .limit_actions(&s.seg, |r| limit_action(cfg, r), &mut out);
+    }
     handle(w, &out);
     if w.parser.held != 0 {
         return 1;
@@ -331,10 +336,19 @@ fn handle(w: &mut WorkArea, out: &Out) {
     if out.resets_flow() {
         w.parser.reset = reason::BDAT_MASKED as u32;
     }
-    if out.limit != 0 && limit_action(w.parser.config, out.limit) != action::OFF {
-        w.parser.limit = out.limit as u32;
-        if w.parser.report != 0 {
-            report::limit(w, out.limit);
+    if out.limit != 0 && w.parser.report != 0 {
+        // Every rule that matched is counted and reported; the strongest
+        // action applies (a `mask` the parser could apply is in the spans
+        // above already; one it could not became `reset`).
+        report::limit(w, out.limit, out.limit_rule);
+        match out.limit_act as u32 {
+            action::RESET => {
+                if w.parser.reset == 0 && w.packet.monitor == 0 {
+                    w.parser.reset = report::limit_reason(out.limit_rule) as u32;
+                }
+            }
+            action::DROP_CONNECTION => w.parser.limit = 1,
+            _ => {}
         }
     }
     if w.parser.report != 0 {

@@ -87,7 +87,8 @@ pub struct ParserCtx {
     /// The `CFG_*` bits, read for a server chunk (banner masking, EHLO
     /// filtering off).
     pub config: u32,
-    /// A limit rule a client step went past in this segment (0: none).
+    /// 1 if a limit a client step went past in this segment has the
+    /// action `drop-connection`.
     pub limit: u32,
     /// Why the flow must be reset (an `events::reason`), 0 if it need not:
     /// a client step masked a BDAT, or bytes came with the command whose

@@ -162,14 +162,29 @@ pub struct AttachArgs {
     #[arg(long)]
     pub mask_banner: bool,
     /// What to do with a command line longer than 512 bytes: `log` (count
-    /// and report; the default), `reset` the flow, `drop-connection` (drop
-    /// every later segment of the flow) or `off`.
+    /// and report), `reset` the flow, `drop-connection` (drop every later
+    /// segment of the flow; the default of every limit, as the ASA's) or
+    /// `off`.
     #[arg(long, value_enum, value_name = "ACTION")]
     pub command_line_limit: Option<LimitAction>,
-    /// What to do with a transaction of more than 100 RCPT commands: the
-    /// same actions, `log` by default.
+    /// What to do with every RCPT after the 100th of a transaction: the
+    /// same actions, or `mask` (the RCPT's verb; a reset if the verb
+    /// already passed in an earlier segment).
     #[arg(long, value_enum, value_name = "ACTION")]
     pub rcpt_limit: Option<LimitAction>,
+    /// What to do with a MAIL/RCPT address longer than 320 bytes: the
+    /// same actions as --rcpt-limit.
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub address_length_limit: Option<LimitAction>,
+    /// What to do with a MAIL/RCPT argument holding `|`, a backquote, NUL
+    /// or unbalanced `<>`: the same actions as --rcpt-limit.
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub address_chars_limit: Option<LimitAction>,
+    /// What to do with a header line longer than 998 bytes in a message's
+    /// header section (DATA; BDAT chunks are not parsed): the same actions
+    /// as --command-line-limit.
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub header_line_limit: Option<LimitAction>,
     /// Read settings from a TOML policy file (ports, allow/deny/allowed,
     /// midstream, fragments, monitor, max_flows, max_flows_per_client,
     /// ehlo_filter, mask_banner, limits); options given on the
@@ -213,6 +228,9 @@ impl AttachArgs {
             mask_banner: self.mask_banner.then_some(true),
             command_line_limit: self.command_line_limit,
             rcpt_limit: self.rcpt_limit,
+            address_length_limit: self.address_length_limit,
+            address_chars_limit: self.address_chars_limit,
+            header_line_limit: self.header_line_limit,
             max_flows_per_client: self.max_flows_per_client,
         }
     }
@@ -273,36 +291,46 @@ pub enum PolicyAction {
         #[command(flatten)]
         permanent: Permanent,
     },
-    /// Turn a filter of the server's side on or off, live (until the next
-    /// `attach`, which applies its own options and policy file):
-    /// `ehlo-filter` masks, in replies to EHLO, the keyword of every
-    /// extension whose command is denied; `mask-banner` masks the text of
-    /// the 220 greeting.
-    #[command(after_help = "Example:\n  inspector policy set mask-banner on")]
+    /// Turn a filter of the server's side on or off, now; with
+    /// --permanent also in the policy file: `ehlo-filter` masks, in
+    /// replies to EHLO, the keyword of every extension whose command is
+    /// denied; `mask-banner` masks the text of the 220 greeting.
+    #[command(after_help = "Example:\n  inspector policy set mask-banner on --permanent")]
     Set {
         #[arg(value_enum)]
         switch: Switch,
         #[arg(value_enum)]
         value: OnOff,
+        #[command(flatten)]
+        permanent: Permanent,
     },
-    /// Set the action of a limit, live (until the next `attach`):
-    /// `command-line` (a command line longer than 512 bytes) or `rcpts`
-    /// (more than 100 RCPT in a transaction) gets `log`, `reset`,
-    /// `drop-connection` or `off`.
-    #[command(after_help = "Example:\n  inspector policy limit command-line reset")]
+    /// Set the action of a limit, now; with --permanent also in the policy
+    /// file: `command-line` (a command line longer than 512 bytes),
+    /// `rcpts` (every RCPT after the 100th of a transaction),
+    /// `address-length` (a MAIL/RCPT address longer than 320 bytes),
+    /// `address-chars` (`|`, backquote, NUL or unbalanced `<>` in a
+    /// MAIL/RCPT argument) or `header-line` (a header line longer than 998
+    /// bytes) gets `log`, `mask` (not for command-line and header-line),
+    /// `reset`, `drop-connection` or `off`.
+    #[command(after_help = "Example:\n  inspector policy limit address-chars mask --permanent")]
     Limit {
         #[arg(value_enum)]
         rule: LimitRule,
         #[arg(value_enum)]
         action: LimitAction,
+        #[command(flatten)]
+        permanent: Permanent,
     },
 }
 
-/// A limit of `inspector policy limit`.
+/// A limit of `inspector policy limit` (in `smtp::rule` order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LimitRule {
     CommandLine,
     Rcpts,
+    AddressLength,
+    AddressChars,
+    HeaderLine,
 }
 
 /// A switch of `inspector policy set`.
@@ -324,7 +352,8 @@ pub enum OnOff {
 #[derive(Args)]
 pub struct Permanent {
     /// Also write the change into the policy file (`allow`/`deny`, or the
-    /// `allowed` list if the file has one), comments and other keys kept.
+    /// `allowed` list if the file has one; the switch's or the limit's
+    /// key), comments and other keys kept.
     #[arg(long)]
     pub permanent: bool,
     /// The policy file `attach --policy` reads.

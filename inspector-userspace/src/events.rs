@@ -75,6 +75,9 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::NO_SOCKET => "no-socket",
         reason::TABLE_FULL => "table-full",
         reason::CLIENT_CAP => "client-cap",
+        reason::ADDRESS_TOO_LONG => "address-too-long",
+        reason::ADDRESS_CHARS => "address-characters",
+        reason::HEADER_LINE_TOO_LONG => "header-line-too-long",
         _ => "",
     }
 }

@@ -1,6 +1,6 @@
-//! `inspector policy allow|deny --permanent`: the change written through to
-//! the policy file, with `toml_edit` so that the operator's comments,
-//! layout and other keys stay as they were.
+//! `inspector policy allow|deny|set|limit --permanent`: the change written
+//! through to the policy file, with `toml_edit` so that the operator's
+//! comments, layout and other keys stay as they were.
 //!
 //! The rules keep the file meaningful: with an `allowed` list, the verb is
 //! added to or removed from that list; otherwise allowing a verb removes
@@ -22,13 +22,46 @@ use crate::{
 /// Writes `allow` and `deny` (already checked verbs) into the policy file
 /// at `path`, creating it if it does not exist.
 pub fn write_through(path: &Path, allow: &[String], deny: &[String]) -> Result<()> {
+    rewrite(path, |text| edit(text, allow, deny))
+}
+
+/// Sets `key = value` (a switch or a limit: `ehlo_filter = false`,
+/// `rcpt_limit = "mask"`) in the policy file at `path`, creating it if it
+/// does not exist.
+pub fn write_key(path: &Path, key: &str, value: impl Into<Value>) -> Result<()> {
+    let value = value.into();
+    rewrite(path, |text| edit_key(text, key, value.clone()))
+}
+
+/// The text of the policy file with `key` set to `value`.
+pub fn edit_key(text: &str, key: &str, value: Value) -> Result<String> {
+    Given::parse(text)?;
+    let mut doc: DocumentMut = text.parse().context("parsing TOML")?;
+    match doc.get_mut(key).and_then(Item::as_value_mut) {
+        // The value replaced, its comment kept.
+        Some(v) => {
+            let decor = v.decor().clone();
+            *v = value;
+            *v.decor_mut() = decor;
+        }
+        None => {
+            doc.insert(key, Item::Value(value));
+        }
+    }
+    let new = doc.to_string();
+    Given::parse(&new).context("the edited policy file would not be valid")?;
+    Ok(new)
+}
+
+/// Replaces the policy file at `path` by what `change` makes of its text
+/// (empty if it does not exist), atomically.
+fn rewrite(path: &Path, change: impl FnOnce(&str) -> Result<String>) -> Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("reading policy file {}", path.display())),
     };
-    let new =
-        edit(&text, allow, deny).with_context(|| format!("policy file {}", path.display()))?;
+    let new = change(&text).with_context(|| format!("policy file {}", path.display()))?;
     let tmp = path.with_extension("toml.inspector-new");
     std::fs::write(&tmp, &new).with_context(|| format!("writing {}", tmp.display()))?;
     // The new file keeps the old one's mode (a policy file may be 0640).
@@ -149,5 +182,24 @@ mod tests {
         assert!(allowed_by(&t).contains(&"STARTTLS".into()), "{t}");
         // An invalid file is not touched.
         assert!(edit("colour = 1\n", &s(&["X"]), &[]).is_err());
+    }
+
+    #[test]
+    fn a_switch_or_a_limit_is_set_with_its_comment_kept() {
+        let text = "# mine\nrcpt_limit = \"log\" # for now\nports = [25]\n";
+        let t = edit_key(text, "rcpt_limit", "mask".into()).unwrap();
+        assert!(t.contains("rcpt_limit = \"mask\" # for now"), "{t}");
+        assert!(t.contains("# mine") && t.contains("ports = [25]"), "{t}");
+        let t = edit_key(&t, "ehlo_filter", false.into()).unwrap();
+        let g = Given::parse(&t).unwrap();
+        assert_eq!(g.ehlo_filter, Some(false));
+        assert_eq!(
+            g.rcpt_limit,
+            Some(crate::settings::LimitAction::Mask),
+            "{t}"
+        );
+        // What the rules refuse is not written.
+        let e = edit_key(&t, "header_line_limit", "mask".into()).unwrap_err();
+        assert!(format!("{e:#}").contains("`mask` does not apply"), "{e:#}");
     }
 }

@@ -16,8 +16,13 @@
 //! max_flows = 65536          # flow table size
 //! ehlo_filter = true         # mask the EHLO keywords of denied commands
 //! mask_banner = false        # true: mask the text of the 220 greeting
-//! command_line_limit = "log" # lines over 512 bytes: log, reset, drop-connection, off
-//! rcpt_limit = "log"         # over 100 RCPT per transaction: the same actions
+//! # The limits (docs/contract.md §10): log, mask, reset, drop-connection
+//! # or off each; drop-connection by default, as the ASA's.
+//! command_line_limit = "drop-connection"   # command line over 512 bytes (no mask)
+//! rcpt_limit = "drop-connection"           # RCPT after the 100th of a transaction
+//! address_length_limit = "drop-connection" # MAIL/RCPT address over 320 bytes
+//! address_chars_limit = "drop-connection"  # | ` NUL or unbalanced <> in MAIL/RCPT
+//! header_line_limit = "drop-connection"    # header line over 998 bytes (no mask)
 //! max_flows_per_client = 256 # flows one client address may hold
 //! ```
 
@@ -27,7 +32,7 @@ use anyhow::{Context, Result};
 use inspector_common::{
     config::{
         action, limit_shift, Config, CFG_FRAGMENTS_PASS, CFG_MASK_BANNER, CFG_MIDSTREAM_PASS,
-        CFG_MONITOR, CFG_NO_EHLO_FILTER,
+        CFG_MONITOR, CFG_NO_EHLO_FILTER, LIMIT_BITS,
     },
     flow::DEFAULT_MAX_FLOWS_PER_CLIENT,
     ports::{DEFAULT_PORTS, NEVER_INSPECTED},
@@ -84,26 +89,34 @@ pub enum Action {
 }
 
 /// What a limit does when a session goes past it (docs/contract.md §10),
-/// for `--command-line-limit`/`command_line_limit` and `inspector policy
-/// limit`. (`mask` does not apply to a line's length.)
+/// for the `--*-limit` options, the `*_limit` keys of a policy file and
+/// `inspector policy limit`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum LimitAction {
     /// Count and report, change nothing.
     Log,
+    /// Mask the command's verb (RCPT count, address rules only); if the
+    /// verb already left in an earlier segment, reset the flow.
+    Mask,
     /// Reset the flow both ways.
     Reset,
-    /// Drop this and every later segment of the flow.
+    /// Drop this and every later segment of the flow (the default).
     DropConnection,
     /// The rule is off.
     Off,
 }
+
+/// The action of every limit unless the operator says otherwise: the
+/// ASA's default ESMTP policy map drops the connection (and logs).
+pub const DEFAULT_LIMIT_ACTION: LimitAction = LimitAction::DropConnection;
 
 impl LimitAction {
     /// The `config::action` code.
     pub fn code(self) -> u32 {
         match self {
             LimitAction::Log => action::LOG,
+            LimitAction::Mask => action::MASK,
             LimitAction::Reset => action::RESET,
             LimitAction::DropConnection => action::DROP_CONNECTION,
             LimitAction::Off => action::OFF,
@@ -113,6 +126,7 @@ impl LimitAction {
     /// The action of a `config::action` code.
     pub fn of_code(code: u32) -> Self {
         match code {
+            action::MASK => LimitAction::Mask,
             action::RESET => LimitAction::Reset,
             action::DROP_CONNECTION => LimitAction::DropConnection,
             action::OFF => LimitAction::Off,
@@ -123,11 +137,85 @@ impl LimitAction {
     pub fn name(self) -> &'static str {
         match self {
             LimitAction::Log => "log",
+            LimitAction::Mask => "mask",
             LimitAction::Reset => "reset",
             LimitAction::DropConnection => "drop-connection",
             LimitAction::Off => "off",
         }
     }
+}
+
+/// One limit rule, as each interface names it.
+pub struct Limit {
+    /// `smtp::rule` number.
+    pub rule: u8,
+    /// Policy-file key.
+    pub key: &'static str,
+    /// `attach` option.
+    pub option: &'static str,
+    /// Name in `inspector policy limit` and `policy show`.
+    pub name: &'static str,
+    /// What it matches, for messages.
+    pub what: &'static str,
+}
+
+/// Every limit rule, in `smtp::rule` order.
+pub const LIMITS: [Limit; 5] = [
+    Limit {
+        rule: rule::COMMAND_LINE,
+        key: "command_line_limit",
+        option: "--command-line-limit",
+        name: "command-line",
+        what: "a command line longer than 512 bytes",
+    },
+    Limit {
+        rule: rule::RCPTS,
+        key: "rcpt_limit",
+        option: "--rcpt-limit",
+        name: "rcpts",
+        what: "more than 100 RCPT in a transaction",
+    },
+    Limit {
+        rule: rule::ADDRESS_LENGTH,
+        key: "address_length_limit",
+        option: "--address-length-limit",
+        name: "address-length",
+        what: "a MAIL/RCPT address longer than 320 bytes",
+    },
+    Limit {
+        rule: rule::ADDRESS_CHARS,
+        key: "address_chars_limit",
+        option: "--address-chars-limit",
+        name: "address-chars",
+        what: "a MAIL/RCPT argument with | ` NUL or unbalanced <>",
+    },
+    Limit {
+        rule: rule::HEADER_LINE,
+        key: "header_line_limit",
+        option: "--header-line-limit",
+        name: "header-line",
+        what: "a header line longer than 998 bytes",
+    },
+];
+
+/// Refuses an action a rule cannot have: `mask` on a rule about a whole
+/// line (command line, header line), which cannot be masked without
+/// changing the mail. `spelled` is how the operator named the rule.
+pub fn check_limit(rule: u8, a: LimitAction, spelled: &str) -> Result<()> {
+    if a == LimitAction::Mask && !rule::maskable(rule) {
+        refuse!(
+            "{spelled}: `mask` does not apply to a whole line (masking it would change the mail); \
+             choose log, reset, drop-connection or off"
+        );
+    }
+    Ok(())
+}
+
+/// Sets the action of limit `rule` in a configuration word.
+pub fn set_limit_action(flags: &mut u32, rule: u8, a: LimitAction) {
+    let shift = limit_shift(rule);
+    *flags &= !(((1 << LIMIT_BITS) - 1) << shift);
+    *flags |= a.code() << shift;
 }
 
 /// Settings as the operator gave them, each possibly unset: the keys of a
@@ -149,12 +237,17 @@ pub struct Given {
     pub mask_banner: Option<bool>,
     pub command_line_limit: Option<LimitAction>,
     pub rcpt_limit: Option<LimitAction>,
+    pub address_length_limit: Option<LimitAction>,
+    pub address_chars_limit: Option<LimitAction>,
+    pub header_line_limit: Option<LimitAction>,
     pub max_flows_per_client: Option<u32>,
 }
 
 /// How the operator spells each checked setting where it came from, so that
 /// an error names what to change.
 struct Spelling {
+    /// Options (not file keys): the limits' names are their options.
+    options: bool,
     ports: &'static str,
     allowed: &'static str,
     allow: &'static str,
@@ -164,6 +257,7 @@ struct Spelling {
 }
 
 const OPTIONS: Spelling = Spelling {
+    options: true,
     ports: "--port",
     allowed: "allowed",
     allow: "--allow",
@@ -173,6 +267,7 @@ const OPTIONS: Spelling = Spelling {
 };
 
 const FILE_KEYS: Spelling = Spelling {
+    options: false,
     ports: "ports",
     allowed: "allowed",
     allow: "allow",
@@ -182,6 +277,18 @@ const FILE_KEYS: Spelling = Spelling {
 };
 
 impl Given {
+    /// The action given for limit `rule`, if any.
+    pub fn limit(&self, rule: u8) -> Option<LimitAction> {
+        match rule {
+            rule::COMMAND_LINE => self.command_line_limit,
+            rule::RCPTS => self.rcpt_limit,
+            rule::ADDRESS_LENGTH => self.address_length_limit,
+            rule::ADDRESS_CHARS => self.address_chars_limit,
+            rule::HEADER_LINE => self.header_line_limit,
+            _ => None,
+        }
+    }
+
     /// Reads and checks a policy file; errors name the file.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -253,6 +360,11 @@ impl Given {
         if self.max_flows_per_client == Some(0) {
             refuse!("{} must be at least 1", names.max_flows_per_client);
         }
+        for l in &LIMITS {
+            if let Some(a) = self.limit(l.rule) {
+                check_limit(l.rule, a, if names.options { l.option } else { l.key })?;
+            }
+        }
         Ok(())
     }
 }
@@ -320,7 +432,7 @@ impl Settings {
         let mut ports = options
             .ports
             .clone()
-            .or(file.ports)
+            .or(file.ports.clone())
             .unwrap_or_else(|| DEFAULT_PORTS.to_vec());
         ports.sort_unstable();
         ports.dedup();
@@ -342,14 +454,13 @@ impl Settings {
         if options.mask_banner.or(file.mask_banner).unwrap_or(false) {
             config.flags |= CFG_MASK_BANNER;
         }
-        for (rule, given) in [
-            (
-                rule::COMMAND_LINE,
-                options.command_line_limit.or(file.command_line_limit),
-            ),
-            (rule::RCPTS, options.rcpt_limit.or(file.rcpt_limit)),
-        ] {
-            config.flags |= given.unwrap_or(LimitAction::Log).code() << limit_shift(rule);
+        for l in &LIMITS {
+            let given = options.limit(l.rule).or(file.limit(l.rule));
+            set_limit_action(
+                &mut config.flags,
+                l.rule,
+                given.unwrap_or(DEFAULT_LIMIT_ACTION),
+            );
         }
         Ok(Settings {
             ports,
@@ -453,6 +564,7 @@ fn config_word(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use inspector_common::config::CFG_SWITCHES;
 
     #[test]
     fn parses_every_key() {
@@ -471,6 +583,65 @@ mod tests {
         assert_eq!(f.fragments, Some(Action::Pass));
         assert_eq!(f.monitor, Some(true));
         assert_eq!(f.max_flows, Some(1000));
+    }
+
+    /// Every limit is drop-connection unless told (the ASA's default);
+    /// each key and option sets its own rule's field only.
+    #[test]
+    fn limits_default_to_drop_connection_and_each_key_sets_its_rule() {
+        use inspector_common::config::limit_action;
+        let s = Settings::resolve(&Given::default(), None).unwrap();
+        for l in &LIMITS {
+            assert_eq!(
+                limit_action(s.config.flags, l.rule),
+                action::DROP_CONNECTION,
+                "{}",
+                l.key
+            );
+        }
+        let f = Given::parse(
+            "command_line_limit = \"log\"\nrcpt_limit = \"mask\"\naddress_length_limit = \"reset\"\n\
+             address_chars_limit = \"off\"\nheader_line_limit = \"reset\"\n",
+        )
+        .unwrap();
+        let options = Given {
+            address_length_limit: Some(LimitAction::Mask),
+            ..Given::default()
+        };
+        let dir = std::env::temp_dir().join(format!("inspector-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("policy.toml");
+        std::fs::write(
+            &file,
+            "command_line_limit = \"log\"\nrcpt_limit = \"mask\"\naddress_length_limit = \"reset\"\n\
+             address_chars_limit = \"off\"\nheader_line_limit = \"reset\"\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(&options, Some(&file)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let got: Vec<u32> = LIMITS
+            .iter()
+            .map(|l| limit_action(s.config.flags, l.rule))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                action::LOG,
+                action::MASK,
+                action::MASK,
+                action::OFF,
+                action::RESET
+            ]
+        );
+        assert_eq!(f.limit(rule::HEADER_LINE), Some(LimitAction::Reset));
+        assert_eq!(s.config.flags & CFG_SWITCHES, 0);
+        // An option that cannot be: named as the option.
+        let bad = Given {
+            header_line_limit: Some(LimitAction::Mask),
+            ..Given::default()
+        };
+        let e = format!("{:#}", Settings::resolve(&bad, None).unwrap_err());
+        assert!(e.contains("--header-line-limit: `mask`"), "{e}");
     }
 
     #[test]
@@ -496,7 +667,15 @@ mod tests {
             ("allow = [\"NOT A VERB\"]", "is not a verb"),
             ("midstream = \"maybe\"", "unknown variant"),
             ("mask_banner = \"yes\"", "invalid type"),
-            ("command_line_limit = \"mask\"", "unknown variant"),
+            (
+                "command_line_limit = \"mask\"",
+                "command_line_limit: `mask` does not apply",
+            ),
+            (
+                "header_line_limit = \"mask\"",
+                "header_line_limit: `mask` does not apply",
+            ),
+            ("rcpt_limit = \"block\"", "unknown variant"),
             ("ports = [70000]", "invalid value"),
             ("max_flows = 0", "max_flows must be at least 1"),
             ("ports = [25, 465]", "implicit TLS"),
@@ -605,7 +784,10 @@ mod tests {
         want.push(parse_verb("STARTTLS").unwrap());
         want.sort();
         assert_eq!(s.allowed, want, "--allow VRFY undoes the file's deny");
-        assert_eq!(s.config.flags, CFG_MIDSTREAM_PASS | CFG_FRAGMENTS_PASS);
+        assert_eq!(
+            s.config.flags & CFG_SWITCHES,
+            CFG_MIDSTREAM_PASS | CFG_FRAGMENTS_PASS
+        );
         assert_eq!(s.max_flows, Some(20));
         let file_name = file.display().to_string();
         assert_eq!(
@@ -625,7 +807,11 @@ mod tests {
         let mut want = default_policy();
         want.sort();
         assert_eq!(s.allowed, want);
-        assert_eq!(s.config.flags, 0, "midstream dropped, fragments dropped");
+        assert_eq!(
+            s.config.flags & CFG_SWITCHES,
+            0,
+            "midstream dropped, fragments dropped"
+        );
         assert_eq!(s.config.max_flows_per_client, DEFAULT_MAX_FLOWS_PER_CLIENT);
         assert_eq!(s.max_flows, None);
     }

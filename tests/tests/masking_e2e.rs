@@ -1771,14 +1771,20 @@ fn policy_set_switches_banner_masking_and_the_ehlo_filter_live() {
 /// The command-line limit end to end: an honest session passes untouched
 /// (nothing counted); a 600-byte MAIL line is counted and, with `attach
 /// --command-line-limit reset`, resets the flow before Postfix gets the
-/// line; `inspector policy limit command-line log` switches it live.
+/// line; `inspector policy limit command-line log` switches it live. (Its
+/// address is long too: that rule only logs here.)
 #[test]
 fn an_overlong_command_line_resets_the_flow_to_postfix() {
     let bed = Bed::new(
         Offloads::Default,
         Server::Postfix,
         Mode::Tc,
-        &["--command-line-limit", "reset"],
+        &[
+            "--command-line-limit",
+            "reset",
+            "--address-length-limit",
+            "log",
+        ],
     );
     swaks(&bed, SERVER_V4, &[]);
     assert_eq!(
@@ -1825,12 +1831,17 @@ fn an_overlong_command_line_resets_the_flow_to_postfix() {
 }
 
 /// The RCPT limit end to end: swaks sends one message to 101 recipients;
-/// by default that is only counted and the message is delivered; after
-/// `inspector policy limit rcpts reset` the same session is reset at the
-/// 101st RCPT and nothing is delivered.
+/// with `--rcpt-limit log` that is only counted and the message is
+/// delivered; after `inspector policy limit rcpts reset` the same session
+/// is reset at the 101st RCPT and nothing is delivered.
 #[test]
 fn more_than_100_rcpts_are_counted_then_reset_live() {
-    let bed = Bed::new(Offloads::Default, Server::Postfix, Mode::Tc, &[]);
+    let bed = Bed::new(
+        Offloads::Default,
+        Server::Postfix,
+        Mode::Tc,
+        &["--rcpt-limit", "log"],
+    );
     let to: Vec<String> = (0..101).map(|i| format!("r{i}@example.com")).collect();
     let to = to.join(",");
     let mut c = client::swaks(&bed.tb.client, SERVER_V4, FROM, &to);

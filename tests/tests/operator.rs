@@ -1336,7 +1336,13 @@ fn policy_file_applies() {
             "allowed": want,
             "ehlo_filter": true,
             "mask_banner": false,
-            "limits": { "command_line": "log", "rcpts": "log" },
+            "limits": {
+                "command_line": "drop-connection",
+                "rcpts": "drop-connection",
+                "address_length": "drop-connection",
+                "address_chars": "drop-connection",
+                "header_line": "drop-connection",
+            },
         }),
         "{text}"
     );

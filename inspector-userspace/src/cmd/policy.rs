@@ -5,18 +5,17 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use inspector_common::{
-    config::{limit_action, limit_shift, Config, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER, CONFIG_MAP},
+    config::{limit_action, Config, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER, CONFIG_MAP},
     policy::POLICY_MAP,
-    smtp::rule,
     verbs::{key_text, PolicyEntry, VerbKey, ALLOWED, MAX_VERB},
 };
 use inspector_userspace::{
     loader, permanent, privilege,
-    settings::{with_changes, LimitAction},
+    settings::{check_limit, set_limit_action, with_changes, Limit, LimitAction, LIMITS},
 };
 
 use crate::{
-    cli::{LimitRule, OnOff, PolicyAction, PolicyArgs, Switch},
+    cli::{LimitRule, OnOff, Permanent, PolicyAction, PolicyArgs, Switch},
     out,
 };
 
@@ -71,14 +70,18 @@ fn on_off(b: bool) -> &'static str {
 }
 
 /// Sets one switch in the pinned configuration word, the other bits as
-/// they are; the programs read it at their next server segment.
-fn set(pin_dir: &Path, switch: Switch, value: OnOff) -> Result<()> {
+/// they are; the programs read it at their next server segment. With
+/// --permanent, the policy file first.
+fn set(pin_dir: &Path, switch: Switch, value: OnOff, permanent: &Permanent) -> Result<()> {
     let mut cfg = open_config(pin_dir)?;
     let mut c = cfg.get(&0, 0).context("reading the configuration")?;
-    let (bit, on_means_set) = match switch {
-        Switch::EhloFilter => (CFG_NO_EHLO_FILTER, false),
-        Switch::MaskBanner => (CFG_MASK_BANNER, true),
+    let (bit, on_means_set, key) = match switch {
+        Switch::EhloFilter => (CFG_NO_EHLO_FILTER, false, "ehlo_filter"),
+        Switch::MaskBanner => (CFG_MASK_BANNER, true, "mask_banner"),
     };
+    if permanent.permanent {
+        permanent::write_key(&permanent.policy, key, value == OnOff::On)?;
+    }
     if (value == OnOff::On) == on_means_set {
         c.flags |= bit;
     } else {
@@ -86,23 +89,57 @@ fn set(pin_dir: &Path, switch: Switch, value: OnOff) -> Result<()> {
     }
     cfg.set(0, c, 0).context("updating the configuration")?;
     let (ehlo, banner) = switches(&c);
-    println!("ehlo_filter: {}", on_off(ehlo));
-    println!("mask_banner: {}", on_off(banner));
-    Ok(())
+    out::line(format_args!("ehlo_filter: {}", on_off(ehlo)))?;
+    out::line(format_args!("mask_banner: {}", on_off(banner)))?;
+    said_where(permanent)
 }
 
-/// Sets the action of a limit in the pinned configuration word.
-fn set_limit(pin_dir: &Path, rule: LimitRule, act: LimitAction) -> Result<()> {
+/// The rule of `inspector policy limit RULE`.
+fn limit_of(rule: LimitRule) -> &'static Limit {
+    &LIMITS[match rule {
+        LimitRule::CommandLine => 0,
+        LimitRule::Rcpts => 1,
+        LimitRule::AddressLength => 2,
+        LimitRule::AddressChars => 3,
+        LimitRule::HeaderLine => 4,
+    }]
+}
+
+/// Sets the action of a limit in the pinned configuration word (with
+/// --permanent, in the policy file first); the programs read it at their
+/// next segment.
+fn set_limit(
+    pin_dir: &Path,
+    rule: LimitRule,
+    act: LimitAction,
+    permanent: &Permanent,
+) -> Result<()> {
+    let l = limit_of(rule);
     let mut cfg = open_config(pin_dir)?;
     let mut c = cfg.get(&0, 0).context("reading the configuration")?;
-    let shift = limit_shift(match rule {
-        LimitRule::CommandLine => rule::COMMAND_LINE,
-        LimitRule::Rcpts => rule::RCPTS,
-    });
-    c.flags &= !(3 << shift);
-    c.flags |= act.code() << shift;
+    if permanent.permanent {
+        permanent::write_key(&permanent.policy, l.key, act.name())?;
+    }
+    set_limit_action(&mut c.flags, l.rule, act);
     cfg.set(0, c, 0).context("updating the configuration")?;
-    println!("{}", limits_line(&c));
+    out::line(limits_line(&c))?;
+    said_where(permanent)
+}
+
+/// Says whether a change is also in the policy file.
+fn said_where(permanent: &Permanent) -> Result<()> {
+    if permanent.permanent {
+        out::line(format_args!(
+            "changed now and in {} (permanent: the next start of `attach --policy {}` keeps it)",
+            permanent.policy.display(),
+            permanent.policy.display()
+        ))?;
+    } else {
+        out::line(
+            "changed now only (runtime): the next start of `attach` applies its policy file and \
+             options again; add --permanent to also write the change into the policy file",
+        )?;
+    }
     Ok(())
 }
 
@@ -112,18 +149,27 @@ fn action_of(c: &Config, rule: u8) -> &'static str {
 }
 
 fn limits_line(c: &Config) -> String {
-    format!(
-        "limits: command_line={} rcpts={}",
-        action_of(c, rule::COMMAND_LINE),
-        action_of(c, rule::RCPTS)
-    )
+    let rules: Vec<String> = LIMITS
+        .iter()
+        .map(|l| format!("{}={}", l.name.replace('-', "_"), action_of(c, l.rule)))
+        .collect();
+    format!("limits: {}", rules.join(" "))
 }
 
 pub fn run(args: PolicyArgs) -> Result<()> {
     let PolicyArgs { action, pin_dir } = args;
-    // Bad verbs are refused (exit 2) before anything else is looked at.
+    // Bad verbs and actions are refused (exit 2) before anything else is
+    // looked at.
     if let PolicyAction::Allow { verbs, .. } | PolicyAction::Deny { verbs, .. } = &action {
         with_changes(&[], verbs, &[])?;
+    }
+    if let PolicyAction::Limit { rule, action, .. } = &action {
+        let l = limit_of(*rule);
+        check_limit(
+            l.rule,
+            *action,
+            &format!("inspector policy limit {}", l.name),
+        )?;
     }
     privilege::require_bpf("policy")?;
     let mut map = open(&pin_dir)?;
@@ -141,10 +187,10 @@ pub fn run(args: PolicyArgs) -> Result<()> {
                     "allowed": names,
                     "ehlo_filter": ehlo,
                     "mask_banner": banner,
-                    "limits": {
-                        "command_line": action_of(&c, rule::COMMAND_LINE),
-                        "rcpts": action_of(&c, rule::RCPTS),
-                    },
+                    "limits": LIMITS
+                        .iter()
+                        .map(|l| (l.name.replace('-', "_"), action_of(&c, l.rule).into()))
+                        .collect::<serde_json::Map<String, serde_json::Value>>(),
                 }))?;
             } else {
                 out::print(&format!(
@@ -157,8 +203,16 @@ pub fn run(args: PolicyArgs) -> Result<()> {
             }
             return Ok(());
         }
-        PolicyAction::Limit { rule, action } => return set_limit(&pin_dir, rule, action),
-        PolicyAction::Set { switch, value } => return set(&pin_dir, switch, value),
+        PolicyAction::Limit {
+            rule,
+            action,
+            permanent,
+        } => return set_limit(&pin_dir, rule, action, &permanent),
+        PolicyAction::Set {
+            switch,
+            value,
+            permanent,
+        } => return set(&pin_dir, switch, value, &permanent),
         PolicyAction::Allow { verbs, permanent } => (verbs, vec![], permanent),
         PolicyAction::Deny { verbs, permanent } => (vec![], verbs, permanent),
     };
@@ -171,17 +225,5 @@ pub fn run(args: PolicyArgs) -> Result<()> {
     let mut names: Vec<String> = next.iter().map(|k| verb_string(*k)).collect();
     names.sort();
     out::line(format_args!("allowed: {}", names.join(" ")))?;
-    if permanent.permanent {
-        out::line(format_args!(
-            "changed now and in {} (permanent: the next start of `attach --policy {}` keeps it)",
-            permanent.policy.display(),
-            permanent.policy.display()
-        ))?;
-    } else {
-        out::line(
-            "changed now only (runtime): the next start of `attach` applies its policy file and \
-             options again; add --permanent to also write the change into the policy file",
-        )?;
-    }
-    Ok(())
+    said_where(&permanent)
 }
