@@ -1534,3 +1534,171 @@ fn ehlo_filter_off_passes_the_reply() {
     let o = s.client(b"BDAT 4 LAST\r\nQUIT");
     assert_eq!(o.get("bdat_resets"), 1, "{:?}", o.delta.nonzero());
 }
+
+// ---------------------------------------------------------------------
+// Limits and their actions (docs/contract.md §10), in the kernel.
+// ---------------------------------------------------------------------
+
+/// A program whose limit `rule` has action `action` (the others `log`).
+fn with_limit(hook: Hook, rule: u8, action: u32) -> Loaded {
+    use inspector_common::config::limit_shift;
+    Loaded::new(hook, action << limit_shift(rule))
+}
+
+/// The frame left the program as a RST (to the server), checksum valid.
+fn assert_reset(what: &str, o: &Outcome) {
+    assert_eq!(o.verdict, Verdict::Pass, "{what}: {:?}", o.delta.nonzero());
+    assert_eq!(o.get("flows_reset"), 1, "{what}: {:?}", o.delta.nonzero());
+    let l = layout(&o.data_out);
+    assert_eq!(o.data_out[l.l4 + 13], 0x14, "{what}: not a RST+ACK");
+    assert_eq!(l.payload, o.data_out.len(), "{what}: the RST carries payload");
+    assert_checksum_valid(what, o);
+}
+
+/// One case of a limit: what the client sends before (each with the
+/// server's reply), the offending segment, what `mask` makes of it, and
+/// the counter of the rule.
+struct LimitCase {
+    rule: u8,
+    counter: &'static str,
+    before: Vec<(Vec<u8>, Vec<u8>)>,
+    offending: Vec<u8>,
+    /// The offending segment with `mask` (None: the rule cannot mask, the
+    /// flow is reset).
+    masked: Option<Vec<u8>>,
+}
+
+fn limit_cases() -> Vec<LimitCase> {
+    use inspector_common::smtp::rule;
+    let ehlo = (b"EHLO c\r\n".to_vec(), b"250 mx\r\n".to_vec());
+    let mail = (b"MAIL FROM:<a@b>\r\n".to_vec(), b"250 ok\r\n".to_vec());
+    let rcpt = (b"RCPT TO:<c@d>\r\n".to_vec(), b"250 ok\r\n".to_vec());
+    let data = (b"DATA\r\n".to_vec(), b"354 go\r\n".to_vec());
+    let long_addr = format!("RCPT TO:<{}@d>\r\n", "a".repeat(400)).into_bytes();
+    let mut masked_long = long_addr.clone();
+    masked_long[..4].fill(b'X');
+    let header = format!("Subject: {}\r\nX: y\r\n\r\nbody\r\n", "h".repeat(1200)).into_bytes();
+    let mut rcpts = vec![ehlo.clone(), mail.clone()];
+    rcpts.extend(std::iter::repeat_n(rcpt.clone(), 100));
+    vec![
+        LimitCase {
+            rule: rule::ADDRESS_CHARS,
+            counter: "limit_address_chars",
+            before: vec![ehlo.clone(), mail.clone()],
+            offending: b"RCPT TO:<a|b@c>\r\n".to_vec(),
+            masked: Some(b"XXXX TO:<a|b@c>\r\n".to_vec()),
+        },
+        LimitCase {
+            rule: rule::ADDRESS_CHARS,
+            counter: "limit_address_chars",
+            before: vec![ehlo.clone()],
+            offending: b"NOOP\r\nmail FROM:<a@b\r\n".to_vec(),
+            masked: Some(b"NOOP\r\nXXXX FROM:<a@b\r\n".to_vec()),
+        },
+        LimitCase {
+            rule: rule::ADDRESS_LENGTH,
+            counter: "limit_address_length",
+            before: vec![ehlo.clone(), mail.clone()],
+            offending: long_addr,
+            masked: Some(masked_long),
+        },
+        LimitCase {
+            rule: rule::RCPTS,
+            counter: "limit_rcpts",
+            before: rcpts,
+            offending: b"RCPT TO:<e@f>\r\n".to_vec(),
+            masked: Some(b"XXXX TO:<e@f>\r\n".to_vec()),
+        },
+        LimitCase {
+            rule: rule::HEADER_LINE,
+            counter: "limit_header_line",
+            before: vec![ehlo, mail, rcpt, data],
+            offending: header,
+            masked: None,
+        },
+    ]
+}
+
+/// Every rule with every action, XDP and TC, IPv4 and IPv6: `log` passes
+/// the segment as it is and counts; `mask` masks the verb (checksum
+/// recomputed and verified) or, for a header line, resets; `reset` turns
+/// the segment into a RST; `drop-connection` drops it and every later
+/// segment both ways; `off` does not even count.
+#[test]
+fn every_limit_with_every_action() {
+    use inspector_common::config::action;
+    for case in limit_cases() {
+        for (hook, ipv6) in [(Hook::Xdp, false), (Hook::Tc, true), (Hook::Xdp, true)] {
+            for a in [
+                action::LOG,
+                action::MASK,
+                action::RESET,
+                action::DROP_CONNECTION,
+                action::OFF,
+            ] {
+                let what = format!("{} {hook:?} action {a}", case.counter);
+                let prog = with_limit(hook, case.rule, a);
+                let mut s = session(&prog, if ipv6 { v6() } else { v4() });
+                for (c, r) in &case.before {
+                    let o = s.client(c);
+                    assert_eq!(o.verdict, Verdict::Pass, "{what}: before");
+                    assert_eq!(o.get(case.counter), 0, "{what}: before");
+                    s.server(r);
+                }
+                let frame = s.client_frame(&case.offending);
+                let o = s.run_client_frame(&frame, case.offending.len());
+                let counted = if a == action::OFF { 0 } else { 1 };
+                assert_eq!(o.get(case.counter), counted, "{what}");
+                match a {
+                    action::MASK => match &case.masked {
+                        Some(want) => {
+                            assert_masked_frame(&what, &frame, &o, want);
+                            assert_eq!(o.get("bytes_masked"), 4, "{what}");
+                        }
+                        None => assert_reset(&what, &o),
+                    },
+                    action::RESET => assert_reset(&what, &o),
+                    action::DROP_CONNECTION => {
+                        assert_eq!(o.verdict, Verdict::Drop, "{what}");
+                        assert_eq!(o.get("flows_dropped"), 1, "{what}");
+                        let later = prog.run(&s.server_frame(b"250 ok\r\n"));
+                        assert_eq!(later.verdict, Verdict::Drop, "{what}: server after");
+                        let later = prog.run(&s.client_frame(b"QUIT\r\n"));
+                        assert_eq!(later.verdict, Verdict::Drop, "{what}: client after");
+                    }
+                    _ => assert_masked_frame(&what, &frame, &o, &case.offending),
+                }
+            }
+        }
+    }
+}
+
+/// `mask` when the offending command's verb already left in an earlier
+/// segment: the flow is reset instead (fail closed); when part of the verb
+/// is in this segment, that part is masked.
+#[test]
+fn mask_escalates_to_reset_when_the_verb_left_earlier() {
+    use inspector_common::{config::action, smtp::rule};
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let prog = with_limit(hook, rule::ADDRESS_CHARS, action::MASK);
+        let mut s = session(&prog, v4());
+        s.client(b"EHLO c\r\n");
+        s.server(b"250 mx\r\n");
+        let o = s.client(b"MAIL FROM:<a");
+        assert_eq!(o.verdict, Verdict::Pass);
+        assert_eq!(o.get("limit_address_chars"), 0);
+        let frame = s.client_frame(b"|b@c>\r\n");
+        let o = s.run_client_frame(&frame, 7);
+        assert_eq!(o.get("limit_address_chars"), 1, "{hook:?}");
+        assert_reset(&format!("{hook:?}: verb in an earlier segment"), &o);
+        let later = prog.run(&s.client_frame(b"QUIT\r\n"));
+        assert_eq!(later.verdict, Verdict::Bounce, "{hook:?}: the client gets its RST");
+
+        // `MA` | `IL FROM:<a|b>`: the `IL` here is masked.
+        let mut s = session(&prog, v6());
+        s.client(b"EHLO c\r\n");
+        s.server(b"250 mx\r\n");
+        s.client(b"MA");
+        send_expect(&mut s, "split verb", b"IL FROM:<a|b>\r\n", b"XX FROM:<a|b>\r\n");
+    }
+}
