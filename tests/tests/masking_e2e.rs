@@ -1871,3 +1871,103 @@ fn more_than_100_rcpts_are_counted_then_reset_live() {
         "nothing more delivered"
     );
 }
+
+/// The address and header limits end to end, through the gateway to
+/// aiosmtpd, which records what it read: with the defaults
+/// (drop-connection) an honest message is delivered and counts nothing;
+/// an address with `|` is dropped before the server reads it; after
+/// `inspector policy limit address-chars mask` the same line reaches the
+/// server with its verb masked (it answers 500) and the session goes on; a
+/// 400-byte address with `reset` resets the flow; a 1200-byte header line
+/// is dropped with the flow, and the message never completes.
+#[test]
+fn address_and_header_limits_through_the_gateway() {
+    let bed = Bed::new(Offloads::Default, Server::Recording(&[]), Mode::Tc, &[]);
+    let pin = bed.inspector.pin_dir().to_path_buf();
+    let limits = [
+        "limit_address_chars",
+        "limit_address_length",
+        "limit_header_line",
+    ];
+    swaks(&bed, SERVER_V4, &[]);
+    assert_eq!(bed.smtpd().messages().len(), 1, "{}", bed.context());
+    for c in limits {
+        assert_eq!(counter(&bed.stats(), c), 0, "{c}: {}", bed.context());
+    }
+
+    // drop-connection: the server never reads the line.
+    let bar = "MAIL FROM:<a|b@example.com>\r\n";
+    let s = Script::new()
+        .cmd("EHLO client.test\r\n")
+        .cmd(bar)
+        .timeout(Duration::from_secs(3));
+    client::spawn(&bed.tb.client, SERVER_V4, 25, &s)
+        .finish_raw()
+        .expect_err("a reply to a dropped line");
+    let st = bed.stats();
+    assert_eq!(counter(&st, "limit_address_chars"), 1, "{}", bed.context());
+    assert!(counter(&st, "flows_dropped") >= 1, "{}", bed.context());
+    let seen = |needle: &[u8]| {
+        bed.smtpd()
+            .command_lines()
+            .iter()
+            .any(|l| l.windows(needle.len()).any(|w| w == needle))
+    };
+    assert!(!seen(b"a|b@example.com"), "the server read the line");
+
+    // mask, live: the server reads XXXX and answers 500; the session goes on.
+    inspector_cmd(&pin, &["policy", "limit", "address-chars", "mask"]);
+    let t = bed.session(
+        SERVER_V4,
+        &Script::new()
+            .cmd("EHLO client.test\r\n")
+            .cmd(bar)
+            .cmd("QUIT\r\n"),
+    );
+    assert_eq!(t.code(1), 500, "{}", t.raw);
+    assert_eq!(t.code(2), 221, "{}", t.raw);
+    assert!(seen(b"XXXX FROM:<a|b@example.com>"), "{}", bed.context());
+    assert_eq!(counter(&bed.stats(), "limit_address_chars"), 2);
+
+    // reset, live: a 400-byte address.
+    inspector_cmd(&pin, &["policy", "limit", "address-length", "reset"]);
+    let long = format!("RCPT TO:<{}@example.com>\r\n", "a".repeat(400));
+    let s = Script::new()
+        .cmd("EHLO client.test\r\n")
+        .cmd("MAIL FROM:<a@example.com>\r\n")
+        .cmd(&long)
+        .timeout(Duration::from_secs(10));
+    let err = client::spawn(&bed.tb.client, SERVER_V4, 25, &s)
+        .finish_raw()
+        .expect_err("the session went on after a 400-byte address");
+    assert!(err.contains("reset"), "{err}\n{}", bed.context());
+    let st = bed.stats();
+    assert_eq!(counter(&st, "limit_address_length"), 1, "{}", bed.context());
+    assert!(!seen(&long.as_bytes()[..40]), "the server read the address");
+
+    // The default drop-connection for a 1200-byte header line.
+    let header = format!("Subject: {}\r\nX: y\r\n\r\nbody\r\n.\r\n", "h".repeat(1200));
+    let s = Script::new()
+        .cmd("EHLO client.test\r\n")
+        .cmd("MAIL FROM:<a@example.com>\r\n")
+        .cmd("RCPT TO:<b@example.com>\r\n")
+        .cmd("DATA\r\n")
+        .send(header.as_bytes(), 1)
+        .timeout(Duration::from_secs(3));
+    client::spawn(&bed.tb.client, SERVER_V4, 25, &s)
+        .finish_raw()
+        .expect_err("the message was accepted");
+    assert_eq!(
+        counter(&bed.stats(), "limit_header_line"),
+        1,
+        "{}",
+        bed.context()
+    );
+    assert_eq!(bed.smtpd().messages().len(), 1, "a second message arrived");
+    let shown: Value =
+        serde_json::from_str(&inspector_cmd(&pin, &["policy", "show", "--json"]).stdout_str())
+            .unwrap();
+    assert_eq!(shown["limits"]["address_chars"], "mask");
+    assert_eq!(shown["limits"]["address_length"], "reset");
+    assert_eq!(shown["limits"]["header_line"], "drop-connection");
+}

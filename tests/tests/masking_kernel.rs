@@ -1551,7 +1551,11 @@ fn assert_reset(what: &str, o: &Outcome) {
     assert_eq!(o.get("flows_reset"), 1, "{what}: {:?}", o.delta.nonzero());
     let l = layout(&o.data_out);
     assert_eq!(o.data_out[l.l4 + 13], 0x14, "{what}: not a RST+ACK");
-    assert_eq!(l.payload, o.data_out.len(), "{what}: the RST carries payload");
+    assert_eq!(
+        l.payload,
+        o.data_out.len(),
+        "{what}: the RST carries payload"
+    );
     assert_checksum_valid(what, o);
 }
 
@@ -1692,13 +1696,22 @@ fn mask_escalates_to_reset_when_the_verb_left_earlier() {
         assert_eq!(o.get("limit_address_chars"), 1, "{hook:?}");
         assert_reset(&format!("{hook:?}: verb in an earlier segment"), &o);
         let later = prog.run(&s.client_frame(b"QUIT\r\n"));
-        assert_eq!(later.verdict, Verdict::Bounce, "{hook:?}: the client gets its RST");
+        assert_eq!(
+            later.verdict,
+            Verdict::Bounce,
+            "{hook:?}: the client gets its RST"
+        );
 
         // `MA` | `IL FROM:<a|b>`: the `IL` here is masked.
         let mut s = session(&prog, v6());
         s.client(b"EHLO c\r\n");
         s.server(b"250 mx\r\n");
         s.client(b"MA");
-        send_expect(&mut s, "split verb", b"IL FROM:<a|b>\r\n", b"XX FROM:<a|b>\r\n");
+        send_expect(
+            &mut s,
+            "split verb",
+            b"IL FROM:<a|b>\r\n",
+            b"XX FROM:<a|b>\r\n",
+        );
     }
 }
