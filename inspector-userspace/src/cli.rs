@@ -196,7 +196,7 @@ pub struct AttachArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Flow table size (entries). When it is full, new flows are refused
-    /// (flows_refused); no flow is evicted. Default 65536, about 35 MB.
+    /// (flows_refused); no flow is evicted. Default 65536, about 41 MB.
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
     /// Flows one client address may have in the table at once; more are
