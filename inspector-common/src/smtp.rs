@@ -791,39 +791,44 @@ impl ClientState {
     /// earlier segments), or for a rule about a whole line, it becomes
     /// `reset`. Apart from `step` so that the kernel passes its
     /// configuration word straight from its work area, without a map
-    /// lookup (and the registers it would spill) in the step.
+    /// lookup (and the registers it would spill) in the step; the loop
+    /// only picks the action, which is applied once after it, so that the
+    /// kernel's verifier walks few paths.
     #[inline(always)]
     pub fn limit_actions<A: Fn(u8) -> u32>(&mut self, seg: &Seg, action_of: A, out: &mut Out) {
+        let mut best = action::LOG;
+        let mut best_rule = 0;
         let mut r = 1;
         while r <= rule::COUNT {
             let bit = rule::bit(r);
             if out.limit & bit != 0 {
-                let a = action_of(r);
+                let mut a = action_of(r);
                 if a == action::OFF {
                     out.limit &= !bit;
                 } else {
-                    let a = if a != action::MASK || self.lim & lim::MASKED != 0 {
-                        a
-                    } else if rule::maskable(r)
-                        && seg.verb_end > seg.verb_start
-                        && out.act == act::KEEP
-                    {
-                        out.act = act::MASK;
-                        out.mask_from = seg.verb_start;
-                        out.mask_to = seg.verb_end;
-                        self.lim |= lim::MASKED;
-                        a
-                    } else {
-                        action::RESET
-                    };
-                    if out.limit_rule == 0 || severity(a) > severity(out.limit_act as u32) {
-                        out.limit_act = a as u8;
-                        out.limit_rule = r;
+                    if a == action::MASK && !rule::maskable(r) {
+                        a = action::RESET;
+                    }
+                    if best_rule == 0 || severity(a) > severity(best) {
+                        best = a;
+                        best_rule = r;
                     }
                 }
             }
             r += 1;
         }
+        if best == action::MASK && self.lim & lim::MASKED == 0 {
+            if seg.verb_end > seg.verb_start && out.act == act::KEEP {
+                out.act = act::MASK;
+                out.mask_from = seg.verb_start;
+                out.mask_to = seg.verb_end;
+                self.lim |= lim::MASKED;
+            } else {
+                best = action::RESET;
+            }
+        }
+        out.limit_act = best as u8;
+        out.limit_rule = best_rule;
     }
 
     /// A byte of the argument of an allowed MAIL or RCPT: the address

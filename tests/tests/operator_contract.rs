@@ -800,6 +800,103 @@ fn live_policy_change_across_a_restart_is_said() {
     assert!(!now.contains(&"VRFY".into()), "{now:?}");
 }
 
+/// `policy show --json` of the instance at `dir`.
+fn shown(ns: &NetNs, dir: &Path) -> Value {
+    let out = inspector_in(
+        ns,
+        &[
+            "policy",
+            "show",
+            "--json",
+            "--pin-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Limits and switches, live: `policy limit` and `policy set` change the
+/// running instance; with --permanent they are written into the policy
+/// file (comments kept) and survive a restart, without it they do not.
+/// `mask` on a line rule is refused (exit 2) and changes nothing.
+#[test]
+fn live_limits_and_switches_survive_a_restart_only_when_permanent() {
+    let v = Veths::new("opl");
+    let tmp = inspector_tests::temp_dir("opl");
+    let file = write_policy(
+        tmp.path(),
+        "policy.toml",
+        "# limits\nrcpt_limit = \"log\" # lists\n",
+    );
+    let dir = unique_pin_dir();
+    let pin = dir.to_str().unwrap();
+    persisted(&v.ns, &[&v.a, &v.b], &dir, &["--policy", &file]);
+    let s = shown(&v.ns, &dir);
+    assert_eq!(s["limits"]["rcpts"], "log", "{s}");
+    assert_eq!(s["limits"]["header_line"], "drop-connection", "{s}");
+
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--pin-dir", pin]);
+        inspector_in(&v.ns, &a)
+    };
+    let out = run(&[
+        "policy",
+        "limit",
+        "address-chars",
+        "mask",
+        "--permanent",
+        "--policy",
+        &file,
+    ]);
+    assert!(out.status.success(), "{out}");
+    assert!(out.stdout_str().contains("address_chars=mask"), "{out}");
+    let out = run(&[
+        "policy",
+        "set",
+        "mask-banner",
+        "on",
+        "--permanent",
+        "--policy",
+        &file,
+    ]);
+    assert!(out.status.success(), "{out}");
+    let out = run(&["policy", "limit", "rcpts", "reset"]);
+    assert!(out.status.success(), "{out}");
+    assert!(out.stdout_str().contains("runtime"), "{out}");
+    let out = run(&["policy", "limit", "header-line", "mask"]);
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(
+        out.stderr.contains("`mask` does not apply to a whole line"),
+        "{out}"
+    );
+    let s = shown(&v.ns, &dir);
+    assert_eq!(s["limits"]["address_chars"], "mask", "{s}");
+    assert_eq!(s["limits"]["rcpts"], "reset", "{s}");
+    assert_eq!(s["limits"]["header_line"], "drop-connection", "{s}");
+    assert_eq!(s["mask_banner"], true, "{s}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("# limits") && text.contains("rcpt_limit = \"log\" # lists"),
+        "{text}"
+    );
+    assert!(text.contains("address_chars_limit = \"mask\""), "{text}");
+    assert!(text.contains("mask_banner = true"), "{text}");
+
+    let i = Attach::new(&v.ns, &[&v.a, &v.b])
+        .pin_dir(&dir)
+        .arg("--policy")
+        .arg(&file)
+        .start()
+        .unwrap_or_else(|f| panic!("restart: {}", f.stderr));
+    let s = shown(&v.ns, &dir);
+    assert_eq!(s["limits"]["address_chars"], "mask", "permanent: {s}");
+    assert_eq!(s["mask_banner"], true, "permanent: {s}");
+    assert_eq!(s["limits"]["rcpts"], "log", "runtime only: {s}");
+    drop(i);
+}
+
 // ---------------------------------------------------------------------
 // The journal
 // ---------------------------------------------------------------------
