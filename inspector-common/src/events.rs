@@ -20,8 +20,9 @@ pub mod kind {
     /// A keyword of the server's reply to EHLO was masked (`verb` holds
     /// the keyword's first bytes).
     pub const KEYWORD_MASKED: u8 = 5;
-    /// A limit matched (the `reason` names the rule); its action, if not
-    /// `log`, has an event of its own.
+    /// A limit matched (the `reason` names the rule); a `reset` or
+    /// `drop-connection` action has an event of its own (a `mask` shows in
+    /// `bytes_masked`).
     pub const LIMIT: u8 = 6;
     /// A packet of the server's direction came from elsewhere than the
     /// server's side (the `reason` says how that was told); it was dropped

@@ -19,7 +19,14 @@
 //!   the client's last allowed EHLO (its unit number is a shared word), the
 //!   keyword of every extension whose command the policy denies, and, as an
 //!   option, the text of the greeting. What the client direction believes
-//!   the server offered (CHUNKING) is what the client was shown.
+//!   the server offered (CHUNKING) is what the client was shown;
+//! - the limits of docs/contract.md §10 are counted here too (the length of
+//!   a command line, RCPT per transaction, the address of MAIL/RCPT, the
+//!   header lines of a DATA message's header section): a step reports the
+//!   rules a byte went past in [`Out::limit`], and
+//!   [`ClientState::limit_actions`] applies their actions (`mask` masks the
+//!   line's verb, or becomes `reset` when the verb left in an earlier
+//!   segment).
 
 use crate::{
     config::{action, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
@@ -164,18 +171,18 @@ pub struct ClientState {
     /// Bytes of the current command line so far (saturating), for the
     /// command-line limit (docs/contract.md §10).
     pub line_len: u32,
-    /// Address parser state ([`addr`]) in the argument of MAIL/RCPT.
+    /// Address parser state (`addr::*`) in the argument of MAIL/RCPT.
     pub addr: u8,
-    /// Header-section state ([`hdr`]) in a body.
+    /// Header-section state (`hdr::*`) in a body.
     pub hdr: u8,
-    /// [`lim`] bits of the current line.
+    /// `lim::*` bits: what the limits did on the current line.
     pub lim: u8,
     pub _pad: u8,
     /// Bytes of the address so far (saturating).
     pub addr_len: u16,
-    /// Bytes of the current header line so far, CR and LF excluded
+    /// Bytes of the current header line so far, its LF excluded
     /// (saturating; a line-start dot, which the server removes, is not
-    /// counted).
+    /// counted; a CR is, but the CR of the CRLF never goes past the limit).
     pub hdr_len: u16,
 }
 
@@ -196,7 +203,7 @@ pub const MAX_ADDRESS: u16 = 320;
 pub const MAX_HEADER_LINE: u16 = 998;
 
 /// Limit rules. [`Out::limit`] holds one bit per rule that matched
-/// ([`bit`]).
+/// ([`rule::bit`]).
 pub mod rule {
     /// A command line longer than [`super::MAX_COMMAND_LINE`].
     pub const COMMAND_LINE: u8 = 1;

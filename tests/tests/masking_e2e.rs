@@ -1679,6 +1679,18 @@ fn exim_delivers_through_the_inspector_xdp_ipv4() {
     assert_eq!(counter(&st, "ehlo_keywords_masked"), 2, "{}", bed.context());
     assert_eq!(counter(&st, "commands_masked"), 0, "{}", bed.context());
     assert_eq!(counter(&st, "flows_reset"), 0, "{}", bed.context());
+    // The limits are drop-connection by default: an honest message
+    // matches none.
+    for c in [
+        "limit_command_line",
+        "limit_rcpts",
+        "limit_address_length",
+        "limit_address_chars",
+        "limit_header_line",
+        "flows_dropped",
+    ] {
+        assert_eq!(counter(&st, c), 0, "{c}: {}", bed.context());
+    }
     assert_eq!(counter(&st, "bodies"), 1, "{}", bed.context());
 }
 
