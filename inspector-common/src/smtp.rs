@@ -842,57 +842,50 @@ impl ClientState {
     /// rules. A LF ends the argument (an open `<` is unbalanced).
     #[inline(always)]
     fn address_byte(&mut self, b: u8, out: &mut Out) {
-        let space = is_space(b);
+        let st = self.addr;
+        let inside = st == addr::IN || st == addr::PARAM_IN;
         let mut bad = matches!(b, b'|' | b'`' | 0);
         let mut counted = false;
-        self.addr = match (self.addr, b) {
-            (addr::IN | addr::PARAM_IN, b'\n') => {
+        if b == b'\n' {
+            // An open `<` is unbalanced.
+            bad |= inside;
+            self.addr = addr::DONE;
+        } else if b == b'<' {
+            if inside {
+                // A second `<` before the first closed.
                 bad = true;
-                addr::DONE
-            }
-            (_, b'\n') => addr::DONE,
-            // A second `<` before the first closed.
-            (addr::IN | addr::PARAM_IN, b'<') => {
-                bad = true;
-                self.addr
-            }
-            (addr::DONE, b'<') => addr::PARAM_IN,
-            (_, b'<') => {
+            } else if st == addr::DONE {
+                self.addr = addr::PARAM_IN;
+            } else {
                 self.addr_len = 0;
-                addr::IN
+                self.addr = addr::IN;
             }
-            (addr::IN, b'>') => addr::DONE,
-            (addr::PARAM_IN, b'>') => addr::DONE,
-            // A `>` before any `<`, or after the pair closed.
-            (_, b'>') => {
+        } else if b == b'>' {
+            if inside {
+                self.addr = addr::DONE;
+            } else {
+                // A `>` before any `<`, or after the pair closed.
                 bad = true;
-                self.addr
             }
-            (addr::PRE, _) if space => addr::PRE,
-            (addr::PRE, _) => {
-                counted = true;
+        } else if st == addr::IN {
+            counted = true;
+        } else if is_space(b) {
+            if st == addr::KEY || st == addr::BARE {
+                self.addr = addr::DONE;
+            }
+        } else if st == addr::KEY && b == b':' {
+            self.addr_len = 0;
+            self.addr = addr::COLON;
+        } else if st <= addr::BARE {
+            // PRE, KEY, COLON, BARE: a byte of the first word or of an
+            // address without brackets.
+            counted = true;
+            self.addr = if st == addr::PRE || st == addr::KEY {
                 addr::KEY
-            }
-            (addr::KEY, b':') => {
-                self.addr_len = 0;
-                addr::COLON
-            }
-            (addr::KEY | addr::BARE, _) if space => addr::DONE,
-            (addr::COLON, _) if space => addr::COLON,
-            (addr::KEY | addr::COLON | addr::BARE, _) => {
-                counted = true;
-                if self.addr == addr::KEY {
-                    addr::KEY
-                } else {
-                    addr::BARE
-                }
-            }
-            (addr::IN, _) => {
-                counted = true;
-                addr::IN
-            }
-            (st, _) => st,
-        };
+            } else {
+                addr::BARE
+            };
+        }
         if counted {
             if self.addr_len == MAX_ADDRESS && self.lim & lim::ADDRESS_LENGTH == 0 {
                 self.lim |= lim::ADDRESS_LENGTH;
