@@ -418,7 +418,13 @@ pub struct Report {
 pub fn run(object: &[u8], p: Params) -> Result<Report> {
     let enforcing = load(object, 0)?;
     let monitor = load(object, CFG_MONITOR)?;
-    let cases = prepare(&enforcing, &monitor)?;
+    let mut cases = prepare(&enforcing, &monitor)?;
+    // `INSPECTOR_BENCH_CASES=cd` measures cases (c) and (d) only, and no
+    // fresh flows (to profile one case, for instance).
+    let only = std::env::var("INSPECTOR_BENCH_CASES").ok();
+    if let Some(only) = &only {
+        cases.retain(|c| only.contains(c.id));
+    }
 
     // samples[case][program] = (kernel ns, wall ns) per round.
     let mut samples = vec![vec![Vec::<(f64, f64)>::new(); PROGRAMS.len()]; cases.len()];
@@ -485,7 +491,11 @@ pub fn run(object: &[u8], p: Params) -> Result<Report> {
         })
         .collect();
 
-    let fresh = fresh_flows(&enforcing, p.fresh_flows)?;
+    let fresh = if only.is_some() {
+        Vec::new()
+    } else {
+        fresh_flows(&enforcing, p.fresh_flows)?
+    };
     Ok(Report {
         params: p,
         cases: results,
