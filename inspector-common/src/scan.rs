@@ -31,6 +31,8 @@ pub const BODY_WORDS: u32 = 32;
 /// Words an argument scan looks at per call.
 pub const SKIP_WORDS: u32 = 8;
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
 const LFS: u64 = 0x0a0a_0a0a_0a0a_0a0a;
 const DOTS: u64 = 0x2e2e_2e2e_2e2e_2e2e;
 
@@ -141,6 +143,75 @@ pub fn scan_to_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
     }
 }
 
+/// The eight bytes at buffer offset `at` (any alignment) as a
+/// little-endian word, from the one or two aligned words that hold them.
+/// `None` if those words do not both end by `end`.
+#[inline(always)]
+pub fn bytes_at<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> Option<u64> {
+    let a = at & !7;
+    let k = 8 * (at & 7);
+    if k == 0 {
+        return if at + 8 <= end {
+            Some(buf.word(a))
+        } else {
+            None
+        };
+    }
+    if a + 16 > end {
+        return None;
+    }
+    Some((buf.word(a) >> k) | (buf.word(a + 8) << (64 - k)))
+}
+
+/// Bit 7 of every byte of `x` that is at least `c` (`1 <= c <= 0x80`),
+/// exact for bytes below 0x80: the sum cannot carry into the next byte.
+#[inline(always)]
+const fn at_least(x: u64, c: u8) -> u64 {
+    x.wrapping_add(ONES * (0x80 - c) as u64) & HIGH
+}
+
+/// Bit 7 of every byte of `x` (bytes below 0x80) in `lo..=hi`.
+#[inline(always)]
+const fn in_range(x: u64, lo: u8, hi: u8) -> u64 {
+    at_least(x, lo) & !at_least(x, hi + 1)
+}
+
+/// The verb at the start of `x` (eight bytes at a line start), a word at a
+/// time: if `x` starts with 1 to 7 verb characters (`verbs::is_verb_char`)
+/// followed by a byte that ends a verb (a LF or C-locale whitespace, as
+/// `smtp::is_space`), their policy key (upper-cased, zero-padded, as
+/// `verbs::key_push` builds it byte by byte) and their count. `None`
+/// otherwise: an empty or longer verb, or one with a byte no verb has, is
+/// left to the byte steps.
+#[inline(always)]
+pub fn verb_word(x: u64) -> Option<(u64, u32)> {
+    // Bytes of 0x80 and above are neither verb characters nor delimiters;
+    // the range tests below only hold for the others.
+    let ascii = !x & HIGH;
+    let y = x & !HIGH;
+    let lower = in_range(y, b'a', b'z');
+    let verb = (in_range(y, b'0', b'9')
+        | in_range(y, b'A', b'Z')
+        | lower
+        | in_range(y, b'-', b'-')
+        | in_range(y, b'_', b'_'))
+        & ascii;
+    // \t, \n, \v, \f, \r and the space.
+    let delim = (in_range(y, 0x09, 0x0d) | in_range(y, b' ', b' ')) & ascii;
+    let stop = !verb & HIGH;
+    if stop == 0 {
+        return None;
+    }
+    let len = lowest_byte(stop);
+    if len == 0 || (delim >> (8 * len)) & 0x80 == 0 {
+        return None;
+    }
+    // Upper-case: a lower-case letter loses 0x20 (no borrow: it is at
+    // least 0x61); then keep the verb's bytes only.
+    let key = x.wrapping_sub(lower >> 2) & ((1u64 << (8 * len)) - 1);
+    Some((key, len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +233,47 @@ mod tests {
             let m = 0x80u64 << (8 * i);
             assert_eq!(lowest_byte(m), i);
             assert_eq!(lowest_byte(m | 0x8000_0000_0000_0000), i);
+        }
+    }
+
+    #[test]
+    fn verb_word_is_the_key_byte_steps_build() {
+        use crate::verbs::{is_verb_char, key_push};
+        let delims = [b' ', b'\t', b'\n', b'\r', 0x0b, 0x0c];
+        // Every byte in every position of a few words, against the
+        // byte-at-a-time definition.
+        let bases: [&[u8; 8]; 4] = [b"MAIL FRO", b"rcpt to:", b"x-f_0\r\n.", b"ABCDEFGH"];
+        for base in bases {
+            for pos in 0..8 {
+                for b in 0..=255u8 {
+                    let mut bytes = *base;
+                    bytes[pos] = b;
+                    let got = verb_word(u64::from_le_bytes(bytes));
+                    let n = bytes.iter().take_while(|&&c| is_verb_char(c)).count();
+                    let want = ((1..=7).contains(&n) && delims.contains(&bytes[n])).then(|| {
+                        let key = (0..n).fold(0, |k, i| key_push(k, i, bytes[i]));
+                        (key, n as u32)
+                    });
+                    assert_eq!(got, want, "{bytes:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_at_reads_across_words() {
+        let mut buf = [0u8; 32];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        for at in 0..24u32 {
+            let want = u64::from_le_bytes(buf[at as usize..at as usize + 8].try_into().unwrap());
+            let fits = if at % 8 == 0 {
+                at + 8 <= 24
+            } else {
+                (at & !7) + 16 <= 24
+            };
+            assert_eq!(bytes_at(&buf[..], at, 24), fits.then_some(want), "at {at}");
         }
     }
 
