@@ -121,6 +121,13 @@ pub fn scan_body<W: Words + ?Sized>(buf: &W, at: u32, end: u32, bol: bool) -> (u
 /// the offset reached (`at` if it is a LF).
 #[inline(always)]
 pub fn scan_to_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
+    find_lf(buf, at, end).0
+}
+
+/// [`scan_to_lf`], and whether the offset reached holds a LF (it may
+/// instead be where the words it may read ran out).
+#[inline(always)]
+pub fn find_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> (u32, bool) {
     let mut w = at & !7;
     // Ignore the bytes of the first word that come before `at`.
     let mut keep = u64::MAX << (8 * (at & 7));
@@ -128,18 +135,23 @@ pub fn scan_to_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
         if w + 8 > end {
             break;
         }
-        let lf = zero_bytes(buf.word(w) ^ LFS) & keep;
+        let x = buf.word(w);
+        let lf = zero_bytes(x ^ LFS) & keep;
         if lf != 0 {
-            let to = w + lowest_byte(lf);
-            return if to <= at { at } else { to };
+            let i = lowest_byte(lf);
+            let to = w + i;
+            // The lowest flag is a LF unless the LF below it was cut off
+            // by `keep`: then it is a 0x0b right at `at`.
+            let found = (x >> (8 * i)) as u8 == b'\n';
+            return if to <= at { (at, found) } else { (to, found) };
         }
         w += 8;
         keep = u64::MAX;
     }
     if w <= at {
-        at
+        (at, false)
     } else {
-        w
+        (w, false)
     }
 }
 
@@ -288,5 +300,10 @@ mod tests {
         assert_eq!(scan_to_lf(&buf[..], 14, buf.len() as u32), 14);
         // No LF: as far as whole words reach.
         assert_eq!(scan_to_lf(&buf[..], 15, buf.len() as u32), 40);
+        assert_eq!(find_lf(&buf[..], 15, buf.len() as u32), (40, false));
+        assert_eq!(find_lf(&buf[..], 3, buf.len() as u32), (14, true));
+        // A 0x0b right after a LF that comes before the start is no LF.
+        let vt = *b"abc\n\x0bdefghijklmno";
+        assert_eq!(find_lf(&vt[..], 4, vt.len() as u32), (4, false));
     }
 }

@@ -23,7 +23,7 @@
 
 use crate::{
     config::{CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
-    scan::{bytes_at, scan_body, scan_to_lf, verb_word, Words, CHUNK},
+    scan::{bytes_at, find_lf, scan_body, scan_to_lf, verb_word, Words, CHUNK},
     verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX},
 };
 
@@ -366,7 +366,7 @@ impl ClientState {
             if self.state != cstate::ARGS {
                 return scan_to_lf(buf, at, end);
             }
-            return self.args_ahead(buf, at, end);
+            return self.args_ahead(buf, at, end).0;
         }
         at
     }
@@ -374,11 +374,13 @@ impl ClientState {
     /// The argument part of [`Self::skip_ahead`], alone: in the arguments
     /// of a command other than BDAT, to the next LF (or as far as
     /// [`crate::scan::SKIP_WORDS`] words reach), counting the command
-    /// line's bytes. Returns `at` in any other state.
+    /// line's bytes. Returns the offset reached (`at` in any other state)
+    /// and whether it holds the line's LF. Argument checks that must see
+    /// bytes (per verb) belong here: return `at` where they apply.
     #[inline(always)]
-    pub fn args_ahead<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> u32 {
+    pub fn args_ahead<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> (u32, bool) {
         if self.state != cstate::ARGS || self.verb_id == id::BDAT {
-            return at;
+            return (at, false);
         }
         // A command line: counted, and the byte that goes past the limit
         // is left to `step`, which reports it.
@@ -387,9 +389,29 @@ impl ClientState {
         } else {
             core::cmp::min(end, at + (MAX_COMMAND_LINE - self.line_len))
         };
-        let to = scan_to_lf(buf, at, stop);
+        let (to, lf) = find_lf(buf, at, stop);
         self.line_len += to - at;
-        to
+        (to, lf)
+    }
+
+    /// After [`Self::args_ahead`] found the LF at the end of a command's
+    /// arguments: ends the line as the LF's step would, if that step would
+    /// produce nothing (not the byte past the line limit; not BDAT, whose
+    /// end of line may start a chunk). Returns whether it did; then the
+    /// caller moves past the LF.
+    #[inline(always)]
+    pub fn end_args_line(&mut self, chunking: bool) -> bool {
+        if self.state != cstate::ARGS
+            || self.verb_id == id::BDAT
+            || self.line_len >= MAX_COMMAND_LINE
+        {
+            return false;
+        }
+        let mut out = Out::default();
+        // `count_line_byte` (below the limit), then the LF's `end_line`.
+        self.line_len += 1;
+        self.end_line(chunking, &mut out);
+        true
     }
 
     /// The verb fast path: at a line start, a verb of 1 to 7 verb
@@ -1287,7 +1309,11 @@ fn run_client<E: Env>(
                 let (to, out) = st.verb_ahead(&buf[start..end], at, len, pos as u32, &mut seg, env);
                 if to != at {
                     apply(buf, &out, on_event)?;
-                    pos = start + st.args_ahead(&buf[start..end], to, len) as usize;
+                    let (to, lf) = st.args_ahead(&buf[start..end], to, len);
+                    pos = start + to as usize;
+                    if lf && st.end_args_line(env.chunking()) {
+                        pos += 1;
+                    }
                     continue;
                 }
                 let to = st.skip_ahead(&buf[start..end], at, len);
