@@ -40,14 +40,13 @@ const DOTS: u64 = 0x2e2e_2e2e_2e2e_2e2e;
 pub trait Words {
     /// The little-endian 64-bit word at buffer offset `at`. Callers only
     /// ask for `at` a multiple of 8 with `at + 8` inside the scanned range.
-    fn word(&self, at: u32) -> u64;
+    fn word(&self, at: usize) -> u64;
 }
 
 /// Userspace: a chunk is a slice.
 impl Words for [u8] {
     #[inline(always)]
-    fn word(&self, at: u32) -> u64 {
-        let at = at as usize;
+    fn word(&self, at: usize) -> u64 {
         let mut w = [0u8; 8];
         w.copy_from_slice(&self[at..at + 8]);
         u64::from_le_bytes(w)
@@ -93,27 +92,37 @@ pub fn scan_body<W: Words + ?Sized>(buf: &W, at: u32, end: u32, bol: bool) -> (u
     if at & 7 != 0 {
         return (at, bol);
     }
-    let mut rel = at;
-    let mut bol = bol;
-    for _ in 0..BODY_WORDS {
-        if rel + 8 > end {
-            break;
-        }
-        let w = buf.word(rel);
+    // Words to look at, counted once: the loop then tests one bound.
+    // 64-bit counters: no zero-extension of 32-bit ones on every word.
+    let n = core::cmp::min(BODY_WORDS, end.saturating_sub(at) / 8) as usize;
+    let base = at as usize;
+    let mut i = 0;
+    // The word before word `i` (read again only where a dot needs it).
+    let mut last = 0;
+    while i < n {
+        let w = buf.word(base + 8 * i);
         let dot = zero_bytes(w ^ DOTS);
         // Most words hold no dot at all (base64 never does): only then is
         // the LF test needed.
         if dot != 0 {
+            let bol = if i == 0 {
+                bol
+            } else {
+                (last >> 56) as u8 == b'\n'
+            };
             let lf = zero_bytes(w ^ LFS);
             let line_start = (lf << 8) | if bol { 0x80 } else { 0 };
             if line_start & dot != 0 {
                 break;
             }
         }
-        bol = (w >> 56) as u8 == b'\n';
-        rel += 8;
+        last = w;
+        i += 1;
     }
-    (rel, bol)
+    if i == 0 {
+        return (at, bol);
+    }
+    (at + 8 * i as u32, (last >> 56) as u8 == b'\n')
 }
 
 /// Command arguments and SASL lines: jumps to the next LF (or as far as
@@ -135,7 +144,7 @@ pub fn find_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> (u32, bool) {
         if w + 8 > end {
             break;
         }
-        let x = buf.word(w);
+        let x = buf.word(w as usize);
         let lf = zero_bytes(x ^ LFS) & keep;
         if lf != 0 {
             let i = lowest_byte(lf);
@@ -164,7 +173,7 @@ pub fn bytes_at<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> Option<u64> {
     let k = 8 * (at & 7);
     if k == 0 {
         return if at + 8 <= end {
-            Some(buf.word(a))
+            Some(buf.word(a as usize))
         } else {
             None
         };
@@ -172,7 +181,7 @@ pub fn bytes_at<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> Option<u64> {
     if a + 16 > end {
         return None;
     }
-    Some((buf.word(a) >> k) | (buf.word(a + 8) << (64 - k)))
+    Some((buf.word(a as usize) >> k) | (buf.word(a as usize + 8) << (64 - k)))
 }
 
 /// Bit 7 of every byte of `x` that is at least `c` (`1 <= c <= 0x80`),
