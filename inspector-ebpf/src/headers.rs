@@ -21,8 +21,9 @@ pub enum Parsed {
     /// A TCP segment with a complete header, written to the `Tcp` passed in.
     Tcp,
     /// An IPv4 or IPv6 fragment of a TCP datagram: it cannot be inspected
-    /// alone. The ports are known for a first fragment that holds them.
-    Fragment(Option<(u16, u16)>),
+    /// alone. The ports are known for a first fragment that holds them:
+    /// [`Ports`].
+    Fragment(Ports),
     /// Not TCP over IP: nothing for us.
     Other,
     /// Headers truncated or inconsistent.
@@ -62,11 +63,34 @@ impl Tcp {
     }
 }
 
+/// The ports of a TCP header in one word: [`Ports::KNOWN`] and
+/// `src << 16 | dst`, or 0 if they are not known. One plain word rather
+/// than an `Option` of a pair: LLVM leaves the pair of a `None` undefined
+/// and may still move it from register to register, and the verifier
+/// refuses a read of a register that was never written.
+#[derive(Clone, Copy)]
+pub struct Ports(pub u64);
+
+impl Ports {
+    pub const KNOWN: u64 = 1 << 32;
+    pub const UNKNOWN: Ports = Ports(0);
+
+    #[inline(always)]
+    pub fn get(self) -> Option<(u16, u16)> {
+        if self.0 & Self::KNOWN == 0 {
+            return None;
+        }
+        Some(((self.0 >> 16) as u16, self.0 as u16))
+    }
+}
+
 /// Source and destination port of a TCP header at `off`, if present.
 #[inline(always)]
-fn ports_at<P: Packet>(ctx: &P, off: usize) -> Option<(u16, u16)> {
-    ctx.read::<[u8; 4]>(off)
-        .map(|p| (be16([p[0], p[1]]), be16([p[2], p[3]])))
+fn ports_at<P: Packet>(ctx: &P, off: usize) -> Ports {
+    match ctx.read::<[u8; 4]>(off) {
+        Some(p) => Ports(Ports::KNOWN | u32::from_be_bytes(p) as u64),
+        None => Ports::UNKNOWN,
+    }
 }
 
 #[inline(always)]
@@ -120,7 +144,7 @@ fn parse_ipv4<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
         return Parsed::Fragment(if first_tcp {
             ports_at(ctx, off + ihl)
         } else {
-            None
+            Ports::UNKNOWN
         });
     }
     if h[9] != IPPROTO_TCP {
@@ -179,7 +203,7 @@ fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
                 let ports = if first && e[0] == IPPROTO_TCP {
                     ports_at(ctx, off + 8)
                 } else {
-                    None
+                    Ports::UNKNOWN
                 };
                 return Parsed::Fragment(ports);
             }

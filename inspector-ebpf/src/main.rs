@@ -54,7 +54,7 @@ use inspector_common::{
 };
 
 use crate::{
-    headers::Parsed,
+    headers::{Parsed, Ports, Tcp},
     maps::{config, port_inspected, work_area},
     packet::Packet,
     report::count,
@@ -87,34 +87,66 @@ fn run<P: Packet>(ctx: &P) -> u32 {
     let Some(w) = work_area() else {
         return P::PASS;
     };
-    match headers::parse(ctx, &mut w.packet.tcp) {
-        Parsed::Tcp => {
+    let parsed = classify(ctx, &mut w.packet.tcp);
+    match parsed >> KIND_SHIFT {
+        kind::TCP => {
             let client_side = port_inspected(w.packet.tcp.dst_port);
             if !client_side && !port_inspected(w.packet.tcp.src_port) {
                 return P::PASS;
             }
             segment::inspect(ctx, client_side)
         }
-        Parsed::Fragment(ports) => {
+        kind::FRAGMENT => {
             count(Counter::Fragments);
             // A first fragment of an inspected flow: without it the receiver
             // cannot reassemble the datagram, so dropping it is enough.
-            let inspected = match ports {
-                Some((src, dst)) => port_inspected(src) || port_inspected(dst),
-                None => false,
-            };
             let cfg = config();
-            if inspected && cfg & (CFG_FRAGMENTS_PASS | CFG_MONITOR) == 0 {
+            if ports_inspected(parsed) && cfg & (CFG_FRAGMENTS_PASS | CFG_MONITOR) == 0 {
                 count(Counter::Dropped);
                 return P::DROP;
             }
             P::PASS
         }
-        Parsed::Malformed => {
+        kind::MALFORMED => {
             count(Counter::Malformed);
             P::PASS
         }
-        Parsed::Other => P::PASS,
+        _ => P::PASS,
+    }
+}
+
+/// What [`classify`] found, in bits `KIND_SHIFT..` of its result.
+mod kind {
+    pub const OTHER: u64 = 0;
+    pub const TCP: u64 = 1;
+    pub const FRAGMENT: u64 = 2;
+    pub const MALFORMED: u64 = 3;
+}
+const KIND_SHIFT: u32 = 40;
+
+/// Header parsing, in a BPF subprogram of its own: the header copies it
+/// makes on the stack stay out of the frame of `run`, which lies beneath
+/// every later call (the verifier's 512-byte stack limit is on the sum of
+/// the frames along a call chain, and `run`'s is the first of them). The
+/// TCP headers go to `tcp` (in the work area); the result is one word: the kind of
+/// packet, and the [`Ports`] of a first fragment.
+#[inline(never)]
+fn classify<P: Packet>(ctx: &P, tcp: &mut Tcp) -> u64 {
+    match headers::parse(ctx, tcp) {
+        Parsed::Tcp => kind::TCP << KIND_SHIFT,
+        Parsed::Fragment(ports) => kind::FRAGMENT << KIND_SHIFT | ports.0,
+        Parsed::Malformed => kind::MALFORMED << KIND_SHIFT,
+        Parsed::Other => kind::OTHER << KIND_SHIFT,
+    }
+}
+
+/// Whether the ports in a [`classify`] result are known and one of them
+/// is inspected.
+#[inline(always)]
+fn ports_inspected(parsed: u64) -> bool {
+    match Ports(parsed & (Ports::KNOWN | 0xffff_ffff)).get() {
+        Some((src, dst)) => port_inspected(src) || port_inspected(dst),
+        None => false,
     }
 }
 
