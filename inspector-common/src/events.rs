@@ -71,6 +71,9 @@ pub mod reason {
     pub const TABLE_FULL: u8 = 19;
     /// Refused: the client address has its maximum of flows.
     pub const CLIENT_CAP: u8 = 20;
+    /// A segment larger than the inspector parses (a BIG TCP packet over
+    /// 64 KiB).
+    pub const TOO_LARGE: u8 = 21;
 }
 
 #[repr(C)]

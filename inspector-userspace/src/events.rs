@@ -75,6 +75,7 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::NO_SOCKET => "no-socket",
         reason::TABLE_FULL => "table-full",
         reason::CLIENT_CAP => "client-cap",
+        reason::TOO_LARGE => "too-large",
         _ => "",
     }
 }
