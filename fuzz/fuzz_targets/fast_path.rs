@@ -1,6 +1,7 @@
-//! Fuzz target: the word-at-a-time fast paths (`inspector_common::scan`),
-//! which the kernel runs before every byte step, against byte-at-a-time
-//! stepping. `feed_client` (fast paths, as the kernel) and
+//! Fuzz target: the word-at-a-time fast paths (`inspector_common::scan`:
+//! the body and argument skips, and the verb read a word at a time at a
+//! line start), which the kernel runs before every byte step, against
+//! byte-at-a-time stepping. `feed_client` (fast paths, as the kernel) and
 //! `feed_client_bytewise` parse the same segments from the same state and
 //! must agree on everything: held or not, the masked bytes, the final state,
 //! the events in order.

@@ -79,6 +79,9 @@ pub mod reason {
     pub const ADDRESS_CHARS: u8 = 22;
     /// A header line longer than 998 bytes (the header-line limit).
     pub const HEADER_LINE_TOO_LONG: u8 = 23;
+    /// A segment larger than the inspector parses (a BIG TCP packet over
+    /// 64 KiB).
+    pub const TOO_LARGE: u8 = 24;
 }
 
 #[repr(C)]

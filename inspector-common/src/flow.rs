@@ -106,7 +106,8 @@ pub struct Cursor {
     pub acked: u32,
     /// `DIR_*` flags.
     pub flags: u32,
-    /// Last time (bpf_ktime_get_ns) a packet of this direction was seen.
+    /// Last time (bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC, at the tick's
+    /// resolution) a packet of this direction was seen.
     pub last_ns: u64,
 }
 
@@ -209,7 +210,8 @@ pub struct Flow {
     pub client: ClientDir,
     pub server: ServerDir,
     pub shared: Shared,
-    /// When the SYN was seen (bpf_ktime_get_ns), written once at creation.
+    /// When the flow was created (bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC,
+    /// at the tick's resolution), written once.
     pub created_ns: u64,
 }
 

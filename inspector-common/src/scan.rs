@@ -31,6 +31,8 @@ pub const BODY_WORDS: u32 = 32;
 /// Words an argument scan looks at per call.
 pub const SKIP_WORDS: u32 = 8;
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
 const LFS: u64 = 0x0a0a_0a0a_0a0a_0a0a;
 const DOTS: u64 = 0x2e2e_2e2e_2e2e_2e2e;
 
@@ -38,14 +40,13 @@ const DOTS: u64 = 0x2e2e_2e2e_2e2e_2e2e;
 pub trait Words {
     /// The little-endian 64-bit word at buffer offset `at`. Callers only
     /// ask for `at` a multiple of 8 with `at + 8` inside the scanned range.
-    fn word(&self, at: u32) -> u64;
+    fn word(&self, at: usize) -> u64;
 }
 
 /// Userspace: a chunk is a slice.
 impl Words for [u8] {
     #[inline(always)]
-    fn word(&self, at: u32) -> u64 {
-        let at = at as usize;
+    fn word(&self, at: usize) -> u64 {
         let mut w = [0u8; 8];
         w.copy_from_slice(&self[at..at + 8]);
         u64::from_le_bytes(w)
@@ -91,27 +92,37 @@ pub fn scan_body<W: Words + ?Sized>(buf: &W, at: u32, end: u32, bol: bool) -> (u
     if at & 7 != 0 {
         return (at, bol);
     }
-    let mut rel = at;
-    let mut bol = bol;
-    for _ in 0..BODY_WORDS {
-        if rel + 8 > end {
-            break;
-        }
-        let w = buf.word(rel);
+    // Words to look at, counted once: the loop then tests one bound.
+    // 64-bit counters: no zero-extension of 32-bit ones on every word.
+    let n = core::cmp::min(BODY_WORDS, end.saturating_sub(at) / 8) as usize;
+    let base = at as usize;
+    let mut i = 0;
+    // The word before word `i` (read again only where a dot needs it).
+    let mut last = 0;
+    while i < n {
+        let w = buf.word(base + 8 * i);
         let dot = zero_bytes(w ^ DOTS);
         // Most words hold no dot at all (base64 never does): only then is
         // the LF test needed.
         if dot != 0 {
+            let bol = if i == 0 {
+                bol
+            } else {
+                (last >> 56) as u8 == b'\n'
+            };
             let lf = zero_bytes(w ^ LFS);
             let line_start = (lf << 8) | if bol { 0x80 } else { 0 };
             if line_start & dot != 0 {
                 break;
             }
         }
-        bol = (w >> 56) as u8 == b'\n';
-        rel += 8;
+        last = w;
+        i += 1;
     }
-    (rel, bol)
+    if i == 0 {
+        return (at, bol);
+    }
+    (at + 8 * i as u32, (last >> 56) as u8 == b'\n')
 }
 
 /// Command arguments and SASL lines: jumps to the next LF (or as far as
@@ -119,6 +130,13 @@ pub fn scan_body<W: Words + ?Sized>(buf: &W, at: u32, end: u32, bol: bool) -> (u
 /// the offset reached (`at` if it is a LF).
 #[inline(always)]
 pub fn scan_to_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
+    find_lf(buf, at, end).0
+}
+
+/// [`scan_to_lf`], and whether the offset reached holds a LF (it may
+/// instead be where the words it may read ran out).
+#[inline(always)]
+pub fn find_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> (u32, bool) {
     let mut w = at & !7;
     // Ignore the bytes of the first word that come before `at`.
     let mut keep = u64::MAX << (8 * (at & 7));
@@ -126,19 +144,93 @@ pub fn scan_to_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
         if w + 8 > end {
             break;
         }
-        let lf = zero_bytes(buf.word(w) ^ LFS) & keep;
+        let x = buf.word(w as usize);
+        let lf = zero_bytes(x ^ LFS) & keep;
         if lf != 0 {
-            let to = w + lowest_byte(lf);
-            return if to <= at { at } else { to };
+            let i = lowest_byte(lf);
+            let to = w + i;
+            // The lowest flag is a LF unless the LF below it was cut off
+            // by `keep`: then it is a 0x0b right at `at`.
+            let found = (x >> (8 * i)) as u8 == b'\n';
+            return if to <= at { (at, found) } else { (to, found) };
         }
         w += 8;
         keep = u64::MAX;
     }
     if w <= at {
-        at
+        (at, false)
     } else {
-        w
+        (w, false)
     }
+}
+
+/// The eight bytes at buffer offset `at` (any alignment) as a
+/// little-endian word, from the one or two aligned words that hold them.
+/// `None` if those words do not both end by `end`.
+#[inline(always)]
+pub fn bytes_at<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> Option<u64> {
+    let a = at & !7;
+    let k = 8 * (at & 7);
+    if k == 0 {
+        return if at + 8 <= end {
+            Some(buf.word(a as usize))
+        } else {
+            None
+        };
+    }
+    if a + 16 > end {
+        return None;
+    }
+    Some((buf.word(a as usize) >> k) | (buf.word(a as usize + 8) << (64 - k)))
+}
+
+/// Bit 7 of every byte of `x` that is at least `c` (`1 <= c <= 0x80`),
+/// exact for bytes below 0x80: the sum cannot carry into the next byte.
+#[inline(always)]
+const fn at_least(x: u64, c: u8) -> u64 {
+    x.wrapping_add(ONES * (0x80 - c) as u64) & HIGH
+}
+
+/// Bit 7 of every byte of `x` (bytes below 0x80) in `lo..=hi`.
+#[inline(always)]
+const fn in_range(x: u64, lo: u8, hi: u8) -> u64 {
+    at_least(x, lo) & !at_least(x, hi + 1)
+}
+
+/// The verb at the start of `x` (eight bytes at a line start), a word at a
+/// time: if `x` starts with 1 to 7 verb characters (`verbs::is_verb_char`)
+/// followed by a byte that ends a verb (a LF or C-locale whitespace, as
+/// `smtp::is_space`), their policy key (upper-cased, zero-padded, as
+/// `verbs::key_push` builds it byte by byte) and their count. `None`
+/// otherwise: an empty or longer verb, or one with a byte no verb has, is
+/// left to the byte steps.
+#[inline(always)]
+pub fn verb_word(x: u64) -> Option<(u64, u32)> {
+    // Bytes of 0x80 and above are neither verb characters nor delimiters;
+    // the range tests below only hold for the others.
+    let ascii = !x & HIGH;
+    let y = x & !HIGH;
+    let lower = in_range(y, b'a', b'z');
+    let verb = (in_range(y, b'0', b'9')
+        | in_range(y, b'A', b'Z')
+        | lower
+        | in_range(y, b'-', b'-')
+        | in_range(y, b'_', b'_'))
+        & ascii;
+    // \t, \n, \v, \f, \r and the space.
+    let delim = (in_range(y, 0x09, 0x0d) | in_range(y, b' ', b' ')) & ascii;
+    let stop = !verb & HIGH;
+    if stop == 0 {
+        return None;
+    }
+    let len = lowest_byte(stop);
+    if len == 0 || (delim >> (8 * len)) & 0x80 == 0 {
+        return None;
+    }
+    // Upper-case: a lower-case letter loses 0x20 (no borrow: it is at
+    // least 0x61); then keep the verb's bytes only.
+    let key = x.wrapping_sub(lower >> 2) & ((1u64 << (8 * len)) - 1);
+    Some((key, len))
 }
 
 #[cfg(test)]
@@ -166,6 +258,47 @@ mod tests {
     }
 
     #[test]
+    fn verb_word_is_the_key_byte_steps_build() {
+        use crate::verbs::{is_verb_char, key_push};
+        let delims = [b' ', b'\t', b'\n', b'\r', 0x0b, 0x0c];
+        // Every byte in every position of a few words, against the
+        // byte-at-a-time definition.
+        let bases: [&[u8; 8]; 4] = [b"MAIL FRO", b"rcpt to:", b"x-f_0\r\n.", b"ABCDEFGH"];
+        for base in bases {
+            for pos in 0..8 {
+                for b in 0..=255u8 {
+                    let mut bytes = *base;
+                    bytes[pos] = b;
+                    let got = verb_word(u64::from_le_bytes(bytes));
+                    let n = bytes.iter().take_while(|&&c| is_verb_char(c)).count();
+                    let want = ((1..=7).contains(&n) && delims.contains(&bytes[n])).then(|| {
+                        let key = (0..n).fold(0, |k, i| key_push(k, i, bytes[i]));
+                        (key, n as u32)
+                    });
+                    assert_eq!(got, want, "{bytes:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_at_reads_across_words() {
+        let mut buf = [0u8; 32];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        for at in 0..24u32 {
+            let want = u64::from_le_bytes(buf[at as usize..at as usize + 8].try_into().unwrap());
+            let fits = if at % 8 == 0 {
+                at + 8 <= 24
+            } else {
+                (at & !7) + 16 <= 24
+            };
+            assert_eq!(bytes_at(&buf[..], at, 24), fits.then_some(want), "at {at}");
+        }
+    }
+
+    #[test]
     fn scan_to_lf_stops_at_the_lf_after_the_start() {
         let buf = *b"ab\ncdefghijklm\nopqrstuvwxyzABCDEFGHIJKLMNOP";
         // From 0 the first LF is at 2.
@@ -176,5 +309,10 @@ mod tests {
         assert_eq!(scan_to_lf(&buf[..], 14, buf.len() as u32), 14);
         // No LF: as far as whole words reach.
         assert_eq!(scan_to_lf(&buf[..], 15, buf.len() as u32), 40);
+        assert_eq!(find_lf(&buf[..], 15, buf.len() as u32), (40, false));
+        assert_eq!(find_lf(&buf[..], 3, buf.len() as u32), (14, true));
+        // A 0x0b right after a LF that comes before the start is no LF.
+        let vt = *b"abc\n\x0bdefghijklmno";
+        assert_eq!(find_lf(&vt[..], 4, vt.len() as u32), (4, false));
     }
 }

@@ -30,7 +30,7 @@
 
 use crate::{
     config::{action, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
-    scan::{scan_body, scan_to_lf, Words, CHUNK},
+    scan::{bytes_at, find_lf, scan_body, scan_to_lf, verb_word, Words, CHUNK},
     verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX},
 };
 
@@ -488,16 +488,7 @@ impl ClientState {
         }
         if self.skips_to_lf() {
             if self.state == cstate::ARGS {
-                // A command line: counted, and the byte that goes past the
-                // limit is left to `step`, which reports it.
-                let stop = if self.line_len > MAX_COMMAND_LINE {
-                    end
-                } else {
-                    core::cmp::min(end, at + (MAX_COMMAND_LINE - self.line_len))
-                };
-                let to = scan_to_lf(buf, at, stop);
-                self.line_len += to - at;
-                return to;
+                return self.args_ahead(buf, at, end).0;
             }
             if self.state == cstate::BODY && self.hdr != hdr::OFF {
                 // A header line: the same, with its own limit (once it
@@ -520,6 +511,103 @@ impl ClientState {
             return scan_to_lf(buf, at, end);
         }
         at
+    }
+
+    /// The argument part of [`Self::skip_ahead`], alone: in the arguments
+    /// of a command other than BDAT, to the next LF (or as far as
+    /// [`crate::scan::SKIP_WORDS`] words reach), counting the command
+    /// line's bytes. Returns the offset reached (`at` in any other state)
+    /// and whether it holds the line's LF. Argument checks that must see
+    /// bytes (per verb) belong here: return `at` where they apply.
+    #[inline(always)]
+    pub fn args_ahead<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> (u32, bool) {
+        // BDAT's size and the address of an allowed MAIL or RCPT are read
+        // byte by byte (the BDAT parser, the address rules).
+        if self.state != cstate::ARGS || self.verb_id == id::BDAT || self.flags & F_ADDRESS != 0 {
+            return (at, false);
+        }
+        // A command line: counted, and the byte that goes past the limit
+        // is left to `step`, which reports it.
+        let stop = if self.line_len > MAX_COMMAND_LINE {
+            end
+        } else {
+            core::cmp::min(end, at + (MAX_COMMAND_LINE - self.line_len))
+        };
+        let (to, lf) = find_lf(buf, at, stop);
+        self.line_len += to - at;
+        (to, lf)
+    }
+
+    /// After [`Self::args_ahead`] found the LF at the end of a command's
+    /// arguments: ends the line as the LF's step would, if that step would
+    /// produce nothing (not the byte past the line limit; not BDAT, whose
+    /// end of line may start a chunk). Returns whether it did; then the
+    /// caller moves past the LF.
+    #[inline(always)]
+    pub fn end_args_line(&mut self, chunking: bool) -> bool {
+        if self.state != cstate::ARGS
+            || self.verb_id == id::BDAT
+            || self.line_len >= MAX_COMMAND_LINE
+        {
+            return false;
+        }
+        let mut out = Out::default();
+        // `count_line_byte` (below the limit), then the LF's `end_line`.
+        self.line_len += 1;
+        self.end_line(chunking, &mut out);
+        true
+    }
+
+    /// The verb fast path: at a line start, a verb of 1 to 7 verb
+    /// characters and the byte that ends it, read in one word
+    /// ([`crate::scan::verb_word`]) and decided with one policy lookup,
+    /// leaving the state, `seg` and `out` as stepping those bytes would
+    /// (the verb bytes' own steps produce nothing). `pos` is the segment
+    /// offset of buffer offset `at`. Returns the offset after the
+    /// delimiter and the delimiter step's result, or `at` if the path does
+    /// not apply (then nothing changed): another state, leading whitespace, a longer or odd verb,
+    /// fewer than 16 bytes to the chunk's end, or a command line that may
+    /// go past a limit within these bytes (a per-byte rule belongs to
+    /// `step`). Called before [`Self::skip_ahead`] in every round, by the
+    /// kernel and by [`feed_client`] alike.
+    #[inline(always)]
+    pub fn verb_ahead<W: Words + ?Sized, E: Env>(
+        &mut self,
+        buf: &W,
+        at: u32,
+        end: u32,
+        pos: u32,
+        seg: &mut Seg,
+        env: &E,
+    ) -> (u32, Out) {
+        let mut out = Out::default();
+        // `count_line_byte` reports the byte after MAX_COMMAND_LINE: none
+        // of the (at most 8) bytes taken here can be it.
+        // Past the RCPT limit, RCPT (whose verb's step reports the limit,
+        // and whose `mask` action needs the verb's bytes) goes byte by byte:
+        // the verb round's result carries no limit (see `limit_actions`).
+        if self.state != cstate::LINE_START
+            || self.line_len + 8 > MAX_COMMAND_LINE
+            || self.rcpts >= MAX_RCPTS
+        {
+            return (at, out);
+        }
+        let Some(x) = bytes_at(buf, at, end) else {
+            return (at, out);
+        };
+        let Some((key, len)) = verb_word(x) else {
+            return (at, out);
+        };
+        // As the first verb byte's step starts the verb and the later ones
+        // add to its key; the delimiter's step ends it.
+        self.line_len += len + 1;
+        self.state = cstate::VERB;
+        self.verb = key;
+        self.verb_len = len as u8;
+        self.flags = 0;
+        seg.verb_start = pos;
+        self.end_verb((x >> (8 * len)) as u8, pos + len, seg, env, &mut out);
+        (at + len + 1, out)
     }
 
     /// After [`crate::scan::scan_body`] skipped body bytes that hold no
@@ -1568,10 +1656,24 @@ fn run_client<E: Env>(
         }
         let mut pos = start;
         while pos < end {
+            // One round: the verb fast path and the skips after it, or
+            // the skips alone, or one byte step (the kernel's step
+            // callback does the same).
             if fast {
-                let chunk = &buf[start..end];
+                let len = (end - start) as u32;
                 let at = (pos - start) as u32;
-                let to = st.skip_ahead(chunk, at, chunk.len() as u32);
+                let (to, out) = st.verb_ahead(&buf[start..end], at, len, pos as u32, &mut seg, env);
+                if to != at {
+                    debug_assert_eq!(out.limit, 0, "the verb round carries no limit");
+                    apply(buf, &out, on_event)?;
+                    let (to, lf) = st.args_ahead(&buf[start..end], to, len);
+                    pos = start + to as usize;
+                    if lf && st.end_args_line(env.chunking()) {
+                        pos += 1;
+                    }
+                    continue;
+                }
+                let to = st.skip_ahead(&buf[start..end], at, len);
                 if to != at {
                     pos = start + to as usize;
                     continue;

@@ -96,6 +96,45 @@ fn body_line() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+const LEADS: &[&[u8]] = &[b"", b"", b"", b" ", b"\t"];
+const DELIMS: &[&[u8]] = &[b" ", b"\t", b"\r", b"\x0b", b"\x0c", b"\n"];
+
+/// A command line for the verb fast path, and whether its verb is a gate
+/// (which then must end the part: see [`Part`]).
+fn command_line() -> impl Strategy<Value = (Vec<u8>, bool)> {
+    let verb = prop_oneof![
+        4 => prop::sample::select(POOL).prop_map(|v| v.as_bytes().to_vec()),
+        2 => prop::collection::vec(
+            prop::sample::select(&b"aAzZ09-_mMrRxX"[..]), 1..10),
+        1 => prop::collection::vec(any::<u8>(), 1..10),
+    ];
+    (
+        prop::sample::select(LEADS),
+        verb,
+        any::<prop::sample::Index>(),
+        prop::sample::select(DELIMS),
+        body_bytes(40),
+    )
+        .prop_map(|(lead, verb, case, delim, args)| {
+            let mut l = lead.to_vec();
+            // Some verbs in lower or mixed case.
+            let flip = case.index(4);
+            l.extend(verb.iter().enumerate().map(|(i, &b)| match flip {
+                1 => b.to_ascii_lowercase(),
+                2 if i % 2 == 0 => b.to_ascii_lowercase(),
+                _ => b,
+            }));
+            let upper: Vec<u8> = verb.to_ascii_uppercase();
+            let gate = matches!(&upper[..], b"DATA" | b"AUTH" | b"STARTTLS");
+            l.extend_from_slice(delim);
+            if delim != b"\n" {
+                l.extend(args.into_iter().filter(|&b| b != b'\n'));
+                l.extend_from_slice(b"\r\n");
+            }
+            (l, gate)
+        })
+}
+
 /// Part of a client stream. A part that ends with a command whose reply
 /// decides what follows (DATA, AUTH, a SASL line, STARTTLS) ends a segment:
 /// a client waits for that reply (a segment with bytes after such a
@@ -121,6 +160,16 @@ fn piece() -> impl Strategy<Value = Vec<Part>> {
             l.extend(a.into_iter().filter(|&b| b != b'\n'));
             l.extend_from_slice(b"\r\n");
             vec![part(l, matches!(v, "DATA" | "AUTH" | "STARTTLS"))]
+        }),
+        // Pipelined commands as the verb fast path reads them, and as it
+        // must leave to the byte steps: verbs in any case, of 1 to 9
+        // bytes, some with a byte no verb has, after leading whitespace,
+        // ended by a space, a tab, a CR or a LF.
+        3 => prop::collection::vec(command_line(), 1..12).prop_map(|lines| {
+            // Up to the first gate command, which ends the part.
+            let n = lines.iter().position(|(_, g)| *g).map_or(lines.len(), |i| i + 1);
+            let gate = lines[n - 1].1;
+            vec![part(lines[..n].iter().flat_map(|(l, _)| l.clone()).collect(), gate)]
         }),
         // DATA and a body whose lines often start with dots; ends with an
         // end-of-data line in one of its forms, or not at all.

@@ -88,8 +88,8 @@ impl Words for ChunkWords<'_> {
     /// The aligned little-endian word at offset `at` (a multiple of 8
     /// below `CHUNK`, which the mask leaves as it is).
     #[inline(always)]
-    fn word(&self, at: u32) -> u64 {
-        let i = at as usize & (CHUNK - 8);
+    fn word(&self, at: usize) -> u64 {
+        let i = at & (CHUNK - 8);
         // SAFETY: `i + 8 <= CHUNK` is inside the buffer, and `i` is a
         // multiple of 8 from its start, which is 8-aligned (the first field
         // of the work area, a map value).

@@ -21,8 +21,14 @@ pub enum Parsed {
     /// A TCP segment with a complete header, written to the `Tcp` passed in.
     Tcp,
     /// An IPv4 or IPv6 fragment of a TCP datagram: it cannot be inspected
-    /// alone. The ports are known for a first fragment that holds them.
-    Fragment(Option<(u16, u16)>),
+    /// alone. The ports are known for a first fragment that holds them:
+    /// [`Ports`].
+    Fragment(Ports),
+    /// A TCP segment larger than an IP length field can describe (BIG
+    /// TCP: the length field is 0 and the packet is over 64 KiB): more
+    /// than the inspector parses. Its addresses and ports are written to
+    /// the `Tcp` passed in; the ports are also in the [`Ports`].
+    Oversized(Ports),
     /// Not TCP over IP: nothing for us.
     Other,
     /// Headers truncated or inconsistent.
@@ -62,11 +68,34 @@ impl Tcp {
     }
 }
 
+/// The ports of a TCP header in one word: [`Ports::KNOWN`] and
+/// `src << 16 | dst`, or 0 if they are not known. One plain word rather
+/// than an `Option` of a pair: LLVM leaves the pair of a `None` undefined
+/// and may still move it from register to register, and the verifier
+/// refuses a read of a register that was never written.
+#[derive(Clone, Copy)]
+pub struct Ports(pub u64);
+
+impl Ports {
+    pub const KNOWN: u64 = 1 << 32;
+    pub const UNKNOWN: Ports = Ports(0);
+
+    #[inline(always)]
+    pub fn get(self) -> Option<(u16, u16)> {
+        if self.0 & Self::KNOWN == 0 {
+            return None;
+        }
+        Some(((self.0 >> 16) as u16, self.0 as u16))
+    }
+}
+
 /// Source and destination port of a TCP header at `off`, if present.
 #[inline(always)]
-fn ports_at<P: Packet>(ctx: &P, off: usize) -> Option<(u16, u16)> {
-    ctx.read::<[u8; 4]>(off)
-        .map(|p| (be16([p[0], p[1]]), be16([p[2], p[3]])))
+fn ports_at<P: Packet>(ctx: &P, off: usize) -> Ports {
+    match ctx.read::<[u8; 4]>(off) {
+        Some(p) => Ports(Ports::KNOWN | u32::from_be_bytes(p) as u64),
+        None => Ports::UNKNOWN,
+    }
 }
 
 #[inline(always)]
@@ -102,7 +131,7 @@ pub fn parse<P: Packet>(ctx: &P, out: &mut Tcp) -> Parsed {
 
 #[inline(always)]
 fn parse_ipv4<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
-    let Some(h) = ctx.read::<[u8; 20]>(off) else {
+    let Some(h) = ctx.at::<[u8; 20]>(off) else {
         return Parsed::Malformed;
     };
     if h[0] >> 4 != 4 {
@@ -110,7 +139,8 @@ fn parse_ipv4<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
     }
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     let total = be16([h[2], h[3]]) as usize;
-    if ihl < 20 || total < ihl {
+    // A length of 0 is BIG TCP's (see `oversized`), checked below.
+    if ihl < 20 || total < ihl && total != 0 {
         return Parsed::Malformed;
     }
     // More-fragments flag or a non-zero fragment offset.
@@ -120,7 +150,7 @@ fn parse_ipv4<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
         return Parsed::Fragment(if first_tcp {
             ports_at(ctx, off + ihl)
         } else {
-            None
+            Ports::UNKNOWN
         });
     }
     if h[9] != IPPROTO_TCP {
@@ -132,7 +162,35 @@ fn parse_ipv4<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
     out.dst[12..].copy_from_slice(&h[16..20]);
     out.is_v6 = false;
     out.l3_off = off;
+    if total == 0 {
+        return oversized(
+            ctx,
+            off + ihl,
+            ctx.total_len().saturating_sub(off + ihl),
+            out,
+        );
+    }
     parse_tcp(ctx, off + ihl, total - ihl, out)
+}
+
+/// A TCP segment whose IP header gives length 0 (IPv4 total length, IPv6
+/// payload length), `len` bytes from `off` to the end of the packet: BIG
+/// TCP writes 0 there for a GSO/GRO packet over 64 KiB, whose real length
+/// is the packet's. Over 64 KiB it is [`Parsed::Oversized`], with its ports
+/// in `out`; anything shorter has no business with length 0: malformed.
+#[inline(always)]
+fn oversized<P: Packet>(ctx: &P, off: usize, len: usize, out: &mut Tcp) -> Parsed {
+    if len <= 65535 {
+        return Parsed::Malformed;
+    }
+    // Ports and sequence number, for the event that reports it.
+    let Some(h) = ctx.at::<[u8; 8]>(off) else {
+        return Parsed::Malformed;
+    };
+    out.src_port = be16([h[0], h[1]]);
+    out.dst_port = be16([h[2], h[3]]);
+    out.seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    Parsed::Oversized(ports_at(ctx, off))
 }
 
 /// `::ffff:0.0.0.0`, the prefix of IPv4-mapped IPv6 addresses.
@@ -140,25 +198,26 @@ const V4_MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 
 
 #[inline(always)]
 fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
-    let Some(h) = ctx.read::<[u8; 8]>(off) else {
+    let Some(h) = ctx.at::<[u8; 8]>(off) else {
         return Parsed::Malformed;
     };
     if h[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let (Some(src), Some(dst)) = (
-        ctx.read::<[u8; 16]>(off + 8),
-        ctx.read::<[u8; 16]>(off + 24),
-    ) else {
+    let (Some(src), Some(dst)) = (ctx.at::<[u8; 16]>(off + 8), ctx.at::<[u8; 16]>(off + 24)) else {
         return Parsed::Malformed;
     };
-    out.src = src;
-    out.dst = dst;
+    out.src = *src;
+    out.dst = *dst;
     out.is_v6 = true;
     out.l3_off = off;
     let mut remaining = be16([h[4], h[5]]) as usize;
     let mut next = h[6];
     let mut off = off + 40;
+    if remaining == 0 && next == IPPROTO_TCP {
+        // BIG TCP (see `oversized`): the real length is the packet's.
+        return oversized(ctx, off, ctx.total_len().saturating_sub(off), out);
+    }
     for _ in 0..MAX_IPV6_EXT {
         let len = match next {
             IPPROTO_TCP => return parse_tcp(ctx, off, remaining, out),
@@ -179,7 +238,7 @@ fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
                 let ports = if first && e[0] == IPPROTO_TCP {
                     ports_at(ctx, off + 8)
                 } else {
-                    None
+                    Ports::UNKNOWN
                 };
                 return Parsed::Fragment(ports);
             }
@@ -210,7 +269,7 @@ fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
 /// IP header states it.
 #[inline(always)]
 fn parse_tcp<P: Packet>(ctx: &P, off: usize, ip_payload: usize, out: &mut Tcp) -> Parsed {
-    let Some(h) = ctx.read::<[u8; 20]>(off) else {
+    let Some(h) = ctx.at::<[u8; 20]>(off) else {
         return Parsed::Malformed;
     };
     let doff = ((h[12] >> 4) as usize) * 4;

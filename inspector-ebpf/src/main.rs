@@ -51,13 +51,16 @@ use aya_ebpf::{
 use inspector_common::{
     config::{CFG_FRAGMENTS_PASS, CFG_MONITOR},
     counters::Counter,
+    events,
+    verbs::OTHER,
 };
 
 use crate::{
-    headers::Parsed,
+    headers::{Parsed, Ports, Tcp},
     maps::{config, port_inspected, work_area},
     packet::Packet,
     report::count,
+    workarea::WorkArea,
 };
 
 /// XDP entry point: every frame of the interface passes through here.
@@ -87,34 +90,98 @@ fn run<P: Packet>(ctx: &P) -> u32 {
     let Some(w) = work_area() else {
         return P::PASS;
     };
-    match headers::parse(ctx, &mut w.packet.tcp) {
-        Parsed::Tcp => {
+    let parsed = classify(ctx, &mut w.packet.tcp);
+    match parsed >> KIND_SHIFT {
+        kind::TCP => {
             let client_side = port_inspected(w.packet.tcp.dst_port);
             if !client_side && !port_inspected(w.packet.tcp.src_port) {
                 return P::PASS;
             }
             segment::inspect(ctx, client_side)
         }
-        Parsed::Fragment(ports) => {
+        kind::FRAGMENT => {
             count(Counter::Fragments);
             // A first fragment of an inspected flow: without it the receiver
             // cannot reassemble the datagram, so dropping it is enough.
-            let inspected = match ports {
-                Some((src, dst)) => port_inspected(src) || port_inspected(dst),
-                None => false,
-            };
             let cfg = config();
-            if inspected && cfg & (CFG_FRAGMENTS_PASS | CFG_MONITOR) == 0 {
+            if ports_inspected(parsed) && cfg & (CFG_FRAGMENTS_PASS | CFG_MONITOR) == 0 {
                 count(Counter::Dropped);
                 return P::DROP;
             }
             P::PASS
         }
-        Parsed::Malformed => {
+        kind::OVERSIZED => {
+            // More than the inspector parses: never passed uninspected.
+            if !ports_inspected(parsed) {
+                return P::PASS;
+            }
+            too_large(w);
+            if config() & CFG_MONITOR != 0 {
+                return P::PASS;
+            }
+            P::DROP
+        }
+        kind::MALFORMED => {
             count(Counter::Malformed);
             P::PASS
         }
-        Parsed::Other => P::PASS,
+        _ => P::PASS,
+    }
+}
+
+/// Counts and reports a segment of an inspected flow too large to parse,
+/// with its flow as the inspected side sees it.
+#[inline(always)]
+fn too_large(w: &mut WorkArea) {
+    let t = &w.packet.tcp;
+    let k = &mut w.packet.key;
+    if port_inspected(t.dst_port) {
+        (k.client, k.server, k.client_port, k.server_port) = (t.src, t.dst, t.src_port, t.dst_port);
+    } else {
+        (k.client, k.server, k.client_port, k.server_port) = (t.dst, t.src, t.dst_port, t.src_port);
+    }
+    w.packet.seq = t.seq;
+    w.packet.monitor = (config() & CFG_MONITOR != 0) as u32;
+    if w.packet.monitor == 0 {
+        count(Counter::Dropped);
+    }
+    report::send(w, events::kind::DROPPED, events::reason::TOO_LARGE, OTHER);
+}
+
+/// What [`classify`] found, in bits `KIND_SHIFT..` of its result.
+mod kind {
+    pub const OTHER: u64 = 0;
+    pub const TCP: u64 = 1;
+    pub const FRAGMENT: u64 = 2;
+    pub const MALFORMED: u64 = 3;
+    pub const OVERSIZED: u64 = 4;
+}
+const KIND_SHIFT: u32 = 40;
+
+/// Header parsing: the TCP headers go to `tcp` (in the work area); the
+/// result is one word, the kind of packet and the [`Ports`] of a first
+/// fragment. The headers are read in place, not copied onto the stack
+/// (`Packet::at`): this frame lies beneath every later call, and the
+/// verifier's 512-byte limit is on the sum of the frames along a call
+/// chain.
+#[inline(always)]
+fn classify<P: Packet>(ctx: &P, tcp: &mut Tcp) -> u64 {
+    match headers::parse(ctx, tcp) {
+        Parsed::Tcp => kind::TCP << KIND_SHIFT,
+        Parsed::Fragment(ports) => kind::FRAGMENT << KIND_SHIFT | ports.0,
+        Parsed::Oversized(ports) => kind::OVERSIZED << KIND_SHIFT | ports.0,
+        Parsed::Malformed => kind::MALFORMED << KIND_SHIFT,
+        Parsed::Other => kind::OTHER << KIND_SHIFT,
+    }
+}
+
+/// Whether the ports in a [`classify`] result are known and one of them
+/// is inspected.
+#[inline(always)]
+fn ports_inspected(parsed: u64) -> bool {
+    match Ports(parsed & (Ports::KNOWN | 0xffff_ffff)).get() {
+        Some((src, dst)) => port_inspected(src) || port_inspected(dst),
+        None => false,
     }
 }
 

@@ -65,6 +65,17 @@ pub trait Packet {
         // linear part of the frame; headers are read unaligned.
         Some(unsafe { p.read_unaligned() })
     }
+
+    /// A byte array `T` at `off` of the linear part, in place: its bytes
+    /// are loaded where they are used instead of copied onto the stack
+    /// first (header parsing runs in the frame beneath every later call).
+    #[inline(always)]
+    fn at<T>(&self, off: usize) -> Option<&T> {
+        let p = ptr_at::<T>(self.data(), self.data_end(), off)?;
+        // SAFETY: as in `read`; `T` is a byte array (alignment 1), and the
+        // frame outlives the borrow of the context.
+        Some(unsafe { &*p })
+    }
 }
 
 impl Packet for XdpContext {

@@ -18,6 +18,7 @@ use aya_ebpf::{
 use inspector_common::{
     flow::{Flow, FlowKey},
     smtp::{ClientState, Seg, ServerState, Shared},
+    verbs::{PolicyEntry, VerbKey},
 };
 
 use crate::{access::PayloadBytes, headers::Tcp};
@@ -55,6 +56,22 @@ pub struct WorkArea {
     /// When this CPU last searched the full table for an entry to reclaim;
     /// kept from one invocation to the next (this CPU's entry of the map).
     pub last_reclaim_ns: u64,
+}
+
+/// Slots of [`PolicyCache`] (a power of two).
+pub const POLICY_SLOTS: usize = 8;
+
+/// A small direct-mapped cache of policy-map entries (`maps::POLICY_CACHE`,
+/// a per-CPU map of its own: the parser reaches it from inside a step
+/// without a pointer to carry on the stack), emptied for each segment: pipelined commands repeat a few verbs (MAIL, RCPT, RCPT...),
+/// and a hash-map lookup costs more than all the rest of a command's
+/// parsing.
+#[repr(C)]
+pub struct PolicyCache {
+    pub keys: [VerbKey; POLICY_SLOTS],
+    pub entries: [PolicyEntry; POLICY_SLOTS],
+    /// Bit `i` set: slot `i` holds the entry of `keys[i]`.
+    pub valid: u32,
 }
 
 /// Route and socket lookup parameters (see `side.rs`).

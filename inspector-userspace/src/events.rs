@@ -78,6 +78,7 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::ADDRESS_TOO_LONG => "address-too-long",
         reason::ADDRESS_CHARS => "address-characters",
         reason::HEADER_LINE_TOO_LONG => "header-line-too-long",
+        reason::TOO_LARGE => "too-large",
         _ => "",
     }
 }

@@ -19,7 +19,8 @@ pub const CLOSED_GRACE: Duration = Duration::from_secs(CLOSED_GRACE_SECS);
 /// How long an idle flow's entry stays (see `IDLE_TIMEOUT_SECS`).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(IDLE_TIMEOUT_SECS);
 
-/// CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns.
+/// CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns and, at
+/// the tick's resolution, of bpf_ktime_get_coarse_ns (the flow timestamps).
 pub fn monotonic_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

@@ -64,7 +64,13 @@ fn catch_signals() -> Result<()> {
 
 /// The eBPF object the benchmark loads: the one `inspector`'s build script
 /// built (the programs `bench_pass` and `bench_parse` included).
+/// `INSPECTOR_BENCH_OBJECT` names another object instead (built the same
+/// way, for instance a copy kept from before a change, to compare the two
+/// back to back).
 fn ebpf_object() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("INSPECTOR_BENCH_OBJECT") {
+        return Ok(PathBuf::from(p));
+    }
     // The object built with the `bench` feature: the production programs
     // and the baselines, none of which the embedded object carries.
     crate::ebpf::bench_object()
@@ -80,6 +86,39 @@ const NOTES: &[&str] = &[
     "End to end: the configurations run one after the other in each round, rounds repeat; veth offloads are at their defaults. An XDP program without frags support on a veth makes the peer turn GSO off, so xdp_bench_pass shows the cost of XDP on veth itself, separate from the inspector's.",
     "The inspector configurations are checked to have seen SMTP commands (stats counters are in the JSON).",
 ];
+
+/// How much the in-kernel part measures.
+fn kernel_params(quick: bool) -> kernel::Params {
+    if quick {
+        kernel::Params {
+            samples: 3,
+            repeat: 5000,
+            fresh_flows: 100,
+        }
+    } else {
+        kernel::Params {
+            samples: 7,
+            repeat: 100_000,
+            fresh_flows: 1000,
+        }
+    }
+}
+
+/// `cargo xtask bench --kernel-only`: the in-kernel part alone, printed
+/// (the per-stage table included), no report written. Needs only the eBPF
+/// object, so it is quick to repeat while changing the kernel code.
+pub fn run_kernel(quick: bool) -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("cargo xtask bench needs root (BPF_PROG_TEST_RUN)");
+    }
+    catch_signals()?;
+    let object_path = ebpf_object()?;
+    let object = std::fs::read(&object_path)
+        .with_context(|| format!("reading {}", object_path.display()))?;
+    let k = kernel::run(&object, kernel_params(quick))?;
+    println!("{}", k.markdown());
+    Ok(())
+}
 
 pub fn run(quick: bool) -> Result<()> {
     if !rustix::process::geteuid().is_root() {
@@ -112,19 +151,7 @@ pub fn run(quick: bool) -> Result<()> {
         .context("creating a temporary folder")?;
 
     let meta = metadata(quick)?;
-    let kp = if quick {
-        kernel::Params {
-            samples: 3,
-            repeat: 5000,
-            fresh_flows: 100,
-        }
-    } else {
-        kernel::Params {
-            samples: 7,
-            repeat: 100_000,
-            fresh_flows: 1000,
-        }
-    };
+    let kp = kernel_params(quick);
     let mut ep = if quick {
         e2e::Params {
             rounds: 1,

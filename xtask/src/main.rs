@@ -60,6 +60,10 @@ enum Task {
         /// A smoke run of well under a minute (small counts, one round).
         #[arg(long)]
         quick: bool,
+        /// Only the in-kernel part (BPF_PROG_TEST_RUN), printed, no
+        /// report files: for before/after comparisons of the eBPF code.
+        #[arg(long)]
+        kernel_only: bool,
     },
 }
 
@@ -84,8 +88,11 @@ fn main() -> Result<()> {
             build()?;
             demo::run()
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, kernel_only } => {
             setup::run()?;
+            if kernel_only {
+                return bench::run_kernel(quick);
+            }
             build()?;
             bench::run(quick)
         }
