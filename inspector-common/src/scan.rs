@@ -164,6 +164,49 @@ pub fn find_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> (u32, bool) {
     }
 }
 
+/// The bytes an address rule looks at (LF, `<`, `>`, `|`, backquote,
+/// NUL), flagged as [`zero_bytes`] flags them.
+#[inline(always)]
+fn address_stops(x: u64) -> u64 {
+    zero_bytes(x)
+        | zero_bytes(x ^ LFS)
+        | zero_bytes(x ^ (ONES * b'<' as u64))
+        | zero_bytes(x ^ (ONES * b'>' as u64))
+        | zero_bytes(x ^ (ONES * b'|' as u64))
+        | zero_bytes(x ^ (ONES * b'`' as u64))
+}
+
+/// The address of a MAIL or RCPT: jumps to the next byte an address rule
+/// looks at (see [`address_stops`]), or as far as [`SKIP_WORDS`] words
+/// reach. Returns the offset reached (`at` if that byte is at `at`).
+///
+/// A flag of [`zero_bytes`] that is not one of those bytes can only come
+/// from a borrow out of a flagged byte below it; with the bytes before
+/// `at` left out, the lowest such flag is at `at` itself, so the offset
+/// returned never passes a byte that matters.
+#[inline(always)]
+pub fn scan_address<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
+    let mut w = at & !7;
+    let mut keep = u64::MAX << (8 * (at & 7));
+    for _ in 0..SKIP_WORDS {
+        if w + 8 > end {
+            break;
+        }
+        let m = address_stops(buf.word(w as usize)) & keep;
+        if m != 0 {
+            let to = w + lowest_byte(m);
+            return if to <= at { at } else { to };
+        }
+        w += 8;
+        keep = u64::MAX;
+    }
+    if w <= at {
+        at
+    } else {
+        w
+    }
+}
+
 /// The eight bytes at buffer offset `at` (any alignment) as a
 /// little-endian word, from the one or two aligned words that hold them.
 /// `None` if those words do not both end by `end`.
