@@ -176,34 +176,42 @@ fn address_stops(x: u64) -> u64 {
         | zero_bytes(x ^ (ONES * b'`' as u64))
 }
 
+/// [`scan_address`] found no byte that matters before the words ran out.
+pub const NO_STOP: u32 = 0x100;
+
 /// The address of a MAIL or RCPT: jumps to the next byte an address rule
 /// looks at (see [`address_stops`]), or as far as [`SKIP_WORDS`] words
-/// reach. Returns the offset reached (`at` if that byte is at `at`).
+/// reach. Returns the offset reached (`at` if that byte is at `at`) and the
+/// byte there, or [`NO_STOP`] if the scan ran out of words first.
 ///
 /// A flag of [`zero_bytes`] that is not one of those bytes can only come
 /// from a borrow out of a flagged byte below it; with the bytes before
 /// `at` left out, the lowest such flag is at `at` itself, so the offset
-/// returned never passes a byte that matters.
+/// returned never passes a byte that matters (and the byte reported there
+/// is read back, not assumed).
 #[inline(always)]
-pub fn scan_address<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
+pub fn scan_address<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> (u32, u32) {
     let mut w = at & !7;
     let mut keep = u64::MAX << (8 * (at & 7));
     for _ in 0..SKIP_WORDS {
         if w + 8 > end {
             break;
         }
-        let m = address_stops(buf.word(w as usize)) & keep;
+        let x = buf.word(w as usize);
+        let m = address_stops(x) & keep;
         if m != 0 {
-            let to = w + lowest_byte(m);
-            return if to <= at { at } else { to };
+            let i = lowest_byte(m);
+            let to = w + i;
+            let b = ((x >> (8 * i)) & 0xff) as u32;
+            return if to <= at { (at, b) } else { (to, b) };
         }
         w += 8;
         keep = u64::MAX;
     }
     if w <= at {
-        at
+        (at, NO_STOP)
     } else {
-        w
+        (w, NO_STOP)
     }
 }
 

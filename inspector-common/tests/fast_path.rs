@@ -202,7 +202,14 @@ fn piece() -> impl Strategy<Value = Vec<Part>> {
         // MAIL or RCPT with an address (often long, bracketed or not) and
         // the characters the address rules look for.
         2 => (
-            prop::sample::select(&["MAIL FROM:", "RCPT TO:", "mail from: ", "RCPT "][..]),
+            // The address round reads `TO:<`/`FROM:<` as one word: any
+            // case, and near misses that differ from them only where an
+            // upper-casing OR would hide it (0x1a is `:` | 0x20's twin).
+            prop::sample::select(&[
+                "MAIL FROM:", "RCPT TO:", "mail from: ", "RCPT ", "RCPT TO:<", "mail FROM:<",
+                "RCPT tO:<", "MAIL fRoM:<", "RCPT  TO:<", "RCPT TO\x1a<", "RCPT TO:\x1c",
+                "MAIL FROM\x1a<", "MAIL FROM:\x1c", "RCPT T\x0f:<", "RCPT TO:<<",
+            ][..]),
             prop::collection::vec(prop_oneof![
                 6 => Just(b'a'),
                 1 => prop::sample::select(&b"<>|`\0 :@"[..]),

@@ -363,38 +363,64 @@ fn prepare(enforcing: &Loaded, monitor: &Loaded) -> Result<Vec<Case>> {
         });
     }
 
-    // (d) A body segment in the DATA state.
-    let mut s = open_flow(enforcing, false, 40003).context("(d) opening its flow")?;
-    let cmds = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n";
-    step(enforcing, &s.client_frame(cmds), "(d) MAIL, RCPT, DATA")?;
-    s.cseq = s.cseq.wrapping_add(cmds.len() as u32);
-    let o = s.server(b"250 ok\r\n250 ok\r\n354 go\r\n");
-    none_dropped(&o.delta, "(d) 250, 250, 354")?;
-    let text = body(1448);
-    let frame = s.client_frame(&text);
-    let d = step(enforcing, &frame, "(d) first run")?;
-    ensure!(
-        d.count(Counter::PacketsInspected) == 1
-            && d.count(Counter::Bodies) == 1
-            && d.count(Counter::CommandsSeen) == 0,
-        "(d) body segment: expected a body started, no command ({})",
-        moved(&d)
-    );
-    let d = step(enforcing, &frame, "(d) second run")?;
-    ensure!(
-        d.count(Counter::RetransReinspected) == 1,
-        "(d) the repeated body segment was not re-inspected ({})",
-        moved(&d)
-    );
-    cases.push(Case {
-        id: "d",
-        name: "message body segment in DATA, 1448 B",
-        path: "body state; runs after the first re-parse from the checkpoint",
-        monitor: false,
-        payload: text.len(),
-        frame,
-        stateful: true,
-    });
+    // (d) A body segment in the DATA state, past the message's header
+    // section (the header-line rule reads header lines, which the body
+    // scan skips); (g) the same bytes as the first segment after 354, read
+    // as header lines.
+    for (id, port, headers, name, path) in [
+        (
+            "d",
+            40003,
+            &b"Subject: bench\r\n\r\n"[..],
+            "message body segment in DATA, 1448 B",
+            "body state past the header section; runs after the first re-parse from the checkpoint",
+        ),
+        (
+            "g",
+            40007,
+            &b""[..],
+            "message header section in DATA, 1448 B",
+            "header lines (line-length rule); runs after the first re-parse from the checkpoint",
+        ),
+    ] {
+        let mut s = open_flow(enforcing, false, port)
+            .with_context(|| format!("({id}) opening its flow"))?;
+        let cmds = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n";
+        step(enforcing, &s.client_frame(cmds), "MAIL, RCPT, DATA")?;
+        s.cseq = s.cseq.wrapping_add(cmds.len() as u32);
+        let o = s.server(b"250 ok\r\n250 ok\r\n354 go\r\n");
+        none_dropped(&o.delta, "250, 250, 354")?;
+        if !headers.is_empty() {
+            step(enforcing, &s.client_frame(headers), "the header section")?;
+            s.cseq = s.cseq.wrapping_add(headers.len() as u32);
+        }
+        let text = body(1448);
+        let frame = s.client_frame(&text);
+        let d = step(enforcing, &frame, "first run")?;
+        let bodies = if headers.is_empty() { 1 } else { 0 };
+        ensure!(
+            d.count(Counter::PacketsInspected) == 1
+                && d.count(Counter::Bodies) == bodies
+                && d.count(Counter::CommandsSeen) == 0,
+            "({id}) body segment: expected {bodies} body started, no command ({})",
+            moved(&d)
+        );
+        let d = step(enforcing, &frame, "second run")?;
+        ensure!(
+            d.count(Counter::RetransReinspected) == 1,
+            "({id}) the repeated body segment was not re-inspected ({})",
+            moved(&d)
+        );
+        cases.push(Case {
+            id,
+            name,
+            path,
+            monitor: false,
+            payload: text.len(),
+            frame,
+            stateful: true,
+        });
+    }
     cases.sort_by_key(|c| c.id);
     Ok(cases)
 }
