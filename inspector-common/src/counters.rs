@@ -109,6 +109,12 @@ counters! {
     LimitRcpts => "limit_rcpts",
     /// Segments dropped because a limit's drop-connection action dropped their flow.
     FlowsDropped => "flows_dropped",
+    /// Client segments that started beyond the next expected byte, handed to the reassembly fallback of `inspector attach` instead of being dropped.
+    Diverted => "diverted",
+    /// Segments the reassembly fallback wrote back in order, inspected and passed.
+    Reassembled => "reassembled",
+    /// Segments the reassembly fallback held and then dropped: held too long, or past its memory limits (written by userspace).
+    FallbackDrops => "fallback_drops",
 }
 
 /// Number of counters (size of the counter map).

@@ -50,6 +50,9 @@ pub trait Packet {
     /// The verdict that sends the (rewritten) packet back out of the
     /// interface it came in on.
     fn bounce(&self) -> u32;
+    /// The verdict that sends the packet out of interface `ifindex` (the
+    /// reassembly fallback's tap) instead.
+    fn redirect(&self, ifindex: u32) -> u32;
     /// Buffer-sized chunks a segment can span: a single-buffer XDP frame
     /// always fits in one, a TC skb can be a 64 KiB GSO/GRO packet.
     const MAX_CHUNKS: u32;
@@ -141,6 +144,12 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn bounce(&self) -> u32 {
         xdp_action::XDP_TX
+    }
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> u32 {
+        // A redirect that fails later (the tap went away) drops the frame.
+        // SAFETY: a helper taking plain values.
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
     }
     // Multi-buffer frames (GSO on veth, jumbo frames) and generic XDP's
     // linearised GSO packets reach 64 KiB.
@@ -251,6 +260,14 @@ impl Packet for TcContext {
             (*self.skb.skb).mark = BOUNCE_MARK;
             bpf_redirect((*self.skb.skb).ifindex, 0) as u32
         }
+    }
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> u32 {
+        // To the tap's egress, where the daemon reads it; a GSO packet is
+        // cut into segments there (the tap offers no offloads), and a
+        // checksum left to the device is completed.
+        // SAFETY: a helper taking plain values.
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
     }
     const MAX_CHUNKS: u32 = 16;
     const PASS: u32 = TC_ACT_OK as u32;

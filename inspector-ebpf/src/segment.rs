@@ -8,14 +8,17 @@ use inspector_common::{
     config::{CFG_MIDSTREAM_PASS, CFG_MONITOR},
     counters::Counter,
     events::{kind, reason},
-    flow::{classify, expected_after, SegClass, DIR_DROPPED, DIR_RESET, DIR_SYNCED},
+    flow::{
+        classify, expected_after, seq_diff, SegClass, DIR_DIVERTED, DIR_DROPPED, DIR_RESET,
+        DIR_SYNCED,
+    },
     smtp::cstate,
     verbs::OTHER,
 };
 
 use crate::{
     flow::{self, ClientSide, ServerSide, ACK, SYN},
-    maps::{config, work_area},
+    maps::{config, fallback_ifindex, fallback_target, wake, work_area},
     mask,
     packet::Packet,
     report::{self, count, count_n, send},
@@ -36,6 +39,9 @@ enum Verdict {
     Reset,
     /// The flow was reset: answer the client's segment with a RST.
     ResetClient,
+    /// Hand the segment to the reassembly fallback, whose tap is in
+    /// `PacketInfo::divert_to` (docs/contract.md §5).
+    Divert,
 }
 
 /// Inspects one TCP segment of an inspected port, whose headers the entry
@@ -156,7 +162,15 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
             if w.masks.masked_bytes != 0 && !monitor {
                 mask::fix_checksum(ctx, w);
             }
+            if client_side && ctx.ingress_ifindex() == fallback_ifindex() {
+                // Written back by the fallback daemon, and now inspected.
+                count(Counter::Reassembled);
+            }
             P::PASS
+        }
+        Verdict::Divert => {
+            count(Counter::Diverted);
+            ctx.redirect(w.packet.divert_to)
         }
         Verdict::Drop(c) => {
             if c != Counter::Dropped {
@@ -301,6 +315,7 @@ fn client<P: Packet>(
             own.state = w.parser.client;
             own.cur.next_seq = seq.wrapping_add(len);
             side.publish(&w.parser.client);
+            advanced(side, w);
             if w.parser.reset != 0 {
                 // Monitor mode: reported, and the flow goes on.
                 return Verdict::Reset;
@@ -346,6 +361,7 @@ fn client<P: Packet>(
                 own.state = w.parser.client;
                 own.cur.next_seq = seq.wrapping_add(len);
                 side.publish(&w.parser.client);
+                advanced(side, w);
                 if w.parser.reset != 0 {
                     return Verdict::Reset;
                 }
@@ -356,7 +372,50 @@ fn client<P: Packet>(
             count(Counter::RetransAcked);
             Verdict::Pass
         }
-        SegClass::Future => Verdict::Drop(Counter::OutOfOrderDrops),
+        SegClass::Future => divert(own, w, seq, len),
+    }
+}
+
+/// A client segment that starts beyond the next expected byte: to the
+/// reassembly fallback if its daemon is there, which writes it back once the
+/// bytes before it have passed; dropped otherwise (the sender retransmits).
+/// In monitor mode nothing is dropped, so nothing needs reordering.
+#[inline(always)]
+fn divert(
+    own: &mut inspector_common::flow::ClientDir,
+    w: &mut WorkArea,
+    seq: u32,
+    len: u32,
+) -> Verdict {
+    if w.packet.monitor != 0 {
+        return Verdict::Drop(Counter::OutOfOrderDrops);
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(ifindex) = fallback_target(now) else {
+        return Verdict::Drop(Counter::OutOfOrderDrops);
+    };
+    let end = seq.wrapping_add(len);
+    if own.cur.flags & DIR_DIVERTED == 0 || seq_diff(end, own.cur.divert_end) > 0 {
+        own.cur.divert_end = end;
+    }
+    own.cur.flags |= DIR_DIVERTED;
+    w.packet.divert_to = ifindex;
+    Verdict::Divert
+}
+
+/// The client's next expected byte moved: if segments of the flow may be
+/// held by the fallback, tell its daemon, until the stream has reached the
+/// end of every segment diverted so far.
+#[inline(always)]
+fn advanced(side: &mut ClientSide<'_>, w: &WorkArea) {
+    let cur = &mut side.own.cur;
+    if cur.flags & DIR_DIVERTED == 0 {
+        return;
+    }
+    wake(&w.packet.key, cur.next_seq);
+    if seq_diff(cur.next_seq, cur.divert_end) >= 0 {
+        cur.flags &= !DIR_DIVERTED;
     }
 }
 

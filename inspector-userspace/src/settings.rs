@@ -19,6 +19,10 @@
 //! command_line_limit = "log" # lines over 512 bytes: log, reset, drop-connection, off
 //! rcpt_limit = "log"         # over 100 RCPT per transaction: the same actions
 //! max_flows_per_client = 256 # flows one client address may hold
+//! fallback = true            # false: drop out-of-order segments
+//! fallback_flow_bytes = 262144     # what the reassembly fallback holds
+//! fallback_total_bytes = 16777216  # per flow and in total,
+//! fallback_hold_ms = 2000          # and for how long
 //! ```
 
 use std::{collections::BTreeSet, fmt, path::Path};
@@ -29,6 +33,7 @@ use inspector_common::{
         action, limit_shift, Config, CFG_FRAGMENTS_PASS, CFG_MASK_BANNER, CFG_MIDSTREAM_PASS,
         CFG_MONITOR, CFG_NO_EHLO_FILTER,
     },
+    fallback::{DEFAULT_FLOW_BYTES, DEFAULT_HOLD_MS, DEFAULT_TOTAL_BYTES},
     flow::DEFAULT_MAX_FLOWS_PER_CLIENT,
     ports::{DEFAULT_PORTS, NEVER_INSPECTED},
     smtp::rule,
@@ -150,6 +155,10 @@ pub struct Given {
     pub command_line_limit: Option<LimitAction>,
     pub rcpt_limit: Option<LimitAction>,
     pub max_flows_per_client: Option<u32>,
+    pub fallback: Option<bool>,
+    pub fallback_flow_bytes: Option<u64>,
+    pub fallback_total_bytes: Option<u64>,
+    pub fallback_hold_ms: Option<u64>,
 }
 
 /// How the operator spells each checked setting where it came from, so that
@@ -161,6 +170,7 @@ struct Spelling {
     deny: &'static str,
     max_flows: &'static str,
     max_flows_per_client: &'static str,
+    fallback_limits: [&'static str; 3],
 }
 
 const OPTIONS: Spelling = Spelling {
@@ -170,6 +180,11 @@ const OPTIONS: Spelling = Spelling {
     deny: "--deny",
     max_flows: "--max-flows",
     max_flows_per_client: "--max-flows-per-client",
+    fallback_limits: [
+        "--fallback-flow-bytes",
+        "--fallback-total-bytes",
+        "--fallback-hold-ms",
+    ],
 };
 
 const FILE_KEYS: Spelling = Spelling {
@@ -179,6 +194,11 @@ const FILE_KEYS: Spelling = Spelling {
     deny: "deny",
     max_flows: "max_flows",
     max_flows_per_client: "max_flows_per_client",
+    fallback_limits: [
+        "fallback_flow_bytes",
+        "fallback_total_bytes",
+        "fallback_hold_ms",
+    ],
 };
 
 impl Given {
@@ -253,6 +273,15 @@ impl Given {
         if self.max_flows_per_client == Some(0) {
             refuse!("{} must be at least 1", names.max_flows_per_client);
         }
+        for (name, v) in names.fallback_limits.iter().zip([
+            self.fallback_flow_bytes,
+            self.fallback_total_bytes,
+            self.fallback_hold_ms,
+        ]) {
+            if v == Some(0) {
+                refuse!("{name} must be at least 1 (to turn the fallback off: fallback = false, or --no-fallback)");
+            }
+        }
         Ok(())
     }
 }
@@ -279,6 +308,8 @@ pub struct Settings {
     pub config: Config,
     /// Flow-table size; `None` for the default.
     pub max_flows: Option<u32>,
+    /// The reassembly fallback's limits; `None` when it is off.
+    pub fallback: Option<crate::fallback::Limits>,
     /// Where the verb policy comes from, for the log: `defaults`, the
     /// file, the options.
     pub policy_origin: String,
@@ -356,6 +387,24 @@ impl Settings {
             allowed,
             config,
             max_flows: options.max_flows.or(file.max_flows),
+            fallback: options.fallback.or(file.fallback).unwrap_or(true).then(|| {
+                crate::fallback::Limits {
+                    flow_bytes: options
+                        .fallback_flow_bytes
+                        .or(file.fallback_flow_bytes)
+                        .unwrap_or(DEFAULT_FLOW_BYTES),
+                    total_bytes: options
+                        .fallback_total_bytes
+                        .or(file.fallback_total_bytes)
+                        .unwrap_or(DEFAULT_TOTAL_BYTES),
+                    hold: std::time::Duration::from_millis(
+                        options
+                            .fallback_hold_ms
+                            .or(file.fallback_hold_ms)
+                            .unwrap_or(DEFAULT_HOLD_MS),
+                    ),
+                }
+            }),
             policy_origin: origin.join(", "),
             overrides,
         })
