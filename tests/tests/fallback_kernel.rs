@@ -119,11 +119,11 @@ fn divert_and_write_back(hook: Hook, shape: Shape) {
     s.cseq = ahead_seq.wrapping_add(10);
     let o = s.client(b"NOOP\r\n");
     assert_eq!(o.verdict, Verdict::Pass);
-    assert_eq!(
-        o.get("reassembled"),
-        0,
-        "arrived on the inspected interface"
-    );
+    if hook == Hook::Tc {
+        // (An XDP test run without a context arrives on the loopback
+        // device, the stand-in for the tap here.)
+        assert_eq!(o.get("reassembled"), 0, "from the inspected interface");
+    }
     assert!(wakes(&mut ring).is_empty());
 }
 
