@@ -411,3 +411,46 @@ fn without_the_fallback_reordered_segments_are_dropped() {
     assert_eq!(counter(&c, "diverted"), 0, "{}", bed.context());
     assert!(counter(&c, "out_of_order_drops") > 0, "{}", bed.context());
 }
+
+/// The daemon's CPU time per diverted segment (from
+/// /proc/PID/schedstat, in ns), over a session of 16 MiB reordered on the
+/// client's link: a measurement for the README, not a check (`--ignored`).
+#[test]
+#[ignore]
+fn measure_the_cost_per_diverted_segment() {
+    for mode in [Mode::Tc, Mode::Xdp] {
+        let bed = Bed::new(Offloads::Off, mode, &[]);
+        bed.reorder("50mbit");
+        let cpu = || -> u64 {
+            let s = std::fs::read_to_string(format!("/proc/{}/schedstat", bed.inspector().pid()))
+                .expect("schedstat");
+            s.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        let (script, _, _) = session(4, 16 * 1024, None);
+        let before = cpu();
+        let t0 = std::time::Instant::now();
+        let t = client::spawn(&bed.tb.client, SERVER_V4, 25, &script)
+            .finish_raw()
+            .unwrap_or_else(|e| panic!("the session failed: {e}\n{}", bed.context()));
+        let wall = t0.elapsed();
+        check_replies(&t, 4);
+        let spent = cpu() - before;
+        // What the daemon spends with nothing to reorder (its ticks, the
+        // event ring), over as long: subtracted. (A measurement, so a wait.)
+        let idle0 = cpu();
+        std::thread::sleep(wall);
+        let idle = cpu() - idle0;
+        let spent = spent.saturating_sub(idle);
+        let c = bed.inspector().stats_json();
+        let n = counter(&c, "diverted");
+        eprintln!(
+            "{mode:?}: {n} diverted, {} reassembled, {} dropped, daemon CPU {:.1} ms beyond idle ({:.1} ms idle), {:.1} us per diverted segment, session {:.2} s",
+            counter(&c, "reassembled"),
+            counter(&c, "dropped"),
+            spent as f64 / 1e6,
+            idle as f64 / 1e6,
+            spent as f64 / 1e3 / n.max(1) as f64,
+            wall.as_secs_f64()
+        );
+    }
+}
