@@ -59,35 +59,10 @@ impl Bed {
         self.inspector.as_ref().expect("an inspector")
     }
 
-    /// Reorders what the client sends to port 25. The kernel here has no
-    /// netem, so two HTB classes do it: segments whose sequence number has
-    /// bit 10 set wait in a slow class (`slow`, a rate), the others leave at
-    /// once and overtake them. (Bit 10 flips every 1024 bytes of stream, so
-    /// about half the segments of a bulk transfer, and some of a burst of
-    /// commands, are held back.)
+    /// Reorders the client's segments (see the kit's
+    /// `Testbed::reorder_client`; this kernel has no netem).
     fn reorder(&self, slow: &str) {
-        let ns = &self.tb.client;
-        let dev = self.tb.client_if.as_str();
-        let tc = |args: &[&str]| run_ok(ns.exec("tc").args(args));
-        tc(&[
-            "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10",
-        ]);
-        tc(&[
-            "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit",
-        ]);
-        tc(&[
-            "class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb", "rate", slow,
-            "burst", "1600", "cburst", "1600",
-        ]);
-        // The TCP sequence number: at 24 behind an IPv4 header without
-        // options, at 44 behind an IPv6 header.
-        for (proto, dport, at, prio) in [("ip", "ip", "24", "1"), ("ipv6", "ip6", "44", "2")] {
-            tc(&[
-                "filter", "add", "dev", dev, "parent", "1:", "protocol", proto, "prio", prio,
-                "u32", "match", dport, "dport", "25", "0xffff", "match", "u32", "0x400", "0x400",
-                "at", at, "flowid", "1:20",
-            ]);
-        }
+        self.tb.reorder_client(slow);
     }
 
     fn context(&self) -> String {
