@@ -9,8 +9,8 @@ use inspector_common::{
     counters::Counter,
     events::{kind, reason},
     flow::{
-        classify, expected_after, seq_diff, SegClass, DIR_DIVERTED, DIR_DROPPED, DIR_RESET,
-        DIR_SYNCED,
+        classify, expected_after, seq_diff, ClientDir, SegClass, DIR_DIVERTED, DIR_DROPPED,
+        DIR_RESET, DIR_SYNCED,
     },
     smtp::cstate,
     verbs::OTHER,
@@ -147,6 +147,8 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         seq
     };
     stream::begin(w, seq, payload_off as u32);
+    // A client segment the fallback daemon wrote back into its tap.
+    w.packet.from_fallback = (client_side && ctx.ingress_ifindex() == fallback_ifindex()) as u32;
     let verdict = if client_side {
         client(ctx, &mut entry.client(), w, seq, payload_len)
     } else {
@@ -162,7 +164,7 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
             if w.masks.masked_bytes != 0 && !monitor {
                 mask::fix_checksum(ctx, w);
             }
-            if client_side && ctx.ingress_ifindex() == fallback_ifindex() {
+            if w.packet.from_fallback != 0 {
                 // Written back by the fallback daemon, and now inspected.
                 count(Counter::Reassembled);
             }
@@ -280,6 +282,15 @@ fn client<P: Packet>(
     }
     w.parser.shared = side.shared();
     let own = &mut *side.own;
+    // One owner at a time: while the fallback may hold segments of the
+    // flow, every later one goes through it too, in order or not, so that
+    // the stream is parsed in one place, in sequence (docs/contract.md §5).
+    if own.cur.flags & DIR_DIVERTED != 0
+        && w.packet.from_fallback == 0
+        && try_divert(own, w, seq, len)
+    {
+        return Verdict::Divert;
+    }
     match classify(seq, len, &own.cur, peer_acked) {
         SegClass::InOrder => {
             w.parser.client = own.state;
@@ -381,27 +392,39 @@ fn client<P: Packet>(
 /// bytes before it have passed; dropped otherwise (the sender retransmits).
 /// In monitor mode nothing is dropped, so nothing needs reordering.
 #[inline(always)]
-fn divert(
-    own: &mut inspector_common::flow::ClientDir,
-    w: &mut WorkArea,
-    seq: u32,
-    len: u32,
-) -> Verdict {
+fn divert(own: &mut ClientDir, w: &mut WorkArea, seq: u32, len: u32) -> Verdict {
+    if try_divert(own, w, seq, len) {
+        Verdict::Divert
+    } else {
+        Verdict::Drop(Counter::OutOfOrderDrops)
+    }
+}
+
+/// Marks the flow as having segments with the fallback and says where to
+/// send this one; false if there is no live daemon (or in monitor mode).
+/// The mark is only set here, where it is clear, and cleared by
+/// [`advanced`]: while it is set this side writes only `divert_end`, so
+/// the segments the daemon writes back (on another CPU, maybe) are the only
+/// writer of the rest of this half.
+#[inline(always)]
+fn try_divert(own: &mut ClientDir, w: &mut WorkArea, seq: u32, len: u32) -> bool {
     if w.packet.monitor != 0 {
-        return Verdict::Drop(Counter::OutOfOrderDrops);
+        return false;
     }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(ifindex) = fallback_target(now) else {
-        return Verdict::Drop(Counter::OutOfOrderDrops);
+        return false;
     };
     let end = seq.wrapping_add(len);
-    if own.cur.flags & DIR_DIVERTED == 0 || seq_diff(end, own.cur.divert_end) > 0 {
+    if own.cur.flags & DIR_DIVERTED == 0 {
+        own.cur.divert_end = end;
+        own.cur.flags |= DIR_DIVERTED;
+    } else if seq_diff(end, own.cur.divert_end) > 0 {
         own.cur.divert_end = end;
     }
-    own.cur.flags |= DIR_DIVERTED;
     w.packet.divert_to = ifindex;
-    Verdict::Divert
+    true
 }
 
 /// The client's next expected byte moved: if segments of the flow may be

@@ -136,6 +136,8 @@ pub struct PacketInfo {
     pub load_failed: u32,
     /// The tap a diverted segment goes to (see `segment::Verdict::Divert`).
     pub divert_to: u32,
+    /// The segment came in through the fallback's tap.
+    pub from_fallback: u32,
 }
 
 /// Makes the one reference to this CPU's work area from a pointer to it.

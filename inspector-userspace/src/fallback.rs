@@ -48,7 +48,9 @@ pub struct Limits {
 }
 
 /// How often the heartbeat is written and held segments are looked at.
-const TICK: Duration = Duration::from_millis(100);
+/// Also the longest a held segment waits when its wake was lost (a full
+/// ring, or the race `segment::try_divert` describes in the kernel).
+const TICK: Duration = Duration::from_millis(25);
 
 /// Largest frame read from the tap: a 64 KiB IP packet and its Ethernet
 /// header with two VLAN tags.
@@ -618,6 +620,34 @@ pub async fn run(pin_dir: &Path, tap: Tap, limits: Limits) -> Result<()> {
                         Ok(n) => {
                             let Some(seg) = parse(&frame[..n], tap.mac) else { continue };
                             let key = seg.key;
+                            // Where the stream is now (the bytes before it
+                            // may have passed before it got here: their
+                            // wake is gone then).
+                            let Some(next) = maps.next_seq(&key) else {
+                                dropped_now += 1 + buf.forget(&key);
+                                continue;
+                            };
+                            // Its turn already (an in-order segment of a
+                            // flow with held ones goes through here too):
+                            // straight back, whatever the limits, or a full
+                            // buffer would refuse the very segment it waits
+                            // for.
+                            let at = seq_diff(seg.seq, next) <= 0;
+                            if at && seq_diff(seg.end, next) > 0 {
+                                if let Err(e) = write(&seg.frame) {
+                                    warn!("{e:#}");
+                                }
+                                for f in buf.release(&key, seg.end) {
+                                    if let Err(e) = write(&f) {
+                                        warn!("{e:#}");
+                                    }
+                                }
+                                continue;
+                            }
+                            if at {
+                                // Wholly before it: passed in another copy.
+                                continue;
+                            }
                             if let Err(why) = buf.hold(seg, Instant::now()) {
                                 dropped_now += 1;
                                 let (ok, _) = log_limit.allow(Instant::now());
@@ -626,17 +656,10 @@ pub async fn run(pin_dir: &Path, tap: Tap, limits: Limits) -> Result<()> {
                                 }
                                 continue;
                             }
-                            // The bytes before it may have passed before
-                            // it got here: the wake is gone then.
-                            match maps.next_seq(&key) {
-                                Some(next) => {
-                                    for f in buf.release(&key, next) {
-                                        if let Err(e) = write(&f) {
-                                            warn!("{e:#}");
-                                        }
-                                    }
+                            for f in buf.release(&key, next) {
+                                if let Err(e) = write(&f) {
+                                    warn!("{e:#}");
                                 }
-                                None => dropped_now += buf.forget(&key),
                             }
                         }
                         Err(rustix::io::Errno::AGAIN) => {
