@@ -523,6 +523,52 @@ mod tests {
     }
 
     #[test]
+    fn the_fallback_is_on_by_default_with_its_limits_from_file_and_options() {
+        use std::time::Duration;
+        let s = Settings::resolve(&Given::default(), None).unwrap();
+        assert_eq!(
+            s.fallback,
+            Some(crate::fallback::Limits {
+                flow_bytes: DEFAULT_FLOW_BYTES,
+                total_bytes: DEFAULT_TOTAL_BYTES,
+                hold: Duration::from_millis(DEFAULT_HOLD_MS),
+            })
+        );
+        let file = Given::parse(
+            "fallback_flow_bytes = 1000\nfallback_total_bytes = 5000\nfallback_hold_ms = 300\n",
+        )
+        .unwrap();
+        assert_eq!(file.fallback_flow_bytes, Some(1000));
+        let off = Given {
+            fallback: Some(false),
+            ..Given::default()
+        };
+        assert_eq!(Settings::resolve(&off, None).unwrap().fallback, None);
+        for (given, why) in [
+            (
+                Given {
+                    fallback_hold_ms: Some(0),
+                    ..Given::default()
+                },
+                "--fallback-hold-ms must be at least 1",
+            ),
+            (
+                Given {
+                    fallback_flow_bytes: Some(0),
+                    ..Given::default()
+                },
+                "--fallback-flow-bytes must be at least 1",
+            ),
+        ] {
+            let e = Settings::resolve(&given, None).unwrap_err();
+            assert!(is_refused(&e));
+            assert!(format!("{e:#}").contains(why), "{e:#}");
+        }
+        let e = Given::parse("fallback_total_bytes = 0\n").unwrap_err();
+        assert!(format!("{e:#}").contains("fallback_total_bytes must be at least 1"));
+    }
+
+    #[test]
     fn ehlo_filter_on_and_banner_masking_off_by_default() {
         let s = Settings::resolve(&Given::default(), None).unwrap();
         assert_eq!(s.config.flags & (CFG_NO_EHLO_FILTER | CFG_MASK_BANNER), 0);
