@@ -53,6 +53,8 @@ pub trait Packet {
     /// The verdict that sends the packet out of interface `ifindex` (the
     /// reassembly fallback's tap) instead.
     fn redirect(&self, ifindex: u32) -> u32;
+    /// Whether [`Packet::redirect`] can carry the whole packet to the tap.
+    fn redirectable(&self) -> bool;
     /// Buffer-sized chunks a segment can span: a single-buffer XDP frame
     /// always fits in one, a TC skb can be a 64 KiB GSO/GRO packet.
     const MAX_CHUNKS: u32;
@@ -150,6 +152,12 @@ impl Packet for XdpContext {
         // A redirect that fails later (the tap went away) drops the frame.
         // SAFETY: a helper taking plain values.
         unsafe { bpf_redirect(ifindex, 0) as u32 }
+    }
+    #[inline(always)]
+    fn redirectable(&self) -> bool {
+        // A tap does not take multi-buffer frames (its XDP transmit has no
+        // scatter-gather): such a frame would be lost on the way.
+        self.data_end() - self.data() == self.total_len()
     }
     // Multi-buffer frames (GSO on veth, jumbo frames) and generic XDP's
     // linearised GSO packets reach 64 KiB.
@@ -260,6 +268,10 @@ impl Packet for TcContext {
             (*self.skb.skb).mark = BOUNCE_MARK;
             bpf_redirect((*self.skb.skb).ifindex, 0) as u32
         }
+    }
+    #[inline(always)]
+    fn redirectable(&self) -> bool {
+        true
     }
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> u32 {

@@ -149,6 +149,7 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     stream::begin(w, seq, payload_off as u32);
     // A client segment the fallback daemon wrote back into its tap.
     w.packet.from_fallback = (client_side && ctx.ingress_ifindex() == fallback_ifindex()) as u32;
+    w.packet.redirectable = ctx.redirectable() as u32;
     let verdict = if client_side {
         client(ctx, &mut entry.client(), w, seq, payload_len)
     } else {
@@ -408,7 +409,7 @@ fn divert(own: &mut ClientDir, w: &mut WorkArea, seq: u32, len: u32) -> Verdict 
 /// writer of the rest of this half.
 #[inline(always)]
 fn try_divert(own: &mut ClientDir, w: &mut WorkArea, seq: u32, len: u32) -> bool {
-    if w.packet.monitor != 0 {
+    if w.packet.monitor != 0 || w.packet.redirectable == 0 {
         return false;
     }
     // SAFETY: a helper without arguments.
