@@ -211,6 +211,35 @@ pub struct Segment {
     /// The frame to write back: Ethernet header for the tap, then the IP
     /// packet (VLAN tags and Ethernet padding removed).
     pub frame: Vec<u8>,
+    /// Frame offsets of the TCP header and of the TSval of its timestamp
+    /// option (0: none), and the TCP length (header and payload).
+    pub tcp_at: usize,
+    pub ts_at: usize,
+    pub tcp_len: usize,
+    /// The pseudo-header sum, unfolded.
+    pub pseudo: u32,
+}
+
+impl Segment {
+    /// The TSval of its timestamp option, if it has one.
+    pub fn tsval(&self) -> Option<u32> {
+        (self.ts_at != 0)
+            .then(|| be32(&self.frame, self.ts_at))
+            .flatten()
+    }
+
+    /// Replaces its TSval with `ts` and recomputes the TCP checksum, if
+    /// that checksum was right (a wrong one stays wrong).
+    pub fn restamp(&mut self, ts: u32) {
+        let tcp = self.tcp_at..self.tcp_at + self.tcp_len;
+        if self.ts_at == 0 || !fold(sum16(&self.frame[tcp.clone()], self.pseudo)) != 0 {
+            return;
+        }
+        self.frame[self.ts_at..self.ts_at + 4].copy_from_slice(&ts.to_be_bytes());
+        self.frame[self.tcp_at + 16..self.tcp_at + 18].copy_from_slice(&[0, 0]);
+        let check = !fold(sum16(&self.frame[tcp], self.pseudo));
+        self.frame[self.tcp_at + 16..self.tcp_at + 18].copy_from_slice(&check.to_be_bytes());
+    }
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -336,11 +365,34 @@ pub fn parse(frame: &[u8], tap_mac: [u8; 6]) -> Option<Segment> {
         };
         out[tcp_at + 16..tcp_at + 18].copy_from_slice(&check.to_be_bytes());
     }
+    // The timestamp option (kind 8, length 10), if any.
+    let mut ts_at = 0;
+    let mut o = tcp_at + 20;
+    while o < tcp_at + doff {
+        match out[o] {
+            0 => break,
+            1 => o += 1,
+            kind => {
+                let l = *out.get(o + 1)? as usize;
+                if l < 2 {
+                    break;
+                }
+                if kind == 8 && l == 10 && o + 10 <= tcp_at + doff {
+                    ts_at = o + 2;
+                }
+                o += l;
+            }
+        }
+    }
     Some(Segment {
         key,
         seq,
         end: seq.wrapping_add(len),
         frame: out,
+        tcp_at,
+        ts_at,
+        tcp_len,
+        pseudo,
     })
 }
 
@@ -433,7 +485,7 @@ impl Buffer {
     /// byte is `next`, in the order to write them: each starts at or before
     /// the end of the one before. Segments wholly before `next` were passed
     /// in another copy and are forgotten.
-    pub fn release(&mut self, key: &FlowKey, mut next: u32) -> Vec<Vec<u8>> {
+    pub fn release(&mut self, key: &FlowKey, mut next: u32) -> Vec<Segment> {
         let mut out = Vec::new();
         let Some(f) = self.flows.get_mut(key) else {
             return out;
@@ -467,7 +519,7 @@ impl Buffer {
             self.total -= size;
             self.segments -= 1;
             next = h.seg.end;
-            out.push(h.seg.frame);
+            out.push(h.seg);
         }
         if f.segs.is_empty() {
             self.flows.remove(key);
@@ -603,8 +655,28 @@ pub async fn run(pin_dir: &Path, tap: Tap, limits: Limits) -> Result<()> {
         "reassembly fallback on tap {} (holds up to {} bytes per flow, {} in total, for {:?})",
         tap.name, limits.flow_bytes, limits.total_bytes, limits.hold
     );
-    let write = |frame: &[u8]| -> Result<()> {
-        match rustix::io::write(tap_fd.get_ref(), frame) {
+    // The highest TSval written back per flow. A held segment is older
+    // than the retransmission that filled the gap before it: written back
+    // with its own timestamp, the server would discard it (PAWS, RFC 7323)
+    // after the kernel inspected and passed it, and its retransmission
+    // could not be re-inspected. So it gets the newest TSval of its flow
+    // (the server's RTT estimate is all that changes).
+    let mut stamps: HashMap<FlowKey, (u32, Instant)> = HashMap::new();
+    let mut write = |mut seg: Segment| -> Result<()> {
+        if let Some(ts) = seg.tsval() {
+            let now = Instant::now();
+            if stamps.len() > 4096 {
+                stamps.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(10));
+            }
+            let e = stamps.entry(seg.key).or_insert((ts, now));
+            if seq_diff(ts, e.0) < 0 {
+                seg.restamp(e.0);
+            } else {
+                e.0 = ts;
+            }
+            e.1 = now;
+        }
+        match rustix::io::write(tap_fd.get_ref(), &seg.frame) {
             Ok(_) => Ok(()),
             // The segment is lost as a dropped one is: TCP retransmits it.
             Err(e) => bail!("writing a segment back into the tap: {e}"),
@@ -634,11 +706,12 @@ pub async fn run(pin_dir: &Path, tap: Tap, limits: Limits) -> Result<()> {
                             // for.
                             let at = seq_diff(seg.seq, next) <= 0;
                             if at && seq_diff(seg.end, next) > 0 {
-                                if let Err(e) = write(&seg.frame) {
+                                let end = seg.end;
+                                if let Err(e) = write(seg) {
                                     warn!("{e:#}");
                                 }
-                                for f in buf.release(&key, seg.end) {
-                                    if let Err(e) = write(&f) {
+                                for f in buf.release(&key, end) {
+                                    if let Err(e) = write(f) {
                                         warn!("{e:#}");
                                     }
                                 }
@@ -657,7 +730,7 @@ pub async fn run(pin_dir: &Path, tap: Tap, limits: Limits) -> Result<()> {
                                 continue;
                             }
                             for f in buf.release(&key, next) {
-                                if let Err(e) = write(&f) {
+                                if let Err(e) = write(f) {
                                     warn!("{e:#}");
                                 }
                             }
@@ -681,7 +754,7 @@ pub async fn run(pin_dir: &Path, tap: Tap, limits: Limits) -> Result<()> {
                     // above), read unaligned; Wake is plain data.
                     let w: Wake = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Wake) };
                     for f in buf.release(&w.flow, w.next_seq) {
-                        if let Err(e) = write(&f) {
+                        if let Err(e) = write(f) {
                             warn!("{e:#}");
                         }
                     }
@@ -694,7 +767,7 @@ pub async fn run(pin_dir: &Path, tap: Tap, limits: Limits) -> Result<()> {
                     match maps.next_seq(&key) {
                         Some(next) => {
                             for f in buf.release(&key, next) {
-                                if let Err(e) = write(&f) {
+                                if let Err(e) = write(f) {
                                     warn!("{e:#}");
                                 }
                             }
@@ -750,6 +823,10 @@ mod tests {
             seq,
             end: seq.wrapping_add(len),
             frame: vec![seq as u8; size],
+            tcp_at: 0,
+            ts_at: 0,
+            tcp_len: 0,
+            pseudo: 0,
         }
     }
 
@@ -762,7 +839,10 @@ mod tests {
         b.hold(seg(1, 500, 100, 30), now).unwrap();
         assert!(b.release(&key(1), 100).is_empty(), "a gap before 200");
         let out = b.release(&key(1), 200);
-        assert_eq!(out.iter().map(|f| f.len()).collect::<Vec<_>>(), [20, 10]);
+        assert_eq!(
+            out.iter().map(|f| f.frame.len()).collect::<Vec<_>>(),
+            [20, 10]
+        );
         assert_eq!((b.held_segments(), b.held_bytes()), (1, 30));
         assert_eq!(b.release(&key(1), 500).len(), 1);
         assert_eq!((b.held_segments(), b.held_bytes()), (0, 0));
@@ -828,6 +908,30 @@ mod tests {
         f[50..52].copy_from_slice(&check.to_be_bytes());
         f.extend_from_slice(&[0, 0]); // Ethernet padding
         f
+    }
+
+    #[test]
+    fn restamping_keeps_the_checksum_right() {
+        // NOP NOP TS(tsval 1000, tsecr 7): a 32-byte TCP header.
+        let mut f = v4_frame(b"", false);
+        f.truncate(f.len() - 2);
+        let opts = [1u8, 1, 8, 10, 0, 0, 3, 232, 0, 0, 0, 7];
+        f.extend_from_slice(&opts);
+        f.extend_from_slice(b"DATA\r\n");
+        f[46] = 0x80;
+        let total = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[50..52].copy_from_slice(&[0, 0]);
+        let mut pseudo = sum16(&[10, 0, 0, 1, 10, 0, 0, 2], 0);
+        pseudo += 6 + (f.len() - 34) as u32;
+        let check = !fold(sum16(&f[34..], pseudo));
+        f[50..52].copy_from_slice(&check.to_be_bytes());
+        let mut s = parse(&f, [2, 0, 0, 0, 0, 9]).unwrap();
+        assert_eq!(s.tsval(), Some(1000));
+        s.restamp(5000);
+        assert_eq!(s.tsval(), Some(5000));
+        assert_eq!(!fold(sum16(&s.frame[34..], pseudo)), 0, "checksum verifies");
+        assert_eq!(&s.frame[s.frame.len() - 6..], b"DATA\r\n");
     }
 
     #[test]
