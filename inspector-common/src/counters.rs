@@ -115,6 +115,12 @@ counters! {
     LimitAddressChars => "limit_address_chars",
     /// Header lines longer than 998 bytes in a message's header section (the header-line limit matched, whatever its action).
     LimitHeaderLine => "limit_header_line",
+    /// Client segments that started beyond the next expected byte, handed to the reassembly fallback of `inspector attach` instead of being dropped.
+    Diverted => "diverted",
+    /// Segments the reassembly fallback wrote back in order, inspected and passed.
+    Reassembled => "reassembled",
+    /// Segments the reassembly fallback held and then dropped: held too long, or past its memory limits (written by userspace).
+    FallbackDrops => "fallback_drops",
 }
 
 /// Number of counters (size of the counter map).

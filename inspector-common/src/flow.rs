@@ -100,7 +100,9 @@ pub struct FlowKey {
 pub struct Cursor {
     /// Next expected sequence number.
     pub next_seq: u32,
-    pub _pad: u32,
+    /// Client direction: the end of the furthest segment diverted to the
+    /// reassembly fallback (valid while `DIR_DIVERTED`).
+    pub divert_end: u32,
     /// Highest acknowledgement this direction's sender has sent for the
     /// other direction (that is, how much of the other stream its peer has).
     pub acked: u32,
@@ -137,6 +139,10 @@ pub const DIR_RESET: u32 = 16;
 /// A limit's `drop-connection` action dropped this flow (client direction
 /// only): every later segment of it, both ways, is dropped.
 pub const DIR_DROPPED: u32 = 32;
+/// Segments of this flow were diverted to the reassembly fallback and may
+/// be held there (client direction only): each move of the next expected
+/// byte is told to the daemon, until it passes `divert_end`.
+pub const DIR_DIVERTED: u32 = 64;
 
 /// Checkpoints kept per direction: the parser state at the start of each
 /// of the last `CHECKPOINTS` in-order segments. A retransmission that starts

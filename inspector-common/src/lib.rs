@@ -8,6 +8,7 @@
 pub mod config;
 pub mod counters;
 pub mod events;
+pub mod fallback;
 pub mod flow;
 pub mod policy;
 pub mod ports;
@@ -27,4 +28,6 @@ mod pod {
     unsafe impl aya::Pod for crate::flow::FlowKey {}
     unsafe impl aya::Pod for crate::flow::Flow {}
     unsafe impl aya::Pod for crate::events::Event {}
+    unsafe impl aya::Pod for crate::fallback::Fallback {}
+    unsafe impl aya::Pod for crate::fallback::Wake {}
 }

@@ -408,6 +408,8 @@ proptest! {
         actions in actions(),
     ) {
         let mut stream: Vec<u8> = pieces.concat().iter().flat_map(|p| p.bytes.iter().copied()).collect();
+        // Pieces without bytes would make the loop below endless.
+        prop_assume!(!stream.is_empty());
         while stream.len() < CHUNK + extra {
             stream.extend_from_within(..);
         }

@@ -10,6 +10,7 @@ use inspector_common::{
     config::Config,
     counters::COUNTER_COUNT,
     events::EVENTS_BYTES,
+    fallback::{Fallback, Wake, WAKE_BYTES},
     flow::{
         Flow, FlowKey, Handshake, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_PER_CLIENT,
         HANDSHAKE_ENTRIES,
@@ -64,6 +65,16 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "INSPECTOR_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+/// The reassembly fallback's tap and heartbeat (see
+/// `inspector_common::fallback`), written by `inspector attach`.
+#[map(name = "INSPECTOR_FALLBACK")]
+static FALLBACK: Array<Fallback> = Array::with_max_entries(1, 0);
+
+/// Moves of the next expected byte of flows with diverted segments, for the
+/// fallback daemon.
+#[map(name = "INSPECTOR_FALLBACK_WAKE")]
+static WAKE: RingBuf = RingBuf::with_byte_size(WAKE_BYTES, 0);
+
 /// The per-CPU work area (see `workarea.rs`): too big for the 512-byte BPF
 /// stack.
 #[map(name = "INSPECTOR_WORK")]
@@ -117,5 +128,39 @@ pub fn max_flows_per_client() -> u64 {
     match CONFIG.get(0) {
         Some(c) if c.max_flows_per_client != 0 => c.max_flows_per_client as u64,
         _ => DEFAULT_MAX_FLOWS_PER_CLIENT as u64,
+    }
+}
+
+/// The tap to divert a segment to at time `now`, if the fallback daemon is
+/// there (see `inspector_common::fallback`).
+#[inline(always)]
+pub fn fallback_target(now: u64) -> Option<u32> {
+    FALLBACK.get(0)?.target(now)
+}
+
+/// The fallback's tap (0: none), whatever the heartbeat says: a segment
+/// that came in through it was written back by the daemon.
+#[inline(always)]
+pub fn fallback_ifindex() -> u32 {
+    match FALLBACK.get(0) {
+        Some(f) => f.ifindex,
+        None => 0,
+    }
+}
+
+/// Tells the fallback daemon that the client's next expected byte of the
+/// flow `key` is now `next_seq`. A full ring loses the record; the daemon
+/// also reads the flow table when it ticks.
+#[inline(always)]
+pub fn wake(key: &FlowKey, next_seq: u32) {
+    if let Some(mut entry) = WAKE.reserve::<Wake>(0) {
+        let p = entry.as_mut_ptr();
+        // SAFETY: `p` points to the reserved entry, which only this program
+        // writes until it is submitted.
+        unsafe {
+            (*p).flow = *key;
+            (*p).next_seq = next_seq;
+        }
+        entry.submit(0);
     }
 }

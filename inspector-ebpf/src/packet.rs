@@ -50,6 +50,11 @@ pub trait Packet {
     /// The verdict that sends the (rewritten) packet back out of the
     /// interface it came in on.
     fn bounce(&self) -> u32;
+    /// The verdict that sends the packet out of interface `ifindex` (the
+    /// reassembly fallback's tap) instead.
+    fn redirect(&self, ifindex: u32) -> u32;
+    /// Whether [`Packet::redirect`] can carry the whole packet to the tap.
+    fn redirectable(&self) -> bool;
     /// Buffer-sized chunks a segment can span: a single-buffer XDP frame
     /// always fits in one, a TC skb can be a 64 KiB GSO/GRO packet.
     const MAX_CHUNKS: u32;
@@ -152,6 +157,18 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn bounce(&self) -> u32 {
         xdp_action::XDP_TX
+    }
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> u32 {
+        // A redirect that fails later (the tap went away) drops the frame.
+        // SAFETY: a helper taking plain values.
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
+    }
+    #[inline(always)]
+    fn redirectable(&self) -> bool {
+        // A tap does not take multi-buffer frames (its XDP transmit has no
+        // scatter-gather): such a frame would be lost on the way.
+        self.data_end() - self.data() == self.total_len()
     }
     // Multi-buffer frames (GSO on veth, jumbo frames) and generic XDP's
     // linearised GSO packets reach 64 KiB.
@@ -262,6 +279,18 @@ impl Packet for TcContext {
             (*self.skb.skb).mark = BOUNCE_MARK;
             bpf_redirect((*self.skb.skb).ifindex, 0) as u32
         }
+    }
+    #[inline(always)]
+    fn redirectable(&self) -> bool {
+        true
+    }
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> u32 {
+        // To the tap's egress, where the daemon reads it; a GSO packet is
+        // cut into segments there (the tap offers no offloads), and a
+        // checksum left to the device is completed.
+        // SAFETY: a helper taking plain values.
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
     }
     const MAX_CHUNKS: u32 = 16;
     const PASS: u32 = TC_ACT_OK as u32;

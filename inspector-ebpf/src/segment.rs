@@ -2,19 +2,22 @@
 //! parsed, from which parser state, and what becomes of them (pass, masked
 //! or not; drop; reset), for each direction.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use inspector_common::{
     config::{CFG_MIDSTREAM_PASS, CFG_MONITOR},
     counters::Counter,
     events::{kind, reason},
-    flow::{classify, expected_after, SegClass, DIR_DROPPED, DIR_RESET, DIR_SYNCED},
+    flow::{
+        classify, expected_after, seq_diff, ClientDir, SegClass, DIR_DIVERTED, DIR_DROPPED,
+        DIR_RESET, DIR_SYNCED,
+    },
     smtp::cstate,
     verbs::OTHER,
 };
 
 use crate::{
     flow::{self, ClientSide, ServerSide, ACK, SYN},
-    maps::{config, work_area},
+    maps::{config, fallback_ifindex, fallback_target, wake, work_area},
     mask,
     packet::Packet,
     report::{count, count_n, send},
@@ -35,6 +38,9 @@ enum Verdict {
     Reset,
     /// The flow was reset: answer the client's segment with a RST.
     ResetClient,
+    /// Hand the segment to the reassembly fallback, whose tap is in
+    /// `PacketInfo::divert_to` (docs/contract.md §5).
+    Divert,
 }
 
 /// Inspects one TCP segment of an inspected port, whose headers the entry
@@ -143,6 +149,9 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         seq
     };
     stream::begin(w, seq, payload_off as u32);
+    // A client segment the fallback daemon wrote back into its tap.
+    w.packet.from_fallback = (client_side && ctx.ingress_ifindex() == fallback_ifindex()) as u32;
+    w.packet.redirectable = ctx.redirectable() as u32;
     let verdict = if client_side {
         client(ctx, &mut entry.client(), w, seq, payload_len)
     } else {
@@ -158,7 +167,15 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
             if w.masks.masked_bytes != 0 && !monitor {
                 mask::fix_checksum(ctx, w);
             }
+            if w.packet.from_fallback != 0 {
+                // Written back by the fallback daemon, and now inspected.
+                count(Counter::Reassembled);
+            }
             P::PASS
+        }
+        Verdict::Divert => {
+            count(Counter::Diverted);
+            ctx.redirect(w.packet.divert_to)
         }
         Verdict::Drop(c) => {
             if c != Counter::Dropped {
@@ -268,6 +285,15 @@ fn client<P: Packet>(
     }
     w.parser.shared = side.shared();
     let own = &mut *side.own;
+    // One owner at a time: while the fallback may hold segments of the
+    // flow, every later one goes through it too, in order or not, so that
+    // the stream is parsed in one place, in sequence (docs/contract.md §5).
+    if own.cur.flags & DIR_DIVERTED != 0
+        && w.packet.from_fallback == 0
+        && try_divert(own, w, seq, len)
+    {
+        return Verdict::Divert;
+    }
     match classify(seq, len, &own.cur, peer_acked) {
         SegClass::InOrder => {
             w.parser.client = own.state;
@@ -303,6 +329,7 @@ fn client<P: Packet>(
             own.state = w.parser.client;
             own.cur.next_seq = seq.wrapping_add(len);
             side.publish(&w.parser.client);
+            advanced(side, w);
             if w.parser.reset != 0 {
                 // Monitor mode: reported, and the flow goes on.
                 return Verdict::Reset;
@@ -348,6 +375,7 @@ fn client<P: Packet>(
                 own.state = w.parser.client;
                 own.cur.next_seq = seq.wrapping_add(len);
                 side.publish(&w.parser.client);
+                advanced(side, w);
                 if w.parser.reset != 0 {
                     return Verdict::Reset;
                 }
@@ -358,7 +386,65 @@ fn client<P: Packet>(
             count(Counter::RetransAcked);
             Verdict::Pass
         }
-        SegClass::Future => Verdict::Drop(Counter::OutOfOrderDrops),
+        SegClass::Future => divert(own, w, seq, len),
+    }
+}
+
+/// A client segment that starts beyond the next expected byte: to the
+/// reassembly fallback if its daemon is there, which writes it back once the
+/// bytes before it have passed; dropped otherwise (the sender retransmits).
+/// In monitor mode nothing is dropped, so nothing needs reordering.
+#[inline(always)]
+fn divert(own: &mut ClientDir, w: &mut WorkArea, seq: u32, len: u32) -> Verdict {
+    if try_divert(own, w, seq, len) {
+        Verdict::Divert
+    } else {
+        Verdict::Drop(Counter::OutOfOrderDrops)
+    }
+}
+
+/// Marks the flow as having segments with the fallback and says where to
+/// send this one; false if there is no live daemon (or in monitor mode).
+/// The mark is only set here, where it is clear, and cleared by
+/// [`advanced`]: while it is set this side writes only `divert_end`, so
+/// the segments the daemon writes back (on another CPU, maybe) are the only
+/// writer of the rest of this half.
+#[inline(always)]
+fn try_divert(own: &mut ClientDir, w: &mut WorkArea, seq: u32, len: u32) -> bool {
+    if w.packet.monitor != 0 || w.packet.redirectable == 0 {
+        return false;
+    }
+    // The precise clock, not the coarse one of the flow's timestamps: the
+    // daemon's heartbeat is CLOCK_MONOTONIC, and a coarse reading may lag
+    // it by a tick, which would look like a heartbeat from the future.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(ifindex) = fallback_target(now) else {
+        return false;
+    };
+    let end = seq.wrapping_add(len);
+    if own.cur.flags & DIR_DIVERTED == 0 {
+        own.cur.divert_end = end;
+        own.cur.flags |= DIR_DIVERTED;
+    } else if seq_diff(end, own.cur.divert_end) > 0 {
+        own.cur.divert_end = end;
+    }
+    w.packet.divert_to = ifindex;
+    true
+}
+
+/// The client's next expected byte moved: if segments of the flow may be
+/// held by the fallback, tell its daemon, until the stream has reached the
+/// end of every segment diverted so far.
+#[inline(always)]
+fn advanced(side: &mut ClientSide<'_>, w: &WorkArea) {
+    let cur = &mut side.own.cur;
+    if cur.flags & DIR_DIVERTED == 0 {
+        return;
+    }
+    wake(&w.packet.key, cur.next_seq);
+    if seq_diff(cur.next_seq, cur.divert_end) >= 0 {
+        cur.flags &= !DIR_DIVERTED;
     }
 }
 

@@ -152,6 +152,12 @@ pub struct PacketInfo {
     pub monitor: u32,
     /// A payload load or store failed.
     pub load_failed: u32,
+    /// The tap a diverted segment goes to (see `segment::Verdict::Divert`).
+    pub divert_to: u32,
+    /// The segment came in through the fallback's tap.
+    pub from_fallback: u32,
+    /// The whole segment can be redirected (see `Packet::redirectable`).
+    pub redirectable: u32,
 }
 
 /// Makes the one reference to this CPU's work area from a pointer to it.

@@ -187,7 +187,7 @@ pub struct AttachArgs {
     pub header_line_limit: Option<LimitAction>,
     /// Read settings from a TOML policy file (ports, allow/deny/allowed,
     /// midstream, fragments, monitor, max_flows, max_flows_per_client,
-    /// ehlo_filter, mask_banner, limits); options given on the
+    /// ehlo_filter, mask_banner, limits, fallback and its limits); options given on the
     /// command line apply on top. See README "Policy file".
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
@@ -203,6 +203,22 @@ pub struct AttachArgs {
     /// refused (flows_refused). Default 256, far above what a real MTA opens.
     #[arg(long, value_name = "N")]
     pub max_flows_per_client: Option<u32>,
+    /// Drop client segments that arrive out of order (TCP retransmits
+    /// them) instead of holding them in the reassembly fallback until the
+    /// bytes before them have passed.
+    #[arg(long)]
+    pub no_fallback: bool,
+    /// Bytes the reassembly fallback holds for one flow (default 262144);
+    /// past it, segments are dropped and retransmitted.
+    #[arg(long, value_name = "BYTES")]
+    pub fallback_flow_bytes: Option<u64>,
+    /// Bytes the reassembly fallback holds in total (default 16777216).
+    #[arg(long, value_name = "BYTES")]
+    pub fallback_total_bytes: Option<u64>,
+    /// How long the reassembly fallback holds a segment before dropping it
+    /// (default 2000).
+    #[arg(long, value_name = "MS")]
+    pub fallback_hold_ms: Option<u64>,
     /// On SIGINT/SIGTERM, leave the programs attached and the maps
     /// pinned: the kernel keeps inspecting, and the next `attach` on the
     /// same pin dir takes over without losing flow state (upgrades,
@@ -232,6 +248,10 @@ impl AttachArgs {
             address_chars_limit: self.address_chars_limit,
             header_line_limit: self.header_line_limit,
             max_flows_per_client: self.max_flows_per_client,
+            fallback: self.no_fallback.then_some(false),
+            fallback_flow_bytes: self.fallback_flow_bytes,
+            fallback_total_bytes: self.fallback_total_bytes,
+            fallback_hold_ms: self.fallback_hold_ms,
         }
     }
 }

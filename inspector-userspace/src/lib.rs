@@ -5,6 +5,7 @@
 //! BPF_PROG_TEST_RUN tests use these functions directly.
 
 pub mod events;
+pub mod fallback;
 pub mod flows;
 pub mod hooks;
 pub mod journal;

@@ -12,6 +12,7 @@ use inspector_common::{
     config::{Config, CONFIG_MAP, VERB_COUNTERS_MAP},
     counters::COUNTERS_MAP,
     events::EVENTS_MAP,
+    fallback::{Fallback, FALLBACK_MAP, WAKE_MAP},
     flow::{CLIENT_FLOWS_MAP, DEFAULT_MAX_FLOWS, FLOWS_MAP, HANDSHAKES_MAP},
     policy::{entry_for, for_each_key, POLICY_MAP},
     ports::{port_slot, PORTS_MAP, PORT_WORDS},
@@ -39,6 +40,8 @@ pub const MAP_NAMES: &[&str] = &[
     CLIENT_FLOWS_MAP,
     CONFIG_MAP,
     EVENTS_MAP,
+    FALLBACK_MAP,
+    WAKE_MAP,
 ];
 
 /// The kernel refused to load a program. Carries the verifier's log, which is
@@ -85,6 +88,7 @@ fn expected_layout(name: &str) -> Option<(u32, u32)> {
         HANDSHAKES_MAP => (size_of::<FlowKey>() as u32, size_of::<Handshake>() as u32),
         CLIENT_FLOWS_MAP => (16, 8),
         CONFIG_MAP => (4, size_of::<Config>() as u32),
+        FALLBACK_MAP => (4, size_of::<Fallback>() as u32),
         _ => return None,
     })
 }

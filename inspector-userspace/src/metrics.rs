@@ -75,6 +75,9 @@ pub fn metric_name(counter: &str) -> String {
         "malformed" => "malformed_packets",
         "checksum_partial" => "checksum_partial_packets",
         "dropped" => "dropped_packets",
+        "diverted" => "diverted_segments",
+        "reassembled" => "reassembled_segments",
+        "fallback_drops" => "fallback_dropped_segments",
         other => other,
     };
     format!("inspector_{base}_total")

@@ -24,6 +24,10 @@
 //! address_chars_limit = "drop-connection"  # | ` NUL or unbalanced <> in MAIL/RCPT
 //! header_line_limit = "drop-connection"    # header line over 998 bytes (no mask)
 //! max_flows_per_client = 256 # flows one client address may hold
+//! fallback = true            # false: drop out-of-order segments
+//! fallback_flow_bytes = 262144     # what the reassembly fallback holds
+//! fallback_total_bytes = 16777216  # per flow and in total,
+//! fallback_hold_ms = 2000          # and for how long
 //! ```
 
 use std::{collections::BTreeSet, fmt, path::Path};
@@ -34,6 +38,7 @@ use inspector_common::{
         action, limit_shift, Config, CFG_FRAGMENTS_PASS, CFG_MASK_BANNER, CFG_MIDSTREAM_PASS,
         CFG_MONITOR, CFG_NO_EHLO_FILTER, LIMIT_BITS,
     },
+    fallback::{DEFAULT_FLOW_BYTES, DEFAULT_HOLD_MS, DEFAULT_TOTAL_BYTES},
     flow::DEFAULT_MAX_FLOWS_PER_CLIENT,
     ports::{DEFAULT_PORTS, NEVER_INSPECTED},
     smtp::rule,
@@ -241,6 +246,10 @@ pub struct Given {
     pub address_chars_limit: Option<LimitAction>,
     pub header_line_limit: Option<LimitAction>,
     pub max_flows_per_client: Option<u32>,
+    pub fallback: Option<bool>,
+    pub fallback_flow_bytes: Option<u64>,
+    pub fallback_total_bytes: Option<u64>,
+    pub fallback_hold_ms: Option<u64>,
 }
 
 /// How the operator spells each checked setting where it came from, so that
@@ -254,6 +263,7 @@ struct Spelling {
     deny: &'static str,
     max_flows: &'static str,
     max_flows_per_client: &'static str,
+    fallback_limits: [&'static str; 3],
 }
 
 const OPTIONS: Spelling = Spelling {
@@ -264,6 +274,11 @@ const OPTIONS: Spelling = Spelling {
     deny: "--deny",
     max_flows: "--max-flows",
     max_flows_per_client: "--max-flows-per-client",
+    fallback_limits: [
+        "--fallback-flow-bytes",
+        "--fallback-total-bytes",
+        "--fallback-hold-ms",
+    ],
 };
 
 const FILE_KEYS: Spelling = Spelling {
@@ -274,6 +289,11 @@ const FILE_KEYS: Spelling = Spelling {
     deny: "deny",
     max_flows: "max_flows",
     max_flows_per_client: "max_flows_per_client",
+    fallback_limits: [
+        "fallback_flow_bytes",
+        "fallback_total_bytes",
+        "fallback_hold_ms",
+    ],
 };
 
 impl Given {
@@ -365,6 +385,15 @@ impl Given {
                 check_limit(l.rule, a, if names.options { l.option } else { l.key })?;
             }
         }
+        for (name, v) in names.fallback_limits.iter().zip([
+            self.fallback_flow_bytes,
+            self.fallback_total_bytes,
+            self.fallback_hold_ms,
+        ]) {
+            if v == Some(0) {
+                refuse!("{name} must be at least 1 (to turn the fallback off: fallback = false, or --no-fallback)");
+            }
+        }
         Ok(())
     }
 }
@@ -391,6 +420,8 @@ pub struct Settings {
     pub config: Config,
     /// Flow-table size; `None` for the default.
     pub max_flows: Option<u32>,
+    /// The reassembly fallback's limits; `None` when it is off.
+    pub fallback: Option<crate::fallback::Limits>,
     /// Where the verb policy comes from, for the log: `defaults`, the
     /// file, the options.
     pub policy_origin: String,
@@ -467,6 +498,24 @@ impl Settings {
             allowed,
             config,
             max_flows: options.max_flows.or(file.max_flows),
+            fallback: options.fallback.or(file.fallback).unwrap_or(true).then(|| {
+                crate::fallback::Limits {
+                    flow_bytes: options
+                        .fallback_flow_bytes
+                        .or(file.fallback_flow_bytes)
+                        .unwrap_or(DEFAULT_FLOW_BYTES),
+                    total_bytes: options
+                        .fallback_total_bytes
+                        .or(file.fallback_total_bytes)
+                        .unwrap_or(DEFAULT_TOTAL_BYTES),
+                    hold: std::time::Duration::from_millis(
+                        options
+                            .fallback_hold_ms
+                            .or(file.fallback_hold_ms)
+                            .unwrap_or(DEFAULT_HOLD_MS),
+                    ),
+                }
+            }),
             policy_origin: origin.join(", "),
             overrides,
         })
@@ -642,6 +691,52 @@ mod tests {
         };
         let e = format!("{:#}", Settings::resolve(&bad, None).unwrap_err());
         assert!(e.contains("--header-line-limit: `mask`"), "{e}");
+    }
+
+    #[test]
+    fn the_fallback_is_on_by_default_with_its_limits_from_file_and_options() {
+        use std::time::Duration;
+        let s = Settings::resolve(&Given::default(), None).unwrap();
+        assert_eq!(
+            s.fallback,
+            Some(crate::fallback::Limits {
+                flow_bytes: DEFAULT_FLOW_BYTES,
+                total_bytes: DEFAULT_TOTAL_BYTES,
+                hold: Duration::from_millis(DEFAULT_HOLD_MS),
+            })
+        );
+        let file = Given::parse(
+            "fallback_flow_bytes = 1000\nfallback_total_bytes = 5000\nfallback_hold_ms = 300\n",
+        )
+        .unwrap();
+        assert_eq!(file.fallback_flow_bytes, Some(1000));
+        let off = Given {
+            fallback: Some(false),
+            ..Given::default()
+        };
+        assert_eq!(Settings::resolve(&off, None).unwrap().fallback, None);
+        for (given, why) in [
+            (
+                Given {
+                    fallback_hold_ms: Some(0),
+                    ..Given::default()
+                },
+                "--fallback-hold-ms must be at least 1",
+            ),
+            (
+                Given {
+                    fallback_flow_bytes: Some(0),
+                    ..Given::default()
+                },
+                "--fallback-flow-bytes must be at least 1",
+            ),
+        ] {
+            let e = Settings::resolve(&given, None).unwrap_err();
+            assert!(is_refused(&e));
+            assert!(format!("{e:#}").contains(why), "{e:#}");
+        }
+        let e = Given::parse("fallback_total_bytes = 0\n").unwrap_err();
+        assert!(format!("{e:#}").contains("fallback_total_bytes must be at least 1"));
     }
 
     #[test]

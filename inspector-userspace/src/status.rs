@@ -12,6 +12,7 @@ use anyhow::Result;
 use aya::maps::{Array, Map};
 use inspector_common::{
     config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_PASS, CFG_MONITOR, CONFIG_MAP},
+    fallback::{Fallback, FALLBACK_MAP},
     ports::{port_slot, PORTS_MAP, PORT_WORDS},
 };
 
@@ -46,6 +47,32 @@ pub struct Status {
     pub config: Config,
     pub flows_tracked: u64,
     pub flows_active: u64,
+    /// The reassembly fallback as the kernel sees it (`None`: a pin dir of
+    /// a version without it).
+    pub fallback: Option<Fallback>,
+}
+
+/// The reassembly fallback's state: `active` (the kernel diverts to it),
+/// `stale` (its daemon stopped beating: the kernel drops instead), `off`.
+pub fn fallback_state(f: &Fallback, now_ns: u64) -> &'static str {
+    if f.ifindex == 0 {
+        "off"
+    } else if f.target(now_ns).is_some() {
+        "active"
+    } else {
+        "stale"
+    }
+}
+
+/// The name of interface `index`, if it still exists.
+fn ifname(index: u32) -> Option<String> {
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )
+    .ok()?;
+    rustix::net::netdevice::index_to_name(&sock, index).ok()
 }
 
 impl Status {
@@ -74,6 +101,10 @@ impl Status {
             })
             .collect();
         let (flows_tracked, flows_active) = stats::count_flows_pinned(pin_dir)?;
+        let fallback = open(FALLBACK_MAP)
+            .ok()
+            .and_then(|m| Array::<_, Fallback>::try_from(Map::Array(m)).ok())
+            .and_then(|a| a.get(&0, 0).ok());
         Ok(Status {
             pin_dir: pin_dir.display().to_string(),
             daemon_pid: lock_holder(pin_dir),
@@ -84,6 +115,7 @@ impl Status {
             config,
             flows_tracked,
             flows_active,
+            fallback,
         })
     }
 
@@ -112,6 +144,12 @@ impl Status {
             "fragments": if self.flag(CFG_FRAGMENTS_PASS) { "pass" } else { "drop" },
             "flows_tracked": self.flows_tracked,
             "flows_active": self.flows_active,
+            "fallback": self.fallback.map(|f| serde_json::json!({
+                "state": fallback_state(&f, crate::flows::monotonic_ns()),
+                "tap": if f.ifindex != 0 { ifname(f.ifindex) } else { None },
+                "held_segments": f.held_segments,
+                "held_bytes": f.held_bytes,
+            })),
         })
     }
 
@@ -159,6 +197,22 @@ impl Status {
             "flows:      {} tracked, {} active\n",
             self.flows_tracked, self.flows_active
         ));
+        if let Some(f) = self.fallback {
+            let state = fallback_state(&f, crate::flows::monotonic_ns());
+            o.push_str(&match state {
+                "active" => format!(
+                    "fallback:   active on tap {}: {} segments ({} bytes) held\n",
+                    ifname(f.ifindex).unwrap_or_else(|| f.ifindex.to_string()),
+                    f.held_segments,
+                    f.held_bytes
+                ),
+                "stale" => {
+                    "fallback:   stale (its daemon stopped): out-of-order segments are dropped\n"
+                        .to_string()
+                }
+                _ => "fallback:   off: out-of-order segments are dropped\n".to_string(),
+            });
+        }
         o
     }
 }

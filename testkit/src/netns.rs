@@ -441,6 +441,48 @@ impl Testbed {
         ]
     }
 
+    /// Reorders what the client sends to port 25 (this kernel may have no
+    /// netem, so two HTB classes on the client's link do it): segments whose
+    /// TCP sequence number has bit 10 set wait in a class limited to `slow`
+    /// (a rate, such as `20mbit`), the others leave at once and overtake
+    /// them. Bit 10 flips every 1024 bytes of stream, so about half the
+    /// segments of a bulk transfer, and some of a burst of commands, are
+    /// held back. [`Testbed::stop_reordering`] undoes it.
+    pub fn reorder_client(&self, slow: &str) {
+        let dev = self.client_if.as_str();
+        let tc = |args: &[&str]| crate::proc::run_ok(self.client.exec("tc").args(args));
+        tc(&[
+            "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10",
+        ]);
+        tc(&[
+            "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit",
+        ]);
+        tc(&[
+            "class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb", "rate", slow,
+            "burst", "1600", "cburst", "1600",
+        ]);
+        // The sequence number: at 24 behind an IPv4 header without
+        // options, at 44 behind an IPv6 header.
+        for (proto, dport, at, prio) in [("ip", "ip", "24", "1"), ("ipv6", "ip6", "44", "2")] {
+            tc(&[
+                "filter", "add", "dev", dev, "parent", "1:", "protocol", proto, "prio", prio,
+                "u32", "match", dport, "dport", "25", "0xffff", "match", "u32", "0x400", "0x400",
+                "at", at, "flowid", "1:20",
+            ]);
+        }
+    }
+
+    /// Undoes [`Testbed::reorder_client`].
+    pub fn stop_reordering(&self) {
+        crate::proc::run_ok(self.client.exec("tc").args([
+            "qdisc",
+            "del",
+            "dev",
+            &self.client_if,
+            "root",
+        ]));
+    }
+
     /// The gateway's two interfaces, where the inspector attaches.
     pub fn gateway_ifaces(&self) -> [&str; 2] {
         [&self.gw_client_if, &self.gw_server_if]

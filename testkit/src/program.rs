@@ -69,6 +69,7 @@ pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const TC_ACT_REDIRECT: u32 = 7;
+pub const XDP_REDIRECT: u32 = 4;
 
 /// What the program decided, whatever the hook's return codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +79,9 @@ pub enum Verdict {
     /// Sent back out of the interface it came in on (XDP_TX, or a TC
     /// redirect to the same device).
     Bounce,
+    /// Redirected to another interface (XDP_REDIRECT; TC's redirect shows
+    /// as [`Verdict::Bounce`]): the reassembly fallback's tap.
+    Redirect,
 }
 
 /// Every counter by name (`Counter::name`), summed over CPUs.
@@ -400,6 +404,7 @@ impl Loaded {
             (Hook::Xdp, XDP_PASS) | (Hook::Tc, TC_ACT_OK) => Verdict::Pass,
             (Hook::Xdp, XDP_DROP) | (Hook::Tc, TC_ACT_SHOT) => Verdict::Drop,
             (Hook::Xdp, XDP_TX) | (Hook::Tc, TC_ACT_REDIRECT) => Verdict::Bounce,
+            (Hook::Xdp, XDP_REDIRECT) => Verdict::Redirect,
             (h, v) => panic!("{h:?} program returned {v}, neither pass nor drop"),
         };
         Outcome {

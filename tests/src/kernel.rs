@@ -11,7 +11,8 @@ use inspector_userspace::loader::{self, EBPF_OBJECT};
 
 pub use inspector_testkit::program::{
     client_port, v4, v6, Counters, Hook, Outcome, Session, Shape, VerbCounters, Verdict,
-    CLIENT_ISN, SERVER_ISN, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_TX,
+    CLIENT_ISN, SERVER_ISN, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS,
+    XDP_REDIRECT, XDP_TX,
 };
 
 /// The embedded object loaded in this process with one program verified

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use aya::util::KernelVersion;
 use inspector_common::verbs::VerbKey;
 use inspector_userspace::{
-    flows, journal,
+    fallback, flows, journal,
     links::{self, LinkSet, Mode},
     loader::{self, MAP_NAMES},
     metrics, notify,
@@ -131,6 +131,13 @@ fn run_attached(
         (Signals::install()?, journal::Relay::bind(pins.path())?)
     };
     let links = attach_with_settings(&mut ebpf, args, settings, pins.path())?;
+    let fallback = match settings.fallback {
+        Some(limits) => start_fallback(&mut ebpf, args.mode).map(|tap| (tap, limits)),
+        None => {
+            info!("reassembly fallback off: out-of-order segments are dropped and retransmitted");
+            None
+        }
+    };
     if let Some(addr) = args.metrics {
         info!("serving metrics on http://{addr}/metrics");
     }
@@ -150,7 +157,19 @@ fn run_attached(
         ports.join(","),
         args.mode.name()
     ))?;
-    rt.block_on(run_until_signal(signals, metrics, relay, pins.path()))?;
+    let ran = rt.block_on(run_until_signal(
+        signals,
+        metrics,
+        relay,
+        fallback,
+        pins.path(),
+    ));
+    // The kernel drops out-of-order segments again at once, rather than
+    // redirecting them to a tap that is going away.
+    if let Err(e) = fallback::withdraw(pins.path()) {
+        warn!("clearing the fallback entry: {e:#}");
+    }
+    ran?;
     notify::notify("STOPPING=1")?;
     if args.persist {
         // Dropping the pinned links leaves them attached: the kernel goes on
@@ -162,6 +181,49 @@ fn run_attached(
         info!("detached from {ifaces}");
     }
     Ok(())
+}
+
+/// Creates the reassembly fallback's tap and attaches the program to its
+/// ingress (where the segments it writes back are inspected), in the mode
+/// of the other interfaces; the link belongs to the loaded program and goes
+/// with it. `None` (logged) if that fails: out-of-order segments are then
+/// dropped, as without a fallback.
+fn start_fallback(ebpf: &mut aya::Ebpf, mode: Mode) -> Option<fallback::Tap> {
+    let attach = |ebpf: &mut aya::Ebpf, tap: &fallback::Tap| -> Result<()> {
+        match mode {
+            Mode::Tc => {
+                let prog: &mut aya::programs::SchedClassifier = ebpf
+                    .program_mut(loader::TC_PROGRAM)
+                    .context("the TC program is missing")?
+                    .try_into()?;
+                prog.attach(&tap.name, aya::programs::TcAttachType::Ingress)?;
+            }
+            Mode::Xdp | Mode::XdpSkb => {
+                let prog: &mut aya::programs::Xdp = ebpf
+                    .program_mut(loader::XDP_PROGRAM)
+                    .context("the XDP program is missing")?
+                    .try_into()?;
+                let flags = match mode {
+                    Mode::XdpSkb => aya::programs::XdpMode::Skb,
+                    _ => aya::programs::XdpMode::default(),
+                };
+                prog.attach(&tap.name, flags)?;
+            }
+        }
+        Ok(())
+    };
+    let tap = fallback::Tap::create().and_then(|tap| {
+        attach(ebpf, &tap)
+            .with_context(|| format!("attaching to the fallback tap {}", tap.name))?;
+        Ok(tap)
+    });
+    match tap {
+        Ok(tap) => Some(tap),
+        Err(e) => {
+            warn!("no reassembly fallback ({e:#}): out-of-order segments are dropped and retransmitted");
+            None
+        }
+    }
 }
 
 /// Writes the settings into the maps and attaches the loaded program (or
@@ -260,8 +322,15 @@ async fn run_until_signal(
     signals: Signals,
     metrics: Option<tokio::net::TcpListener>,
     relay: journal::Relay,
+    fallback: Option<(fallback::Tap, fallback::Limits)>,
     pin_dir: &Path,
 ) -> Result<()> {
+    let reassemble = async {
+        match fallback {
+            Some((tap, limits)) => fallback::run(pin_dir, tap, limits).await,
+            None => std::future::pending().await,
+        }
+    };
     let serve_metrics = async {
         match metrics {
             Some(l) => metrics::serve(l, pin_dir.to_path_buf()).await,
@@ -273,6 +342,7 @@ async fn run_until_signal(
         r = journal::run(pin_dir, relay) => r,
         r = expire_flows(pin_dir) => r,
         r = serve_metrics => r,
+        r = reassemble => r,
     }
 }
 

@@ -53,16 +53,29 @@ pub enum Filter {
     InspectorTc,
     Iptables,
     Haproxy,
+    /// The same three with the client's segments reordered on its link
+    /// (`Testbed::reorder_client`), each compared with forwarding under
+    /// the same reordering.
+    NoneReordered,
+    InspectorXdpReordered,
+    InspectorTcReordered,
 }
 
-pub const FILTERS: [Filter; 6] = [
+pub const FILTERS: [Filter; 9] = [
     Filter::None,
     Filter::XdpPass,
     Filter::InspectorXdp,
     Filter::InspectorTc,
     Filter::Iptables,
     Filter::Haproxy,
+    Filter::NoneReordered,
+    Filter::InspectorXdpReordered,
+    Filter::InspectorTcReordered,
 ];
+
+/// The rate of the client link's slow class in the reordered
+/// configurations: segments held there are overtaken by the others.
+const REORDER_SLOW_RATE: &str = "500mbit";
 
 impl Filter {
     pub fn id(self) -> &'static str {
@@ -73,6 +86,27 @@ impl Filter {
             Filter::InspectorTc => "inspector_tc",
             Filter::Iptables => "iptables_string",
             Filter::Haproxy => "haproxy_tcp",
+            Filter::NoneReordered => "forwarding_reordered",
+            Filter::InspectorXdpReordered => "inspector_xdp_reordered",
+            Filter::InspectorTcReordered => "inspector_tc_reordered",
+        }
+    }
+
+    /// Whether the client's segments are reordered on its link.
+    fn reordered(self) -> bool {
+        matches!(
+            self,
+            Filter::NoneReordered | Filter::InspectorXdpReordered | Filter::InspectorTcReordered
+        )
+    }
+
+    /// The configuration its ratios are taken against: forwarding, under
+    /// the same reordering.
+    fn baseline(self) -> Filter {
+        if self.reordered() {
+            Filter::NoneReordered
+        } else {
+            Filter::None
         }
     }
 
@@ -89,6 +123,16 @@ impl Filter {
             }
             Filter::Haproxy => {
                 "HAProxy, TCP mode, client connects to 10.200.1.1:25, relayed to 10.200.2.2:25"
+            }
+            Filter::NoneReordered => {
+                "plain forwarding, the client's segments reordered on its link (half of them \
+                 through an HTB class of 500 Mbit/s the others overtake)"
+            }
+            Filter::InspectorXdpReordered => {
+                "inspector attach --mode xdp, reordered as forwarding_reordered"
+            }
+            Filter::InspectorTcReordered => {
+                "inspector attach --mode tc, reordered as forwarding_reordered"
             }
         }
     }
@@ -110,14 +154,16 @@ pub struct Env<'a> {
 }
 
 /// A filter in place; removed on drop.
-struct Active {
+struct Active<'a> {
     inspector: Option<Inspector>,
     haproxy: Option<Proc>,
     _xdp: Option<Held>,
     iptables: Option<String>,
+    /// The test bed whose client link is reordered.
+    reordered: Option<&'a Testbed>,
 }
 
-impl Active {
+impl Active<'_> {
     fn pin_dir(&self) -> Option<&Path> {
         self.inspector.as_ref().map(|i| i.pin_dir())
     }
@@ -128,8 +174,11 @@ const IPTABLES_RULE: &[&str] = &[
     "STARTTLS", "-j", "DROP",
 ];
 
-impl Drop for Active {
+impl Drop for Active<'_> {
     fn drop(&mut self) {
+        if let Some(gw) = self.reordered.take() {
+            gw.stop_reordering();
+        }
         // The inspector detaches and checks its pins are gone on drop.
         self.inspector.take();
         if let Some(mut h) = self.haproxy.take() {
@@ -145,15 +194,20 @@ impl Drop for Active {
     }
 }
 
-fn activate(gw: &Testbed, env: &Env, f: Filter) -> Result<Active> {
+fn activate<'a>(gw: &'a Testbed, env: &Env, f: Filter) -> Result<Active<'a>> {
     let mut a = Active {
         inspector: None,
         haproxy: None,
         _xdp: None,
         iptables: None,
+        reordered: None,
     };
+    if f.reordered() {
+        gw.reorder_client(REORDER_SLOW_RATE);
+        a.reordered = Some(gw);
+    }
     match f {
-        Filter::None => {}
+        Filter::None | Filter::NoneReordered => {}
         Filter::XdpPass => {
             let object = env.object.to_vec();
             let ifaces = [gw.gw_client_if.clone(), gw.gw_server_if.clone()];
@@ -171,8 +225,11 @@ fn activate(gw: &Testbed, env: &Env, f: Filter) -> Result<Active> {
                 Ok(ebpf)
             })?);
         }
-        Filter::InspectorXdp | Filter::InspectorTc => {
-            let mode = if f == Filter::InspectorXdp {
+        Filter::InspectorXdp
+        | Filter::InspectorTc
+        | Filter::InspectorXdpReordered
+        | Filter::InspectorTcReordered => {
+            let mode = if matches!(f, Filter::InspectorXdp | Filter::InspectorXdpReordered) {
                 "xdp"
             } else {
                 "tc"
@@ -402,6 +459,9 @@ fn inspector_summary(stats: &Value) -> Value {
         "flows_created": g("flows_created"),
         "dropped": g("dropped"),
         "out_of_order_drops": g("out_of_order_drops"),
+        "diverted": g("diverted"),
+        "reassembled": g("reassembled"),
+        "fallback_drops": g("fallback_drops"),
         "retrans_reinspected": g("retrans_reinspected"),
         "retrans_conflicts": g("retrans_conflicts"),
         "retrans_unverifiable": g("retrans_unverifiable"),
@@ -685,15 +745,28 @@ fn memory_and_scale(
 }
 
 impl Report {
+    /// The medians (small msg/s, large MB/s, latency p50) of the
+    /// configuration `f`'s ratios are taken against.
+    fn baseline(&self, f: Filter) -> (f64, f64, f64) {
+        let base = self
+            .configs
+            .iter()
+            .find(|(b, _)| *b == f.baseline())
+            .map(|(_, s)| s)
+            .unwrap_or(&self.configs[0].1);
+        (
+            Summary::of(&base.small_msgs_per_s).median,
+            Summary::of(&base.large_mb_per_s).median,
+            Summary::of(&base.latency_p50_ms).median,
+        )
+    }
+
     pub fn json(&self) -> Value {
-        let base = &self.configs[0].1;
-        let b_small = Summary::of(&base.small_msgs_per_s).median;
-        let b_large = Summary::of(&base.large_mb_per_s).median;
-        let b_p50 = Summary::of(&base.latency_p50_ms).median;
         let configs: Vec<Value> = self
             .configs
             .iter()
             .map(|(f, s)| {
+                let (b_small, b_large, b_p50) = self.baseline(*f);
                 let small = Summary::of(&s.small_msgs_per_s);
                 let large = Summary::of(&s.large_mb_per_s);
                 let p50 = Summary::of(&s.latency_p50_ms);
@@ -742,12 +815,14 @@ impl Report {
             p.large_bytes,
             p.latency_sessions
         );
+        s.push_str(
+            "`vs fwd`: against `forwarding`; the `_reordered` configurations against \
+             `forwarding_reordered`, under the same reordering.\n\n",
+        );
         s.push_str("| configuration | small msg/s | vs fwd | 1 MiB msgs MB/s | vs fwd | latency p50 ms | latency p99 ms |\n");
         s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
-        let base = &self.configs[0].1;
-        let b_small = Summary::of(&base.small_msgs_per_s).median;
-        let b_large = Summary::of(&base.large_mb_per_s).median;
         for (f, x) in &self.configs {
+            let (b_small, b_large, _) = self.baseline(*f);
             let small = Summary::of(&x.small_msgs_per_s);
             let large = Summary::of(&x.large_mb_per_s);
             s.push_str(&format!(
@@ -771,15 +846,15 @@ impl Report {
             s.push_str(&format!("- `{}`: {}{mode}\n", f.id(), f.describe()));
         }
         s.push_str("\nWhat the inspector counted (sum over the rounds; `inspector stats`):\n\n");
-        s.push_str("| configuration | packets inspected | commands | bodies | dropped | of which out of order | retransmissions re-inspected |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        s.push_str("| configuration | packets inspected | commands | bodies | dropped | of which out of order | retransmissions re-inspected | diverted | reassembled | fallback drops |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for (f, x) in &self.configs {
             if x.counters.is_empty() {
                 continue;
             }
             let sum = |k: &str| -> u64 { x.counters.iter().filter_map(|c| c[k].as_u64()).sum() };
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 f.id(),
                 sum("packets_inspected"),
                 sum("commands_seen"),
@@ -787,6 +862,9 @@ impl Report {
                 sum("dropped"),
                 sum("out_of_order_drops"),
                 sum("retrans_reinspected"),
+                sum("diverted"),
+                sum("reassembled"),
+                sum("fallback_drops"),
             ));
         }
         let m = &self.memory;

@@ -1,0 +1,89 @@
+//! The reassembly fallback (docs/contract.md §5): a client segment that
+//! starts beyond the next expected byte is not dropped but redirected to a
+//! tap device that `inspector attach` owns. The daemon holds such segments
+//! per flow and writes them back into the tap, in sequence order, once the
+//! kernel has inspected the bytes before them; the tap's ingress runs the
+//! inspector again, so every byte is still parsed and masked by the kernel,
+//! in order, from the flow's own state. The daemon only reorders.
+//!
+//! Handing over and back needs no shared state beyond this: the kernel
+//! marks the client half of a flow (`DIR_DIVERTED`, in place) while
+//! segments of it may be held, and tells the daemon through the wake ring
+//! each time that flow's next expected byte moves, so the daemon knows when
+//! a held segment has become the next one.
+
+use crate::flow::FlowKey;
+
+/// Name of the pinned one-entry array of [`Fallback`].
+pub const FALLBACK_MAP: &str = "INSPECTOR_FALLBACK";
+/// Name of the pinned ring of [`Wake`] records.
+pub const WAKE_MAP: &str = "INSPECTOR_FALLBACK_WAKE";
+/// Wake ring size in bytes (a power of two, a multiple of the page size).
+pub const WAKE_BYTES: u32 = 256 * 1024;
+
+/// The kernel diverts only while the daemon's heartbeat is younger than
+/// this (ns); past it, segments are dropped as if there were no fallback.
+/// A daemon that is killed cannot clear the entry, so the age is what
+/// tells the kernel that nobody reads the tap.
+pub const HEARTBEAT_TIMEOUT_NS: u64 = 2_000_000_000;
+
+/// Default bytes held for one flow.
+pub const DEFAULT_FLOW_BYTES: u64 = 256 * 1024;
+/// Default bytes held in total.
+pub const DEFAULT_TOTAL_BYTES: u64 = 16 * 1024 * 1024;
+/// Default time a segment is held before it is dropped (ms).
+pub const DEFAULT_HOLD_MS: u64 = 2000;
+
+/// What the daemon tells the kernel (written by the daemon only, read by
+/// the kernel a word at a time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fallback {
+    /// The tap the kernel redirects diverted segments to; 0: no fallback.
+    pub ifindex: u32,
+    pub _pad: u32,
+    /// The daemon's last heartbeat (CLOCK_MONOTONIC ns, the clock of
+    /// bpf_ktime_get_ns).
+    pub heartbeat_ns: u64,
+    /// Bytes and segments the daemon holds now (for `inspector status`).
+    pub held_bytes: u64,
+    pub held_segments: u64,
+}
+
+impl Fallback {
+    /// Where to divert at time `now`, if the daemon is there.
+    #[inline(always)]
+    pub fn target(&self, now: u64) -> Option<u32> {
+        if self.ifindex != 0 && now.wrapping_sub(self.heartbeat_ns) < HEARTBEAT_TIMEOUT_NS {
+            Some(self.ifindex)
+        } else {
+            None
+        }
+    }
+}
+
+/// The client's next expected byte of a flow with diverted segments moved.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wake {
+    pub flow: FlowKey,
+    pub next_seq: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_needs_a_tap_and_a_fresh_heartbeat() {
+        let f = Fallback {
+            ifindex: 7,
+            heartbeat_ns: 10_000_000_000,
+            ..Default::default()
+        };
+        assert_eq!(f.target(10_500_000_000), Some(7));
+        assert_eq!(f.target(12_000_000_000), None, "stale heartbeat");
+        let none = Fallback { ifindex: 0, ..f };
+        assert_eq!(none.target(10_500_000_000), None);
+    }
+}

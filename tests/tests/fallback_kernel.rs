@@ -1,0 +1,205 @@
+//! The kernel side of the reassembly fallback (docs/contract.md §5), with
+//! BPF_PROG_TEST_RUN on the embedded programs: which segments are diverted
+//! to the daemon's tap and which are dropped as before, the wake records
+//! that tell the daemon when a held segment has become the next one, and
+//! what happens to a segment the daemon writes back.
+//!
+//! Needs root (loads eBPF programs); run with `--test-threads=1`.
+
+use aya::maps::{Array, MapData, RingBuf};
+use inspector_common::{
+    config::CFG_MONITOR,
+    fallback::{Fallback, Wake, FALLBACK_MAP, HEARTBEAT_TIMEOUT_NS, WAKE_MAP},
+};
+use inspector_tests::kernel::{client_port, v4, v6, Hook, Loaded, Session, Shape, Verdict};
+use inspector_userspace::flows::monotonic_ns;
+
+/// The stand-in for the tap: an interface of this namespace other than
+/// the loopback device (an XDP test run without a context arrives on the
+/// loopback device, and the frames of the inspected interfaces must not
+/// look written back).
+fn tap() -> u32 {
+    let mut found: Vec<u32> = std::fs::read_dir("/sys/class/net")
+        .expect("/sys/class/net")
+        .filter_map(|e| {
+            let p = e.ok()?.path().join("ifindex");
+            std::fs::read_to_string(p).ok()?.trim().parse().ok()
+        })
+        .filter(|i| *i != 1)
+        .collect();
+    found.sort();
+    *found
+        .first()
+        .expect("an interface besides the loopback device")
+}
+
+/// What the daemon writes into the fallback entry, `age_ns` after its
+/// last heartbeat.
+fn announce(prog: &mut Loaded, ifindex: u32, age_ns: u64) {
+    let mut a: Array<&mut MapData, Fallback> = Array::try_from(
+        prog.ebpf_mut()
+            .map_mut(FALLBACK_MAP)
+            .expect("the fallback map"),
+    )
+    .expect("an array");
+    let f = Fallback {
+        ifindex,
+        heartbeat_ns: monotonic_ns() - age_ns,
+        ..Default::default()
+    };
+    a.set(0, f, 0).expect("writing the fallback entry");
+}
+
+/// The wake ring, taken out of the object (the program keeps writing it)
+/// so that it can be read while a session borrows the program.
+fn wake_ring(prog: &mut Loaded) -> RingBuf<MapData> {
+    RingBuf::try_from(prog.ebpf_mut().take_map(WAKE_MAP).expect("the wake ring"))
+        .expect("a ring buffer")
+}
+
+/// Every wake record sent so far (the ring is emptied).
+fn wakes(ring: &mut RingBuf<MapData>) -> Vec<Wake> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        assert!(item.len() >= std::mem::size_of::<Wake>());
+        // SAFETY: checked length; Wake is plain data.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Wake) });
+    }
+    out
+}
+
+fn session(prog: &Loaded, shape: Shape) -> Session<'_> {
+    let mut s = Session::new(prog, shape, client_port(), 25);
+    s.open();
+    s
+}
+
+/// The verdict a diverted segment gets: XDP_REDIRECT, or TC's redirect.
+fn diverted(hook: Hook) -> Verdict {
+    match hook {
+        Hook::Xdp => Verdict::Redirect,
+        Hook::Tc => Verdict::Bounce,
+    }
+}
+
+/// A segment beyond the next expected byte goes to the tap, unchanged and
+/// unparsed; each move of the next expected byte is told to the daemon;
+/// written back once the gap is filled, it is inspected and masked; the
+/// flow stops waking the daemon once the stream is past it.
+fn divert_and_write_back(hook: Hook, shape: Shape) {
+    let mut prog = Loaded::new(hook, 0);
+    announce(&mut prog, tap(), 0);
+    let mut ring = wake_ring(&mut prog);
+    let port = client_port();
+    let mut s = Session::new(&prog, shape, port, 25);
+    s.open();
+    let o = s.client(b"NOOP\r\n");
+    assert_eq!(o.verdict, Verdict::Pass);
+    s.server(b"250 ok\r\n");
+    assert!(
+        wakes(&mut ring).is_empty(),
+        "woken for a flow without diversions"
+    );
+    // "HELP\r\n" is late; the segment after it arrives first.
+    let ahead_seq = s.cseq.wrapping_add(6);
+    let ahead = s.client_frame_at(ahead_seq, b"STARTTLS\r\n");
+    let o = prog.run(&ahead);
+    assert_eq!(o.verdict, diverted(hook), "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("diverted"), 1);
+    assert_eq!(o.get("dropped"), 0);
+    assert_eq!(o.get("out_of_order_drops"), 0);
+    assert_eq!(o.get("commands_seen"), 0, "a diverted segment was parsed");
+    assert!(o.data_out == ahead, "a diverted segment was changed");
+    assert!(wakes(&mut ring).is_empty(), "woken before anything moved");
+
+    // The segment that fills the gap arrives, in order: while the daemon
+    // holds segments of the flow it goes through the daemon too (one owner
+    // at a time).
+    let help = s.client_frame(b"HELP\r\n");
+    let o = prog.run(&help);
+    assert_eq!(o.verdict, diverted(hook), "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("commands_seen"), 0);
+    assert!(wakes(&mut ring).is_empty(), "nothing moved");
+
+    // The daemon writes both back through the tap, in order: inspected,
+    // the second masked, both counted as reassembled; each move of the
+    // next expected byte is told.
+    let o = prog.run_on(&help, tap());
+    assert_eq!(o.verdict, Verdict::Pass, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("reassembled"), 1);
+    let w = wakes(&mut ring);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].next_seq, ahead_seq);
+    assert_eq!((w[0].flow.client_port, w[0].flow.server_port), (port, 25));
+    let o = prog.run_on(&ahead, tap());
+    assert_eq!(o.verdict, Verdict::Pass, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("commands_masked"), 1);
+    assert_eq!(o.get("reassembled"), 1);
+    assert!(o.data_out != ahead, "not masked");
+    let w = wakes(&mut ring);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].next_seq, ahead_seq.wrapping_add(10));
+    // Past everything diverted: no more wakes for this flow.
+    s.cseq = ahead_seq.wrapping_add(10);
+    let o = s.client(b"NOOP\r\n");
+    assert_eq!(o.verdict, Verdict::Pass);
+    assert_eq!(o.get("reassembled"), 0, "from the inspected interface");
+    assert!(wakes(&mut ring).is_empty());
+}
+
+#[test]
+fn an_out_of_order_segment_is_diverted_and_inspected_when_written_back_xdp() {
+    divert_and_write_back(Hook::Xdp, v4());
+}
+
+#[test]
+fn an_out_of_order_segment_is_diverted_and_inspected_when_written_back_tc_ipv6() {
+    divert_and_write_back(Hook::Tc, v6());
+}
+
+/// Without a live daemon the kernel drops, as without a fallback: none
+/// announced, a heartbeat too old (a killed daemon), or monitor mode
+/// (which drops nothing, so needs no reordering).
+#[test]
+fn without_a_live_daemon_an_out_of_order_segment_is_dropped() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        for (what, ifindex, age, flags, want) in [
+            ("no daemon", 0, 0, 0, Verdict::Drop),
+            (
+                "stale heartbeat",
+                tap(),
+                HEARTBEAT_TIMEOUT_NS + 1_000_000,
+                0,
+                Verdict::Drop,
+            ),
+            ("monitor mode", tap(), 0, CFG_MONITOR, Verdict::Pass),
+        ] {
+            let mut prog = Loaded::new(hook, flags);
+            announce(&mut prog, ifindex, age);
+            let mut ring = wake_ring(&mut prog);
+            let s = session(&prog, v4());
+            let ahead = s.client_frame_at(s.cseq.wrapping_add(6), b"STARTTLS\r\n");
+            let o = prog.run(&ahead);
+            let ctx = format!("{hook:?}, {what}: {:?}", o.delta.nonzero());
+            assert_eq!(o.verdict, want, "{ctx}");
+            assert_eq!(o.get("diverted"), 0, "{ctx}");
+            assert_eq!(o.get("out_of_order_drops"), 1, "{ctx}");
+            assert!(wakes(&mut ring).is_empty(), "{ctx}");
+        }
+    }
+}
+
+/// Written back too early (the gap is still open), a segment is diverted
+/// again rather than passed: the daemon can reorder, never decide.
+#[test]
+fn a_segment_written_back_before_its_turn_is_diverted_again() {
+    let mut prog = Loaded::new(Hook::Xdp, 0);
+    announce(&mut prog, tap(), 0);
+    let s = session(&prog, v4());
+    let ahead = s.client_frame_at(s.cseq.wrapping_add(6), b"STARTTLS\r\n");
+    assert_eq!(prog.run(&ahead).verdict, Verdict::Redirect);
+    let o = prog.run_on(&ahead, tap());
+    assert_eq!(o.verdict, Verdict::Redirect, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("reassembled"), 0);
+    assert_eq!(o.get("commands_seen"), 0);
+}
