@@ -137,6 +137,31 @@ pub fn scan_to_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
 /// instead be where the words it may read ran out).
 #[inline(always)]
 pub fn find_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> (u32, bool) {
+    let (to, b) = find_flagged(buf, at, end, |x| zero_bytes(x ^ LFS));
+    (to, b == b'\n' as u32)
+}
+
+/// [`find_flagged`] found no flagged byte before the words ran out.
+pub const NO_STOP: u32 = 0x100;
+
+/// Jumps to the first byte from `at` on that `flags` flags (as
+/// [`zero_bytes`] flags: a byte-wise test of a word), or as far as
+/// [`SKIP_WORDS`] words reach. Returns the offset reached (`at` if that
+/// byte is at `at`) and the byte there, or [`NO_STOP`] if the words ran
+/// out first.
+///
+/// A flag of [`zero_bytes`] that is not a real match can only come from a
+/// borrow out of a matching byte below it; with the bytes before `at` left
+/// out, the lowest such flag is at `at` itself, so the offset returned
+/// never passes a byte that matters. The byte reported is read back, not
+/// assumed: where it is such a false flag, at `at`, it is not a match.
+#[inline(always)]
+pub fn find_flagged<W: Words + ?Sized, F: Fn(u64) -> u64>(
+    buf: &W,
+    at: u32,
+    end: u32,
+    flags: F,
+) -> (u32, u32) {
     let mut w = at & !7;
     // Ignore the bytes of the first word that come before `at`.
     let mut keep = u64::MAX << (8 * (at & 7));
@@ -145,22 +170,20 @@ pub fn find_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> (u32, bool) {
             break;
         }
         let x = buf.word(w as usize);
-        let lf = zero_bytes(x ^ LFS) & keep;
-        if lf != 0 {
-            let i = lowest_byte(lf);
+        let m = flags(x) & keep;
+        if m != 0 {
+            let i = lowest_byte(m);
             let to = w + i;
-            // The lowest flag is a LF unless the LF below it was cut off
-            // by `keep`: then it is a 0x0b right at `at`.
-            let found = (x >> (8 * i)) as u8 == b'\n';
-            return if to <= at { (at, found) } else { (to, found) };
+            let b = ((x >> (8 * i)) & 0xff) as u32;
+            return if to <= at { (at, b) } else { (to, b) };
         }
         w += 8;
         keep = u64::MAX;
     }
     if w <= at {
-        (at, false)
+        (at, NO_STOP)
     } else {
-        (w, false)
+        (w, NO_STOP)
     }
 }
 
@@ -176,43 +199,11 @@ fn address_stops(x: u64) -> u64 {
         | zero_bytes(x ^ (ONES * b'`' as u64))
 }
 
-/// [`scan_address`] found no byte that matters before the words ran out.
-pub const NO_STOP: u32 = 0x100;
-
 /// The address of a MAIL or RCPT: jumps to the next byte an address rule
-/// looks at (see [`address_stops`]), or as far as [`SKIP_WORDS`] words
-/// reach. Returns the offset reached (`at` if that byte is at `at`) and the
-/// byte there, or [`NO_STOP`] if the scan ran out of words first.
-///
-/// A flag of [`zero_bytes`] that is not one of those bytes can only come
-/// from a borrow out of a flagged byte below it; with the bytes before
-/// `at` left out, the lowest such flag is at `at` itself, so the offset
-/// returned never passes a byte that matters (and the byte reported there
-/// is read back, not assumed).
+/// looks at (see [`address_stops`]), as [`find_flagged`] does.
 #[inline(always)]
 pub fn scan_address<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> (u32, u32) {
-    let mut w = at & !7;
-    let mut keep = u64::MAX << (8 * (at & 7));
-    for _ in 0..SKIP_WORDS {
-        if w + 8 > end {
-            break;
-        }
-        let x = buf.word(w as usize);
-        let m = address_stops(x) & keep;
-        if m != 0 {
-            let i = lowest_byte(m);
-            let to = w + i;
-            let b = ((x >> (8 * i)) & 0xff) as u32;
-            return if to <= at { (at, b) } else { (to, b) };
-        }
-        w += 8;
-        keep = u64::MAX;
-    }
-    if w <= at {
-        (at, NO_STOP)
-    } else {
-        (w, NO_STOP)
-    }
+    find_flagged(buf, at, end, address_stops)
 }
 
 /// The eight bytes at buffer offset `at` (any alignment) as a

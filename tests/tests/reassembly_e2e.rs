@@ -226,16 +226,23 @@ fn check_server(bed: &Bed, want: &[u8], body: &str) {
     );
 }
 
-fn reordered(offloads: Offloads, mode: Mode, server: IpAddr) {
-    let bed = Bed::new(offloads, mode, &[]);
-    bed.reorder("20mbit");
-    let burst = 120;
-    let (script, want, body) = session(burst, 512, None);
+/// Runs a session of `burst` commands and a `kib` KiB body from the client
+/// to `server`, and checks what the client was answered and what the
+/// server received.
+fn run_checked(bed: &Bed, server: IpAddr, burst: usize, kib: usize) {
+    let (script, want, body) = session(burst, kib, None);
     let t = client::spawn(&bed.tb.client, server, 25, &script)
         .finish_raw()
         .unwrap_or_else(|e| panic!("the session failed: {e}\n{}", bed.context()));
     check_replies(&t, burst);
-    check_server(&bed, &want, &body);
+    check_server(bed, &want, &body);
+}
+
+fn reordered(offloads: Offloads, mode: Mode, server: IpAddr) {
+    let bed = Bed::new(offloads, mode, &[]);
+    bed.reorder("20mbit");
+    let burst = 120;
+    run_checked(&bed, server, burst, 512);
     let c = bed.inspector().stats_json();
     let ctx = bed.context();
     eprintln!(
@@ -368,12 +375,7 @@ fn past_the_flow_limit_segments_are_dropped_and_retransmitted() {
     bed.tb.client.sysctl("net.ipv4.tcp_timestamps", "0");
     bed.reorder("20mbit");
     let burst = 60;
-    let (script, want, body) = session(burst, 256, None);
-    let t = client::spawn(&bed.tb.client, SERVER_V4, 25, &script)
-        .finish_raw()
-        .unwrap_or_else(|e| panic!("the session failed: {e}\n{}", bed.context()));
-    check_replies(&t, burst);
-    check_server(&bed, &want, &body);
+    run_checked(&bed, SERVER_V4, burst, 256);
     let c = bed.inspector().stats_json();
     assert!(counter(&c, "fallback_drops") > 0, "{}", bed.context());
 }
@@ -384,12 +386,7 @@ fn without_the_fallback_reordered_segments_are_dropped() {
     let bed = Bed::new(Offloads::Off, Mode::Tc, &["--no-fallback"]);
     bed.reorder("20mbit");
     let burst = 60;
-    let (script, want, body) = session(burst, 256, None);
-    let t = client::spawn(&bed.tb.client, SERVER_V4, 25, &script)
-        .finish_raw()
-        .unwrap_or_else(|e| panic!("the session failed: {e}\n{}", bed.context()));
-    check_replies(&t, burst);
-    check_server(&bed, &want, &body);
+    run_checked(&bed, SERVER_V4, burst, 256);
     let c = bed.inspector().stats_json();
     assert_eq!(counter(&c, "diverted"), 0, "{}", bed.context());
     assert!(counter(&c, "out_of_order_drops") > 0, "{}", bed.context());
