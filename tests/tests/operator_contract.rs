@@ -709,19 +709,7 @@ fn second_inspector_on_an_interface_is_refused() {
 // ---------------------------------------------------------------------
 
 fn allowed_now(ns: &NetNs, dir: &Path) -> Vec<String> {
-    let out = inspector_in(
-        ns,
-        &[
-            "policy",
-            "show",
-            "--json",
-            "--pin-dir",
-            dir.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{out}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["allowed"]
+    shown(ns, dir)["allowed"]
         .as_array()
         .unwrap()
         .iter()
