@@ -200,10 +200,11 @@ fn address_stops(x: u64) -> u64 {
 }
 
 /// The address of a MAIL or RCPT: jumps to the next byte an address rule
-/// looks at (see [`address_stops`]), as [`find_flagged`] does.
+/// looks at (see [`address_stops`]), as [`find_flagged`] does, and returns
+/// the offset reached.
 #[inline(always)]
-pub fn scan_address<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> (u32, u32) {
-    find_flagged(buf, at, end, address_stops)
+pub fn scan_address<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
+    find_flagged(buf, at, end, address_stops).0
 }
 
 /// The eight bytes at buffer offset `at` (any alignment) as a

@@ -30,9 +30,7 @@
 
 use crate::{
     config::{action, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
-    scan::{
-        bytes_at, find_lf, scan_address, scan_body, scan_to_lf, verb_word, Words, CHUNK, NO_STOP,
-    },
+    scan::{bytes_at, find_lf, scan_address, scan_body, scan_to_lf, verb_word, Words, CHUNK},
     verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX},
 };
 
@@ -532,7 +530,7 @@ impl ClientState {
     #[inline(always)]
     fn address_ahead<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> u32 {
         let Some(x) = bytes_at(buf, at, end) else {
-            return self.address_scan(buf, at, end).0;
+            return self.address_scan(buf, at, end);
         };
         let n = if self.addr == addr::PRE {
             // `T`, `O` (or `F`, `R`, `O`, `M`) make the first word and are
@@ -571,37 +569,44 @@ impl ClientState {
         } else if n == 1 {
             self.addr = addr::DONE;
         }
-        self.address_scan(buf, at + n, end).0
+        self.address_scan(buf, at + n, end)
     }
 
-    /// One scan of [`Self::address_ahead`], inside the brackets (IN) or
-    /// after them (DONE, PARAM_IN): the offset reached and the byte there
-    /// ([`NO_STOP`] if none).
+    /// How far a fast path may count command-line bytes from `at`: up to
+    /// the byte at which the command-line limit matches, which is left to
+    /// `step` (once it matched, to `end`).
     #[inline(always)]
-    fn address_scan<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> (u32, u32) {
-        let inside = self.addr == addr::IN;
-        if !inside && self.addr != addr::DONE && self.addr != addr::PARAM_IN {
-            return (at, NO_STOP);
-        }
-        let mut stop = if self.line_len > MAX_COMMAND_LINE {
+    fn line_stop(&self, at: u32, end: u32) -> u32 {
+        if self.line_len > MAX_COMMAND_LINE {
             end
         } else {
             core::cmp::min(end, at + (MAX_COMMAND_LINE - self.line_len))
-        };
+        }
+    }
+
+    /// One scan of [`Self::address_ahead`], inside the brackets (IN) or
+    /// after them (DONE, PARAM_IN): the offset reached.
+    #[inline(always)]
+    fn address_scan<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> u32 {
+        let inside = self.addr == addr::IN;
+        if !inside && self.addr != addr::DONE && self.addr != addr::PARAM_IN {
+            return at;
+        }
+        let mut stop = self.line_stop(at, end);
         if inside && self.lim & lim::ADDRESS_LENGTH == 0 {
             if self.addr_len >= MAX_ADDRESS {
-                return (at, NO_STOP);
+                return at;
             }
             stop = core::cmp::min(stop, at + (MAX_ADDRESS - self.addr_len) as u32);
         }
-        let (to, b) = scan_address(buf, at, stop);
+        let to = scan_address(buf, at, stop);
         let n = to - at;
         self.line_len = self.line_len.saturating_add(n);
         if inside {
             let n = core::cmp::min(n, u16::MAX as u32) as u16;
             self.addr_len = self.addr_len.saturating_add(n);
         }
-        (to, b)
+        to
     }
 
     /// The argument part of [`Self::skip_ahead`], alone: in the arguments
@@ -619,11 +624,7 @@ impl ClientState {
         }
         // A command line: counted, and the byte that goes past the limit
         // is left to `step`, which reports it.
-        let stop = if self.line_len > MAX_COMMAND_LINE {
-            end
-        } else {
-            core::cmp::min(end, at + (MAX_COMMAND_LINE - self.line_len))
-        };
+        let stop = self.line_stop(at, end);
         let (to, lf) = find_lf(buf, at, stop);
         self.line_len += to - at;
         (to, lf)
