@@ -54,7 +54,12 @@ impl Fallback {
     /// Where to divert at time `now`, if the daemon is there.
     #[inline(always)]
     pub fn target(&self, now: u64) -> Option<u32> {
-        if self.ifindex != 0 && now.wrapping_sub(self.heartbeat_ns) < HEARTBEAT_TIMEOUT_NS {
+        // Signed: a heartbeat written after the program read its clock
+        // (the daemon beats on another CPU) is a little in the future, and
+        // just as fresh.
+        let age = now.wrapping_sub(self.heartbeat_ns) as i64;
+        let fresh = age > -(HEARTBEAT_TIMEOUT_NS as i64) && age < HEARTBEAT_TIMEOUT_NS as i64;
+        if self.ifindex != 0 && fresh {
             Some(self.ifindex)
         } else {
             None
@@ -83,6 +88,17 @@ mod tests {
         };
         assert_eq!(f.target(10_500_000_000), Some(7));
         assert_eq!(f.target(12_000_000_000), None, "stale heartbeat");
+        assert_eq!(
+            f.target(9_999_999_000),
+            Some(7),
+            "written after the clock was read"
+        );
+        assert_eq!(f.target(1_000_000_000), None, "from far in the future");
+        let never = Fallback {
+            heartbeat_ns: 0,
+            ..f
+        };
+        assert_eq!(never.target(10_500_000_000), None, "never beat");
         let none = Fallback { ifindex: 0, ..f };
         assert_eq!(none.target(10_500_000_000), None);
     }

@@ -631,169 +631,211 @@ pub fn withdraw(pin_dir: &Path) -> Result<()> {
     )
 }
 
-/// The fallback's life: read diverted frames, hold, release, expire, beat.
-pub async fn run(pin_dir: &Path, tap: Tap, limits: Limits) -> Result<()> {
-    let mut maps = Maps::open(pin_dir)?;
-    let ring = RingBuf::try_from(Map::RingBuf(open_map(
-        pin_dir,
-        WAKE_MAP,
-        "fallback wake ring",
-    )?))?;
-    // SAFETY: the ring owns its fd, which stays open and the same for as
-    // long as the AsyncFd owns the ring.
-    let mut wake_fd = unsafe { AsyncFd::register(ring) }.context("polling the wake ring")?;
-    // SAFETY: the OwnedFd stays open and the same for as long as the
-    // AsyncFd owns it.
-    let tap_fd = unsafe { AsyncFd::register(tap.fd) }.context("polling the tap")?;
-    let mut buf = Buffer::new(limits);
-    let mut frame = vec![0u8; FRAME_MAX];
-    let mut tick = tokio::time::interval(TICK);
-    let mut drops = 0u64;
-    let mut log_limit = RateLimit::new(5, Duration::from_secs(10));
-    maps.announce(tap.ifindex, &buf)?;
-    info!(
-        "reassembly fallback on tap {} (holds up to {} bytes per flow, {} in total, for {:?})",
-        tap.name, limits.flow_bytes, limits.total_bytes, limits.hold
-    );
-    // The highest TSval written back per flow. A held segment is older
-    // than the retransmission that filled the gap before it: written back
-    // with its own timestamp, the server would discard it (PAWS, RFC 7323)
-    // after the kernel inspected and passed it, and its retransmission
-    // could not be re-inspected. So it gets the newest TSval of its flow
-    // (the server's RTT estimate is all that changes).
-    let mut stamps: HashMap<FlowKey, (u32, Instant)> = HashMap::new();
-    let mut write = |mut seg: Segment| -> Result<()> {
-        if let Some(ts) = seg.tsval() {
-            let now = Instant::now();
-            if stamps.len() > 4096 {
-                stamps.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(10));
+/// The fallback, announced to the kernel and ready to run.
+pub struct Daemon {
+    maps: Maps,
+    wake_fd: AsyncFd<RingBuf<MapData>>,
+    tap_fd: AsyncFd<OwnedFd>,
+    tap: TapInfo,
+    limits: Limits,
+}
+
+/// What the running daemon keeps of its tap besides the descriptor.
+struct TapInfo {
+    ifindex: u32,
+    mac: [u8; 6],
+}
+
+impl Daemon {
+    /// Opens what the daemon uses and writes its first heartbeat, so that
+    /// the kernel diverts from now on: called before the readiness line,
+    /// since whoever waits for that line may reorder segments at once.
+    /// Needs a tokio runtime context.
+    pub fn start(pin_dir: &Path, tap: Tap, limits: Limits) -> Result<Daemon> {
+        let mut maps = Maps::open(pin_dir)?;
+        let ring = RingBuf::try_from(Map::RingBuf(open_map(
+            pin_dir,
+            WAKE_MAP,
+            "fallback wake ring",
+        )?))?;
+        // SAFETY: the ring owns its fd, which stays open and the same for
+        // as long as the AsyncFd owns the ring.
+        let wake_fd = unsafe { AsyncFd::register(ring) }.context("polling the wake ring")?;
+        // SAFETY: the OwnedFd stays open and the same for as long as the
+        // AsyncFd owns it.
+        let tap_fd = unsafe { AsyncFd::register(tap.fd) }.context("polling the tap")?;
+        maps.announce(tap.ifindex, &Buffer::new(limits))?;
+        info!(
+            "reassembly fallback on tap {} (holds up to {} bytes per flow, {} in total, for {:?})",
+            tap.name, limits.flow_bytes, limits.total_bytes, limits.hold
+        );
+        Ok(Daemon {
+            maps,
+            wake_fd,
+            tap_fd,
+            tap: TapInfo {
+                ifindex: tap.ifindex,
+                mac: tap.mac,
+            },
+            limits,
+        })
+    }
+
+    /// The fallback's life: read diverted frames, hold, release, expire,
+    /// beat.
+    pub async fn run(self) -> Result<()> {
+        let Daemon {
+            mut maps,
+            mut wake_fd,
+            tap_fd,
+            tap,
+            limits,
+        } = self;
+        let mut buf = Buffer::new(limits);
+        let mut frame = vec![0u8; FRAME_MAX];
+        let mut tick = tokio::time::interval(TICK);
+        let mut drops = 0u64;
+        let mut log_limit = RateLimit::new(5, Duration::from_secs(10));
+        // The highest TSval written back per flow. A held segment is older
+        // than the retransmission that filled the gap before it: written back
+        // with its own timestamp, the server would discard it (PAWS, RFC 7323)
+        // after the kernel inspected and passed it, and its retransmission
+        // could not be re-inspected. So it gets the newest TSval of its flow
+        // (the server's RTT estimate is all that changes).
+        let mut stamps: HashMap<FlowKey, (u32, Instant)> = HashMap::new();
+        let mut write = |mut seg: Segment| -> Result<()> {
+            if let Some(ts) = seg.tsval() {
+                let now = Instant::now();
+                if stamps.len() > 4096 {
+                    stamps.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(10));
+                }
+                let e = stamps.entry(seg.key).or_insert((ts, now));
+                if seq_diff(ts, e.0) < 0 {
+                    seg.restamp(e.0);
+                } else {
+                    e.0 = ts;
+                }
+                e.1 = now;
             }
-            let e = stamps.entry(seg.key).or_insert((ts, now));
-            if seq_diff(ts, e.0) < 0 {
-                seg.restamp(e.0);
-            } else {
-                e.0 = ts;
+            match rustix::io::write(tap_fd.get_ref(), &seg.frame) {
+                Ok(_) => Ok(()),
+                // The segment is lost as a dropped one is: TCP retransmits it.
+                Err(e) => bail!("writing a segment back into the tap: {e}"),
             }
-            e.1 = now;
-        }
-        match rustix::io::write(tap_fd.get_ref(), &seg.frame) {
-            Ok(_) => Ok(()),
-            // The segment is lost as a dropped one is: TCP retransmits it.
-            Err(e) => bail!("writing a segment back into the tap: {e}"),
-        }
-    };
-    loop {
-        let mut dropped_now = 0u64;
-        tokio::select! {
-            guard = tap_fd.readable() => {
-                let mut guard = guard?;
-                loop {
-                    match rustix::io::read(tap_fd.get_ref(), &mut frame) {
-                        Ok(n) => {
-                            let Some(seg) = parse(&frame[..n], tap.mac) else { continue };
-                            let key = seg.key;
-                            // Where the stream is now (the bytes before it
-                            // may have passed before it got here: their
-                            // wake is gone then).
-                            let Some(next) = maps.next_seq(&key) else {
-                                dropped_now += 1 + buf.forget(&key);
-                                continue;
-                            };
-                            // Its turn already (an in-order segment of a
-                            // flow with held ones goes through here too):
-                            // straight back, whatever the limits, or a full
-                            // buffer would refuse the very segment it waits
-                            // for.
-                            let at = seq_diff(seg.seq, next) <= 0;
-                            if at && seq_diff(seg.end, next) > 0 {
-                                let end = seg.end;
-                                if let Err(e) = write(seg) {
-                                    warn!("{e:#}");
+        };
+        loop {
+            let mut dropped_now = 0u64;
+            tokio::select! {
+                guard = tap_fd.readable() => {
+                    let mut guard = guard?;
+                    loop {
+                        match rustix::io::read(tap_fd.get_ref(), &mut frame) {
+                            Ok(n) => {
+                                let Some(seg) = parse(&frame[..n], tap.mac) else { continue };
+                                let key = seg.key;
+                                // Where the stream is now (the bytes before it
+                                // may have passed before it got here: their
+                                // wake is gone then).
+                                let Some(next) = maps.next_seq(&key) else {
+                                    dropped_now += 1 + buf.forget(&key);
+                                    continue;
+                                };
+                                // Its turn already (an in-order segment of a
+                                // flow with held ones goes through here too):
+                                // straight back, whatever the limits, or a full
+                                // buffer would refuse the very segment it waits
+                                // for.
+                                let at = seq_diff(seg.seq, next) <= 0;
+                                if at && seq_diff(seg.end, next) > 0 {
+                                    let end = seg.end;
+                                    if let Err(e) = write(seg) {
+                                        warn!("{e:#}");
+                                    }
+                                    for f in buf.release(&key, end) {
+                                        if let Err(e) = write(f) {
+                                            warn!("{e:#}");
+                                        }
+                                    }
+                                    continue;
                                 }
-                                for f in buf.release(&key, end) {
+                                if at {
+                                    // Wholly before it: passed in another copy.
+                                    continue;
+                                }
+                                if let Err(why) = buf.hold(seg, Instant::now()) {
+                                    dropped_now += 1;
+                                    let (ok, _) = log_limit.allow(Instant::now());
+                                    if ok {
+                                        warn!("reassembly fallback: dropped a segment ({why:?})");
+                                    }
+                                    continue;
+                                }
+                                for f in buf.release(&key, next) {
                                     if let Err(e) = write(f) {
                                         warn!("{e:#}");
                                     }
                                 }
-                                continue;
                             }
-                            if at {
-                                // Wholly before it: passed in another copy.
-                                continue;
+                            Err(rustix::io::Errno::AGAIN) => {
+                                guard.clear_ready();
+                                break;
                             }
-                            if let Err(why) = buf.hold(seg, Instant::now()) {
-                                dropped_now += 1;
-                                let (ok, _) = log_limit.allow(Instant::now());
-                                if ok {
-                                    warn!("reassembly fallback: dropped a segment ({why:?})");
-                                }
-                                continue;
-                            }
-                            for f in buf.release(&key, next) {
-                                if let Err(e) = write(f) {
-                                    warn!("{e:#}");
-                                }
-                            }
+                            Err(e) => return Err(e).context("reading the tap"),
                         }
-                        Err(rustix::io::Errno::AGAIN) => {
-                            guard.clear_ready();
-                            break;
-                        }
-                        Err(e) => return Err(e).context("reading the tap"),
                     }
                 }
-            }
-            guard = wake_fd.readable_mut() => {
-                let mut guard = guard?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    if item.len() < std::mem::size_of::<Wake>() {
-                        continue;
+                guard = wake_fd.readable_mut() => {
+                    let mut guard = guard?;
+                    let ring = guard.get_inner_mut();
+                    while let Some(item) = ring.next() {
+                        if item.len() < std::mem::size_of::<Wake>() {
+                            continue;
+                        }
+                        // SAFETY: the item holds at least one Wake (checked
+                        // above), read unaligned; Wake is plain data.
+                        let w: Wake = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Wake) };
+                        for f in buf.release(&w.flow, w.next_seq) {
+                            if let Err(e) = write(f) {
+                                warn!("{e:#}");
+                            }
+                        }
                     }
-                    // SAFETY: the item holds at least one Wake (checked
-                    // above), read unaligned; Wake is plain data.
-                    let w: Wake = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Wake) };
-                    for f in buf.release(&w.flow, w.next_seq) {
-                        if let Err(e) = write(f) {
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => {
+                    // A wake lost to a full ring must not strand a flow.
+                    for key in buf.flows() {
+                        match maps.next_seq(&key) {
+                            Some(next) => {
+                                for f in buf.release(&key, next) {
+                                    if let Err(e) = write(f) {
+                                        warn!("{e:#}");
+                                    }
+                                }
+                            }
+                            None => dropped_now += buf.forget(&key),
+                        }
+                    }
+                    let expired = buf.expire(Instant::now());
+                    if expired > 0 {
+                        let (ok, _) = log_limit.allow(Instant::now());
+                        if ok {
+                            warn!("reassembly fallback: dropped {expired} segment(s) held longer than {:?}", limits.hold);
+                        }
+                    }
+                    dropped_now += expired;
+                    if drops > 0 {
+                        if let Err(e) = maps.count_drops(drops) {
                             warn!("{e:#}");
+                        } else {
+                            drops = 0;
                         }
                     }
+                    maps.announce(tap.ifindex, &buf)?;
                 }
-                guard.clear_ready();
             }
-            _ = tick.tick() => {
-                // A wake lost to a full ring must not strand a flow.
-                for key in buf.flows() {
-                    match maps.next_seq(&key) {
-                        Some(next) => {
-                            for f in buf.release(&key, next) {
-                                if let Err(e) = write(f) {
-                                    warn!("{e:#}");
-                                }
-                            }
-                        }
-                        None => dropped_now += buf.forget(&key),
-                    }
-                }
-                let expired = buf.expire(Instant::now());
-                if expired > 0 {
-                    let (ok, _) = log_limit.allow(Instant::now());
-                    if ok {
-                        warn!("reassembly fallback: dropped {expired} segment(s) held longer than {:?}", limits.hold);
-                    }
-                }
-                dropped_now += expired;
-                if drops > 0 {
-                    if let Err(e) = maps.count_drops(drops) {
-                        warn!("{e:#}");
-                    } else {
-                        drops = 0;
-                    }
-                }
-                maps.announce(tap.ifindex, &buf)?;
-            }
+            drops += dropped_now;
         }
-        drops += dropped_now;
     }
 }
 

@@ -132,7 +132,21 @@ fn run_attached(
     };
     let links = attach_with_settings(&mut ebpf, args, settings, pins.path())?;
     let fallback = match settings.fallback {
-        Some(limits) => start_fallback(&mut ebpf, args.mode).map(|tap| (tap, limits)),
+        Some(limits) => match start_fallback(&mut ebpf, args.mode) {
+            // Announced before the readiness line below: whoever waits
+            // for it may send reordered segments at once.
+            Some(tap) => {
+                let _rt = rt.enter();
+                match fallback::Daemon::start(pins.path(), tap, limits) {
+                    Ok(daemon) => Some(daemon),
+                    Err(e) => {
+                        warn!("no reassembly fallback ({e:#}): out-of-order segments are dropped and retransmitted");
+                        None
+                    }
+                }
+            }
+            None => None,
+        },
         None => {
             info!("reassembly fallback off: out-of-order segments are dropped and retransmitted");
             None
@@ -322,12 +336,12 @@ async fn run_until_signal(
     signals: Signals,
     metrics: Option<tokio::net::TcpListener>,
     relay: journal::Relay,
-    fallback: Option<(fallback::Tap, fallback::Limits)>,
+    fallback: Option<fallback::Daemon>,
     pin_dir: &Path,
 ) -> Result<()> {
     let reassemble = async {
         match fallback {
-            Some((tap, limits)) => fallback::run(pin_dir, tap, limits).await,
+            Some(daemon) => daemon.run().await,
             None => std::future::pending().await,
         }
     };
