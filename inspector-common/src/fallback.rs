@@ -1,4 +1,4 @@
-//! The reassembly fallback (docs/contract.md §5): a client segment that
+//! The reassembly fallback (docs/contract.md §5): a segment that
 //! starts beyond the next expected byte is not dropped but redirected to a
 //! tap device that `inspector attach` owns. The daemon holds such segments
 //! per flow and writes them back into the tap, in sequence order, once the
@@ -6,11 +6,14 @@
 //! inspector again, so every byte is still parsed and masked by the kernel,
 //! in order, from the flow's own state. The daemon only reorders.
 //!
+//! The server's direction is handled the same way: its segments reorder
+//! too, and a gap in the replies would otherwise cost a drop.
+//!
 //! Handing over and back needs no shared state beyond this: the kernel
-//! marks the client half of a flow (`DIR_DIVERTED`, in place) while
-//! segments of it may be held, and tells the daemon through the wake ring
-//! each time that flow's next expected byte moves, so the daemon knows when
-//! a held segment has become the next one.
+//! marks a direction of a flow (`DIR_DIVERTED`, in place) while segments
+//! of it may be held, and tells the daemon through the wake ring each time
+//! that direction's next expected byte moves, so the daemon knows when a
+//! held segment has become the next one.
 
 use crate::flow::FlowKey;
 
@@ -67,12 +70,15 @@ impl Fallback {
     }
 }
 
-/// The client's next expected byte of a flow with diverted segments moved.
+/// The next expected byte of one direction of a flow with diverted
+/// segments moved.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Wake {
     pub flow: FlowKey,
     pub next_seq: u32,
+    /// 1: the server's direction; 0: the client's.
+    pub server: u32,
 }
 
 #[cfg(test)]

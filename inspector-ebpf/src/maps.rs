@@ -148,11 +148,12 @@ pub fn fallback_ifindex() -> u32 {
     }
 }
 
-/// Tells the fallback daemon that the client's next expected byte of the
-/// flow `key` is now `next_seq`. A full ring loses the record; the daemon
-/// also reads the flow table when it ticks.
+/// Tells the fallback daemon that the next expected byte of the flow
+/// `key`'s client (or, with `server`, server) direction is now `next_seq`.
+/// A full ring loses the record; the daemon also reads the flow table when
+/// it ticks.
 #[inline(always)]
-pub fn wake(key: &FlowKey, next_seq: u32) {
+pub fn wake(key: &FlowKey, next_seq: u32, server: bool) {
     if let Some(mut entry) = WAKE.reserve::<Wake>(0) {
         let p = entry.as_mut_ptr();
         // SAFETY: `p` points to the reserved entry, which only this program
@@ -160,6 +161,7 @@ pub fn wake(key: &FlowKey, next_seq: u32) {
         unsafe {
             (*p).flow = *key;
             (*p).next_seq = next_seq;
+            (*p).server = server as u32;
         }
         entry.submit(0);
     }

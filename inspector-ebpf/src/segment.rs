@@ -8,7 +8,7 @@ use inspector_common::{
     counters::Counter,
     events::{kind, reason},
     flow::{
-        classify, expected_after, seq_diff, ClientDir, SegClass, DIR_DIVERTED, DIR_DROPPED,
+        classify, expected_after, seq_diff, Cursor, SegClass, DIR_DIVERTED, DIR_DROPPED,
         DIR_RESET, DIR_SYNCED,
     },
     smtp::cstate,
@@ -79,7 +79,13 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     let monitor = cfg & CFG_MONITOR != 0;
     w.packet.monitor = monitor as u32;
 
-    if !client_side {
+    // A segment the fallback daemon wrote back into its tap. Only the
+    // daemon writes into the tap, and it writes only what this program
+    // redirected there (nothing else is routed out of a tap without
+    // routes), after this very check for the server's direction: such a
+    // segment's side was checked when it first came in.
+    let from_fallback = ctx.ingress_ifindex() == fallback_ifindex();
+    if !client_side && !from_fallback {
         // Before anything of the flow is read or written: a forged server
         // packet must not move sequence numbers, acknowledgements, replies
         // or the SYN-ACK (docs/contract.md §9).
@@ -149,8 +155,7 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         seq
     };
     stream::begin(w, seq, payload_off as u32);
-    // A client segment the fallback daemon wrote back into its tap.
-    w.packet.from_fallback = (client_side && ctx.ingress_ifindex() == fallback_ifindex()) as u32;
+    w.packet.from_fallback = from_fallback as u32;
     w.packet.redirectable = ctx.redirectable() as u32;
     let verdict = if client_side {
         client(ctx, &mut entry.client(), w, seq, payload_len)
@@ -290,7 +295,7 @@ fn client<P: Packet>(
     // the stream is parsed in one place, in sequence (docs/contract.md §5).
     if own.cur.flags & DIR_DIVERTED != 0
         && w.packet.from_fallback == 0
-        && try_divert(own, w, seq, len)
+        && try_divert(&mut own.cur, w, seq, len)
     {
         return Verdict::Divert;
     }
@@ -329,7 +334,7 @@ fn client<P: Packet>(
             own.state = w.parser.client;
             own.cur.next_seq = seq.wrapping_add(len);
             side.publish(&w.parser.client);
-            advanced(side, w);
+            advanced(&mut side.own.cur, w, false);
             if w.parser.reset != 0 {
                 // Monitor mode: reported, and the flow goes on.
                 return Verdict::Reset;
@@ -375,7 +380,7 @@ fn client<P: Packet>(
                 own.state = w.parser.client;
                 own.cur.next_seq = seq.wrapping_add(len);
                 side.publish(&w.parser.client);
-                advanced(side, w);
+                advanced(&mut side.own.cur, w, false);
                 if w.parser.reset != 0 {
                     return Verdict::Reset;
                 }
@@ -386,31 +391,32 @@ fn client<P: Packet>(
             count(Counter::RetransAcked);
             Verdict::Pass
         }
-        SegClass::Future => divert(own, w, seq, len),
+        SegClass::Future => divert(&mut own.cur, w, seq, len),
     }
 }
 
-/// A client segment that starts beyond the next expected byte: to the
-/// reassembly fallback if its daemon is there, which writes it back once the
-/// bytes before it have passed; dropped otherwise (the sender retransmits).
-/// In monitor mode nothing is dropped, so nothing needs reordering.
+/// A segment that starts beyond the next expected byte of its direction
+/// (`cur`): to the reassembly fallback if its daemon is there, which writes
+/// it back once the bytes before it have passed; dropped otherwise (the
+/// sender retransmits). In monitor mode nothing is dropped, so nothing
+/// needs reordering.
 #[inline(always)]
-fn divert(own: &mut ClientDir, w: &mut WorkArea, seq: u32, len: u32) -> Verdict {
-    if try_divert(own, w, seq, len) {
+fn divert(cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> Verdict {
+    if try_divert(cur, w, seq, len) {
         Verdict::Divert
     } else {
         Verdict::Drop(Counter::OutOfOrderDrops)
     }
 }
 
-/// Marks the flow as having segments with the fallback and says where to
-/// send this one; false if there is no live daemon (or in monitor mode).
-/// The mark is only set here, where it is clear, and cleared by
-/// [`advanced`]: while it is set this side writes only `divert_end`, so
-/// the segments the daemon writes back (on another CPU, maybe) are the only
-/// writer of the rest of this half.
+/// Marks the direction (`cur`) as having segments with the fallback and
+/// says where to send this one; false if there is no live daemon (or in
+/// monitor mode). The mark is only set here, where it is clear, and cleared
+/// by [`advanced`]: while it is set this direction writes only
+/// `divert_end`, so the segments the daemon writes back (on another CPU,
+/// maybe) are the only writer of the rest of this half.
 #[inline(always)]
-fn try_divert(own: &mut ClientDir, w: &mut WorkArea, seq: u32, len: u32) -> bool {
+fn try_divert(cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> bool {
     if w.packet.monitor != 0 || w.packet.redirectable == 0 {
         return false;
     }
@@ -423,26 +429,26 @@ fn try_divert(own: &mut ClientDir, w: &mut WorkArea, seq: u32, len: u32) -> bool
         return false;
     };
     let end = seq.wrapping_add(len);
-    if own.cur.flags & DIR_DIVERTED == 0 {
-        own.cur.divert_end = end;
-        own.cur.flags |= DIR_DIVERTED;
-    } else if seq_diff(end, own.cur.divert_end) > 0 {
-        own.cur.divert_end = end;
+    if cur.flags & DIR_DIVERTED == 0 {
+        cur.divert_end = end;
+        cur.flags |= DIR_DIVERTED;
+    } else if seq_diff(end, cur.divert_end) > 0 {
+        cur.divert_end = end;
     }
     w.packet.divert_to = ifindex;
     true
 }
 
-/// The client's next expected byte moved: if segments of the flow may be
-/// held by the fallback, tell its daemon, until the stream has reached the
-/// end of every segment diverted so far.
+/// The next expected byte of a direction (`cur`; the server's with
+/// `server`) moved: if segments of it may be held by the fallback, tell its
+/// daemon, until the stream has reached the end of every segment diverted
+/// so far.
 #[inline(always)]
-fn advanced(side: &mut ClientSide<'_>, w: &WorkArea) {
-    let cur = &mut side.own.cur;
+fn advanced(cur: &mut Cursor, w: &WorkArea, server: bool) {
     if cur.flags & DIR_DIVERTED == 0 {
         return;
     }
-    wake(&w.packet.key, cur.next_seq);
+    wake(&w.packet.key, cur.next_seq, server);
     if seq_diff(cur.next_seq, cur.divert_end) >= 0 {
         cur.flags &= !DIR_DIVERTED;
     }
@@ -490,6 +496,13 @@ fn server<P: Packet>(
     }
     w.parser.shared = side.shared();
     let own = &mut *side.own;
+    // One owner at a time, as for the client.
+    if own.cur.flags & DIR_DIVERTED != 0
+        && w.packet.from_fallback == 0
+        && try_divert(&mut own.cur, w, seq, len)
+    {
+        return Verdict::Divert;
+    }
     match classify(seq, len, &own.cur, peer_acked) {
         SegClass::InOrder => {
             w.parser.server = own.state;
@@ -498,6 +511,7 @@ fn server<P: Packet>(
             own.state = w.parser.server;
             own.cur.next_seq = seq.wrapping_add(len);
             side.publish(&w.parser.shared);
+            advanced(&mut side.own.cur, w, true);
             Verdict::Pass
         }
         SegClass::Old { overlap } => {
@@ -526,6 +540,7 @@ fn server<P: Packet>(
                 own.state = w.parser.server;
                 own.cur.next_seq = seq.wrapping_add(len);
                 side.publish(&w.parser.shared);
+                advanced(&mut side.own.cur, w, true);
             }
             Verdict::Pass
         }
@@ -533,6 +548,6 @@ fn server<P: Packet>(
             count(Counter::RetransAcked);
             Verdict::Pass
         }
-        SegClass::Future => Verdict::Drop(Counter::OutOfOrderDrops),
+        SegClass::Future => divert(&mut own.cur, w, seq, len),
     }
 }

@@ -33,6 +33,7 @@ use inspector_common::{
     counters::{Counter, COUNTERS_MAP},
     fallback::{Fallback, Wake, FALLBACK_MAP, WAKE_MAP},
     flow::{seq_diff, Flow, FlowKey, FLOWS_MAP},
+    ports::{port_slot, PORTS_MAP},
 };
 use log::{info, warn};
 use tokio::io::unix::AsyncFd;
@@ -202,10 +203,19 @@ fn loosen_rp_filter(sock: &OwnedFd, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// One direction of a flow: what the daemon holds segments of, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Half {
+    pub flow: FlowKey,
+    /// The server's direction (replies), not the client's (commands).
+    pub server: bool,
+}
+
 /// What the daemon found in a frame the kernel diverted.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Segment {
-    pub key: FlowKey,
+    /// Its flow and direction (see [`Segment::from_server`]).
+    pub key: Half,
     pub seq: u32,
     pub end: u32,
     /// The frame to write back: Ethernet header for the tap, then the IP
@@ -221,6 +231,24 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// Makes it a segment of the server's direction: the frame goes from
+    /// the server to the client, so its flow key is the other way round.
+    /// [`parse`] cannot tell (it does not know the inspected ports); the
+    /// kernel decides as the daemon must: a segment to an inspected port is
+    /// the client's.
+    pub fn from_server(&mut self) {
+        let f = self.key.flow;
+        self.key = Half {
+            flow: FlowKey {
+                client: f.server,
+                server: f.client,
+                client_port: f.server_port,
+                server_port: f.client_port,
+            },
+            server: true,
+        };
+    }
+
     /// The TSval of its timestamp option, if it has one.
     pub fn tsval(&self) -> Option<u32> {
         (self.ts_at != 0)
@@ -334,11 +362,14 @@ pub fn parse(frame: &[u8], tap_mac: [u8; 6]) -> Option<Segment> {
     }
     let seq = be32(frame, l4 + 4)?;
     let len = (ip_end - l4 - doff) as u32;
-    let key = FlowKey {
-        client: src,
-        server: dst,
-        client_port: be16(frame, l4)?,
-        server_port: be16(frame, l4 + 2)?,
+    let key = Half {
+        flow: FlowKey {
+            client: src,
+            server: dst,
+            client_port: be16(frame, l4)?,
+            server_port: be16(frame, l4 + 2)?,
+        },
+        server: false,
     };
     let mut out = Vec::with_capacity(14 + ip_end - l3);
     out.extend_from_slice(&tap_mac);
@@ -421,7 +452,7 @@ pub enum DropWhy {
 /// the flow's next expected byte. No I/O, so that it can be tested alone.
 pub struct Buffer {
     limits: Limits,
-    flows: HashMap<FlowKey, FlowHeld>,
+    flows: HashMap<Half, FlowHeld>,
     total: u64,
     segments: u64,
 }
@@ -445,7 +476,7 @@ impl Buffer {
     }
 
     /// The flows with something held.
-    pub fn flows(&self) -> Vec<FlowKey> {
+    pub fn flows(&self) -> Vec<Half> {
         self.flows.keys().copied().collect()
     }
 
@@ -485,7 +516,7 @@ impl Buffer {
     /// byte is `next`, in the order to write them: each starts at or before
     /// the end of the one before. Segments wholly before `next` were passed
     /// in another copy and are forgotten.
-    pub fn release(&mut self, key: &FlowKey, mut next: u32) -> Vec<Segment> {
+    pub fn release(&mut self, key: &Half, mut next: u32) -> Vec<Segment> {
         let mut out = Vec::new();
         let Some(f) = self.flows.get_mut(key) else {
             return out;
@@ -552,7 +583,7 @@ impl Buffer {
     }
 
     /// Forgets a flow (its entry is gone); returns how many were dropped.
-    pub fn forget(&mut self, key: &FlowKey) -> u64 {
+    pub fn forget(&mut self, key: &Half) -> u64 {
         match self.flows.remove(key) {
             Some(f) => {
                 self.total -= f.bytes;
@@ -569,6 +600,7 @@ struct Maps {
     fallback: Array<MapData, Fallback>,
     flows: BpfHashMap<MapData, FlowKey, Flow>,
     counters: PerCpuArray<MapData, u64>,
+    ports: Array<MapData, u64>,
 }
 
 impl Maps {
@@ -585,11 +617,25 @@ impl Maps {
                 COUNTERS_MAP,
                 "counters",
             )?))?,
+            ports: Array::try_from(Map::Array(open_map(pin_dir, PORTS_MAP, "inspected ports")?))?,
         })
     }
 
-    fn next_seq(&self, key: &FlowKey) -> Option<u32> {
-        self.flows.get(key, 0).ok().map(|f| f.client.cur.next_seq)
+    /// The next expected byte of a direction of a flow, if it is tracked.
+    fn next_seq(&self, key: &Half) -> Option<u32> {
+        let f = self.flows.get(&key.flow, 0).ok()?;
+        Some(if key.server {
+            f.server.cur.next_seq
+        } else {
+            f.client.cur.next_seq
+        })
+    }
+
+    /// Whether `port` is inspected: the kernel's rule for a segment's
+    /// direction (to an inspected port: the client's).
+    fn inspected(&self, port: u16) -> bool {
+        let (word, bit) = port_slot(port);
+        self.ports.get(&word, 0).is_ok_and(|w| w & bit != 0)
     }
 
     fn announce(&mut self, ifindex: u32, buf: &Buffer) -> Result<()> {
@@ -702,7 +748,7 @@ impl Daemon {
         // after the kernel inspected and passed it, and its retransmission
         // could not be re-inspected. So it gets the newest TSval of its flow
         // (the server's RTT estimate is all that changes).
-        let mut stamps: HashMap<FlowKey, (u32, Instant)> = HashMap::new();
+        let mut stamps: HashMap<Half, (u32, Instant)> = HashMap::new();
         let mut write = |mut seg: Segment| -> Result<()> {
             if let Some(ts) = seg.tsval() {
                 let now = Instant::now();
@@ -731,7 +777,10 @@ impl Daemon {
                     loop {
                         match rustix::io::read(tap_fd.get_ref(), &mut frame) {
                             Ok(n) => {
-                                let Some(seg) = parse(&frame[..n], tap.mac) else { continue };
+                                let Some(mut seg) = parse(&frame[..n], tap.mac) else { continue };
+                                if !maps.inspected(seg.key.flow.server_port) {
+                                    seg.from_server();
+                                }
                                 let key = seg.key;
                                 // Where the stream is now (the bytes before it
                                 // may have passed before it got here: their
@@ -794,7 +843,11 @@ impl Daemon {
                         // SAFETY: the item holds at least one Wake (checked
                         // above), read unaligned; Wake is plain data.
                         let w: Wake = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Wake) };
-                        for f in buf.release(&w.flow, w.next_seq) {
+                        let half = Half {
+                            flow: w.flow,
+                            server: w.server != 0,
+                        };
+                        for f in buf.release(&half, w.next_seq) {
                             if let Err(e) = write(f) {
                                 warn!("{e:#}");
                             }
@@ -851,11 +904,14 @@ mod tests {
         }
     }
 
-    fn key(port: u16) -> FlowKey {
-        FlowKey {
-            client_port: port,
-            server_port: 25,
-            ..Default::default()
+    fn key(port: u16) -> Half {
+        Half {
+            flow: FlowKey {
+                client_port: port,
+                server_port: 25,
+                ..Default::default()
+            },
+            server: false,
         }
     }
 
@@ -889,6 +945,38 @@ mod tests {
         assert_eq!(b.release(&key(1), 500).len(), 1);
         assert_eq!((b.held_segments(), b.held_bytes()), (0, 0));
         assert!(b.flows().is_empty());
+    }
+
+    #[test]
+    fn each_direction_of_a_flow_is_held_and_released_alone() {
+        let mut b = Buffer::new(limits());
+        let now = Instant::now();
+        let mut reply = seg(1, 700, 100, 10);
+        // As parse leaves it: from the server's port to the client's.
+        reply.key.flow = FlowKey {
+            client_port: 25,
+            server_port: 1,
+            ..Default::default()
+        };
+        reply.from_server();
+        assert_eq!(
+            reply.key,
+            Half {
+                server: true,
+                ..key(1)
+            }
+        );
+        b.hold(reply, now).unwrap();
+        b.hold(seg(1, 700, 100, 20), now).unwrap();
+        let out = b.release(&key(1), 700);
+        assert_eq!(out.len(), 1, "the client's, not the server's");
+        assert_eq!(out[0].frame.len(), 20);
+        let server = Half {
+            server: true,
+            ..key(1)
+        };
+        assert_eq!(b.flows(), [server]);
+        assert_eq!(b.release(&server, 700)[0].frame.len(), 10);
     }
 
     #[test]
@@ -982,8 +1070,8 @@ mod tests {
         let full = v4_frame(b"MAIL FROM:<a@b>\r\n", false);
         let s = parse(&full, mac).unwrap();
         assert_eq!((s.seq, s.end), (1234, 1234 + 17));
-        assert_eq!((s.key.client_port, s.key.server_port), (4000, 25));
-        assert_eq!(&s.key.client[10..], &[0xff, 0xff, 10, 0, 0, 1]);
+        assert_eq!((s.key.flow.client_port, s.key.flow.server_port), (4000, 25));
+        assert_eq!(&s.key.flow.client[10..], &[0xff, 0xff, 10, 0, 0, 1]);
         assert_eq!(&s.frame[..6], &mac);
         assert_eq!(s.frame.len(), full.len() - 2, "padding removed");
         assert_eq!(

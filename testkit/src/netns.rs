@@ -449,38 +449,26 @@ impl Testbed {
     /// segments of a bulk transfer, and some of a burst of commands, are
     /// held back. [`Testbed::stop_reordering`] undoes it.
     pub fn reorder_client(&self, slow: &str) {
-        let dev = self.client_if.as_str();
-        let tc = |args: &[&str]| crate::proc::run_ok(self.client.exec("tc").args(args));
-        tc(&[
-            "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10",
-        ]);
-        tc(&[
-            "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit",
-        ]);
-        tc(&[
-            "class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb", "rate", slow,
-            "burst", "1600", "cburst", "1600",
-        ]);
-        // The sequence number: at 24 behind an IPv4 header without
-        // options, at 44 behind an IPv6 header.
-        for (proto, dport, at, prio) in [("ip", "ip", "24", "1"), ("ipv6", "ip6", "44", "2")] {
-            tc(&[
-                "filter", "add", "dev", dev, "parent", "1:", "protocol", proto, "prio", prio,
-                "u32", "match", dport, "dport", "25", "0xffff", "match", "u32", "0x400", "0x400",
-                "at", at, "flowid", "1:20",
-            ]);
-        }
+        reorder(&self.client, &self.client_if, "dport", slow);
     }
 
-    /// Undoes [`Testbed::reorder_client`].
+    /// The same for what the server sends from port 25 (its replies).
+    pub fn reorder_server(&self, slow: &str) {
+        reorder(&self.server, &self.server_if, "sport", slow);
+    }
+
+    /// Undoes [`Testbed::reorder_client`] and [`Testbed::reorder_server`].
     pub fn stop_reordering(&self) {
-        crate::proc::run_ok(self.client.exec("tc").args([
-            "qdisc",
-            "del",
-            "dev",
-            &self.client_if,
-            "root",
-        ]));
+        for (ns, dev) in [
+            (&self.client, &self.client_if),
+            (&self.server, &self.server_if),
+        ] {
+            // Absent where nothing was reordered.
+            let _ = ns
+                .exec("tc")
+                .args(["qdisc", "del", "dev", dev, "root"])
+                .output();
+        }
     }
 
     /// The gateway's two interfaces, where the inspector attaches.
@@ -492,6 +480,32 @@ impl Testbed {
     /// [`assert_reachable`]).
     pub fn assert_reachable(&self, server_addr: IpAddr) {
         assert_reachable(&self.client, server_addr);
+    }
+}
+
+/// Two HTB classes on `dev` in `ns` (see [`Testbed::reorder_client`]):
+/// TCP segments with port 25 as their `port` ("dport" or "sport") whose
+/// sequence number has bit 10 set wait in the class limited to `slow`.
+fn reorder(ns: &NetNs, dev: &str, port: &str, slow: &str) {
+    let tc = |args: &[&str]| crate::proc::run_ok(ns.exec("tc").args(args));
+    tc(&[
+        "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10",
+    ]);
+    tc(&[
+        "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit",
+    ]);
+    tc(&[
+        "class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb", "rate", slow,
+        "burst", "1600", "cburst", "1600",
+    ]);
+    // The sequence number: at 24 behind an IPv4 header without options, at
+    // 44 behind an IPv6 header.
+    for (proto, ip, at, prio) in [("ip", "ip", "24", "1"), ("ipv6", "ip6", "44", "2")] {
+        tc(&[
+            "filter", "add", "dev", dev, "parent", "1:", "protocol", proto, "prio", prio, "u32",
+            "match", ip, port, "25", "0xffff", "match", "u32", "0x400", "0x400", "at", at,
+            "flowid", "1:20",
+        ]);
     }
 }
 

@@ -24,13 +24,14 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use inspector_common::{
     config::{Config, CONFIG_MAP, VERB_COUNTERS_MAP},
     counters::{Counter, COUNTERS_MAP},
+    fallback::{Fallback, FALLBACK_MAP},
     flow::{DEFAULT_MAX_FLOWS, FLOWS_MAP},
     policy::{entry_for, for_each_key, POLICY_MAP},
     ports::{port_slot, PORTS_MAP, PORT_WORDS},
@@ -289,6 +290,23 @@ impl Loaded {
         &mut self.ebpf
     }
 
+    /// Writes the reassembly fallback's entry as its daemon would: its tap
+    /// `ifindex`, with a heartbeat `age_ns` old (CLOCK_MONOTONIC, the
+    /// kernel's clock).
+    pub fn announce_fallback(&mut self, ifindex: u32, age_ns: u64) {
+        let mut a: Array<&mut MapData, Fallback> =
+            Array::try_from(self.ebpf.map_mut(FALLBACK_MAP).expect("the fallback map"))
+                .expect("an array");
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let f = Fallback {
+            ifindex,
+            heartbeat_ns: now - age_ns,
+            ..Default::default()
+        };
+        a.set(0, f, 0).expect("writing the fallback entry");
+    }
+
     /// Every counter, summed over CPUs.
     pub fn counters(&self) -> Counters {
         let map = self.ebpf.map(COUNTERS_MAP).expect("the counter map");
@@ -509,13 +527,18 @@ impl<'a> Session<'a> {
         self.client_frame_at(self.cseq, payload)
     }
 
-    /// The next in-order server segment, acknowledging all client bytes.
-    pub fn server_frame(&self, payload: &[u8]) -> Vec<u8> {
+    /// A server segment at `seq`, acknowledging all client bytes.
+    pub fn server_frame_at(&self, seq: u32, payload: &[u8]) -> Vec<u8> {
         let t = Tcp::new(self.server_port, self.client_port)
-            .seq(self.sseq)
+            .seq(seq)
             .ack(self.cseq)
             .payload(payload);
         (self.shape)(t, true).bytes()
+    }
+
+    /// The next in-order server segment, acknowledging all client bytes.
+    pub fn server_frame(&self, payload: &[u8]) -> Vec<u8> {
+        self.server_frame_at(self.sseq, payload)
     }
 
     /// Runs a client frame built by the caller (from [`Session::client_frame`]

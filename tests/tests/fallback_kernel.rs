@@ -6,13 +6,15 @@
 //!
 //! Needs root (loads eBPF programs); run with `--test-threads=1`.
 
-use aya::maps::{Array, MapData, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use inspector_common::{
     config::CFG_MONITOR,
-    fallback::{Fallback, Wake, FALLBACK_MAP, HEARTBEAT_TIMEOUT_NS, WAKE_MAP},
+    fallback::{Wake, HEARTBEAT_TIMEOUT_NS, WAKE_MAP},
 };
-use inspector_tests::kernel::{client_port, v4, v6, Hook, Loaded, Session, Shape, Verdict};
-use inspector_userspace::flows::monotonic_ns;
+use inspector_tests::{
+    frame::checksums_ok,
+    kernel::{client_port, v4, v6, Hook, Loaded, Session, Shape, Verdict},
+};
 
 /// The stand-in for the tap: an interface of this namespace other than
 /// the loopback device (an XDP test run without a context arrives on the
@@ -31,23 +33,6 @@ fn tap() -> u32 {
     *found
         .first()
         .expect("an interface besides the loopback device")
-}
-
-/// What the daemon writes into the fallback entry, `age_ns` after its
-/// last heartbeat.
-fn announce(prog: &mut Loaded, ifindex: u32, age_ns: u64) {
-    let mut a: Array<&mut MapData, Fallback> = Array::try_from(
-        prog.ebpf_mut()
-            .map_mut(FALLBACK_MAP)
-            .expect("the fallback map"),
-    )
-    .expect("an array");
-    let f = Fallback {
-        ifindex,
-        heartbeat_ns: monotonic_ns() - age_ns,
-        ..Default::default()
-    };
-    a.set(0, f, 0).expect("writing the fallback entry");
 }
 
 /// The wake ring, taken out of the object (the program keeps writing it)
@@ -88,7 +73,7 @@ fn diverted(hook: Hook) -> Verdict {
 /// flow stops waking the daemon once the stream is past it.
 fn divert_and_write_back(hook: Hook, shape: Shape) {
     let mut prog = Loaded::new(hook, 0);
-    announce(&mut prog, tap(), 0);
+    prog.announce_fallback(tap(), 0);
     let mut ring = wake_ring(&mut prog);
     let port = client_port();
     let mut s = Session::new(&prog, shape, port, 25);
@@ -157,6 +142,78 @@ fn an_out_of_order_segment_is_diverted_and_inspected_when_written_back_tc_ipv6()
     divert_and_write_back(Hook::Tc, v6());
 }
 
+/// The server's direction too: a reply beyond the next expected byte goes
+/// to the tap, and so does the one that fills the gap (one owner at a
+/// time); written back in order through the tap (where the side check of
+/// docs/contract.md §9 is not repeated: only the daemon writes there, and
+/// only what was checked when it first came in), the reply to EHLO is
+/// filtered as in order, with a valid checksum, and each move is told to
+/// the daemon as the server's.
+fn divert_a_reply_and_write_back(hook: Hook, shape: Shape) {
+    let mut prog = Loaded::new(hook, 0);
+    prog.announce_fallback(tap(), 0);
+    let mut ring = wake_ring(&mut prog);
+    let port = client_port();
+    let mut s = Session::new(&prog, shape, port, 25);
+    s.open();
+    assert_eq!(s.client(b"EHLO c\r\n").verdict, Verdict::Pass);
+    let first: &[u8] = b"250-server.test\r\n";
+    let second: &[u8] = b"250-STARTTLS\r\n250 SIZE 1000\r\n";
+    let ahead_seq = s.sseq.wrapping_add(first.len() as u32);
+    let ahead = s.server_frame_at(ahead_seq, second);
+    let o = prog.run(&ahead);
+    assert_eq!(o.verdict, diverted(hook), "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("diverted"), 1);
+    assert_eq!(o.get("out_of_order_drops"), 0);
+    assert_eq!(
+        o.get("ehlo_keywords_masked"),
+        0,
+        "a diverted reply was parsed"
+    );
+    assert!(o.data_out == ahead, "a diverted reply was changed");
+    let gap = s.server_frame(first);
+    let o = prog.run(&gap);
+    assert_eq!(o.verdict, diverted(hook), "{:?}", o.delta.nonzero());
+    assert!(wakes(&mut ring).is_empty(), "nothing moved");
+
+    let o = prog.run_on(&gap, tap());
+    assert_eq!(o.verdict, Verdict::Pass, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("reassembled"), 1);
+    assert_eq!(o.get("spoofed"), 0);
+    let w = wakes(&mut ring);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!((w[0].next_seq, w[0].server), (ahead_seq, 1));
+    assert_eq!((w[0].flow.client_port, w[0].flow.server_port), (port, 25));
+    let o = prog.run_on(&ahead, tap());
+    assert_eq!(o.verdict, Verdict::Pass, "{:?}", o.delta.nonzero());
+    assert_eq!(o.get("ehlo_keywords_masked"), 1);
+    assert_eq!(o.get("reassembled"), 1);
+    let at = ahead.len() - second.len();
+    assert_eq!(&o.data_out[at..], b"250-XXXXXXXX\r\n250 SIZE 1000\r\n");
+    assert!(checksums_ok(&o.data_out), "the masked reply's checksum");
+    let w = wakes(&mut ring);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(
+        (w[0].next_seq, w[0].server),
+        (ahead_seq.wrapping_add(second.len() as u32), 1)
+    );
+    // Past everything diverted: replies pass in place again, unwoken.
+    s.sseq = ahead_seq.wrapping_add(second.len() as u32);
+    s.client(b"NOOP\r\n");
+    s.server(b"250 ok\r\n");
+    assert!(wakes(&mut ring).is_empty());
+}
+
+#[test]
+fn an_out_of_order_reply_is_diverted_and_filtered_when_written_back_xdp_ipv6() {
+    divert_a_reply_and_write_back(Hook::Xdp, v6());
+}
+
+#[test]
+fn an_out_of_order_reply_is_diverted_and_filtered_when_written_back_tc() {
+    divert_a_reply_and_write_back(Hook::Tc, v4());
+}
+
 /// Without a live daemon the kernel drops, as without a fallback: none
 /// announced, a heartbeat too old (a killed daemon), or monitor mode
 /// (which drops nothing, so needs no reordering).
@@ -175,7 +232,7 @@ fn without_a_live_daemon_an_out_of_order_segment_is_dropped() {
             ("monitor mode", tap(), 0, CFG_MONITOR, Verdict::Pass),
         ] {
             let mut prog = Loaded::new(hook, flags);
-            announce(&mut prog, ifindex, age);
+            prog.announce_fallback(ifindex, age);
             let mut ring = wake_ring(&mut prog);
             let s = session(&prog, v4());
             let ahead = s.client_frame_at(s.cseq.wrapping_add(6), b"STARTTLS\r\n");
@@ -194,7 +251,7 @@ fn without_a_live_daemon_an_out_of_order_segment_is_dropped() {
 #[test]
 fn a_segment_written_back_before_its_turn_is_diverted_again() {
     let mut prog = Loaded::new(Hook::Xdp, 0);
-    announce(&mut prog, tap(), 0);
+    prog.announce_fallback(tap(), 0);
     let s = session(&prog, v4());
     let ahead = s.client_frame_at(s.cseq.wrapping_add(6), b"STARTTLS\r\n");
     assert_eq!(prog.run(&ahead).verdict, Verdict::Redirect);

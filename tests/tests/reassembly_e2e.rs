@@ -59,10 +59,14 @@ impl Bed {
         self.inspector.as_ref().expect("an inspector")
     }
 
-    /// Reorders the client's segments (see the kit's
-    /// `Testbed::reorder_client`; this kernel has no netem).
-    fn reorder(&self, slow: &str) {
-        self.tb.reorder_client(slow);
+    /// Reorders the client's segments, or with `replies` the server's (see
+    /// the kit's `Testbed::reorder_client`; this kernel has no netem).
+    fn reorder(&self, slow: &str, replies: bool) {
+        if replies {
+            self.tb.reorder_server(slow);
+        } else {
+            self.tb.reorder_client(slow);
+        }
     }
 
     fn context(&self) -> String {
@@ -207,48 +211,57 @@ fn check_replies(t: &Transcript, burst: usize) {
     assert_eq!(code_of(t.replies()[last - 1]), 221, "QUIT: {}", t.raw);
 }
 
-/// What the server read: exactly the expected stream, and the message.
-fn check_server(bed: &Bed, want: &[u8], body: &str) {
-    let closed = bed.smtpd.wait_closed(1, Duration::from_secs(30));
+/// What the server read in the bed's `n`th session (from 1; sessions run
+/// one after the other): exactly the expected stream, and the message.
+fn check_server(bed: &Bed, n: usize, want: &[u8], body: &str) {
+    let closed = bed.smtpd.wait_closed(n, Duration::from_secs(30));
+    let got = &closed[n - 1].received;
     assert!(
-        closed[0].received == want,
+        got == want,
         "the byte stream the server received differs from the expected one\n got: {}\nwant: {}\n{}",
-        show(&closed[0].received[..closed[0].received.len().min(4000)]),
+        show(&got[..got.len().min(4000)]),
         show(&want[..want.len().min(4000)]),
         bed.context()
     );
     let messages = bed.smtpd.messages();
-    assert_eq!(messages.len(), 1, "{}", bed.context());
+    assert_eq!(messages.len(), n, "{}", bed.context());
     assert_eq!(
-        sha256_hex(&messages[0].content),
+        sha256_hex(&messages[n - 1].content),
         sha256_hex(body.as_bytes()),
         "the body arrived changed"
     );
 }
 
-/// Runs a session of `burst` commands and a `kib` KiB body from the client
-/// to `server`, and checks what the client was answered and what the
-/// server received.
-fn run_checked(bed: &Bed, server: IpAddr, burst: usize, kib: usize) {
+/// Runs the bed's `n`th session (from 1), of `burst` commands and a `kib`
+/// KiB body from the client to `server`, and checks what the client was
+/// answered and what the server received.
+fn run_checked(bed: &Bed, n: usize, server: IpAddr, burst: usize, kib: usize) {
     let (script, want, body) = session(burst, kib, None);
     let t = client::spawn(&bed.tb.client, server, 25, &script)
         .finish_raw()
         .unwrap_or_else(|e| panic!("the session failed: {e}\n{}", bed.context()));
     check_replies(&t, burst);
-    check_server(bed, &want, &body);
+    check_server(bed, n, &want, &body);
 }
 
 fn reordered(offloads: Offloads, mode: Mode, server: IpAddr) {
+    reordered_on(offloads, mode, server, false, 120);
+}
+
+/// [`reordered`], with the server's replies reordered instead of the
+/// client's segments (`replies`), `burst` commands in each burst.
+fn reordered_on(offloads: Offloads, mode: Mode, server: IpAddr, replies: bool, burst: usize) {
     let bed = Bed::new(offloads, mode, &[]);
-    bed.reorder("20mbit");
-    let burst = 120;
+    // Replies come a few hundred bytes at a time, as the server reads the
+    // commands: only a slower class makes them queue, and so be overtaken.
+    bed.reorder(if replies { "1mbit" } else { "20mbit" }, replies);
     // The HTB classes reorder by timing: on a loaded machine one session
     // may pass without a segment overtaking another. Every session is
     // checked in full; sessions repeat (a few at most) until the counter
     // shows a diversion, which the assertions below need.
     let mut c = serde_json::Value::Null;
-    for _ in 0..5 {
-        run_checked(&bed, server, burst, 512);
+    for n in 1..=5 {
+        run_checked(&bed, n, server, burst, 512);
         c = bed.inspector().stats_json();
         if counter(&c, "diverted") > 0 {
             break;
@@ -291,6 +304,16 @@ fn reordered_segments_are_inspected_in_order_ipv6_tc_default_offloads() {
     reordered(Offloads::Default, Mode::Tc, SERVER_V6);
 }
 
+/// The server's direction (docs/contract.md §5): its replies reordered on
+/// its link. In XDP mode the client's segments arrive in order, so every
+/// diversion is a reply; each arrives, in order and as the server sent it,
+/// and nothing is dropped. Bursts of 400 commands give several KiB of
+/// replies.
+#[test]
+fn reordered_replies_are_inspected_in_order_xdp() {
+    reordered_on(Offloads::Off, Mode::Xdp, SERVER_V4, true, 400);
+}
+
 /// The daemon is killed while it holds segments: what it held is lost
 /// (dropped, as without a fallback), nothing passes uninspected, and once
 /// a new daemon takes over the session completes, every verb masked.
@@ -313,7 +336,7 @@ fn killed_while_holding(mode: Mode) {
         ready.exists().then_some(())
     });
     // Slow enough that the daemon holds segments for about a second.
-    bed.reorder("1mbit");
+    bed.reorder("1mbit", false);
     std::fs::write(&go, b"").unwrap();
     let status = || -> serde_json::Value {
         let out = run_ok(
@@ -354,7 +377,7 @@ fn killed_while_holding(mode: Mode) {
         .finish_raw()
         .unwrap_or_else(|e| panic!("the session failed: {e}\n{}", bed.context()));
     check_replies(&t, burst);
-    check_server(&bed, &want, &body);
+    check_server(&bed, 1, &want, &body);
     let c = bed.inspector().stats_json();
     let ctx = bed.context();
     assert!(counter(&before, "diverted") > 0, "{ctx}");
@@ -383,9 +406,9 @@ fn past_the_flow_limit_segments_are_dropped_and_retransmitted() {
     // still wait in the slow class: with timestamps the server may discard
     // such an original (PAWS) after the inspector passed it (README Limits).
     bed.tb.client.sysctl("net.ipv4.tcp_timestamps", "0");
-    bed.reorder("20mbit");
+    bed.reorder("20mbit", false);
     let burst = 60;
-    run_checked(&bed, SERVER_V4, burst, 256);
+    run_checked(&bed, 1, SERVER_V4, burst, 256);
     let c = bed.inspector().stats_json();
     assert!(counter(&c, "fallback_drops") > 0, "{}", bed.context());
 }
@@ -394,9 +417,9 @@ fn past_the_flow_limit_segments_are_dropped_and_retransmitted() {
 #[test]
 fn without_the_fallback_reordered_segments_are_dropped() {
     let bed = Bed::new(Offloads::Off, Mode::Tc, &["--no-fallback"]);
-    bed.reorder("20mbit");
+    bed.reorder("20mbit", false);
     let burst = 60;
-    run_checked(&bed, SERVER_V4, burst, 256);
+    run_checked(&bed, 1, SERVER_V4, burst, 256);
     let c = bed.inspector().stats_json();
     assert_eq!(counter(&c, "diverted"), 0, "{}", bed.context());
     assert!(counter(&c, "out_of_order_drops") > 0, "{}", bed.context());
@@ -410,7 +433,7 @@ fn without_the_fallback_reordered_segments_are_dropped() {
 fn measure_the_cost_per_diverted_segment() {
     for mode in [Mode::Tc, Mode::Xdp] {
         let bed = Bed::new(Offloads::Off, mode, &[]);
-        bed.reorder("50mbit");
+        bed.reorder("50mbit", false);
         let cpu = || -> u64 {
             let s = std::fs::read_to_string(format!("/proc/{}/schedstat", bed.inspector().pid()))
                 .expect("schedstat");

@@ -259,6 +259,12 @@ fn payload_of(o: &Outcome, len: usize) -> Vec<u8> {
 /// Runs `case` for XDP and TC, IPv4 and IPv6, and one-armed or not, in a
 /// fresh gateway namespace each time.
 fn each(case: fn(&Loaded, (u32, u32), bool, bool, u16)) {
+    each_with(None, case)
+}
+
+/// [`each`], with the reassembly fallback's daemon announced live on a tap
+/// of index `fallback` (if any).
+fn each_with(fallback: Option<u32>, case: fn(&Loaded, (u32, u32), bool, bool, u16)) {
     let mut port = 42000;
     for hook in [Hook::Xdp, Hook::Tc] {
         for v6 in [false, true] {
@@ -268,7 +274,10 @@ fn each(case: fn(&Loaded, (u32, u32), bool, bool, u16)) {
                 port += 1;
                 let p = port;
                 in_netns(&b.ns, move || {
-                    let prog = Loaded::new(hook, 0);
+                    let mut prog = Loaded::new(hook, 0);
+                    if let Some(tap) = fallback {
+                        prog.announce_fallback(tap, 0);
+                    }
                     case(&prog, ifs, v6, one_armed, p);
                 });
             }
@@ -313,6 +322,43 @@ fn a_forged_354_changes_nothing_and_verb_stays_masked() {
         let o = c.client(b"VERB\r\n");
         assert_eq!(o.verdict, Verdict::Pass, "{:?}", o.delta.nonzero());
         assert_eq!(payload_of(&o, 6), b"XXXX\r\n", "VERB after the forged 354");
+    });
+}
+
+/// With the reassembly fallback live, the server's out-of-order segments
+/// go to its tap (docs/contract.md §5), but a forged one is refused before
+/// that, out of order or in order while the direction's segments are with
+/// the fallback: only what passed this check is ever written back, and
+/// written-back segments are the ones not checked again.
+#[test]
+fn a_forged_reply_is_refused_before_the_fallback_sees_it() {
+    // No such interface in the test namespace: nothing arrives "from the
+    // tap" here.
+    each_with(Some(999), |prog, ifs, v6, one_armed, port| {
+        let mut c = Conn::new(prog, ifs, v6, port);
+        c.handshake();
+        c.server(b"220 server.test ESMTP\r\n");
+        c.client(b"EHLO client.test\r\n");
+        let ahead = |c: &Conn| c.server_seg().seq(c.sseq.wrapping_add(100));
+        c.forge(
+            "forged reply out of order",
+            ahead(&c).payload(b"250 ok\r\n"),
+            one_armed,
+        );
+        // The fallback is live: the server's own reply out of order is
+        // diverted, and the direction now belongs to the fallback.
+        let o = c.run_server(ahead(&c).payload(b"250 ok\r\n"));
+        let want = match prog.hook() {
+            Hook::Xdp => Verdict::Redirect,
+            Hook::Tc => Verdict::Bounce,
+        };
+        assert_eq!(o.verdict, want, "{:?}", o.delta.nonzero());
+        assert_eq!(o.get("diverted"), 1);
+        c.forge(
+            "forged reply in order, while the fallback holds replies",
+            c.server_seg().payload(b"250-STARTTLS\r\n"),
+            one_armed,
+        );
     });
 }
 
