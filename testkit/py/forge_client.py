@@ -18,6 +18,10 @@ Scenarios (each ends with QUIT; the test reads what the server received):
   forged-synack  SYN with TTL 1; a forged SYN-ACK; the real SYN and the
                  rest of the handshake; a forged "250" ahead of the server's
                  own greeting; EHLO; VERB.
+  reorder        EHLO; then "VERB x" sent before the "NOOP" that precedes
+                 it in the stream (--pause-ms between the two); if the
+                 server has not acknowledged both once NOOP is answered,
+                 "VERB x" is sent again, in order, as TCP would.
 
 It prints one JSON object: {"replies": [TEXT, ...], "error": null | TEXT}.
 The client's kernel must not reset the connection scapy owns: the test adds
@@ -218,10 +222,37 @@ def forged_synack(c, out):
     out.append(c.reply())
 
 
+def seq_ge(a, b):
+    """a is at or after b in sequence space."""
+    return (a - b) % (1 << 32) < (1 << 31)
+
+
+def reorder(c, out):
+    c.connect()
+    out.append(c.reply())
+    c.command(b"EHLO client.test\r\n")
+    out.append(c.reply())
+    first, second = b"NOOP\r\n", b"VERB x\r\n"
+    at = c.seq
+    second_at = (at + len(first)) % (1 << 32)
+    c.send(PSH | ACK, second, seq=second_at)
+    # An adversary that waits: longer than the fallback may hold a segment,
+    # if the test asks for it.
+    time.sleep(c.a.pause_ms / 1000.0)
+    c.send(PSH | ACK, first, seq=at)
+    c.seq = (second_at + len(second)) % (1 << 32)
+    out.append(c.reply())
+    end = c.seq
+    if c.wait(lambda p: seq_ge(p[TCP].ack, end), timeout=1.0) is None:
+        c.send(PSH | ACK, second, seq=second_at)
+    out.append(c.reply())
+
+
 SCENARIOS = {
     "forged-354": forged_354,
     "forged-ack": forged_ack,
     "forged-synack": forged_synack,
+    "reorder": reorder,
 }
 
 
@@ -233,6 +264,7 @@ def main():
     ap.add_argument("--server", required=True)
     ap.add_argument("--sport", type=int, required=True)
     ap.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    ap.add_argument("--pause-ms", type=int, default=0)
     a = ap.parse_args()
     conf.verb = 0
     c = Conn(a)

@@ -1,5 +1,5 @@
-//! docs/contract.md §9 end to end: a hostile client forges from its own
-//! side of the namespace gateway (docs/testbed.md, "Forging packets from
+//! docs/contract.md §9 (and §5's reordering) end to end: a hostile client
+//! forges and reorders from its own side of the namespace gateway (docs/testbed.md, "Forging packets from
 //! the client's side") with scapy (`testkit/py/forge_client.py`), against
 //! the recording aiosmtpd server, with `inspector attach` at its defaults on
 //! the gateway (XDP or `--mode tc`; two interfaces or one-armed). Whatever it
@@ -46,6 +46,11 @@ fn script() -> PathBuf {
 
 impl Bed {
     fn new(g: Gateway) -> Bed {
+        Bed::with(g, &[])
+    }
+
+    /// [`Bed::new`], with more `attach` arguments.
+    fn with(g: Gateway, extra: &[&str]) -> Bed {
         let (two, one) = match g {
             Gateway::OneArmed => (None, Some(OneArmed::new(Offloads::Default))),
             _ => (Some(Testbed::new(Offloads::Default)), None),
@@ -82,6 +87,9 @@ impl Bed {
         if let Gateway::Tc = g {
             attach = attach.arg("--mode").arg("tc");
         }
+        for a in extra {
+            attach = attach.arg(*a);
+        }
         let inspector = attach
             .start()
             .unwrap_or_else(|f| panic!("inspector attach failed ({}):\n{}", f.status, f.stderr));
@@ -116,6 +124,17 @@ impl Bed {
 
     /// Runs `scenario` of the hostile client; returns its replies and error.
     fn attack(&self, v6: bool, scenario: &str, sport: u16) -> serde_json::Value {
+        self.attack_with(v6, scenario, sport, &[])
+    }
+
+    /// [`Bed::attack`], with more arguments for the client.
+    fn attack_with(
+        &self,
+        v6: bool,
+        scenario: &str,
+        sport: u16,
+        extra: &[&str],
+    ) -> serde_json::Value {
         let (c, s) = if v6 {
             (CLIENT_V6, SERVER_V6)
         } else {
@@ -128,7 +147,8 @@ impl Bed {
             .arg(script())
             .args(["--iface", &self.client_if, "--gw-mac", &self.gw_mac])
             .args(["--client", &ip(c), "--server", &ip(s)])
-            .args(["--sport", &sport.to_string(), "--scenario", scenario]);
+            .args(["--sport", &sport.to_string(), "--scenario", scenario])
+            .args(extra);
         let out = run_timeout(&mut cmd, Duration::from_secs(90));
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
@@ -221,6 +241,88 @@ fn forged_syn_ack_xdp_and_tc() {
     check(Gateway::Xdp, false, "forged-synack", true, 43021);
     check(Gateway::Tc, true, "forged-synack", true, 43022);
     check(Gateway::OneArmed, true, "forged-synack", true, 43023);
+}
+
+/// docs/contract.md §5 against a client that reorders on purpose: it sends
+/// `VERB x` before the `NOOP` that precedes it in the stream. The segment
+/// ahead goes to the reassembly fallback, and so does the one that fills
+/// the gap (one owner at a time); both are written back and inspected in
+/// order: the server reads `NOOP` and the masked verb, nothing is dropped.
+/// With `attach_args` the fallback's limits make it drop the segment it
+/// held, and the client's own retransmission, in order, is masked the
+/// same. Returns the inspector's counters.
+fn reordered_on_purpose(
+    g: Gateway,
+    v6: bool,
+    sport: u16,
+    attach_args: &[&str],
+    client_args: &[&str],
+) -> serde_json::Value {
+    let bed = Bed::with(g, attach_args);
+    let out = bed.attack_with(v6, "reorder", sport, client_args);
+    let what = format!("reorder {g:?} v6={v6} {attach_args:?}");
+    assert!(out["error"].is_null(), "{what}: {out}\n{}", bed.context());
+    let lines = commands(&bed);
+    assert_eq!(
+        lines,
+        ["EHLO CLIENT.TEST\r\n", "NOOP\r\n", "XXXX X\r\n", "QUIT\r\n"],
+        "{what}: client: {out}\n{}",
+        bed.context()
+    );
+    let replies: Vec<&str> = out["replies"]
+        .as_array()
+        .expect("replies")
+        .iter()
+        .map(|r| r.as_str().unwrap_or_default())
+        .collect();
+    assert!(replies[2].starts_with("250"), "{what}: NOOP: {out}");
+    assert!(
+        replies[3].starts_with("500"),
+        "{what}: the masked verb: {out}"
+    );
+    let st = bed.inspector.stats_json();
+    assert!(counter(&st, "diverted") >= 2, "{what}: {st}");
+    assert!(counter(&st, "reassembled") >= 2, "{what}: {st}");
+    assert_eq!(counter(&st, "out_of_order_drops"), 0, "{what}: {st}");
+    st
+}
+
+#[test]
+fn segments_reordered_on_purpose_are_inspected_in_order() {
+    for (g, v6, sport) in [
+        (Gateway::Xdp, false, 43031),
+        (Gateway::Xdp, true, 43032),
+        (Gateway::Tc, false, 43033),
+        (Gateway::OneArmed, true, 43034),
+    ] {
+        let st = reordered_on_purpose(g, v6, sport, &[], &[]);
+        assert_eq!(counter(&st, "fallback_drops"), 0, "{g:?}: {st}");
+        assert_eq!(counter(&st, "dropped"), 0, "{g:?}: {st}");
+    }
+}
+
+/// Past the fallback's limits the held segment is dropped (counted), not
+/// passed: past the per-flow limit (one byte: nothing can be held), and
+/// held longer than `--fallback-hold-ms` by a client that waits before
+/// filling the gap.
+#[test]
+fn a_segment_held_past_the_fallbacks_limits_is_dropped_then_retransmitted() {
+    let st = reordered_on_purpose(
+        Gateway::Xdp,
+        false,
+        43041,
+        &["--fallback-flow-bytes", "1"],
+        &[],
+    );
+    assert_eq!(counter(&st, "fallback_drops"), 1, "flow limit: {st}");
+    let st = reordered_on_purpose(
+        Gateway::Tc,
+        true,
+        43042,
+        &["--fallback-hold-ms", "100"],
+        &["--pause-ms", "1000"],
+    );
+    assert_eq!(counter(&st, "fallback_drops"), 1, "hold time: {st}");
 }
 
 /// The issue's second attack: with `--max-flows 1024`, a session says
