@@ -400,18 +400,6 @@ fn a_killed_daemon_lets_nothing_uninspected_pass_xdp() {
     killed_while_holding(Mode::Xdp);
 }
 
-/// `--no-fallback`: out-of-order segments are dropped as before.
-#[test]
-fn without_the_fallback_reordered_segments_are_dropped() {
-    let bed = Bed::new(Offloads::Off, Mode::Tc, &["--no-fallback"]);
-    bed.reorder("20mbit", false);
-    let burst = 60;
-    run_checked(&bed, 1, SERVER_V4, burst, 256);
-    let c = bed.inspector().stats_json();
-    assert_eq!(counter(&c, "diverted"), 0, "{}", bed.context());
-    assert!(counter(&c, "out_of_order_drops") > 0, "{}", bed.context());
-}
-
 /// The daemon's CPU time per diverted segment (from
 /// /proc/PID/schedstat, in ns), over a session of 16 MiB reordered on the
 /// client's link: a measurement for the README, not a check (`--ignored`).

@@ -247,9 +247,9 @@ fn forged_syn_ack_xdp_and_tc() {
 /// `VERB x` before the `NOOP` that precedes it in the stream. The segment
 /// ahead goes to the reassembly fallback, and so does the one that fills
 /// the gap (one owner at a time); both are written back and inspected in
-/// order: the server reads `NOOP` and the masked verb, nothing is dropped.
-/// With `attach_args` the fallback's limits make it drop the segment it
-/// held, and the client's own retransmission, in order, is masked the
+/// order: the server reads `NOOP` and the masked verb. With `attach_args`
+/// the fallback's limits make it drop the segment it held (or there is no
+/// fallback), and the client's own retransmission, in order, is masked the
 /// same. Returns the inspector's counters.
 fn reordered_on_purpose(
     g: Gateway,
@@ -280,11 +280,15 @@ fn reordered_on_purpose(
         replies[3].starts_with("500"),
         "{what}: the masked verb: {out}"
     );
-    let st = bed.inspector.stats_json();
-    assert!(counter(&st, "diverted") >= 2, "{what}: {st}");
-    assert!(counter(&st, "reassembled") >= 2, "{what}: {st}");
-    assert_eq!(counter(&st, "out_of_order_drops"), 0, "{what}: {st}");
-    st
+    bed.inspector.stats_json()
+}
+
+/// The counters of a session whose reordered segments all went through
+/// the fallback.
+fn assert_diverted(what: &str, st: &serde_json::Value) {
+    assert!(counter(st, "diverted") >= 2, "{what}: {st}");
+    assert!(counter(st, "reassembled") >= 2, "{what}: {st}");
+    assert_eq!(counter(st, "out_of_order_drops"), 0, "{what}: {st}");
 }
 
 #[test]
@@ -296,6 +300,7 @@ fn segments_reordered_on_purpose_are_inspected_in_order() {
         (Gateway::OneArmed, true, 43034),
     ] {
         let st = reordered_on_purpose(g, v6, sport, &[], &[]);
+        assert_diverted(&format!("{g:?}"), &st);
         assert_eq!(counter(&st, "fallback_drops"), 0, "{g:?}: {st}");
         assert_eq!(counter(&st, "dropped"), 0, "{g:?}: {st}");
     }
@@ -314,6 +319,7 @@ fn a_segment_held_past_the_fallbacks_limits_is_dropped_then_retransmitted() {
         &["--fallback-flow-bytes", "1"],
         &[],
     );
+    assert_diverted("flow limit", &st);
     assert_eq!(counter(&st, "fallback_drops"), 1, "flow limit: {st}");
     let st = reordered_on_purpose(
         Gateway::Tc,
@@ -322,7 +328,19 @@ fn a_segment_held_past_the_fallbacks_limits_is_dropped_then_retransmitted() {
         &["--fallback-hold-ms", "100"],
         &["--pause-ms", "1000"],
     );
+    assert_diverted("hold time", &st);
     assert_eq!(counter(&st, "fallback_drops"), 1, "hold time: {st}");
+}
+
+/// `--no-fallback`: the segment ahead is dropped as before the fallback
+/// existed (`out_of_order_drops`), and the retransmission is masked.
+#[test]
+fn without_the_fallback_a_reordered_segment_is_dropped_then_retransmitted() {
+    for (g, sport) in [(Gateway::Xdp, 43051), (Gateway::Tc, 43052)] {
+        let st = reordered_on_purpose(g, false, sport, &["--no-fallback"], &[]);
+        assert_eq!(counter(&st, "diverted"), 0, "{g:?}: {st}");
+        assert_eq!(counter(&st, "out_of_order_drops"), 1, "{g:?}: {st}");
+    }
 }
 
 /// The second attack: with `--max-flows 1024`, a session says
