@@ -19,9 +19,11 @@ Scenarios (each ends with QUIT; the test reads what the server received):
                  rest of the handshake; a forged "250" ahead of the server's
                  own greeting; EHLO; VERB.
   reorder        EHLO; then "VERB x" sent before the "NOOP" that precedes
-                 it in the stream (--pause-ms between the two); if the
-                 server has not acknowledged both once NOOP is answered,
-                 "VERB x" is sent again, in order, as TCP would.
+                 it in the stream (--pause-ms between the two; with
+                 --ready and --go, it creates the file READY after the
+                 first and waits for the file GO before the second); if
+                 the server has not acknowledged both once NOOP is
+                 answered, "VERB x" is sent again, in order, as TCP would.
 
 It prints one JSON object: {"replies": [TEXT, ...], "error": null | TEXT}.
 The client's kernel must not reset the connection scapy owns: the test adds
@@ -33,6 +35,7 @@ Run with /usr/bin/python3, inside the client namespace.
 import argparse
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -239,6 +242,13 @@ def reorder(c, out):
     # An adversary that waits: longer than the fallback may hold a segment,
     # if the test asks for it.
     time.sleep(c.a.pause_ms / 1000.0)
+    if c.a.ready:
+        open(c.a.ready, "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(c.a.go):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no go file")
+            time.sleep(0.01)
     c.send(PSH | ACK, first, seq=at)
     c.seq = (second_at + len(second)) % (1 << 32)
     out.append(c.reply())
@@ -265,6 +275,8 @@ def main():
     ap.add_argument("--sport", type=int, required=True)
     ap.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
     ap.add_argument("--pause-ms", type=int, default=0)
+    ap.add_argument("--ready")
+    ap.add_argument("--go")
     a = ap.parse_args()
     conf.verb = 0
     c = Conn(a)

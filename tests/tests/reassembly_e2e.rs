@@ -2,8 +2,9 @@
 //! of the client (or the server's replies) reordered on their link (two
 //! HTB classes: this kernel has no netem), through the gateway of
 //! `docs/testbed.md`, XDP and TC. (Segments a hostile client reorders
-//! itself, and the fallback's limits, are in `spoofing_e2e.rs`: scapy
-//! orders them exactly, where HTB reorders by timing.)
+//! itself, the fallback's limits and its daemon killed while it holds a
+//! segment are in `spoofing_e2e.rs`: scapy orders them exactly, where HTB
+//! reorders by timing.)
 //! The recording aiosmtpd server is the judge: it must read every denied
 //! verb masked, exactly as if nothing had been reordered, and the message
 //! body byte for byte (SHA-256); and the counters must show that segments
@@ -16,10 +17,8 @@ use std::{net::IpAddr, time::Duration};
 use inspector_tests::{
     client::{self, code_of, Script, Transcript},
     inspector::{counter, Attach},
-    inspector_bin,
     netns::addr::{SERVER_V4, SERVER_V6},
-    proc::run_ok,
-    sha256_hex, wait_until, Inspector, Offloads, RecordingSmtpd, Testbed,
+    sha256_hex, Inspector, Offloads, RecordingSmtpd, Testbed,
 };
 
 const FROM: &str = "sender@example.com";
@@ -157,11 +156,7 @@ fn body(kib: usize) -> String {
 /// The session: EHLO, a pipelined burst, a message, another burst, QUIT.
 /// Returns the script, the byte stream the server must read, and the
 /// replies each step expects (a 5xx, or the code).
-fn session(
-    burst: usize,
-    kib: usize,
-    pause: Option<(&std::path::Path, &std::path::Path)>,
-) -> (Script, Vec<u8>, String) {
+fn session(burst: usize, kib: usize) -> (Script, Vec<u8>, String) {
     let first = pipelined(burst);
     let second = pipelined(burst);
     let body = body(kib);
@@ -177,9 +172,6 @@ fn session(
     ] {
         s = s.cmd(&c);
         want.push_str(&c);
-    }
-    if let Some((ready, go)) = pause {
-        s = s.touch(ready).wait_file(go);
     }
     s = s.send(format!("{body}.\r\n").as_bytes(), 1);
     want.push_str(&format!("{body}.\r\n"));
@@ -239,7 +231,7 @@ fn check_server(bed: &Bed, n: usize, want: &[u8], body: &str) {
 /// KiB body from the client to `server`, and checks what the client was
 /// answered and what the server received.
 fn run_checked(bed: &Bed, n: usize, server: IpAddr, burst: usize, kib: usize) {
-    let (script, want, body) = session(burst, kib, None);
+    let (script, want, body) = session(burst, kib);
     let t = client::spawn(&bed.tb.client, server, 25, &script)
         .finish_raw()
         .unwrap_or_else(|e| panic!("the session failed: {e}\n{}", bed.context()));
@@ -317,89 +309,6 @@ fn reordered_replies_are_inspected_in_order_xdp() {
     reordered_on(Offloads::Off, Mode::Xdp, SERVER_V4, true, 400);
 }
 
-/// The daemon is killed while it holds segments: what it held is lost
-/// (dropped, as without a fallback), nothing passes uninspected, and once
-/// a new daemon takes over the session completes, every verb masked.
-fn killed_while_holding(mode: Mode) {
-    let mut bed = Bed::new(Offloads::Off, mode, &[]);
-    // The slow class delays originals by up to seconds, past the
-    // retransmissions of the segments the killed daemon held: with TCP
-    // timestamps the server then discards such a late original (PAWS)
-    // after the inspector passed it, and its retransmission starts too far
-    // back to be re-inspected (README Limits). Real reordering is shorter
-    // than a retransmission timeout; this test is about the daemon's death.
-    bed.tb.client.sysctl("net.ipv4.tcp_timestamps", "0");
-    let pin_dir = bed.inspector().pin_dir().to_path_buf();
-    let dir = client::handshake_dir();
-    let (ready, go) = (dir.path().join("ready"), dir.path().join("go"));
-    let burst = 60;
-    let (script, want, body) = session(burst, 512, Some((&ready, &go)));
-    let running = client::spawn(&bed.tb.client, SERVER_V4, 25, &script);
-    wait_until("the client at DATA", Duration::from_secs(30), || {
-        ready.exists().then_some(())
-    });
-    // Slow enough that the daemon holds segments for about a second.
-    bed.reorder("1mbit", false);
-    std::fs::write(&go, b"").unwrap();
-    let status = || -> serde_json::Value {
-        let out = run_ok(
-            bed.tb
-                .gateway
-                .nsenter(inspector_bin())
-                .args(["status", "--json", "--pin-dir"])
-                .arg(&pin_dir),
-        );
-        serde_json::from_str(&out.stdout_str()).expect("status --json")
-    };
-    wait_until(
-        "the fallback holding segments",
-        Duration::from_secs(30),
-        || {
-            let s = status();
-            (s["fallback"]["held_segments"].as_u64().unwrap_or(0) > 0).then_some(())
-        },
-    );
-    let before = bed.inspector().stats_json();
-    // SIGKILL: no clean-up, the links stay pinned and keep inspecting.
-    let mut old = bed.inspector.take().unwrap();
-    let stopped = old.stop_leaving_pin_dir(rustix::process::Signal::KILL.as_raw());
-    assert!(stopped.pins_left);
-    assert_eq!(
-        status()["fallback"]["state"],
-        "active",
-        "a killed daemon's heartbeat stays fresh for a while"
-    );
-    wait_until(
-        "the kernel to see the daemon gone",
-        Duration::from_secs(10),
-        || (status()["fallback"]["state"] == "stale").then_some(()),
-    );
-    bed.inspector = Some(start(&bed.tb, mode, &[], Some(&pin_dir)));
-    assert_eq!(status()["fallback"]["state"], "active");
-    let t = running
-        .finish_raw()
-        .unwrap_or_else(|e| panic!("the session failed: {e}\n{}", bed.context()));
-    check_replies(&t, burst);
-    check_server(&bed, 1, &want, &body);
-    let c = bed.inspector().stats_json();
-    let ctx = bed.context();
-    assert!(counter(&before, "diverted") > 0, "{ctx}");
-    assert!(
-        counter(&c, "diverted") > counter(&before, "diverted"),
-        "diverting again after the restart\n{ctx}"
-    );
-}
-
-#[test]
-fn a_killed_daemon_lets_nothing_uninspected_pass_tc() {
-    killed_while_holding(Mode::Tc);
-}
-
-#[test]
-fn a_killed_daemon_lets_nothing_uninspected_pass_xdp() {
-    killed_while_holding(Mode::Xdp);
-}
-
 /// The daemon's CPU time per diverted segment (from
 /// /proc/PID/schedstat, in ns), over a session of 16 MiB reordered on the
 /// client's link: a measurement for the README, not a check (`--ignored`).
@@ -414,7 +323,7 @@ fn measure_the_cost_per_diverted_segment() {
                 .expect("schedstat");
             s.split_whitespace().next().unwrap().parse().unwrap()
         };
-        let (script, _, _) = session(4, 16 * 1024, None);
+        let (script, _, _) = session(4, 16 * 1024);
         let before = cpu();
         let t0 = std::time::Instant::now();
         let t = client::spawn(&bed.tb.client, SERVER_V4, 25, &script)

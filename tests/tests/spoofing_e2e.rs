@@ -13,12 +13,13 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use inspector_tests::{
     client::Smtp,
     inspector::{counter, Attach},
+    inspector_bin,
     netns::{
         addr::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
         OneArmed,
     },
     proc::{run_ok, run_timeout},
-    Inspector, NetNs, Offloads, RecordingSmtpd, Testbed,
+    wait_until, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -33,7 +34,7 @@ enum Gateway {
 struct Bed {
     inspector: Inspector,
     smtpd: RecordingSmtpd,
-    _two: Option<Testbed>,
+    two: Option<Testbed>,
     _one: Option<OneArmed>,
     client: PathBuf,
     client_if: String,
@@ -83,16 +84,7 @@ impl Bed {
         };
         let smtpd = RecordingSmtpd::start(server, &[SERVER_V4, SERVER_V6], 25);
         let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
-        let mut attach = Attach::new(gateway, &ifaces);
-        if let Gateway::Tc = g {
-            attach = attach.arg("--mode").arg("tc");
-        }
-        for a in extra {
-            attach = attach.arg(*a);
-        }
-        let inspector = attach
-            .start()
-            .unwrap_or_else(|f| panic!("inspector attach failed ({}):\n{}", f.status, f.stderr));
+        let inspector = attach(gateway, &ifaces, g, extra, None);
         // The client's kernel must not reset the connection scapy owns.
         for tool in ["iptables", "ip6tables"] {
             run_ok(client.exec(tool).args([
@@ -117,7 +109,7 @@ impl Bed {
             client: client.path(),
             client_if,
             gw_mac,
-            _two: two,
+            two,
             _one: one,
         }
     }
@@ -135,6 +127,23 @@ impl Bed {
         sport: u16,
         extra: &[&str],
     ) -> serde_json::Value {
+        client_output(
+            scenario,
+            run_timeout(
+                &mut self.attack_cmd(v6, scenario, sport, extra),
+                Duration::from_secs(90),
+            ),
+        )
+    }
+
+    /// The command that runs the hostile client (see [`Bed::attack_with`]).
+    fn attack_cmd(
+        &self,
+        v6: bool,
+        scenario: &str,
+        sport: u16,
+        extra: &[&str],
+    ) -> std::process::Command {
         let (c, s) = if v6 {
             (CLIENT_V6, SERVER_V6)
         } else {
@@ -149,15 +158,7 @@ impl Bed {
             .args(["--client", &ip(c), "--server", &ip(s)])
             .args(["--sport", &sport.to_string(), "--scenario", scenario])
             .args(extra);
-        let out = run_timeout(&mut cmd, Duration::from_secs(90));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{scenario}: the client printed no JSON ({e}); status {}\nstdout: {}\nstderr: {}",
-                out.status,
-                out.stdout_str(),
-                out.stderr
-            )
-        })
+        cmd
     }
 
     fn context(&self) -> String {
@@ -168,6 +169,42 @@ impl Bed {
             self.inspector.stderr()
         )
     }
+}
+
+/// `inspector attach` on the gateway's `ifaces` in the mode of `g`, with
+/// `extra` arguments, on `pin_dir` (to take over a killed one's pins).
+fn attach(
+    gateway: &NetNs,
+    ifaces: &[&str],
+    g: Gateway,
+    extra: &[&str],
+    pin_dir: Option<&std::path::Path>,
+) -> Inspector {
+    let mut attach = Attach::new(gateway, ifaces);
+    if let Gateway::Tc = g {
+        attach = attach.arg("--mode").arg("tc");
+    }
+    if let Some(d) = pin_dir {
+        attach = attach.pin_dir(d);
+    }
+    for a in extra {
+        attach = attach.arg(*a);
+    }
+    attach
+        .start()
+        .unwrap_or_else(|f| panic!("inspector attach failed ({}):\n{}", f.status, f.stderr))
+}
+
+/// What the hostile client printed: its replies and error.
+fn client_output(scenario: &str, out: inspector_tests::proc::Finished) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{scenario}: the client printed no JSON ({e}); status {}\nstdout: {}\nstderr: {}",
+            out.status,
+            out.stdout_str(),
+            out.stderr
+        )
+    })
 }
 
 fn ip(a: IpAddr) -> String {
@@ -330,6 +367,77 @@ fn a_segment_held_past_the_fallbacks_limits_is_dropped_then_retransmitted() {
     );
     assert_diverted("hold time", &st);
     assert_eq!(counter(&st, "fallback_drops"), 1, "hold time: {st}");
+}
+
+/// The fallback's daemon is killed (SIGKILL: the links stay pinned and go
+/// on inspecting) while it holds the segment a client sent ahead: that
+/// segment is lost with it, never passed; the kernel sees the heartbeat go
+/// stale; a new `attach` takes over the pins, and once the client fills the
+/// gap and retransmits, the verb is masked as ever.
+#[test]
+fn a_killed_daemon_loses_what_it_held_and_passes_nothing_uninspected() {
+    for (g, sport) in [(Gateway::Xdp, 43061), (Gateway::Tc, 43062)] {
+        let mut bed = Bed::new(g);
+        let dir = inspector_tests::client::handshake_dir();
+        let (ready, go) = (dir.path().join("ready"), dir.path().join("go"));
+        let mut cmd = bed.attack_cmd(
+            false,
+            "reorder",
+            sport,
+            &[
+                "--ready",
+                ready.to_str().unwrap(),
+                "--go",
+                go.to_str().unwrap(),
+            ],
+        );
+        let client = std::thread::spawn(move || run_timeout(&mut cmd, Duration::from_secs(90)));
+        let pin_dir = bed.inspector.pin_dir().to_path_buf();
+        let tb = bed.two.as_ref().expect("a two-interface gateway");
+        let status = || -> serde_json::Value {
+            let out = run_ok(
+                tb.gateway
+                    .nsenter(inspector_bin())
+                    .args(["status", "--json", "--pin-dir"])
+                    .arg(&pin_dir),
+            );
+            serde_json::from_str(&out.stdout_str()).expect("status --json")
+        };
+        wait_until("the segment sent ahead", Duration::from_secs(30), || {
+            ready.exists().then_some(())
+        });
+        wait_until("the fallback holding it", Duration::from_secs(10), || {
+            (status()["fallback"]["held_segments"].as_u64() == Some(1)).then_some(())
+        });
+        let stopped = bed
+            .inspector
+            .stop_leaving_pin_dir(rustix::process::Signal::KILL.as_raw());
+        assert!(stopped.pins_left);
+        wait_until(
+            "the kernel to see the daemon gone",
+            Duration::from_secs(10),
+            || (status()["fallback"]["state"] == "stale").then_some(()),
+        );
+        let before = bed.inspector.stats_json();
+        bed.inspector = attach(&tb.gateway, &tb.gateway_ifaces(), g, &[], Some(&pin_dir));
+        std::fs::write(&go, b"").unwrap();
+        let out = client_output("reorder", client.join().expect("the client thread"));
+        let what = format!("{g:?}");
+        assert!(out["error"].is_null(), "{what}: {out}\n{}", bed.context());
+        assert_eq!(
+            commands(&bed),
+            ["EHLO CLIENT.TEST\r\n", "NOOP\r\n", "XXXX X\r\n", "QUIT\r\n"],
+            "{what}: client: {out}\n{}",
+            bed.context()
+        );
+        let st = bed.inspector.stats_json();
+        assert_eq!(counter(&before, "diverted"), 1, "{what}: {before}");
+        assert_eq!(counter(&before, "reassembled"), 0, "{what}: {before}");
+        // After the takeover: the gap filled and the retransmission both
+        // went through the new daemon (the flow's half is still marked).
+        assert_eq!(counter(&st, "diverted"), 3, "{what}: {st}");
+        assert_eq!(counter(&st, "reassembled"), 2, "{what}: {st}");
+    }
 }
 
 /// `--no-fallback`: the segment ahead is dropped as before the fallback
