@@ -218,6 +218,15 @@ fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
         // BIG TCP (see `oversized`): the real length is the packet's.
         return oversized(ctx, off, ctx.total_len().saturating_sub(off), out);
     }
+    if remaining == 0 && next == 0 {
+        // Length 0 before a hop-by-hop header: Linux waits for a jumbo
+        // option to give the length, and without one keeps the packet as
+        // long as it came, forwards it, and the server's stack reads the
+        // TCP segment in it. Read the same bytes, or a client hides
+        // commands in such packets (a segment over 64 KiB is dropped
+        // later, as every one is).
+        remaining = ctx.total_len().saturating_sub(off);
+    }
     for _ in 0..MAX_IPV6_EXT {
         let len = match next {
             IPPROTO_TCP => return parse_tcp(ctx, off, remaining, out),

@@ -18,6 +18,9 @@ Scenarios (each ends with QUIT; the test reads what the server received):
   forged-synack  SYN with TTL 1; a forged SYN-ACK; the real SYN and the
                  rest of the handshake; a forged "250" ahead of the server's
                  own greeting; EHLO; VERB.
+  zero-length    (IPv6) EHLO; VERB in a packet whose payload length is 0,
+                 with a hop-by-hop header and no jumbo option (which Linux
+                 takes as "as long as the frame"), then VERB again, plainly.
   reorder        EHLO; then "VERB x" sent before the "NOOP" that precedes
                  it in the stream (--pause-ms between the two; with
                  --ready and --go, it creates the file READY after the
@@ -41,7 +44,17 @@ import sys
 import time
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-from scapy.all import IP, TCP, AsyncSniffer, Ether, IPv6, conf, get_if_hwaddr, sendp  # noqa: E402
+from scapy.all import (  # noqa: E402
+    IP,
+    TCP,
+    AsyncSniffer,
+    Ether,
+    IPv6,
+    IPv6ExtHdrHopByHop,
+    conf,
+    get_if_hwaddr,
+    sendp,
+)
 
 TIMEOUT = 5.0
 SYN, ACK, PSH, FIN = 0x02, 0x10, 0x08, 0x01
@@ -225,6 +238,29 @@ def forged_synack(c, out):
     out.append(c.reply())
 
 
+def zero_length(c, out):
+    if not c.v6:
+        raise RuntimeError("zero-length is an IPv6 scenario")
+    c.connect()
+    out.append(c.reply())
+    c.command(b"EHLO client.test\r\n")
+    out.append(c.reply())
+    line = b"VERB\r\n"
+    p = (
+        Ether(dst=c.a.gw_mac, src=c.mac)
+        / IPv6(src=c.a.client, dst=c.a.server, plen=0)
+        / IPv6ExtHdrHopByHop()
+        / TCP(sport=c.sport, dport=25, seq=c.seq, ack=c.rcv, flags=PSH | ACK, window=65535)
+        / line
+    )
+    sendp(p, iface=c.a.iface, verbose=False)
+    c.seq = (c.seq + len(line)) % (1 << 32)
+    out.append(c.reply(timeout=2.0))
+    # As TCP would: sent again, if the server did not take it.
+    c.send(PSH | ACK, line, seq=(c.seq - len(line)) % (1 << 32))
+    out.append(c.reply(timeout=2.0))
+
+
 def seq_ge(a, b):
     """a is at or after b in sequence space."""
     return (a - b) % (1 << 32) < (1 << 31)
@@ -263,6 +299,7 @@ SCENARIOS = {
     "forged-ack": forged_ack,
     "forged-synack": forged_synack,
     "reorder": reorder,
+    "zero-length": zero_length,
 }
 
 

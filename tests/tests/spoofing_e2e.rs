@@ -280,6 +280,29 @@ fn forged_syn_ack_xdp_and_tc() {
     check(Gateway::OneArmed, true, "forged-synack", true, 43023);
 }
 
+/// An IPv6 packet whose payload length is 0, with a hop-by-hop header but
+/// no jumbo option: Linux takes it as long as its frame and forwards it,
+/// and the server's stack reads its TCP segment. The inspector must read
+/// it the same way, not pass it as malformed: `VERB` never reaches the
+/// server unmasked.
+#[test]
+fn an_ipv6_packet_of_length_zero_is_inspected() {
+    for (g, sport) in [(Gateway::Xdp, 43071), (Gateway::Tc, 43072)] {
+        let bed = Bed::new(g);
+        let out = bed.attack(true, "zero-length", sport);
+        let what = format!("{g:?}");
+        assert!(out["error"].is_null(), "{what}: {out}\n{}", bed.context());
+        assert_eq!(
+            commands(&bed),
+            ["EHLO CLIENT.TEST\r\n", "XXXX\r\n", "QUIT\r\n"],
+            "{what}: client: {out}\n{}",
+            bed.context()
+        );
+        let st = bed.inspector.stats_json();
+        assert_eq!(counter(&st, "malformed"), 0, "{what}: {st}");
+    }
+}
+
 /// docs/contract.md §5 against a client that reorders on purpose: it sends
 /// `VERB x` before the `NOOP` that precedes it in the stream. The segment
 /// ahead goes to the reassembly fallback, and so does the one that fills
