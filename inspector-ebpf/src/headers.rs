@@ -26,11 +26,16 @@ pub enum Parsed {
     Fragment(Ports),
     /// A TCP segment larger than an IP length field can describe (BIG
     /// TCP: the length field is 0 and the packet is over 64 KiB): more
-    /// than the inspector parses. Its addresses and ports are written to
+    /// than the inspector parses. (Also an IPv6 one whose length field is
+    /// 0 before a hop-by-hop header, whatever its size: see `parse_ipv6`.) Its addresses and ports are written to
     /// the `Tcp` passed in; the ports are also in the [`Ports`].
     Oversized(Ports),
     /// Not TCP over IP: nothing for us.
     Other,
+    /// An IPv6 packet whose extension headers go on past the ones we
+    /// follow: what it carries cannot be told, and a receiver follows any
+    /// number of them (see `parse_ipv6`).
+    Unfollowed,
     /// Headers truncated or inconsistent.
     Malformed,
 }
@@ -183,6 +188,12 @@ fn oversized<P: Packet>(ctx: &P, off: usize, len: usize, out: &mut Tcp) -> Parse
     if len <= 65535 {
         return Parsed::Malformed;
     }
+    too_large(ctx, off, out)
+}
+
+/// [`Parsed::Oversized`] for the TCP segment at `off`, whatever its length.
+#[inline(always)]
+fn too_large<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
     // Ports and sequence number, for the event that reports it.
     let Some(h) = ctx.at::<[u8; 8]>(off) else {
         return Parsed::Malformed;
@@ -219,13 +230,19 @@ fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
         return oversized(ctx, off, ctx.total_len().saturating_sub(off), out);
     }
     if remaining == 0 && next == 0 {
-        // Length 0 before a hop-by-hop header: Linux waits for a jumbo
-        // option to give the length, and without one keeps the packet as
-        // long as it came, forwards it, and the server's stack reads the
-        // TCP segment in it. Read the same bytes, or a client hides
-        // commands in such packets (a segment over 64 KiB is dropped
-        // later, as every one is).
-        remaining = ctx.total_len().saturating_sub(off);
+        // Length 0 before a hop-by-hop header: Linux keeps the packet as
+        // long as it came (or as a jumbo option says), forwards it, and the
+        // server's stack reads the TCP segment in it. No honest stack sends
+        // one under 64 KiB, and over it is more than is parsed: to an
+        // inspected port it is dropped as too large, never passed unread.
+        let Some(e) = ctx.read::<[u8; 2]>(off) else {
+            return Parsed::Malformed;
+        };
+        return match e[0] {
+            IPPROTO_TCP => too_large(ctx, off + (e[1] as usize + 1) * 8, out),
+            0 | 43 | 44 | 51 | 60 => Parsed::Unfollowed,
+            _ => Parsed::Other,
+        };
     }
     for _ in 0..MAX_IPV6_EXT {
         let len = match next {
@@ -270,7 +287,14 @@ fn parse_ipv6<P: Packet>(ctx: &P, off: usize, out: &mut Tcp) -> Parsed {
     if next == IPPROTO_TCP {
         return parse_tcp(ctx, off, remaining, out);
     }
-    // Longer chains than we follow: not something we can inspect.
+    if matches!(next, 0 | 43 | 44 | 51 | 60) {
+        // Still extension headers (or a fragment header behind them): Linux
+        // follows any number of them and would deliver a TCP segment at
+        // the end, to an inspected port for all we know. No honest stack
+        // sends this many (RFC 8200 4.1: each at most once, destination
+        // options twice).
+        return Parsed::Unfollowed;
+    }
     Parsed::Other
 }
 

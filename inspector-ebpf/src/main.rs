@@ -123,6 +123,13 @@ fn run<P: Packet>(ctx: &P) -> u32 {
         }
         kind::MALFORMED => {
             count(Counter::Malformed);
+            // An IPv6 chain past what is followed may carry a segment of an
+            // inspected flow that nobody read: fail closed. (Other broken
+            // headers pass: no receiver takes them.)
+            if parsed & UNFOLLOWED != 0 && config() & CFG_MONITOR == 0 {
+                count(Counter::Dropped);
+                return P::DROP;
+            }
             P::PASS
         }
         _ => P::PASS,
@@ -156,6 +163,9 @@ mod kind {
     pub const MALFORMED: u64 = 3;
     pub const OVERSIZED: u64 = 4;
 }
+/// With `kind::MALFORMED`: the headers are not broken, only more than are
+/// followed (`Parsed::Unfollowed`).
+const UNFOLLOWED: u64 = 1;
 const KIND_SHIFT: u32 = 40;
 
 /// Header parsing: the TCP headers go to `tcp` (in the work area); the
@@ -172,6 +182,7 @@ fn classify<P: Packet>(ctx: &P, tcp: &mut Tcp) -> u64 {
         Parsed::Oversized(ports) => kind::OVERSIZED << KIND_SHIFT | ports.0,
         Parsed::Malformed => kind::MALFORMED << KIND_SHIFT,
         Parsed::Other => kind::OTHER << KIND_SHIFT,
+        Parsed::Unfollowed => kind::MALFORMED << KIND_SHIFT | UNFOLLOWED,
     }
 }
 

@@ -64,12 +64,7 @@ fn layout(f: &[u8]) -> Layout {
             (off + ihl, tcp_len, p)
         }
         0x86dd => {
-            // Length 0 before a hop-by-hop header: as long as the frame,
-            // as Linux reads it (no jumbo option in these frames).
-            let end = match (be16(f, off + 4), f[off + 6]) {
-                (0, 0) => f.len(),
-                (plen, _) => off + 40 + plen,
-            };
+            let end = off + 40 + be16(f, off + 4);
             let mut next = f[off + 6];
             let mut l4 = off + 40;
             loop {
@@ -173,14 +168,6 @@ fn shapes() -> Vec<(&'static str, Shape)> {
             "IPv6, hop-by-hop + destination options",
             Box::new(|t, r| {
                 let ip = Ipv6::tcp(t).ext(Ext::hop_by_hop()).ext(Ext::dest_opts(2));
-                Frame::ipv6(if r { ip.reply() } else { ip })
-            }),
-        ),
-        (
-            // Linux forwards it as long as its frame (no jumbo option).
-            "IPv6 + hop-by-hop, payload length 0",
-            Box::new(|t, r| {
-                let ip = Ipv6::tcp(t).ext(Ext::hop_by_hop()).lie_payload_len(0);
                 Frame::ipv6(if r { ip.reply() } else { ip })
             }),
         ),
@@ -461,12 +448,7 @@ logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.all import Ether, TCP
 bad = 0
 for h in sys.argv[1:]:
-    raw = bytearray(bytes.fromhex(h))
-    # IPv6 payload length 0 before a hop-by-hop header: Linux reads it as
-    # the frame's length, scapy would not dissect; the TCP sum is the same.
-    if raw[12:14] == b"\x86\xdd" and raw[18:20] == b"\0\0" and raw[20] == 0:
-        raw[18:20] = (len(raw) - 54).to_bytes(2, "big")
-    p = Ether(bytes(raw))
+    p = Ether(bytes.fromhex(h))
     assert TCP in p, p.summary()
     q = p.copy()
     del q[TCP].chksum
@@ -1355,6 +1337,68 @@ fn a_segment_over_64_kib_is_dropped() {
         assert_eq!(o.get("dropped"), 1, "{name}");
         // Dropped for its size, not counted as a broken header.
         assert_eq!(o.get("malformed"), 0, "{name}");
+    }
+}
+
+/// An IPv6 packet whose payload length is 0 before a hop-by-hop header
+/// (no jumbo option, or one): Linux forwards it as long as it came, and the
+/// server's stack reads its TCP segment. To an inspected port it is dropped
+/// as too large, never passed unread; to another port it passes.
+#[test]
+fn an_ipv6_segment_of_length_zero_is_dropped_not_passed_unread() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let prog = Loaded::new(hook, 0);
+        for (port, want) in [(25, Verdict::Drop), (80, Verdict::Pass)] {
+            let t = Tcp::new(client_port(), port)
+                .seq(1)
+                .ack(1)
+                .payload(b"VERB\r\n");
+            let frame = Frame::ipv6(Ipv6::tcp(t).ext(Ext::hop_by_hop()).lie_payload_len(0)).bytes();
+            let o = prog.run(&frame);
+            let what = format!("{hook:?}, port {port}");
+            assert_eq!(o.verdict, want, "{what}: {:?}", o.delta.nonzero());
+            assert_eq!(o.get("dropped"), (want == Verdict::Drop) as u64, "{what}");
+            assert_eq!(o.get("malformed"), 0, "{what}");
+        }
+    }
+}
+
+/// A client hides `VERB` behind more IPv6 extension headers than the
+/// program follows (Linux follows any number, so the server would read
+/// it): dropped, counted as malformed, whatever its ports; behind as many
+/// as it follows, masked as ever. Headers an honest stack sends are far
+/// fewer (RFC 8200 4.1).
+#[test]
+fn a_segment_behind_too_many_extension_headers_is_dropped() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let prog = Loaded::new(hook, 0);
+        for (n, dropped) in [(6, false), (7, true), (12, true)] {
+            let shape: Shape = Box::new(move |t, r| {
+                let mut ip = Ipv6::tcp(t).ext(Ext::hop_by_hop());
+                for _ in 1..n {
+                    ip = ip.ext(Ext::dest_opts(1));
+                }
+                Frame::ipv6(if r { ip.reply() } else { ip })
+            });
+            let what = format!("{hook:?}, {n} extension headers");
+            if dropped {
+                // Not even the handshake gets through.
+                let t = Tcp::new(client_port(), 25)
+                    .seq(1)
+                    .ack(1)
+                    .payload(b"VERB\r\n");
+                let frame = shape(t, false).bytes();
+                let o = prog.run(&frame);
+                assert_eq!(o.verdict, Verdict::Drop, "{what}: {:?}", o.delta.nonzero());
+                assert_eq!(o.get("malformed"), 1, "{what}");
+                assert_eq!(o.get("dropped"), 1, "{what}");
+            } else {
+                let mut s = session(&prog, shape);
+                let frame = s.client_frame(b"VERB\r\n");
+                let o = s.run_client_frame(&frame, 6);
+                assert_masked_frame(&what, &frame, &o, b"XXXX\r\n");
+            }
+        }
     }
 }
 

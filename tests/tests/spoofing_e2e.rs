@@ -282,11 +282,12 @@ fn forged_syn_ack_xdp_and_tc() {
 
 /// An IPv6 packet whose payload length is 0, with a hop-by-hop header but
 /// no jumbo option: Linux takes it as long as its frame and forwards it,
-/// and the server's stack reads its TCP segment. The inspector must read
-/// it the same way, not pass it as malformed: `VERB` never reaches the
+/// and the server's stack reads its TCP segment. The inspector must not
+/// pass it as malformed: it drops it (too large: more than it parses), and
+/// the client's plain retransmission is masked. `VERB` never reaches the
 /// server unmasked.
 #[test]
-fn an_ipv6_packet_of_length_zero_is_inspected() {
+fn an_ipv6_packet_of_length_zero_never_carries_a_verb_past() {
     for (g, sport) in [(Gateway::Xdp, 43071), (Gateway::Tc, 43072)] {
         let bed = Bed::new(g);
         let out = bed.attack(true, "zero-length", sport);
@@ -300,6 +301,7 @@ fn an_ipv6_packet_of_length_zero_is_inspected() {
         );
         let st = bed.inspector.stats_json();
         assert_eq!(counter(&st, "malformed"), 0, "{what}: {st}");
+        assert_eq!(counter(&st, "dropped"), 1, "{what}: {st}");
     }
 }
 
