@@ -294,6 +294,17 @@ mod tests {
         }
     }
 
+    /// The kernel builds a new entry by zeroing it a word at a time
+    /// (`inspector-ebpf`'s `words::zero`), which must be its default.
+    #[test]
+    fn the_default_flow_is_all_zero_bytes() {
+        // SAFETY: every field of `Flow` is an integer or an array of them,
+        // for which all-zero bytes are a valid value.
+        let zeroed: Flow = unsafe { core::mem::zeroed() };
+        assert_eq!(zeroed, Flow::default());
+        assert!(size_of::<Flow>().is_multiple_of(8));
+    }
+
     #[test]
     fn classes() {
         let c = cur(1000);

@@ -39,6 +39,7 @@ use inspector_common::{
 use crate::{
     maps::{max_flows_per_client, CLIENT_FLOWS, FLOWS, HANDSHAKES},
     report::count,
+    words,
     workarea::WorkArea,
 };
 
@@ -196,42 +197,6 @@ pub fn track(
     // turn the rest of the flow into an uninspected midstream flow.
     // `inspector attach` expires closed and idle entries.
     closes
-}
-
-/// `*dst = *src` for a parser state (or any plain struct of whole 64-bit
-/// words), one word at a time. A plain assignment of these structs
-/// compiles to a call of the BPF `memmove`, which copies a byte per
-/// iteration (about 400 instructions for the 48-byte client state, twice
-/// per in-order segment); volatile accesses keep LLVM from turning the
-/// loop back into that call.
-#[inline(always)]
-pub fn copy_words<T: Copy>(dst: &mut T, src: &T) {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
-    let d = dst as *mut T as *mut u64;
-    let s = src as *const T as *const u64;
-    for i in 0..size_of::<T>() / 8 {
-        // SAFETY: both point to a whole, 8-aligned `T`, and word `i` lies
-        // inside it; `T` is `Copy`, so its bytes may be copied as words.
-        unsafe { write_volatile(d.add(i), read_volatile(s.add(i))) };
-    }
-}
-
-/// `a == b` for two client parser states, a word at a time: one branch
-/// instead of one per field. Exact, because the struct has no padding
-/// (every byte is a field, `_pad` included, so equal fields mean equal
-/// words and the converse).
-#[inline(always)]
-pub fn same_client_state(a: &ClientState, b: &ClientState) -> bool {
-    const { assert!(size_of::<ClientState>() == 48) };
-    let a = a as *const ClientState as *const u64;
-    let b = b as *const ClientState as *const u64;
-    let mut diff = 0;
-    for i in 0..size_of::<ClientState>() / 8 {
-        // SAFETY: both point to a whole, 8-aligned `ClientState`, and word
-        // `i` lies inside it.
-        diff |= unsafe { read_volatile(a.add(i)) ^ read_volatile(b.add(i)) };
-    }
-    diff == 0
 }
 
 /// The `DIR_*` flags of a cursor another CPU may be writing.
@@ -465,7 +430,9 @@ pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64) -> Refusal {
         return reason::CLIENT_CAP;
     }
     let flow = &mut w.new_flow;
-    *flow = Flow::default();
+    // Not `Flow::default()`: LLVM makes that six calls of the BPF
+    // `memset`, a byte per iteration over its 520 bytes.
+    words::zero(flow);
     flow.created_ns = now;
     flow.client.cur.next_seq = seq;
     flow.client.cur.flags = DIR_SYNCED;

@@ -21,7 +21,7 @@ use crate::{
     mask,
     packet::Packet,
     report::{count, count_n, send},
-    rst, side, stream,
+    rst, side, stream, words,
     workarea::WorkArea,
 };
 
@@ -296,7 +296,7 @@ fn client<P: Packet>(
     }
     match classify(seq, len, &own.cur, peer_acked) {
         SegClass::InOrder => {
-            flow::copy_words(&mut w.parser.client, &own.state);
+            words::copy(&mut w.parser.client, &own.state);
             stream::run_client(ctx, w, 0, len);
             if w.parser.held != 0 {
                 // Held at the segment's first byte: the gate it starts
@@ -326,7 +326,7 @@ fn client<P: Packet>(
             }
             let own = &mut *side.own;
             own.ckpts.record(seq, &own.state);
-            flow::copy_words(&mut own.state, &w.parser.client);
+            words::copy(&mut own.state, &w.parser.client);
             own.cur.next_seq = seq.wrapping_add(len);
             side.publish(&w.parser.client);
             advanced(side, w);
@@ -344,13 +344,13 @@ fn client<P: Packet>(
             let Some(i) = own.ckpts.find(seq) else {
                 return Verdict::Drop(Counter::RetransUnverifiable);
             };
-            flow::copy_words(&mut w.parser.client, own.ckpts.at(i));
+            words::copy(&mut w.parser.client, own.ckpts.at(i));
             w.parser.report = 0;
             let seen = len.min(overlap);
             stream::run_client(ctx, w, 0, seen);
             match expected_after(seq, len, overlap, &own.state, &own.ckpts) {
                 None => return Verdict::Drop(Counter::RetransUnverifiable),
-                Some(e) if w.parser.held != 0 || !flow::same_client_state(&w.parser.client, e) => {
+                Some(e) if w.parser.held != 0 || !words::same_client_state(&w.parser.client, e) => {
                     return Verdict::Drop(Counter::RetransConflicts)
                 }
                 _ => {}
@@ -372,7 +372,7 @@ fn client<P: Packet>(
                 }
                 let own = &mut *side.own;
                 own.ckpts.record(seq.wrapping_add(overlap), &own.state);
-                flow::copy_words(&mut own.state, &w.parser.client);
+                words::copy(&mut own.state, &w.parser.client);
                 own.cur.next_seq = seq.wrapping_add(len);
                 side.publish(&w.parser.client);
                 advanced(side, w);
@@ -492,10 +492,10 @@ fn server<P: Packet>(
     let own = &mut *side.own;
     match classify(seq, len, &own.cur, peer_acked) {
         SegClass::InOrder => {
-            flow::copy_words(&mut w.parser.server, &own.state);
+            words::copy(&mut w.parser.server, &own.state);
             stream::run_server(ctx, w, 0, len);
             own.ckpts.record(seq, &own.state);
-            flow::copy_words(&mut own.state, &w.parser.server);
+            words::copy(&mut own.state, &w.parser.server);
             own.cur.next_seq = seq.wrapping_add(len);
             side.publish(&w.parser.shared);
             Verdict::Pass
@@ -504,7 +504,7 @@ fn server<P: Packet>(
             let Some(i) = own.ckpts.find(seq) else {
                 return Verdict::Drop(Counter::RetransUnverifiable);
             };
-            flow::copy_words(&mut w.parser.server, own.ckpts.at(i));
+            words::copy(&mut w.parser.server, own.ckpts.at(i));
             w.parser.report = 0;
             let seen = len.min(overlap);
             stream::run_server(ctx, w, 0, seen);
@@ -525,7 +525,7 @@ fn server<P: Packet>(
                 stream::run_server(ctx, w, overlap, len);
                 let own = &mut *side.own;
                 own.ckpts.record(seq.wrapping_add(overlap), &own.state);
-                flow::copy_words(&mut own.state, &w.parser.server);
+                words::copy(&mut own.state, &w.parser.server);
                 own.cur.next_seq = seq.wrapping_add(len);
                 side.publish(&w.parser.shared);
             }
