@@ -175,8 +175,8 @@ impl<S: Copy> Checkpoints<S> {
 
     /// The state in slot `i` (the modulo keeps a panic path out of BPF code).
     #[inline(always)]
-    pub fn at(&self, i: usize) -> S {
-        self.state[i % CHECKPOINTS]
+    pub fn at(&self, i: usize) -> &S {
+        &self.state[i % CHECKPOINTS]
     }
 
     /// The slot of the checkpoint at `seq`.
@@ -267,17 +267,18 @@ pub fn classify(seq: u32, len: u32, cur: &Cursor, peer_acked: Option<u32>) -> Se
 /// What a retransmission must be compared with after re-inspection: the
 /// state at its end, which is the current state if it reaches the next
 /// expected byte, or the checkpoint at its end otherwise. `None` when no
-/// state is known there (it ends inside an earlier segment).
+/// state is known there (it ends inside an earlier segment). By reference:
+/// the kernel compares it where it lies instead of copying it first.
 #[inline(always)]
-pub fn expected_after<S: Copy>(
+pub fn expected_after<'a, S: Copy>(
     seq: u32,
     len: u32,
     overlap: u32,
-    current: &S,
-    ckpts: &Checkpoints<S>,
-) -> Option<S> {
+    current: &'a S,
+    ckpts: &'a Checkpoints<S>,
+) -> Option<&'a S> {
     if len >= overlap {
-        return Some(*current);
+        return Some(current);
     }
     ckpts.find(seq.wrapping_add(len)).map(|i| ckpts.at(i))
 }
@@ -291,6 +292,17 @@ mod tests {
             next_seq: next,
             ..Default::default()
         }
+    }
+
+    /// The kernel builds a new entry by zeroing it a word at a time
+    /// (`inspector-ebpf`'s `words::zero`), which must be its default.
+    #[test]
+    fn the_default_flow_is_all_zero_bytes() {
+        // SAFETY: every field of `Flow` is an integer or an array of them,
+        // for which all-zero bytes are a valid value.
+        let zeroed: Flow = unsafe { core::mem::zeroed() };
+        assert_eq!(zeroed, Flow::default());
+        assert!(size_of::<Flow>().is_multiple_of(8));
     }
 
     #[test]
@@ -328,12 +340,12 @@ mod tests {
         }
         assert_eq!(r.find(10), None, "the oldest was overwritten");
         for (i, seq) in [20u32, 30, 40, 50].iter().enumerate() {
-            assert_eq!(r.at(r.find(*seq).unwrap()), i as u8 + 1);
+            assert_eq!(*r.at(r.find(*seq).unwrap()), i as u8 + 1);
         }
         // A retransmission of [20, 30) ends at the checkpoint at 30.
-        assert_eq!(expected_after(20, 10, 30, &9, &r), Some(2));
+        assert_eq!(expected_after(20, 10, 30, &9, &r), Some(&2));
         // One reaching the next expected byte compares with the current state.
-        assert_eq!(expected_after(20, 30, 30, &9, &r), Some(9));
+        assert_eq!(expected_after(20, 30, 30, &9, &r), Some(&9));
         // One ending inside a segment cannot be checked.
         assert_eq!(expected_after(20, 5, 30, &9, &r), None);
     }

@@ -39,6 +39,7 @@ use inspector_common::{
 use crate::{
     maps::{max_flows_per_client, CLIENT_FLOWS, FLOWS, HANDSHAKES},
     report::count,
+    words,
     workarea::WorkArea,
 };
 
@@ -429,7 +430,9 @@ pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64) -> Refusal {
         return reason::CLIENT_CAP;
     }
     let flow = &mut w.new_flow;
-    *flow = Flow::default();
+    // Not `Flow::default()`: LLVM makes that six calls of the BPF
+    // `memset`, a byte per iteration over its 520 bytes.
+    words::zero(flow);
     flow.created_ns = now;
     flow.client.cur.next_seq = seq;
     flow.client.cur.flags = DIR_SYNCED;

@@ -21,7 +21,8 @@
 //! - `mask.rs`: writes the masks into the packet and fixes the checksum
 //!   (`csum.rs`); `rst.rs` turns a segment into a RST;
 //! - `report.rs`: counters and events; `maps.rs`: the maps;
-//!   `workarea.rs`: the per-CPU work area all of this runs in.
+//!   `workarea.rs`: the per-CPU work area all of this runs in; `words.rs`:
+//!   struct copies that do not go through the BPF `memmove`.
 #![no_std]
 #![no_main]
 // Map keys and values are passed by reference on purpose: by value they
@@ -42,6 +43,7 @@ mod rst;
 mod segment;
 mod side;
 mod stream;
+mod words;
 mod workarea;
 
 use aya_ebpf::{

@@ -21,7 +21,7 @@ use crate::{
     mask,
     packet::Packet,
     report::{count, count_n, send},
-    rst, side, stream,
+    rst, side, stream, words,
     workarea::WorkArea,
 };
 
@@ -301,7 +301,7 @@ fn client<P: Packet>(
     }
     match classify(seq, len, &own.cur, peer_acked) {
         SegClass::InOrder => {
-            w.parser.client = own.state;
+            words::copy(&mut w.parser.client, &own.state);
             stream::run_client(ctx, w, 0, len);
             if w.parser.held != 0 {
                 // Held at the segment's first byte: the gate it starts
@@ -331,7 +331,7 @@ fn client<P: Packet>(
             }
             let own = &mut *side.own;
             own.ckpts.record(seq, &own.state);
-            own.state = w.parser.client;
+            words::copy(&mut own.state, &w.parser.client);
             own.cur.next_seq = seq.wrapping_add(len);
             side.publish(&w.parser.client);
             advanced(&mut side.own.cur, w, false);
@@ -349,13 +349,13 @@ fn client<P: Packet>(
             let Some(i) = own.ckpts.find(seq) else {
                 return Verdict::Drop(Counter::RetransUnverifiable);
             };
-            w.parser.client = own.ckpts.at(i);
+            words::copy(&mut w.parser.client, own.ckpts.at(i));
             w.parser.report = 0;
             let seen = len.min(overlap);
             stream::run_client(ctx, w, 0, seen);
             match expected_after(seq, len, overlap, &own.state, &own.ckpts) {
                 None => return Verdict::Drop(Counter::RetransUnverifiable),
-                Some(e) if w.parser.held != 0 || w.parser.client != e => {
+                Some(e) if w.parser.held != 0 || !words::same_client_state(&w.parser.client, e) => {
                     return Verdict::Drop(Counter::RetransConflicts)
                 }
                 _ => {}
@@ -377,7 +377,7 @@ fn client<P: Packet>(
                 }
                 let own = &mut *side.own;
                 own.ckpts.record(seq.wrapping_add(overlap), &own.state);
-                own.state = w.parser.client;
+                words::copy(&mut own.state, &w.parser.client);
                 own.cur.next_seq = seq.wrapping_add(len);
                 side.publish(&w.parser.client);
                 advanced(&mut side.own.cur, w, false);
@@ -505,10 +505,10 @@ fn server<P: Packet>(
     }
     match classify(seq, len, &own.cur, peer_acked) {
         SegClass::InOrder => {
-            w.parser.server = own.state;
+            words::copy(&mut w.parser.server, &own.state);
             stream::run_server(ctx, w, 0, len);
             own.ckpts.record(seq, &own.state);
-            own.state = w.parser.server;
+            words::copy(&mut own.state, &w.parser.server);
             own.cur.next_seq = seq.wrapping_add(len);
             side.publish(&w.parser.shared);
             advanced(&mut side.own.cur, w, true);
@@ -518,13 +518,15 @@ fn server<P: Packet>(
             let Some(i) = own.ckpts.find(seq) else {
                 return Verdict::Drop(Counter::RetransUnverifiable);
             };
-            w.parser.server = own.ckpts.at(i);
+            words::copy(&mut w.parser.server, own.ckpts.at(i));
             w.parser.report = 0;
             let seen = len.min(overlap);
             stream::run_server(ctx, w, 0, seen);
             match expected_after(seq, len, overlap, &own.state, &own.ckpts) {
                 None => return Verdict::Drop(Counter::RetransUnverifiable),
-                Some(e) if w.parser.server != e => return Verdict::Drop(Counter::RetransConflicts),
+                Some(e) if w.parser.server != *e => {
+                    return Verdict::Drop(Counter::RetransConflicts)
+                }
                 _ => {}
             }
             count(Counter::RetransReinspected);
@@ -537,7 +539,7 @@ fn server<P: Packet>(
                 stream::run_server(ctx, w, overlap, len);
                 let own = &mut *side.own;
                 own.ckpts.record(seq.wrapping_add(overlap), &own.state);
-                own.state = w.parser.server;
+                words::copy(&mut own.state, &w.parser.server);
                 own.cur.next_seq = seq.wrapping_add(len);
                 side.publish(&w.parser.shared);
                 advanced(&mut side.own.cur, w, true);

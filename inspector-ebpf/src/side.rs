@@ -24,7 +24,7 @@
 //! and forges the server's (or the server-side router's) MAC, as on a
 //! one-armed gateway whose clients and servers sit on one LAN.
 
-use core::mem::{size_of, zeroed};
+use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
@@ -36,7 +36,7 @@ use aya_ebpf::{
 };
 use inspector_common::events::reason;
 
-use crate::{headers::Tcp, packet::Packet, workarea::Lookup};
+use crate::{headers::Tcp, packet::Packet, words, workarea::Lookup};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -53,8 +53,9 @@ pub fn check_server<P: Packet>(ctx: &P, t: &Tcp, l: &mut Lookup) -> u8 {
     if ifindex == 0 || ifindex == LOOPBACK_IFINDEX {
         return 0;
     }
-    // SAFETY: a plain-old-data parameter block; all zeroes is its "unset".
-    l.fib = unsafe { zeroed() };
+    // All zeroes is the parameter block's "unset" (a plain-old-data
+    // struct of integers).
+    words::zero(&mut l.fib);
     let p = &mut l.fib;
     p.l4_protocol = IPPROTO_TCP;
     // The route back: from the client to the claimed sender (the ports
