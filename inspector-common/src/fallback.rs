@@ -48,6 +48,51 @@ pub struct Fallback {
     /// Bytes and segments the daemon holds now (for `inspector status`).
     pub held_bytes: u64,
     pub held_segments: u64,
+    /// Segments the daemon dropped since it started, by reason (for
+    /// `inspector status`; `fallback_drops` is their sum over every daemon
+    /// that ran). Indexed by [`DropReason`].
+    pub dropped: [u64; DROP_REASONS],
+    /// The most bytes the daemon has held for one flow, and in total, since
+    /// it started: what `--fallback-flow-bytes` and `--fallback-total-bytes`
+    /// must leave room for.
+    pub peak_flow_bytes: u64,
+    pub peak_total_bytes: u64,
+}
+
+/// Why the daemon dropped a segment it was handed.
+#[repr(usize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Its flow already held `--fallback-flow-bytes`.
+    FlowLimit = 0,
+    /// Everything held reached `--fallback-total-bytes`.
+    TotalLimit = 1,
+    /// Held longer than `--fallback-hold-ms`.
+    Timeout = 2,
+    /// Its flow's entry was gone (expired or never made).
+    FlowGone = 3,
+}
+
+/// How many [`DropReason`]s there are.
+pub const DROP_REASONS: usize = 4;
+
+impl DropReason {
+    pub const ALL: [DropReason; DROP_REASONS] = [
+        DropReason::FlowLimit,
+        DropReason::TotalLimit,
+        DropReason::Timeout,
+        DropReason::FlowGone,
+    ];
+
+    /// Its name in `status` and the daemon's log.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::FlowLimit => "flow_limit",
+            DropReason::TotalLimit => "total_limit",
+            DropReason::Timeout => "timeout",
+            DropReason::FlowGone => "flow_gone",
+        }
+    }
 }
 
 impl Fallback {

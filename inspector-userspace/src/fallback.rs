@@ -31,7 +31,7 @@ use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use inspector_common::{
     counters::{Counter, COUNTERS_MAP},
-    fallback::{Fallback, Wake, FALLBACK_MAP, WAKE_MAP},
+    fallback::{DropReason, Fallback, Wake, DROP_REASONS, FALLBACK_MAP, WAKE_MAP},
     flow::{seq_diff, Flow, FlowKey, FLOWS_MAP},
 };
 use log::{info, warn};
@@ -408,15 +408,6 @@ struct FlowHeld {
     bytes: u64,
 }
 
-/// Why a held segment was dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropWhy {
-    FlowLimit,
-    TotalLimit,
-    Timeout,
-    NoFlow,
-}
-
 /// The reorder buffer: segments per flow, released in sequence order from
 /// the flow's next expected byte. No I/O, so that it can be tested alone.
 pub struct Buffer {
@@ -424,6 +415,9 @@ pub struct Buffer {
     flows: HashMap<FlowKey, FlowHeld>,
     total: u64,
     segments: u64,
+    /// The most held for one flow, and in total.
+    peak_flow: u64,
+    peak_total: u64,
 }
 
 impl Buffer {
@@ -433,6 +427,8 @@ impl Buffer {
             flows: HashMap::new(),
             total: 0,
             segments: 0,
+            peak_flow: 0,
+            peak_total: 0,
         }
     }
 
@@ -444,6 +440,11 @@ impl Buffer {
         self.segments
     }
 
+    /// Bytes held for one flow.
+    pub fn flow_bytes(&self, key: &FlowKey) -> u64 {
+        self.flows.get(key).map_or(0, |f| f.bytes)
+    }
+
     /// The flows with something held.
     pub fn flows(&self) -> Vec<FlowKey> {
         self.flows.keys().copied().collect()
@@ -451,7 +452,7 @@ impl Buffer {
 
     /// Holds `seg`, unless a limit says no. A segment at a sequence number
     /// already held replaces it (a retransmission of it).
-    pub fn hold(&mut self, seg: Segment, now: Instant) -> Result<(), DropWhy> {
+    pub fn hold(&mut self, seg: Segment, now: Instant) -> Result<(), DropReason> {
         let size = seg.frame.len() as u64;
         let f = self.flows.entry(seg.key).or_default();
         let old = f.segs.iter().position(|h| h.seg.seq == seg.seq);
@@ -460,13 +461,13 @@ impl Buffer {
             if f.segs.is_empty() {
                 self.flows.remove(&seg.key);
             }
-            return Err(DropWhy::FlowLimit);
+            return Err(DropReason::FlowLimit);
         }
         if self.total - freed + size > self.limits.total_bytes {
             if f.segs.is_empty() {
                 self.flows.remove(&seg.key);
             }
-            return Err(DropWhy::TotalLimit);
+            return Err(DropReason::TotalLimit);
         }
         let held = Held { seg, at: now };
         match old {
@@ -478,6 +479,8 @@ impl Buffer {
         }
         f.bytes = f.bytes - freed + size;
         self.total = self.total - freed + size;
+        self.peak_flow = self.peak_flow.max(f.bytes);
+        self.peak_total = self.peak_total.max(self.total);
         Ok(())
     }
 
@@ -527,12 +530,13 @@ impl Buffer {
         out
     }
 
-    /// Drops what was held longer than the limit; returns how many.
-    pub fn expire(&mut self, now: Instant) -> u64 {
+    /// Drops what was held longer than the limit; returns the flow and
+    /// sequence number of each.
+    pub fn expire(&mut self, now: Instant) -> Vec<(FlowKey, u32)> {
         let hold = self.limits.hold;
-        let mut dropped = 0;
+        let mut dropped = Vec::new();
         let (mut total, mut segments) = (self.total, self.segments);
-        self.flows.retain(|_, f| {
+        self.flows.retain(|key, f| {
             f.segs.retain(|h| {
                 let keep = now.duration_since(h.at) < hold;
                 if !keep {
@@ -540,7 +544,7 @@ impl Buffer {
                     f.bytes -= size;
                     total -= size;
                     segments -= 1;
-                    dropped += 1;
+                    dropped.push((*key, h.seg.seq));
                 }
                 keep
             });
@@ -560,6 +564,50 @@ impl Buffer {
                 f.segs.len() as u64
             }
             None => 0,
+        }
+    }
+}
+
+/// The segments the daemon dropped, by reason: shown by `status`, logged
+/// (rate-limited) with their reason, and added to `fallback_drops`.
+struct Drops {
+    total: [u64; DROP_REASONS],
+    /// Not yet added to `fallback_drops`.
+    unflushed: u64,
+    log: RateLimit,
+}
+
+impl Drops {
+    fn new() -> Self {
+        Drops {
+            total: [0; DROP_REASONS],
+            unflushed: 0,
+            log: RateLimit::new(5, Duration::from_secs(10)),
+        }
+    }
+
+    fn add(&mut self, why: DropReason, n: u64, what: impl FnOnce() -> String) {
+        if n == 0 {
+            return;
+        }
+        self.total[why as usize] += n;
+        self.unflushed += n;
+        let (ok, suppressed) = self.log.allow(Instant::now());
+        if let Some(n) = suppressed {
+            warn!("reassembly fallback: {n} drop line(s) left out by the rate limit");
+        }
+        if ok {
+            let so_far: Vec<String> = DropReason::ALL
+                .iter()
+                .filter(|r| self.total[**r as usize] > 0)
+                .map(|r| format!("{} {}", r.name(), self.total[*r as usize]))
+                .collect();
+            warn!(
+                "reassembly fallback: dropped {n} segment(s) ({}: {}); so far: {}",
+                why.name(),
+                what(),
+                so_far.join(", ")
+            );
         }
     }
 }
@@ -592,13 +640,16 @@ impl Maps {
         self.flows.get(key, 0).ok().map(|f| f.client.cur.next_seq)
     }
 
-    fn announce(&mut self, ifindex: u32, buf: &Buffer) -> Result<()> {
+    fn announce(&mut self, ifindex: u32, buf: &Buffer, drops: &Drops) -> Result<()> {
         let f = Fallback {
             ifindex,
             _pad: 0,
             heartbeat_ns: if ifindex == 0 { 0 } else { monotonic_ns() },
             held_bytes: buf.held_bytes(),
             held_segments: buf.held_segments(),
+            dropped: drops.total,
+            peak_flow_bytes: buf.peak_flow,
+            peak_total_bytes: buf.peak_total,
         };
         self.fallback
             .set(0, f, 0)
@@ -628,6 +679,7 @@ pub fn withdraw(pin_dir: &Path) -> Result<()> {
             total_bytes: 0,
             hold: Duration::ZERO,
         }),
+        &Drops::new(),
     )
 }
 
@@ -664,7 +716,7 @@ impl Daemon {
         // SAFETY: the OwnedFd stays open and the same for as long as the
         // AsyncFd owns it.
         let tap_fd = unsafe { AsyncFd::register(tap.fd) }.context("polling the tap")?;
-        maps.announce(tap.ifindex, &Buffer::new(limits))?;
+        maps.announce(tap.ifindex, &Buffer::new(limits), &Drops::new())?;
         info!(
             "reassembly fallback on tap {} (holds up to {} bytes per flow, {} in total, for {:?})",
             tap.name, limits.flow_bytes, limits.total_bytes, limits.hold
@@ -694,8 +746,7 @@ impl Daemon {
         let mut buf = Buffer::new(limits);
         let mut frame = vec![0u8; FRAME_MAX];
         let mut tick = tokio::time::interval(TICK);
-        let mut drops = 0u64;
-        let mut log_limit = RateLimit::new(5, Duration::from_secs(10));
+        let mut drops = Drops::new();
         // The highest TSval written back per flow. A held segment is older
         // than the retransmission that filled the gap before it: written back
         // with its own timestamp, the server would discard it (PAWS, RFC 7323)
@@ -724,7 +775,6 @@ impl Daemon {
             }
         };
         loop {
-            let mut dropped_now = 0u64;
             tokio::select! {
                 guard = tap_fd.readable() => {
                     let mut guard = guard?;
@@ -737,7 +787,8 @@ impl Daemon {
                                 // may have passed before it got here: their
                                 // wake is gone then).
                                 let Some(next) = maps.next_seq(&key) else {
-                                    dropped_now += 1 + buf.forget(&key);
+                                    let n = 1 + buf.forget(&key);
+                                    drops.add(DropReason::FlowGone, n, || format!("{key:?}"));
                                     continue;
                                 };
                                 // Its turn already (an in-order segment of a
@@ -762,12 +813,14 @@ impl Daemon {
                                     // Wholly before it: passed in another copy.
                                     continue;
                                 }
+                                let (seq, end) = (seg.seq, seg.end);
                                 if let Err(why) = buf.hold(seg, Instant::now()) {
-                                    dropped_now += 1;
-                                    let (ok, _) = log_limit.allow(Instant::now());
-                                    if ok {
-                                        warn!("reassembly fallback: dropped a segment ({why:?})");
-                                    }
+                                    let (flow, total) = (buf.flow_bytes(&key), buf.held_bytes());
+                                    drops.add(why, 1, || format!(
+                                        "{}..{} while {} bytes waited for {next}; {flow} held for \
+                                         the flow, {total} in all",
+                                        seq, end, seq_diff(seq, next)
+                                    ));
                                     continue;
                                 }
                                 for f in buf.release(&key, next) {
@@ -813,28 +866,30 @@ impl Daemon {
                                     }
                                 }
                             }
-                            None => dropped_now += buf.forget(&key),
+                            None => {
+                                let n = buf.forget(&key);
+                                drops.add(DropReason::FlowGone, n, || format!("{key:?}"));
+                            }
                         }
                     }
                     let expired = buf.expire(Instant::now());
-                    if expired > 0 {
-                        let (ok, _) = log_limit.allow(Instant::now());
-                        if ok {
-                            warn!("reassembly fallback: dropped {expired} segment(s) held longer than {:?}", limits.hold);
-                        }
+                    if let Some((key, seq)) = expired.first() {
+                        let next = maps.next_seq(key);
+                        drops.add(DropReason::Timeout, expired.len() as u64, || format!(
+                            "held longer than {:?}; the first at {seq} while the flow expected {next:?}",
+                            limits.hold
+                        ));
                     }
-                    dropped_now += expired;
-                    if drops > 0 {
-                        if let Err(e) = maps.count_drops(drops) {
+                    if drops.unflushed > 0 {
+                        if let Err(e) = maps.count_drops(drops.unflushed) {
                             warn!("{e:#}");
                         } else {
-                            drops = 0;
+                            drops.unflushed = 0;
                         }
                     }
-                    maps.announce(tap.ifindex, &buf)?;
+                    maps.announce(tap.ifindex, &buf, &drops)?;
                 }
             }
-            drops += dropped_now;
         }
     }
 }
@@ -912,17 +967,23 @@ mod tests {
         let mut b = Buffer::new(limits());
         let now = Instant::now();
         b.hold(seg(1, 100, 10, 9_000), now).unwrap();
-        assert_eq!(b.hold(seg(1, 200, 10, 2_000), now), Err(DropWhy::FlowLimit));
+        assert_eq!(
+            b.hold(seg(1, 200, 10, 2_000), now),
+            Err(DropReason::FlowLimit)
+        );
         // A retransmission replaces what it repeats.
         b.hold(seg(1, 100, 10, 9_500), now).unwrap();
         b.hold(seg(2, 100, 10, 5_000), now).unwrap();
         assert_eq!(
             b.hold(seg(3, 100, 10, 1_000), now),
-            Err(DropWhy::TotalLimit)
+            Err(DropReason::TotalLimit)
         );
         assert_eq!((b.held_segments(), b.held_bytes()), (2, 14_500));
-        assert_eq!(b.expire(now + Duration::from_secs(3)), 2);
+        let mut expired = b.expire(now + Duration::from_secs(3));
+        expired.sort_by_key(|(k, seq)| (k.client_port, *seq));
+        assert_eq!(expired, [(key(1), 100), (key(2), 100)]);
         assert_eq!((b.held_segments(), b.held_bytes()), (0, 0));
+        assert_eq!((b.peak_flow, b.peak_total), (9_500, 14_500), "what it held at most");
     }
 
     fn v4_frame(payload: &[u8], partial: bool) -> Vec<u8> {
