@@ -12,7 +12,7 @@ use std::{net::IpAddr, time::Duration};
 
 use inspector_tests::{
     client::{self, code_of, Script, Transcript},
-    inspector::{counter, Attach},
+    inspector::{counter, status_json, Attach},
     inspector_bin,
     netns::addr::{SERVER_V4, SERVER_V6},
     proc::run_ok,
@@ -289,6 +289,57 @@ fn reordered_segments_are_inspected_in_order_tc() {
 #[test]
 fn reordered_segments_are_inspected_in_order_ipv6_tc_default_offloads() {
     reordered(Offloads::Default, Mode::Tc, SERVER_V6);
+}
+
+/// The default per-flow limit holds what an honest flow has behind one
+/// gap: a big message, half of its segments delayed, goes through without
+/// a drop while the fallback holds more than the old default (256 KiB) for
+/// the flow at once.
+fn a_window_behind_one_gap(mode: Mode) {
+    const OLD_DEFAULT: u64 = 256 * 1024;
+    // The HTB classes reorder by timing: a session (checked in full, on a
+    // fresh bed each, since the server's checks count its sessions) is
+    // repeated, a few times at most, until one needed more than the old
+    // default; none may lose a segment.
+    let mut peaks = Vec::new();
+    for _ in 0..5 {
+        let bed = Bed::new(Offloads::Off, mode, &[]);
+        bed.reorder("10mbit");
+        run_checked(&bed, SERVER_V4, 4, 4096);
+        let c = bed.inspector().stats_json();
+        let s = status_json(bed.inspector().pin_dir());
+        let ctx = format!("{s}\n{}", bed.context());
+        for zero in ["out_of_order_drops", "fallback_drops", "dropped"] {
+            assert_eq!(
+                counter(&c, zero),
+                0,
+                "{zero}: honest segments were lost\n{ctx}"
+            );
+        }
+        let peak = s["fallback"]["peak_flow_bytes"].as_u64().unwrap_or(0);
+        eprintln!(
+            "diverted {}, reassembled {}, most held for one flow {peak}",
+            counter(&c, "diverted"),
+            counter(&c, "reassembled"),
+        );
+        peaks.push(peak);
+        if peak > OLD_DEFAULT {
+            return;
+        }
+    }
+    panic!(
+        "no flow needed more than {OLD_DEFAULT} bytes held ({peaks:?}): the test proves nothing"
+    );
+}
+
+#[test]
+fn the_default_flow_limit_holds_a_window_behind_one_gap_tc() {
+    a_window_behind_one_gap(Mode::Tc);
+}
+
+#[test]
+fn the_default_flow_limit_holds_a_window_behind_one_gap_xdp() {
+    a_window_behind_one_gap(Mode::Xdp);
 }
 
 /// The daemon is killed while it holds segments: what it held is lost
