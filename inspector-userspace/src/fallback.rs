@@ -404,8 +404,19 @@ struct Held {
 /// The segments held for one flow.
 #[derive(Default)]
 struct FlowHeld {
+    /// Beyond the next expected byte: written back in order.
     segs: Vec<Held>,
+    /// Copies of bytes the kernel already passed (retransmissions it could
+    /// not re-inspect): forgotten once the server acknowledges them,
+    /// written back for the kernel to decide when their time is up.
+    copies: Vec<Held>,
     bytes: u64,
+}
+
+impl FlowHeld {
+    fn is_empty(&self) -> bool {
+        self.segs.is_empty() && self.copies.is_empty()
+    }
 }
 
 /// The reorder buffer: segments per flow, released in sequence order from
@@ -453,27 +464,40 @@ impl Buffer {
     /// Holds `seg`, unless a limit says no. A segment at a sequence number
     /// already held replaces it (a retransmission of it).
     pub fn hold(&mut self, seg: Segment, now: Instant) -> Result<(), DropReason> {
+        self.keep(seg, now, false)
+    }
+
+    /// Holds `seg`, a copy of bytes the kernel already passed, until
+    /// [`Buffer::settle_copies`] says what becomes of it; the same limits.
+    pub fn hold_copy(&mut self, seg: Segment, now: Instant) -> Result<(), DropReason> {
+        self.keep(seg, now, true)
+    }
+
+    fn keep(&mut self, seg: Segment, now: Instant, copy: bool) -> Result<(), DropReason> {
         let size = seg.frame.len() as u64;
         let f = self.flows.entry(seg.key).or_default();
-        let old = f.segs.iter().position(|h| h.seg.seq == seg.seq);
-        let freed = old.map(|i| f.segs[i].seg.frame.len() as u64).unwrap_or(0);
-        if f.bytes - freed + size > self.limits.flow_bytes {
-            if f.segs.is_empty() {
+        let list = if copy { &mut f.copies } else { &mut f.segs };
+        let old = list.iter().position(|h| h.seg.seq == seg.seq);
+        let freed = old.map(|i| list[i].seg.frame.len() as u64).unwrap_or(0);
+        let refused = if f.bytes - freed + size > self.limits.flow_bytes {
+            Some(DropReason::FlowLimit)
+        } else if self.total - freed + size > self.limits.total_bytes {
+            Some(DropReason::TotalLimit)
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            if f.is_empty() {
                 self.flows.remove(&seg.key);
             }
-            return Err(DropReason::FlowLimit);
-        }
-        if self.total - freed + size > self.limits.total_bytes {
-            if f.segs.is_empty() {
-                self.flows.remove(&seg.key);
-            }
-            return Err(DropReason::TotalLimit);
+            return Err(why);
         }
         let held = Held { seg, at: now };
+        let list = if copy { &mut f.copies } else { &mut f.segs };
         match old {
-            Some(i) => f.segs[i] = held,
+            Some(i) => list[i] = held,
             None => {
-                f.segs.push(held);
+                list.push(held);
                 self.segments += 1;
             }
         }
@@ -524,7 +548,48 @@ impl Buffer {
             next = h.seg.end;
             out.push(h.seg);
         }
-        if f.segs.is_empty() {
+        if f.is_empty() {
+            self.flows.remove(key);
+        }
+        out
+    }
+
+    /// The copies of `key` once the server has acknowledged `acked` (if it
+    /// acknowledged anything) at time `now`: those it acknowledged are
+    /// forgotten (it has their bytes); those held for the hold time are
+    /// returned, to be written back for the kernel to decide (it drops
+    /// them, unless they have been acknowledged in between).
+    pub fn settle_copies(
+        &mut self,
+        key: &FlowKey,
+        acked: Option<u32>,
+        now: Instant,
+    ) -> Vec<Segment> {
+        let mut out = Vec::new();
+        let Some(f) = self.flows.get_mut(key) else {
+            return out;
+        };
+        let hold = self.limits.hold;
+        let (mut gone, mut n) = (0u64, 0u64);
+        let mut i = 0;
+        while i < f.copies.len() {
+            let h = &f.copies[i];
+            let have = acked.is_some_and(|a| seq_diff(h.seg.end, a) <= 0);
+            if have || now.duration_since(h.at) >= hold {
+                let h = f.copies.swap_remove(i);
+                gone += h.seg.frame.len() as u64;
+                n += 1;
+                if !have {
+                    out.push(h.seg);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        f.bytes -= gone;
+        self.total -= gone;
+        self.segments -= n;
+        if f.is_empty() {
             self.flows.remove(key);
         }
         out
@@ -548,7 +613,7 @@ impl Buffer {
                 }
                 keep
             });
-            !f.segs.is_empty()
+            !f.is_empty()
         });
         self.total = total;
         self.segments = segments;
@@ -559,9 +624,10 @@ impl Buffer {
     pub fn forget(&mut self, key: &FlowKey) -> u64 {
         match self.flows.remove(key) {
             Some(f) => {
+                let n = (f.segs.len() + f.copies.len()) as u64;
                 self.total -= f.bytes;
-                self.segments -= f.segs.len() as u64;
-                f.segs.len() as u64
+                self.segments -= n;
+                n
             }
             None => 0,
         }
@@ -636,8 +702,13 @@ impl Maps {
         })
     }
 
-    fn next_seq(&self, key: &FlowKey) -> Option<u32> {
-        self.flows.get(key, 0).ok().map(|f| f.client.cur.next_seq)
+    /// The client's next expected byte of flow `key`, and what the server
+    /// has acknowledged of the client's stream (if it has).
+    fn position(&self, key: &FlowKey) -> Option<(u32, Option<u32>)> {
+        self.flows
+            .get(key, 0)
+            .ok()
+            .map(|f| (f.client.cur.next_seq, f.server.cur.acked_if_known()))
     }
 
     fn announce(&mut self, ifindex: u32, buf: &Buffer, drops: &Drops) -> Result<()> {
@@ -786,7 +857,7 @@ impl Daemon {
                                 // Where the stream is now (the bytes before it
                                 // may have passed before it got here: their
                                 // wake is gone then).
-                                let Some(next) = maps.next_seq(&key) else {
+                                let Some((next, acked)) = maps.position(&key) else {
                                     let n = 1 + buf.forget(&key);
                                     drops.add(DropReason::FlowGone, n, || format!("{key:?}"));
                                     continue;
@@ -796,6 +867,7 @@ impl Daemon {
                                 // straight back, whatever the limits, or a full
                                 // buffer would refuse the very segment it waits
                                 // for.
+                                let (seq, end) = (seg.seq, seg.end);
                                 let at = seq_diff(seg.seq, next) <= 0;
                                 if at && seq_diff(seg.end, next) > 0 {
                                     let end = seg.end;
@@ -810,10 +882,24 @@ impl Daemon {
                                     continue;
                                 }
                                 if at {
-                                    // Wholly before it: passed in another copy.
+                                    // Wholly before it: its bytes passed in
+                                    // another copy. Kept until the server
+                                    // acknowledges them, in case that copy
+                                    // never reached it (then it is written
+                                    // back when its time is up, and the
+                                    // kernel decides).
+                                    if acked.is_some_and(|a| seq_diff(end, a) <= 0) {
+                                        continue;
+                                    }
+                                    if let Err(why) = buf.hold_copy(seg, Instant::now()) {
+                                        let (flow, total) = (buf.flow_bytes(&key), buf.held_bytes());
+                                        drops.add(why, 1, || format!(
+                                            "a copy of {seq}..{end}; {flow} held for the flow, \
+                                             {total} in all"
+                                        ));
+                                    }
                                     continue;
                                 }
-                                let (seq, end) = (seg.seq, seg.end);
                                 if let Err(why) = buf.hold(seg, Instant::now()) {
                                     let (flow, total) = (buf.flow_bytes(&key), buf.held_bytes());
                                     drops.add(why, 1, || format!(
@@ -858,9 +944,14 @@ impl Daemon {
                 _ = tick.tick() => {
                     // A wake lost to a full ring must not strand a flow.
                     for key in buf.flows() {
-                        match maps.next_seq(&key) {
-                            Some(next) => {
+                        match maps.position(&key) {
+                            Some((next, acked)) => {
                                 for f in buf.release(&key, next) {
+                                    if let Err(e) = write(f) {
+                                        warn!("{e:#}");
+                                    }
+                                }
+                                for f in buf.settle_copies(&key, acked, Instant::now()) {
                                     if let Err(e) = write(f) {
                                         warn!("{e:#}");
                                     }
@@ -874,7 +965,7 @@ impl Daemon {
                     }
                     let expired = buf.expire(Instant::now());
                     if let Some((key, seq)) = expired.first() {
-                        let next = maps.next_seq(key);
+                        let next = maps.position(key).map(|(n, _)| n);
                         drops.add(DropReason::Timeout, expired.len() as u64, || format!(
                             "held longer than {:?}; the first at {seq} while the flow expected {next:?}",
                             limits.hold
@@ -983,7 +1074,45 @@ mod tests {
         expired.sort_by_key(|(k, seq)| (k.client_port, *seq));
         assert_eq!(expired, [(key(1), 100), (key(2), 100)]);
         assert_eq!((b.held_segments(), b.held_bytes()), (0, 0));
-        assert_eq!((b.peak_flow, b.peak_total), (9_500, 14_500), "what it held at most");
+        assert_eq!(
+            (b.peak_flow, b.peak_total),
+            (9_500, 14_500),
+            "what it held at most"
+        );
+    }
+
+    #[test]
+    fn copies_wait_for_the_servers_acknowledgement() {
+        let mut b = Buffer::new(limits());
+        let now = Instant::now();
+        b.hold_copy(seg(1, 100, 100, 10), now).unwrap();
+        b.hold_copy(seg(1, 200, 100, 20), now).unwrap();
+        b.hold(seg(1, 900, 100, 30), now).unwrap();
+        assert!(
+            b.release(&key(1), 800).is_empty(),
+            "copies are not released in order, nor forgotten as passed"
+        );
+        assert_eq!(b.held_segments(), 3);
+        assert!(b.settle_copies(&key(1), None, now).is_empty());
+        assert!(
+            b.settle_copies(&key(1), Some(200), now).is_empty(),
+            "acknowledged: the server has them"
+        );
+        assert_eq!((b.held_segments(), b.held_bytes()), (2, 50));
+        let back = b.settle_copies(&key(1), Some(250), now + Duration::from_secs(2));
+        assert_eq!(
+            back.iter().map(|s| s.seq).collect::<Vec<_>>(),
+            [200],
+            "not acknowledged in its hold time: written back for the kernel"
+        );
+        assert_eq!((b.held_segments(), b.held_bytes()), (1, 30));
+        assert_eq!(
+            b.hold_copy(seg(1, 300, 100, 9_990), now),
+            Err(DropReason::FlowLimit),
+            "copies count against the same limits"
+        );
+        assert_eq!(b.release(&key(1), 900).len(), 1);
+        assert!(b.flows().is_empty());
     }
 
     fn v4_frame(payload: &[u8], partial: bool) -> Vec<u8> {
