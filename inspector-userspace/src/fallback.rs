@@ -903,8 +903,8 @@ impl Daemon {
                                 if let Err(why) = buf.hold(seg, Instant::now()) {
                                     let (flow, total) = (buf.flow_bytes(&key), buf.held_bytes());
                                     drops.add(why, 1, || format!(
-                                        "{}..{} while {} bytes waited for {next}; {flow} held for \
-                                         the flow, {total} in all",
+                                        "{}..{}, {} bytes beyond the next expected byte {next}; \
+                                         {flow} held for the flow, {total} in all",
                                         seq, end, seq_diff(seq, next)
                                     ));
                                     continue;
