@@ -30,10 +30,17 @@ pub const WAKE_BYTES: u32 = 256 * 1024;
 /// tells the kernel that nobody reads the tap.
 pub const HEARTBEAT_TIMEOUT_NS: u64 = 2_000_000_000;
 
-/// Default bytes held for one flow.
-pub const DEFAULT_FLOW_BYTES: u64 = 256 * 1024;
-/// Default bytes held in total.
-pub const DEFAULT_TOTAL_BYTES: u64 = 16 * 1024 * 1024;
+/// Default bytes (frames, headers included) held for one flow. An honest
+/// client never sends more than the server's receive window beyond the
+/// server's acknowledgement, so what waits behind one gap is at most that
+/// window; a Linux server with the default `tcp_rmem` (6 MiB at most)
+/// advertises up to about 4 MiB. Less cuts honest flows: 256 KiB dropped
+/// segments of 1 MiB messages in the bench, where a flow needed up to
+/// 370 KB behind one delayed segment.
+pub const DEFAULT_FLOW_BYTES: u64 = 4 * 1024 * 1024;
+/// Default bytes held in total: sixteen flows with a full window behind a
+/// gap at once.
+pub const DEFAULT_TOTAL_BYTES: u64 = 64 * 1024 * 1024;
 /// Default time a segment is held before it is dropped (ms).
 pub const DEFAULT_HOLD_MS: u64 = 2000;
 
@@ -51,6 +58,51 @@ pub struct Fallback {
     /// Bytes and segments the daemon holds now (for `inspector status`).
     pub held_bytes: u64,
     pub held_segments: u64,
+    /// Segments the daemon dropped since it started, by reason (for
+    /// `inspector status`; `fallback_drops` is their sum over every daemon
+    /// that ran). Indexed by [`DropReason`].
+    pub dropped: [u64; DROP_REASONS],
+    /// The most bytes the daemon has held for one flow, and in total, since
+    /// it started: what `--fallback-flow-bytes` and `--fallback-total-bytes`
+    /// must leave room for.
+    pub peak_flow_bytes: u64,
+    pub peak_total_bytes: u64,
+}
+
+/// Why the daemon dropped a segment it was handed.
+#[repr(usize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Its flow already held `--fallback-flow-bytes`.
+    FlowLimit = 0,
+    /// Everything held reached `--fallback-total-bytes`.
+    TotalLimit = 1,
+    /// Held longer than `--fallback-hold-ms`.
+    Timeout = 2,
+    /// Its flow's entry was gone (expired or never made).
+    FlowGone = 3,
+}
+
+/// How many [`DropReason`]s there are.
+pub const DROP_REASONS: usize = 4;
+
+impl DropReason {
+    pub const ALL: [DropReason; DROP_REASONS] = [
+        DropReason::FlowLimit,
+        DropReason::TotalLimit,
+        DropReason::Timeout,
+        DropReason::FlowGone,
+    ];
+
+    /// Its name in `status` and the daemon's log.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::FlowLimit => "flow_limit",
+            DropReason::TotalLimit => "total_limit",
+            DropReason::Timeout => "timeout",
+            DropReason::FlowGone => "flow_gone",
+        }
+    }
 }
 
 impl Fallback {

@@ -347,14 +347,14 @@ fn client<P: Packet>(
             // end where it ended the first time, the bytes differ in a way
             // that matters.
             let Some(i) = own.ckpts.find(seq) else {
-                return Verdict::Drop(Counter::RetransUnverifiable);
+                return unverifiable(w, len, overlap);
             };
             words::copy(&mut w.parser.client, own.ckpts.at(i));
             w.parser.report = 0;
             let seen = len.min(overlap);
             stream::run_client(ctx, w, 0, seen);
             match expected_after(seq, len, overlap, &own.state, &own.ckpts) {
-                None => return Verdict::Drop(Counter::RetransUnverifiable),
+                None => return unverifiable(w, len, overlap),
                 Some(e) if w.parser.held != 0 || !words::same_client_state(&w.parser.client, e) => {
                     return Verdict::Drop(Counter::RetransConflicts)
                 }
@@ -395,6 +395,43 @@ fn client<P: Packet>(
     }
 }
 
+/// A retransmission (either direction) that cannot be re-inspected (no
+/// checkpoint where it starts or ends). One that only repeats bytes already
+/// inspected and passed is a copy the receiver may well have (a spurious
+/// retransmission, when the original was only overtaken on its way): the
+/// fallback keeps it until the receiver acknowledges those bytes, and
+/// forgets it then; if the receiver does not, the daemon writes it back
+/// when its hold time is up, and it is dropped here, as it is without a
+/// fallback. Nothing of it passes unless the receiver acknowledged it (then
+/// it discards it). One that carries new bytes is dropped (the sender
+/// retransmits).
+#[inline(always)]
+fn unverifiable(w: &mut WorkArea, len: u32, overlap: u32) -> Verdict {
+    if len <= overlap && w.packet.from_fallback == 0 && fallback_tap(w) {
+        return Verdict::Divert;
+    }
+    Verdict::Drop(Counter::RetransUnverifiable)
+}
+
+/// Whether a segment can go to the fallback now (a live daemon, a frame the
+/// tap can take, not monitor mode), and if so, where (`divert_to`).
+#[inline(always)]
+fn fallback_tap(w: &mut WorkArea) -> bool {
+    if w.packet.monitor != 0 || w.packet.redirectable == 0 {
+        return false;
+    }
+    // The precise clock, not the coarse one of the flow's timestamps: the
+    // daemon's heartbeat is CLOCK_MONOTONIC, and a coarse reading may lag
+    // it by a tick, which would look like a heartbeat from the future.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(ifindex) = fallback_target(now) else {
+        return false;
+    };
+    w.packet.divert_to = ifindex;
+    true
+}
+
 /// A segment that starts beyond the next expected byte of its direction
 /// (`cur`): to the reassembly fallback if its daemon is there, which writes
 /// it back once the bytes before it have passed; dropped otherwise (the
@@ -417,17 +454,9 @@ fn divert(cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> Verdict {
 /// maybe) are the only writer of the rest of this half.
 #[inline(always)]
 fn try_divert(cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> bool {
-    if w.packet.monitor != 0 || w.packet.redirectable == 0 {
+    if !fallback_tap(w) {
         return false;
     }
-    // The precise clock, not the coarse one of the flow's timestamps: the
-    // daemon's heartbeat is CLOCK_MONOTONIC, and a coarse reading may lag
-    // it by a tick, which would look like a heartbeat from the future.
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let Some(ifindex) = fallback_target(now) else {
-        return false;
-    };
     let end = seq.wrapping_add(len);
     if cur.flags & DIR_DIVERTED == 0 {
         cur.divert_end = end;
@@ -435,7 +464,6 @@ fn try_divert(cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> bool {
     } else if seq_diff(end, cur.divert_end) > 0 {
         cur.divert_end = end;
     }
-    w.packet.divert_to = ifindex;
     true
 }
 
@@ -516,14 +544,14 @@ fn server<P: Packet>(
         }
         SegClass::Old { overlap } => {
             let Some(i) = own.ckpts.find(seq) else {
-                return Verdict::Drop(Counter::RetransUnverifiable);
+                return unverifiable(w, len, overlap);
             };
             words::copy(&mut w.parser.server, own.ckpts.at(i));
             w.parser.report = 0;
             let seen = len.min(overlap);
             stream::run_server(ctx, w, 0, seen);
             match expected_after(seq, len, overlap, &own.state, &own.ckpts) {
-                None => return Verdict::Drop(Counter::RetransUnverifiable),
+                None => return unverifiable(w, len, overlap),
                 Some(e) if w.parser.server != *e => {
                     return Verdict::Drop(Counter::RetransConflicts)
                 }

@@ -208,11 +208,12 @@ pub struct AttachArgs {
     /// bytes before them have passed.
     #[arg(long)]
     pub no_fallback: bool,
-    /// Bytes the reassembly fallback holds for one flow (default 262144);
-    /// past it, segments are dropped and retransmitted.
+    /// Bytes the reassembly fallback holds for one flow (default 4194304,
+    /// a Linux server's largest default receive window); past it, segments
+    /// are dropped and retransmitted.
     #[arg(long, value_name = "BYTES")]
     pub fallback_flow_bytes: Option<u64>,
-    /// Bytes the reassembly fallback holds in total (default 16777216).
+    /// Bytes the reassembly fallback holds in total (default 67108864).
     #[arg(long, value_name = "BYTES")]
     pub fallback_total_bytes: Option<u64>,
     /// How long the reassembly fallback holds a segment before dropping it

@@ -31,7 +31,7 @@ use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use inspector_common::{
     counters::{Counter, COUNTERS_MAP},
-    fallback::{Fallback, Wake, FALLBACK_MAP, WAKE_MAP},
+    fallback::{DropReason, Fallback, Wake, DROP_REASONS, FALLBACK_MAP, WAKE_MAP},
     flow::{seq_diff, Flow, FlowKey, FLOWS_MAP},
     ports::{port_slot, PORTS_MAP},
 };
@@ -435,17 +435,19 @@ struct Held {
 /// The segments held for one flow.
 #[derive(Default)]
 struct FlowHeld {
+    /// Beyond the next expected byte: written back in order.
     segs: Vec<Held>,
+    /// Copies of bytes the kernel already passed (retransmissions it could
+    /// not re-inspect): forgotten once the server acknowledges them,
+    /// written back for the kernel to decide when their time is up.
+    copies: Vec<Held>,
     bytes: u64,
 }
 
-/// Why a held segment was dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropWhy {
-    FlowLimit,
-    TotalLimit,
-    Timeout,
-    NoFlow,
+impl FlowHeld {
+    fn is_empty(&self) -> bool {
+        self.segs.is_empty() && self.copies.is_empty()
+    }
 }
 
 /// The reorder buffer: segments per flow, released in sequence order from
@@ -455,6 +457,9 @@ pub struct Buffer {
     flows: HashMap<Half, FlowHeld>,
     total: u64,
     segments: u64,
+    /// The most held for one flow, and in total.
+    peak_flow: u64,
+    peak_total: u64,
 }
 
 impl Buffer {
@@ -464,6 +469,8 @@ impl Buffer {
             flows: HashMap::new(),
             total: 0,
             segments: 0,
+            peak_flow: 0,
+            peak_total: 0,
         }
     }
 
@@ -475,6 +482,11 @@ impl Buffer {
         self.segments
     }
 
+    /// Bytes held for one flow.
+    pub fn flow_bytes(&self, key: &Half) -> u64 {
+        self.flows.get(key).map_or(0, |f| f.bytes)
+    }
+
     /// The flows with something held.
     pub fn flows(&self) -> Vec<Half> {
         self.flows.keys().copied().collect()
@@ -482,33 +494,48 @@ impl Buffer {
 
     /// Holds `seg`, unless a limit says no. A segment at a sequence number
     /// already held replaces it (a retransmission of it).
-    pub fn hold(&mut self, seg: Segment, now: Instant) -> Result<(), DropWhy> {
+    pub fn hold(&mut self, seg: Segment, now: Instant) -> Result<(), DropReason> {
+        self.keep(seg, now, false)
+    }
+
+    /// Holds `seg`, a copy of bytes the kernel already passed, until
+    /// [`Buffer::settle_copies`] says what becomes of it; the same limits.
+    pub fn hold_copy(&mut self, seg: Segment, now: Instant) -> Result<(), DropReason> {
+        self.keep(seg, now, true)
+    }
+
+    fn keep(&mut self, seg: Segment, now: Instant, copy: bool) -> Result<(), DropReason> {
         let size = seg.frame.len() as u64;
         let f = self.flows.entry(seg.key).or_default();
-        let old = f.segs.iter().position(|h| h.seg.seq == seg.seq);
-        let freed = old.map(|i| f.segs[i].seg.frame.len() as u64).unwrap_or(0);
-        if f.bytes - freed + size > self.limits.flow_bytes {
-            if f.segs.is_empty() {
+        let list = if copy { &mut f.copies } else { &mut f.segs };
+        let old = list.iter().position(|h| h.seg.seq == seg.seq);
+        let freed = old.map(|i| list[i].seg.frame.len() as u64).unwrap_or(0);
+        let refused = if f.bytes - freed + size > self.limits.flow_bytes {
+            Some(DropReason::FlowLimit)
+        } else if self.total - freed + size > self.limits.total_bytes {
+            Some(DropReason::TotalLimit)
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            if f.is_empty() {
                 self.flows.remove(&seg.key);
             }
-            return Err(DropWhy::FlowLimit);
-        }
-        if self.total - freed + size > self.limits.total_bytes {
-            if f.segs.is_empty() {
-                self.flows.remove(&seg.key);
-            }
-            return Err(DropWhy::TotalLimit);
+            return Err(why);
         }
         let held = Held { seg, at: now };
+        let list = if copy { &mut f.copies } else { &mut f.segs };
         match old {
-            Some(i) => f.segs[i] = held,
+            Some(i) => list[i] = held,
             None => {
-                f.segs.push(held);
+                list.push(held);
                 self.segments += 1;
             }
         }
         f.bytes = f.bytes - freed + size;
         self.total = self.total - freed + size;
+        self.peak_flow = self.peak_flow.max(f.bytes);
+        self.peak_total = self.peak_total.max(self.total);
         Ok(())
     }
 
@@ -552,18 +579,55 @@ impl Buffer {
             next = h.seg.end;
             out.push(h.seg);
         }
-        if f.segs.is_empty() {
+        if f.is_empty() {
             self.flows.remove(key);
         }
         out
     }
 
-    /// Drops what was held longer than the limit; returns how many.
-    pub fn expire(&mut self, now: Instant) -> u64 {
+    /// The copies of `key` once the server has acknowledged `acked` (if it
+    /// acknowledged anything) at time `now`: those it acknowledged are
+    /// forgotten (it has their bytes); those held for the hold time are
+    /// returned, to be written back for the kernel to decide (it drops
+    /// them, unless they have been acknowledged in between).
+    pub fn settle_copies(&mut self, key: &Half, acked: Option<u32>, now: Instant) -> Vec<Segment> {
+        let mut out = Vec::new();
+        let Some(f) = self.flows.get_mut(key) else {
+            return out;
+        };
         let hold = self.limits.hold;
-        let mut dropped = 0;
+        let (mut gone, mut n) = (0u64, 0u64);
+        let mut i = 0;
+        while i < f.copies.len() {
+            let h = &f.copies[i];
+            let have = acked.is_some_and(|a| seq_diff(h.seg.end, a) <= 0);
+            if have || now.duration_since(h.at) >= hold {
+                let h = f.copies.swap_remove(i);
+                gone += h.seg.frame.len() as u64;
+                n += 1;
+                if !have {
+                    out.push(h.seg);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        f.bytes -= gone;
+        self.total -= gone;
+        self.segments -= n;
+        if f.is_empty() {
+            self.flows.remove(key);
+        }
+        out
+    }
+
+    /// Drops what was held longer than the limit; returns the flow and
+    /// sequence number of each.
+    pub fn expire(&mut self, now: Instant) -> Vec<(Half, u32)> {
+        let hold = self.limits.hold;
+        let mut dropped = Vec::new();
         let (mut total, mut segments) = (self.total, self.segments);
-        self.flows.retain(|_, f| {
+        self.flows.retain(|key, f| {
             f.segs.retain(|h| {
                 let keep = now.duration_since(h.at) < hold;
                 if !keep {
@@ -571,11 +635,11 @@ impl Buffer {
                     f.bytes -= size;
                     total -= size;
                     segments -= 1;
-                    dropped += 1;
+                    dropped.push((*key, h.seg.seq));
                 }
                 keep
             });
-            !f.segs.is_empty()
+            !f.is_empty()
         });
         self.total = total;
         self.segments = segments;
@@ -586,11 +650,56 @@ impl Buffer {
     pub fn forget(&mut self, key: &Half) -> u64 {
         match self.flows.remove(key) {
             Some(f) => {
+                let n = (f.segs.len() + f.copies.len()) as u64;
                 self.total -= f.bytes;
-                self.segments -= f.segs.len() as u64;
-                f.segs.len() as u64
+                self.segments -= n;
+                n
             }
             None => 0,
+        }
+    }
+}
+
+/// The segments the daemon dropped, by reason: shown by `status`, logged
+/// (rate-limited) with their reason, and added to `fallback_drops`.
+struct Drops {
+    total: [u64; DROP_REASONS],
+    /// Not yet added to `fallback_drops`.
+    unflushed: u64,
+    log: RateLimit,
+}
+
+impl Drops {
+    fn new() -> Self {
+        Drops {
+            total: [0; DROP_REASONS],
+            unflushed: 0,
+            log: RateLimit::new(5, Duration::from_secs(10)),
+        }
+    }
+
+    fn add(&mut self, why: DropReason, n: u64, what: impl FnOnce() -> String) {
+        if n == 0 {
+            return;
+        }
+        self.total[why as usize] += n;
+        self.unflushed += n;
+        let (ok, suppressed) = self.log.allow(Instant::now());
+        if let Some(n) = suppressed {
+            warn!("reassembly fallback: {n} drop line(s) left out by the rate limit");
+        }
+        if ok {
+            let so_far: Vec<String> = DropReason::ALL
+                .iter()
+                .filter(|r| self.total[**r as usize] > 0)
+                .map(|r| format!("{} {}", r.name(), self.total[*r as usize]))
+                .collect();
+            warn!(
+                "reassembly fallback: dropped {n} segment(s) ({}: {}); so far: {}",
+                why.name(),
+                what(),
+                so_far.join(", ")
+            );
         }
     }
 }
@@ -621,13 +730,15 @@ impl Maps {
         })
     }
 
-    /// The next expected byte of a direction of a flow, if it is tracked.
-    fn next_seq(&self, key: &Half) -> Option<u32> {
+    /// The next expected byte of a direction of a flow, and what the other
+    /// end has acknowledged of that direction's stream (if it has), if the
+    /// flow is tracked.
+    fn position(&self, key: &Half) -> Option<(u32, Option<u32>)> {
         let f = self.flows.get(&key.flow, 0).ok()?;
         Some(if key.server {
-            f.server.cur.next_seq
+            (f.server.cur.next_seq, f.client.cur.acked_if_known())
         } else {
-            f.client.cur.next_seq
+            (f.client.cur.next_seq, f.server.cur.acked_if_known())
         })
     }
 
@@ -638,13 +749,16 @@ impl Maps {
         self.ports.get(&word, 0).is_ok_and(|w| w & bit != 0)
     }
 
-    fn announce(&mut self, ifindex: u32, buf: &Buffer) -> Result<()> {
+    fn announce(&mut self, ifindex: u32, buf: &Buffer, drops: &Drops) -> Result<()> {
         let f = Fallback {
             ifindex,
             _pad: 0,
             heartbeat_ns: if ifindex == 0 { 0 } else { monotonic_ns() },
             held_bytes: buf.held_bytes(),
             held_segments: buf.held_segments(),
+            dropped: drops.total,
+            peak_flow_bytes: buf.peak_flow,
+            peak_total_bytes: buf.peak_total,
         };
         self.fallback
             .set(0, f, 0)
@@ -674,6 +788,7 @@ pub fn withdraw(pin_dir: &Path) -> Result<()> {
             total_bytes: 0,
             hold: Duration::ZERO,
         }),
+        &Drops::new(),
     )
 }
 
@@ -710,7 +825,7 @@ impl Daemon {
         // SAFETY: the OwnedFd stays open and the same for as long as the
         // AsyncFd owns it.
         let tap_fd = unsafe { AsyncFd::register(tap.fd) }.context("polling the tap")?;
-        maps.announce(tap.ifindex, &Buffer::new(limits))?;
+        maps.announce(tap.ifindex, &Buffer::new(limits), &Drops::new())?;
         info!(
             "reassembly fallback on tap {} (holds up to {} bytes per flow, {} in total, for {:?})",
             tap.name, limits.flow_bytes, limits.total_bytes, limits.hold
@@ -740,8 +855,7 @@ impl Daemon {
         let mut buf = Buffer::new(limits);
         let mut frame = vec![0u8; FRAME_MAX];
         let mut tick = tokio::time::interval(TICK);
-        let mut drops = 0u64;
-        let mut log_limit = RateLimit::new(5, Duration::from_secs(10));
+        let mut drops = Drops::new();
         // The highest TSval written back per flow. A held segment is older
         // than the retransmission that filled the gap before it: written back
         // with its own timestamp, the server would discard it (PAWS, RFC 7323)
@@ -770,7 +884,6 @@ impl Daemon {
             }
         };
         loop {
-            let mut dropped_now = 0u64;
             tokio::select! {
                 guard = tap_fd.readable() => {
                     let mut guard = guard?;
@@ -785,8 +898,9 @@ impl Daemon {
                                 // Where the stream is now (the bytes before it
                                 // may have passed before it got here: their
                                 // wake is gone then).
-                                let Some(next) = maps.next_seq(&key) else {
-                                    dropped_now += 1 + buf.forget(&key);
+                                let Some((next, acked)) = maps.position(&key) else {
+                                    let n = 1 + buf.forget(&key);
+                                    drops.add(DropReason::FlowGone, n, || format!("{key:?}"));
                                     continue;
                                 };
                                 // Its turn already (an in-order segment of a
@@ -794,6 +908,7 @@ impl Daemon {
                                 // straight back, whatever the limits, or a full
                                 // buffer would refuse the very segment it waits
                                 // for.
+                                let (seq, end) = (seg.seq, seg.end);
                                 let at = seq_diff(seg.seq, next) <= 0;
                                 if at && seq_diff(seg.end, next) > 0 {
                                     let end = seg.end;
@@ -808,15 +923,31 @@ impl Daemon {
                                     continue;
                                 }
                                 if at {
-                                    // Wholly before it: passed in another copy.
+                                    // Wholly before it: its bytes passed in
+                                    // another copy. Kept until the server
+                                    // acknowledges them, in case that copy
+                                    // never reached it (then it is written
+                                    // back when its time is up, and the
+                                    // kernel decides).
+                                    if acked.is_some_and(|a| seq_diff(end, a) <= 0) {
+                                        continue;
+                                    }
+                                    if let Err(why) = buf.hold_copy(seg, Instant::now()) {
+                                        let (flow, total) = (buf.flow_bytes(&key), buf.held_bytes());
+                                        drops.add(why, 1, || format!(
+                                            "a copy of {seq}..{end}; {flow} held for the flow, \
+                                             {total} in all"
+                                        ));
+                                    }
                                     continue;
                                 }
                                 if let Err(why) = buf.hold(seg, Instant::now()) {
-                                    dropped_now += 1;
-                                    let (ok, _) = log_limit.allow(Instant::now());
-                                    if ok {
-                                        warn!("reassembly fallback: dropped a segment ({why:?})");
-                                    }
+                                    let (flow, total) = (buf.flow_bytes(&key), buf.held_bytes());
+                                    drops.add(why, 1, || format!(
+                                        "{}..{}, {} bytes beyond the next expected byte {next}; \
+                                         {flow} held for the flow, {total} in all",
+                                        seq, end, seq_diff(seq, next)
+                                    ));
                                     continue;
                                 }
                                 for f in buf.release(&key, next) {
@@ -858,36 +989,43 @@ impl Daemon {
                 _ = tick.tick() => {
                     // A wake lost to a full ring must not strand a flow.
                     for key in buf.flows() {
-                        match maps.next_seq(&key) {
-                            Some(next) => {
+                        match maps.position(&key) {
+                            Some((next, acked)) => {
                                 for f in buf.release(&key, next) {
                                     if let Err(e) = write(f) {
                                         warn!("{e:#}");
                                     }
                                 }
+                                for f in buf.settle_copies(&key, acked, Instant::now()) {
+                                    if let Err(e) = write(f) {
+                                        warn!("{e:#}");
+                                    }
+                                }
                             }
-                            None => dropped_now += buf.forget(&key),
+                            None => {
+                                let n = buf.forget(&key);
+                                drops.add(DropReason::FlowGone, n, || format!("{key:?}"));
+                            }
                         }
                     }
                     let expired = buf.expire(Instant::now());
-                    if expired > 0 {
-                        let (ok, _) = log_limit.allow(Instant::now());
-                        if ok {
-                            warn!("reassembly fallback: dropped {expired} segment(s) held longer than {:?}", limits.hold);
-                        }
+                    if let Some((key, seq)) = expired.first() {
+                        let next = maps.position(key).map(|(n, _)| n);
+                        drops.add(DropReason::Timeout, expired.len() as u64, || format!(
+                            "held longer than {:?}; the first at {seq} while the flow expected {next:?}",
+                            limits.hold
+                        ));
                     }
-                    dropped_now += expired;
-                    if drops > 0 {
-                        if let Err(e) = maps.count_drops(drops) {
+                    if drops.unflushed > 0 {
+                        if let Err(e) = maps.count_drops(drops.unflushed) {
                             warn!("{e:#}");
                         } else {
-                            drops = 0;
+                            drops.unflushed = 0;
                         }
                     }
-                    maps.announce(tap.ifindex, &buf)?;
+                    maps.announce(tap.ifindex, &buf, &drops)?;
                 }
             }
-            drops += dropped_now;
         }
     }
 }
@@ -1000,17 +1138,61 @@ mod tests {
         let mut b = Buffer::new(limits());
         let now = Instant::now();
         b.hold(seg(1, 100, 10, 9_000), now).unwrap();
-        assert_eq!(b.hold(seg(1, 200, 10, 2_000), now), Err(DropWhy::FlowLimit));
+        assert_eq!(
+            b.hold(seg(1, 200, 10, 2_000), now),
+            Err(DropReason::FlowLimit)
+        );
         // A retransmission replaces what it repeats.
         b.hold(seg(1, 100, 10, 9_500), now).unwrap();
         b.hold(seg(2, 100, 10, 5_000), now).unwrap();
         assert_eq!(
             b.hold(seg(3, 100, 10, 1_000), now),
-            Err(DropWhy::TotalLimit)
+            Err(DropReason::TotalLimit)
         );
         assert_eq!((b.held_segments(), b.held_bytes()), (2, 14_500));
-        assert_eq!(b.expire(now + Duration::from_secs(3)), 2);
+        let mut expired = b.expire(now + Duration::from_secs(3));
+        expired.sort_by_key(|(k, seq)| (k.client_port, *seq));
+        assert_eq!(expired, [(key(1), 100), (key(2), 100)]);
         assert_eq!((b.held_segments(), b.held_bytes()), (0, 0));
+        assert_eq!(
+            (b.peak_flow, b.peak_total),
+            (9_500, 14_500),
+            "what it held at most"
+        );
+    }
+
+    #[test]
+    fn copies_wait_for_the_servers_acknowledgement() {
+        let mut b = Buffer::new(limits());
+        let now = Instant::now();
+        b.hold_copy(seg(1, 100, 100, 10), now).unwrap();
+        b.hold_copy(seg(1, 200, 100, 20), now).unwrap();
+        b.hold(seg(1, 900, 100, 30), now).unwrap();
+        assert!(
+            b.release(&key(1), 800).is_empty(),
+            "copies are not released in order, nor forgotten as passed"
+        );
+        assert_eq!(b.held_segments(), 3);
+        assert!(b.settle_copies(&key(1), None, now).is_empty());
+        assert!(
+            b.settle_copies(&key(1), Some(200), now).is_empty(),
+            "acknowledged: the server has them"
+        );
+        assert_eq!((b.held_segments(), b.held_bytes()), (2, 50));
+        let back = b.settle_copies(&key(1), Some(250), now + Duration::from_secs(2));
+        assert_eq!(
+            back.iter().map(|s| s.seq).collect::<Vec<_>>(),
+            [200],
+            "not acknowledged in its hold time: written back for the kernel"
+        );
+        assert_eq!((b.held_segments(), b.held_bytes()), (1, 30));
+        assert_eq!(
+            b.hold_copy(seg(1, 300, 100, 9_990), now),
+            Err(DropReason::FlowLimit),
+            "copies count against the same limits"
+        );
+        assert_eq!(b.release(&key(1), 900).len(), 1);
+        assert!(b.flows().is_empty());
     }
 
     fn v4_frame(payload: &[u8], partial: bool) -> Vec<u8> {

@@ -25,8 +25,8 @@
 //! header_line_limit = "drop-connection"    # header line over 998 bytes (no mask)
 //! max_flows_per_client = 256 # flows one client address may hold
 //! fallback = true            # false: drop out-of-order segments
-//! fallback_flow_bytes = 262144     # what the reassembly fallback holds
-//! fallback_total_bytes = 16777216  # per flow and in total,
+//! fallback_flow_bytes = 4194304    # what the reassembly fallback holds
+//! fallback_total_bytes = 67108864  # per flow and in total,
 //! fallback_hold_ms = 2000          # and for how long
 //! ```
 

@@ -12,7 +12,7 @@ use anyhow::Result;
 use aya::maps::{Array, Map};
 use inspector_common::{
     config::{Config, CFG_FRAGMENTS_PASS, CFG_MIDSTREAM_PASS, CFG_MONITOR, CONFIG_MAP},
-    fallback::{Fallback, FALLBACK_MAP},
+    fallback::{DropReason, Fallback, FALLBACK_MAP},
     ports::{port_slot, PORTS_MAP, PORT_WORDS},
 };
 
@@ -149,6 +149,12 @@ impl Status {
                 "tap": if f.ifindex != 0 { ifname(f.ifindex) } else { None },
                 "held_segments": f.held_segments,
                 "held_bytes": f.held_bytes,
+                "peak_flow_bytes": f.peak_flow_bytes,
+                "peak_total_bytes": f.peak_total_bytes,
+                "dropped": DropReason::ALL
+                    .iter()
+                    .map(|r| (r.name().to_string(), f.dropped[*r as usize].into()))
+                    .collect::<serde_json::Map<String, serde_json::Value>>(),
             })),
         })
     }
@@ -201,10 +207,18 @@ impl Status {
             let state = fallback_state(&f, crate::flows::monotonic_ns());
             o.push_str(&match state {
                 "active" => format!(
-                    "fallback:   active on tap {}: {} segments ({} bytes) held\n",
+                    "fallback:   active on tap {}: {} segments ({} bytes) held; at most {} bytes \
+                     for one flow, {} in all; dropped since it started: {}\n",
                     ifname(f.ifindex).unwrap_or_else(|| f.ifindex.to_string()),
                     f.held_segments,
-                    f.held_bytes
+                    f.held_bytes,
+                    f.peak_flow_bytes,
+                    f.peak_total_bytes,
+                    DropReason::ALL
+                        .iter()
+                        .map(|r| format!("{} {}", f.dropped[*r as usize], r.name()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 "stale" => {
                     "fallback:   stale (its daemon stopped): out-of-order segments are dropped\n"

@@ -181,6 +181,16 @@ pub fn stats_json(pin_dir: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("`inspector stats --json` printed invalid JSON ({e}): {out}"))
 }
 
+/// `inspector status --json` at `pin_dir`, which must succeed, parsed.
+pub fn status_json(pin_dir: &Path) -> serde_json::Value {
+    let mut c = std::process::Command::new(inspector_bin());
+    c.args(["status", "--json", "--pin-dir"]).arg(pin_dir);
+    let out = run(&mut c);
+    out.assert_success();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("`inspector status --json` printed invalid JSON ({e}): {out}"))
+}
+
 /// One counter of the JSON printed by `inspector stats --json`; panics if
 /// it is missing.
 pub fn counter(stats: &serde_json::Value, name: &str) -> u64 {

@@ -260,3 +260,82 @@ fn a_segment_written_back_before_its_turn_is_diverted_again() {
     assert_eq!(o.get("reassembled"), 0);
     assert_eq!(o.get("commands_seen"), 0);
 }
+
+/// A retransmission that cannot be re-inspected (its checkpoint is gone)
+/// but only repeats bytes already inspected and passed is a copy the server
+/// may well have (a spurious retransmission): it goes to the fallback,
+/// which keeps it until the server acknowledges those bytes, instead of
+/// being dropped; the flow is not marked, so in-order segments are not
+/// detoured. Written back (the server never acknowledged it), it is
+/// dropped, as without a fallback. One that also carries new bytes is
+/// dropped at once.
+#[test]
+fn an_unverifiable_copy_of_passed_bytes_goes_to_the_fallback() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut prog = Loaded::new(hook, 0);
+        prog.announce_fallback(tap(), 0);
+        let mut ring = wake_ring(&mut prog);
+        let mut s = session(&prog, v4());
+        let first = s.cseq;
+        // EHLO with PIPELINING: then the commands need no reply in between,
+        // and the server acknowledges none of them.
+        s.client(b"EHLO x\r\n");
+        s.server(b"250-server.test\r\n250 PIPELINING\r\n");
+        let first_noop = s.cseq;
+        // Six segments: the first one's checkpoint is gone after four.
+        for _ in 0..6 {
+            let o = s.client(b"NOOP\r\n");
+            assert_eq!(
+                o.verdict,
+                Verdict::Pass,
+                "{hook:?}: {:?}",
+                o.delta.nonzero()
+            );
+        }
+        assert_ne!(first, first_noop);
+        let copy = s.client_frame_at(first_noop, b"NOOP\r\n");
+        let o = prog.run(&copy);
+        let ctx = format!("{hook:?}: {:?}", o.delta.nonzero());
+        assert_eq!(o.verdict, diverted(hook), "{ctx}");
+        assert_eq!(o.get("diverted"), 1, "{ctx}");
+        assert_eq!(o.get("dropped"), 0, "{ctx}");
+        assert_eq!(o.get("retrans_unverifiable"), 0, "{ctx}");
+        assert!(o.data_out == copy, "a diverted copy was changed");
+        // Not marked: the next segment is inspected at once, nobody woken.
+        let o = s.client(b"VERB\r\n");
+        assert_eq!(
+            o.verdict,
+            Verdict::Pass,
+            "{hook:?}: {:?}",
+            o.delta.nonzero()
+        );
+        assert_eq!(o.get("commands_masked"), 1, "{hook:?}");
+        assert_eq!(o.get("diverted"), 0, "{hook:?}");
+        assert!(wakes(&mut ring).is_empty(), "{hook:?}");
+        // Written back: the kernel decides, as without a fallback.
+        let o = prog.run_on(&copy, tap());
+        let ctx = format!("{hook:?}: {:?}", o.delta.nonzero());
+        assert_eq!(o.verdict, Verdict::Drop, "{ctx}");
+        assert_eq!(o.get("retrans_unverifiable"), 1, "{ctx}");
+        assert_eq!(o.get("reassembled"), 0, "{ctx}");
+        // New bytes after old ones it cannot check: dropped.
+        let mut both = b"NOOP\r\n".repeat(6)[2..].to_vec();
+        both.extend_from_slice(b"VERB\r\nNOOP\r\n");
+        let o = prog.run(&s.client_frame_at(first_noop.wrapping_add(2), &both));
+        let ctx = format!("{hook:?}: {:?}", o.delta.nonzero());
+        assert_eq!(o.verdict, Verdict::Drop, "{ctx}");
+        assert_eq!(o.get("retrans_unverifiable"), 1, "{ctx}");
+        assert_eq!(o.get("diverted"), 0, "{ctx}");
+        // Once the server has acknowledged them, copies pass (it discards
+        // them), as always.
+        s.server(b"250 ok\r\n");
+        let o = prog.run(&copy);
+        assert_eq!(
+            o.verdict,
+            Verdict::Pass,
+            "{hook:?}: {:?}",
+            o.delta.nonzero()
+        );
+        assert_eq!(o.get("retrans_acked"), 1, "{hook:?}");
+    }
+}

@@ -16,7 +16,7 @@ use std::{net::IpAddr, time::Duration};
 
 use inspector_tests::{
     client::{self, code_of, Script, Transcript},
-    inspector::{counter, Attach},
+    inspector::{counter, status_json, Attach},
     netns::addr::{SERVER_V4, SERVER_V6},
     sha256_hex, Inspector, Offloads, RecordingSmtpd, Testbed,
 };
@@ -297,6 +297,84 @@ fn reordered_segments_are_inspected_in_order_tc() {
 #[test]
 fn reordered_segments_are_inspected_in_order_ipv6_tc_default_offloads() {
     reordered(Offloads::Default, Mode::Tc, SERVER_V6);
+}
+
+/// The default per-flow limit holds what an honest flow has behind one
+/// gap: a big message, half of its segments delayed, goes through without
+/// a drop while the fallback holds more than the old default (256 KiB) for
+/// the flow at once.
+fn a_window_behind_one_gap(mode: Mode) {
+    const OLD_DEFAULT: u64 = 256 * 1024;
+    // The HTB classes reorder by timing: a session (checked in full, on a
+    // fresh bed each, since the server's checks count its sessions) is
+    // repeated, a few times at most, until one needed more than the old
+    // default; none may lose a segment.
+    let mut peaks = Vec::new();
+    // TC takes GSO packets whole (the tap cuts them): the client's 64 KiB
+    // packets make a large window quickly. XDP takes no multi-buffer frame.
+    let offloads = match mode {
+        Mode::Tc => Offloads::Default,
+        Mode::Xdp => Offloads::Off,
+    };
+    for _ in 0..8 {
+        let bed = Bed::new(offloads, mode, &[]);
+        // A large window from the first flight (what waits behind a gap is
+        // at most the window), rather than one that slow start and the
+        // reordering's spurious loss recoveries grow by chance.
+        bed.tb.client.ip(&[
+            "route",
+            "change",
+            "default",
+            "via",
+            "10.200.1.1",
+            "initcwnd",
+            "400",
+        ]);
+        bed.tb.server.ip(&[
+            "route",
+            "change",
+            "default",
+            "via",
+            "10.200.2.1",
+            "initrwnd",
+            "400",
+        ]);
+        bed.reorder("10mbit", false);
+        run_checked(&bed, 1, SERVER_V4, 4, 4096);
+        let c = bed.inspector().stats_json();
+        let s = status_json(bed.inspector().pin_dir());
+        let ctx = format!("{s}\n{}", bed.context());
+        for zero in ["out_of_order_drops", "fallback_drops", "dropped"] {
+            assert_eq!(
+                counter(&c, zero),
+                0,
+                "{zero}: honest segments were lost\n{ctx}"
+            );
+        }
+        let peak = s["fallback"]["peak_flow_bytes"].as_u64().unwrap_or(0);
+        eprintln!(
+            "diverted {}, reassembled {}, most held for one flow {peak}",
+            counter(&c, "diverted"),
+            counter(&c, "reassembled"),
+        );
+        peaks.push(peak);
+        if peak > OLD_DEFAULT {
+            return;
+        }
+    }
+    panic!(
+        "no flow needed more than {OLD_DEFAULT} bytes held ({peaks:?}): the test proves nothing"
+    );
+}
+
+#[test]
+fn the_default_flow_limit_holds_a_window_behind_one_gap_tc() {
+    a_window_behind_one_gap(Mode::Tc);
+}
+
+#[test]
+fn the_default_flow_limit_holds_a_window_behind_one_gap_xdp() {
+    a_window_behind_one_gap(Mode::Xdp);
 }
 
 /// The server's direction (docs/contract.md §5): its replies reordered on

@@ -151,6 +151,13 @@ pub fn run(quick: bool) -> Result<()> {
         .context("creating a temporary folder")?;
 
     let meta = metadata(quick)?;
+    // A partial run: these end-to-end configurations only (and their
+    // baselines), without the in-kernel part, memory and scale.
+    let only = std::env::var("INSPECTOR_BENCH_CONFIGS").ok();
+    let filters = match &only {
+        Some(ids) => e2e::Filter::select(ids)?,
+        None => e2e::FILTERS.to_vec(),
+    };
     let kp = kernel_params(quick);
     let mut ep = if quick {
         e2e::Params {
@@ -187,14 +194,19 @@ pub fn run(quick: bool) -> Result<()> {
         );
         ep.idle_flows = max_idle;
     }
-    step(&format!(
-        "bench: in-kernel cost (BPF_PROG_TEST_RUN, {} samples x repeat {}, about {:.0} s)",
-        kp.samples,
-        kp.repeat,
-        kernel::estimate(kp).as_secs_f64()
-    ));
-    let k = kernel::run(&object, kp)?;
-    eprint!("{}", k.markdown());
+    let k = if only.is_none() {
+        step(&format!(
+            "bench: in-kernel cost (BPF_PROG_TEST_RUN, {} samples x repeat {}, about {:.0} s)",
+            kp.samples,
+            kp.repeat,
+            kernel::estimate(kp).as_secs_f64()
+        ));
+        let k = kernel::run(&object, kp)?;
+        eprint!("{}", k.markdown());
+        Some(k)
+    } else {
+        None
+    };
 
     step("bench: end to end through a namespace gateway, memory and scale");
     let e = e2e::run(
@@ -203,19 +215,23 @@ pub fn run(quick: bool) -> Result<()> {
             tmp: tmp.path(),
         },
         ep,
+        &filters,
+        only.is_none(),
     )?;
 
     let mut meta = meta;
+    meta["configs_only"] = json!(only);
     meta["loadavg_end"] = json!(loadavg());
     meta["duration_s"] = stats::num(started.elapsed().as_secs_f64());
     let report = json!({
         "schema": 1,
         "meta": meta,
-        "kernel": k.json(),
+        "kernel": k.as_ref().map(|k| k.json()),
         "end_to_end": e.json(),
         "notes": NOTES,
     });
-    let md = markdown(&report, &k.markdown(), &e.markdown());
+    let kernel_md = k.map(|k| k.markdown()).unwrap_or_default();
+    let md = markdown(&report, &kernel_md, &e.markdown());
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let json_path = out_dir.join("report.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
@@ -234,7 +250,11 @@ fn markdown(report: &Value, kernel_md: &str, e2e_md: &str) -> String {
          - commit: {}{}\n\
          - date: {}\n\
          - load average at start / end: {} / {}\n\n",
-        if m["quick"] == true { "quick" } else { "full" },
+        match (m["quick"] == true, m["configs_only"].as_str()) {
+            (_, Some(_)) => "partial: INSPECTOR_BENCH_CONFIGS",
+            (true, None) => "quick",
+            (false, None) => "full",
+        },
         m["cpu_model"].as_str().unwrap_or("?"),
         m["cores"],
         m["mem_mib"],

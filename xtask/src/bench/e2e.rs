@@ -17,7 +17,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use inspector_testkit::{
     client::Smtp,
-    inspector::{stats_json, Attach, Inspector},
+    inspector::{stats_json, status_json, Attach, Inspector},
     netns::{in_netns, Held, Offloads, Testbed},
     proc::Proc,
 };
@@ -78,6 +78,21 @@ pub const FILTERS: [Filter; 9] = [
 const REORDER_SLOW_RATE: &str = "500mbit";
 
 impl Filter {
+    /// The configurations `ids` names (comma-separated), with the
+    /// baselines their ratios need, in the order of [`FILTERS`].
+    pub fn select(ids: &str) -> Result<Vec<Filter>> {
+        let mut want = Vec::new();
+        for id in ids.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let f = FILTERS
+                .iter()
+                .find(|f| f.id() == id)
+                .with_context(|| format!("no configuration {id:?}"))?;
+            want.extend([*f, f.baseline()]);
+        }
+        ensure!(!want.is_empty(), "no configuration named");
+        Ok(FILTERS.into_iter().filter(|f| want.contains(f)).collect())
+    }
+
     pub fn id(self) -> &'static str {
         match self {
             Filter::None => "forwarding",
@@ -236,19 +251,25 @@ fn activate<'a>(gw: &'a Testbed, env: &Env, f: Filter) -> Result<Active<'a>> {
             };
             // All the load comes from one client address: lift the
             // per-client cap (the idle flows alone are thousands).
-            let i = Attach::new(&gw.gateway, &gw.gateway_ifaces())
+            let mut attach = Attach::new(&gw.gateway, &gw.gateway_ifaces())
                 .arg("--mode")
                 .arg(mode)
                 .arg("--max-flows-per-client")
-                .arg("65536")
-                .start()
-                .map_err(|e| {
-                    anyhow!(
-                        "inspector attach --mode {mode} failed ({}): {}",
-                        e.status,
-                        e.stderr.trim()
-                    )
-                })?;
+                .arg("65536");
+            // Options to try (the fallback's limits, say), space-separated.
+            for x in std::env::var("INSPECTOR_BENCH_ATTACH_ARGS")
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                attach = attach.arg(x);
+            }
+            let i = attach.start().map_err(|e| {
+                anyhow!(
+                    "inspector attach --mode {mode} failed ({}): {}",
+                    e.status,
+                    e.stderr.trim()
+                )
+            })?;
             a.inspector = Some(i);
         }
         Filter::Iptables => {
@@ -448,10 +469,13 @@ fn measure(gw: &Testbed, p: &Params, target: &str, s: &mut Series) -> Result<()>
 }
 
 /// Counters that show the inspector really was in the path, and anything it
-/// dropped.
-fn inspector_summary(stats: &Value) -> Value {
+/// dropped (`status`: why the fallback's daemon dropped what it did).
+fn inspector_summary(stats: &Value, status: &Value) -> Value {
     let g = |k: &str| stats.get(k).cloned().unwrap_or(Value::Null);
     json!({
+        "fallback_dropped": status["fallback"]["dropped"].clone(),
+        "fallback_peak_flow_bytes": status["fallback"]["peak_flow_bytes"].clone(),
+        "fallback_peak_total_bytes": status["fallback"]["peak_total_bytes"].clone(),
         "packets_inspected": g("packets_inspected"),
         "commands_seen": g("commands_seen"),
         "commands_masked": g("commands_masked"),
@@ -470,7 +494,14 @@ fn inspector_summary(stats: &Value) -> Value {
     })
 }
 
-pub fn run(env: &Env, p: Params) -> Result<Report> {
+/// Runs the configurations `filters` (all of [`FILTERS`] for the report);
+/// memory and scale only with `memory_and_scale`.
+pub fn run(
+    env: &Env,
+    p: Params,
+    filters: &[Filter],
+    with_memory_and_scale: bool,
+) -> Result<Report> {
     eprintln!("bench: building the namespace gateway");
     let gw = Testbed::new(Offloads::Default);
     for ns in [&gw.client, &gw.gateway, &gw.server] {
@@ -516,7 +547,7 @@ pub fn run(env: &Env, p: Params) -> Result<Report> {
     )?;
 
     let mut configs: Vec<(Filter, Series)> =
-        FILTERS.iter().map(|f| (*f, Series::default())).collect();
+        filters.iter().map(|f| (*f, Series::default())).collect();
     for round in 0..p.rounds {
         for (f, series) in configs.iter_mut() {
             if interrupted() {
@@ -541,14 +572,31 @@ pub fn run(env: &Env, p: Params) -> Result<Report> {
                     "{}: the inspector saw no command: it was not in the path",
                     f.id()
                 );
-                series.counters.push(inspector_summary(&st));
+                series
+                    .counters
+                    .push(inspector_summary(&st, &status_json(pin)));
+                // What attach logged (the fallback's drops with their
+                // reasons, say), kept where INSPECTOR_BENCH_LOGS says.
+                if let (Some(dir), Some(i)) = (
+                    std::env::var_os("INSPECTOR_BENCH_LOGS"),
+                    active.inspector.as_ref(),
+                ) {
+                    let path = Path::new(&dir).join(format!("{}-{}.log", f.id(), round + 1));
+                    std::fs::create_dir_all(&dir)?;
+                    std::fs::write(&path, i.stderr())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
             }
             drop(active);
         }
     }
 
-    eprintln!("bench: memory and scale ({} idle flows)", p.idle_flows);
-    let (memory, scale) = memory_and_scale(&gw, env, &p, &mut sink, &mut idle_sink)?;
+    let (memory, scale) = if with_memory_and_scale {
+        eprintln!("bench: memory and scale ({} idle flows)", p.idle_flows);
+        memory_and_scale(&gw, env, &p, &mut sink, &mut idle_sink)?
+    } else {
+        (Value::Null, Value::Null)
+    };
     Ok(Report {
         params: p,
         configs,
@@ -845,16 +893,25 @@ impl Report {
                 .unwrap_or_default();
             s.push_str(&format!("- `{}`: {}{mode}\n", f.id(), f.describe()));
         }
-        s.push_str("\nWhat the inspector counted (sum over the rounds; `inspector stats`):\n\n");
-        s.push_str("| configuration | packets inspected | commands | bodies | dropped | of which out of order | retransmissions re-inspected | diverted | reassembled | fallback drops |\n");
+        s.push_str(
+            "\nWhat the inspector counted (sum over the rounds; `inspector stats`; the \
+            fallback's drops by reason from `inspector status`):\n\n",
+        );
+        s.push_str("| configuration | packets inspected | commands | bodies | dropped | of which out of order | retransmissions re-inspected | diverted | reassembled | fallback drops (flow limit / total limit / timeout / flow gone) |\n");
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for (f, x) in &self.configs {
             if x.counters.is_empty() {
                 continue;
             }
             let sum = |k: &str| -> u64 { x.counters.iter().filter_map(|c| c[k].as_u64()).sum() };
+            let why = |k: &str| -> u64 {
+                x.counters
+                    .iter()
+                    .filter_map(|c| c["fallback_dropped"][k].as_u64())
+                    .sum()
+            };
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({} / {} / {} / {}) |\n",
                 f.id(),
                 sum("packets_inspected"),
                 sum("commands_seen"),
@@ -865,7 +922,14 @@ impl Report {
                 sum("diverted"),
                 sum("reassembled"),
                 sum("fallback_drops"),
+                why("flow_limit"),
+                why("total_limit"),
+                why("timeout"),
+                why("flow_gone"),
             ));
+        }
+        if self.memory.is_null() {
+            return s;
         }
         let m = &self.memory;
         s.push_str("\n### Memory (inspector attach --mode xdp, default sizes)\n\n");
