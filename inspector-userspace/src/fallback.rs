@@ -1151,7 +1151,7 @@ mod tests {
         );
         assert_eq!((b.held_segments(), b.held_bytes()), (2, 14_500));
         let mut expired = b.expire(now + Duration::from_secs(3));
-        expired.sort_by_key(|(k, seq)| (k.client_port, *seq));
+        expired.sort_by_key(|(k, seq)| (k.flow.client_port, *seq));
         assert_eq!(expired, [(key(1), 100), (key(2), 100)]);
         assert_eq!((b.held_segments(), b.held_bytes()), (0, 0));
         assert_eq!(
