@@ -8,8 +8,8 @@ use inspector_common::{
     counters::Counter,
     events::{kind, reason},
     flow::{
-        classify, expected_after, seq_diff, Cursor, SegClass, DIR_DIVERTED, DIR_DROPPED,
-        DIR_RESET, DIR_SYNCED,
+        classify, expected_after, seq_diff, Cursor, SegClass, DIR_DIVERTED, DIR_DROPPED, DIR_RESET,
+        DIR_SYNCED,
     },
     smtp::cstate,
     verbs::OTHER,
