@@ -82,6 +82,13 @@ pub mod reason {
     /// A segment larger than the inspector parses (a BIG TCP packet over
     /// 64 KiB).
     pub const TOO_LARGE: u8 = 24;
+    /// The reassembly fallback dropped a segment it held: its flow's limit,
+    /// the total limit, held too long, its flow gone (`fallback::DropReason`
+    /// in that order).
+    pub const FALLBACK_FLOW_LIMIT: u8 = 25;
+    pub const FALLBACK_TOTAL_LIMIT: u8 = 26;
+    pub const FALLBACK_TIMEOUT: u8 = 27;
+    pub const FALLBACK_FLOW_GONE: u8 = 28;
 }
 
 #[repr(C)]

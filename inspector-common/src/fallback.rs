@@ -94,6 +94,17 @@ impl DropReason {
         DropReason::FlowGone,
     ];
 
+    /// The `reason` of its event.
+    pub fn event_reason(self) -> u8 {
+        use crate::events::reason;
+        match self {
+            DropReason::FlowLimit => reason::FALLBACK_FLOW_LIMIT,
+            DropReason::TotalLimit => reason::FALLBACK_TOTAL_LIMIT,
+            DropReason::Timeout => reason::FALLBACK_TIMEOUT,
+            DropReason::FlowGone => reason::FALLBACK_FLOW_GONE,
+        }
+    }
+
     /// Its name in `status` and the daemon's log.
     pub fn name(self) -> &'static str {
         match self {

@@ -79,6 +79,10 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::ADDRESS_CHARS => "address-characters",
         reason::HEADER_LINE_TOO_LONG => "header-line-too-long",
         reason::TOO_LARGE => "too-large",
+        reason::FALLBACK_FLOW_LIMIT => "fallback-flow-limit",
+        reason::FALLBACK_TOTAL_LIMIT => "fallback-total-limit",
+        reason::FALLBACK_TIMEOUT => "fallback-timeout",
+        reason::FALLBACK_FLOW_GONE => "fallback-flow-gone",
         _ => "",
     }
 }

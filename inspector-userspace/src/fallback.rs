@@ -31,12 +31,14 @@ use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use inspector_common::{
     counters::{Counter, COUNTERS_MAP},
+    events::{kind, Event},
     fallback::{DropReason, Fallback, Wake, DROP_REASONS, FALLBACK_MAP, WAKE_MAP},
     flow::{seq_diff, Flow, FlowKey, FLOWS_MAP},
     ports::{port_slot, PORTS_MAP},
+    verbs::OTHER,
 };
 use log::{info, warn};
-use tokio::io::unix::AsyncFd;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::{flows::monotonic_ns, journal::RateLimit, pin::open_map};
 
@@ -667,15 +669,35 @@ struct Drops {
     /// Not yet added to `fallback_drops`.
     unflushed: u64,
     log: RateLimit,
+    /// Where each drop goes as an event (`inspector events`), if anywhere.
+    events: Option<mpsc::Sender<Event>>,
 }
 
 impl Drops {
-    fn new() -> Self {
+    fn new(events: Option<mpsc::Sender<Event>>) -> Self {
         Drops {
             total: [0; DROP_REASONS],
             unflushed: 0,
             log: RateLimit::new(5, Duration::from_secs(10)),
+            events,
         }
+    }
+
+    /// The event of one dropped segment of `key` at `seq`, as the kernel
+    /// reports its own drops. Events that find the relay's queue full are
+    /// lost (the counters still count them).
+    fn event(&self, why: DropReason, key: &Half, seq: u32) {
+        let Some(tx) = &self.events else { return };
+        let e = Event {
+            ts_ns: monotonic_ns(),
+            flow: key.flow,
+            kind: kind::DROPPED,
+            reason: why.event_reason(),
+            verb_id: OTHER,
+            seq,
+            ..Default::default()
+        };
+        let _ = tx.try_send(e);
     }
 
     fn add(&mut self, why: DropReason, n: u64, what: impl FnOnce() -> String) {
@@ -788,7 +810,7 @@ pub fn withdraw(pin_dir: &Path) -> Result<()> {
             total_bytes: 0,
             hold: Duration::ZERO,
         }),
-        &Drops::new(),
+        &Drops::new(None),
     )
 }
 
@@ -799,6 +821,7 @@ pub struct Daemon {
     tap_fd: AsyncFd<OwnedFd>,
     tap: TapInfo,
     limits: Limits,
+    events: mpsc::Sender<Event>,
 }
 
 /// What the running daemon keeps of its tap besides the descriptor.
@@ -812,7 +835,13 @@ impl Daemon {
     /// the kernel diverts from now on: called before the readiness line,
     /// since whoever waits for that line may reorder segments at once.
     /// Needs a tokio runtime context.
-    pub fn start(pin_dir: &Path, tap: Tap, limits: Limits) -> Result<Daemon> {
+    /// Its drops go to `events` as events too.
+    pub fn start(
+        pin_dir: &Path,
+        tap: Tap,
+        limits: Limits,
+        events: mpsc::Sender<Event>,
+    ) -> Result<Daemon> {
         let mut maps = Maps::open(pin_dir)?;
         let ring = RingBuf::try_from(Map::RingBuf(open_map(
             pin_dir,
@@ -825,7 +854,7 @@ impl Daemon {
         // SAFETY: the OwnedFd stays open and the same for as long as the
         // AsyncFd owns it.
         let tap_fd = unsafe { AsyncFd::register(tap.fd) }.context("polling the tap")?;
-        maps.announce(tap.ifindex, &Buffer::new(limits), &Drops::new())?;
+        maps.announce(tap.ifindex, &Buffer::new(limits), &Drops::new(None))?;
         info!(
             "reassembly fallback on tap {} (holds up to {} bytes per flow, {} in total, for {:?})",
             tap.name, limits.flow_bytes, limits.total_bytes, limits.hold
@@ -839,6 +868,7 @@ impl Daemon {
                 mac: tap.mac,
             },
             limits,
+            events,
         })
     }
 
@@ -851,11 +881,12 @@ impl Daemon {
             tap_fd,
             tap,
             limits,
+            events,
         } = self;
         let mut buf = Buffer::new(limits);
         let mut frame = vec![0u8; FRAME_MAX];
         let mut tick = tokio::time::interval(TICK);
-        let mut drops = Drops::new();
+        let mut drops = Drops::new(Some(events));
         // The highest TSval written back per flow. A held segment is older
         // than the retransmission that filled the gap before it: written back
         // with its own timestamp, the server would discard it (PAWS, RFC 7323)
@@ -900,6 +931,7 @@ impl Daemon {
                                 // wake is gone then).
                                 let Some((next, acked)) = maps.position(&key) else {
                                     let n = 1 + buf.forget(&key);
+                                    drops.event(DropReason::FlowGone, &key, seg.seq);
                                     drops.add(DropReason::FlowGone, n, || format!("{key:?}"));
                                     continue;
                                 };
@@ -933,6 +965,7 @@ impl Daemon {
                                         continue;
                                     }
                                     if let Err(why) = buf.hold_copy(seg, Instant::now()) {
+                                        drops.event(why, &key, seq);
                                         let (flow, total) = (buf.flow_bytes(&key), buf.held_bytes());
                                         drops.add(why, 1, || format!(
                                             "a copy of {seq}..{end}; {flow} held for the flow, \
@@ -942,6 +975,7 @@ impl Daemon {
                                     continue;
                                 }
                                 if let Err(why) = buf.hold(seg, Instant::now()) {
+                                    drops.event(why, &key, seq);
                                     let (flow, total) = (buf.flow_bytes(&key), buf.held_bytes());
                                     drops.add(why, 1, || format!(
                                         "{}..{}, {} bytes beyond the next expected byte {next}; \
@@ -1004,11 +1038,17 @@ impl Daemon {
                             }
                             None => {
                                 let n = buf.forget(&key);
+                                if n > 0 {
+                                    drops.event(DropReason::FlowGone, &key, 0);
+                                }
                                 drops.add(DropReason::FlowGone, n, || format!("{key:?}"));
                             }
                         }
                     }
                     let expired = buf.expire(Instant::now());
+                    for (key, seq) in &expired {
+                        drops.event(DropReason::Timeout, key, *seq);
+                    }
                     if let Some((key, seq)) = expired.first() {
                         let next = maps.position(key).map(|(n, _)| n);
                         drops.add(DropReason::Timeout, expired.len() as u64, || format!(

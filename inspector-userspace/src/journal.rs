@@ -131,7 +131,13 @@ impl Relay {
 
 /// Reads the event ring of `pin_dir` until the runtime stops: logs each
 /// event (rate limited) and relays it to the readers connected to `relay`.
-pub async fn run(pin_dir: &Path, relay: Relay) -> Result<()> {
+/// Events of this process (the reassembly fallback's drops) come in on
+/// `own` and go the same way.
+pub async fn run(
+    pin_dir: &Path,
+    relay: Relay,
+    mut own: tokio::sync::mpsc::Receiver<Event>,
+) -> Result<()> {
     let data = crate::pin::open_map(pin_dir, EVENTS_MAP, "event ring")?;
     let ring = RingBuf::try_from(Map::RingBuf(data)).context("event map has an unexpected type")?;
     // SAFETY: the ring owns its fd, which stays open and the same for as
@@ -157,24 +163,12 @@ pub async fn run(pin_dir: &Path, relay: Relay) -> Result<()> {
                     // which every bit pattern is a value.
                     let e: Event =
                         unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-                    let (log_it, said) = limit.allow(Instant::now());
-                    if let Some(n) = said {
-                        say_suppressed(n, LOG_WINDOW);
-                    }
-                    if log_it {
-                        log::info!("{}", events::to_journal(&e));
-                    }
-                    let line: Arc<str> = format!("{}\n", events::to_json(&e, &wall(e.ts_ns))).into();
-                    let mut f = feed.lock().expect("the feed lock is never poisoned");
-                    if f.backlog.len() == BACKLOG {
-                        f.backlog.pop_front();
-                    }
-                    f.backlog.push_back(line.clone());
-                    // No reader connected is fine.
-                    let _ = f.live.send(line);
+                    publish(&feed, &mut limit, &e);
                 }
                 guard.clear_ready();
             }
+            // (Disabled for the rest of a round once no sender is left.)
+            Some(e) = own.recv() => publish(&feed, &mut limit, &e),
             _ = tick.tick() => {
                 if let Some(n) = limit.roll(Instant::now()) {
                     say_suppressed(n, LOG_WINDOW);
@@ -194,6 +188,25 @@ pub async fn run(pin_dir: &Path, relay: Relay) -> Result<()> {
             }
         }
     }
+}
+
+/// Logs `e` (within the rate limit) and relays it to every reader.
+fn publish(feed: &Mutex<Feed>, limit: &mut RateLimit, e: &Event) {
+    let (log_it, said) = limit.allow(Instant::now());
+    if let Some(n) = said {
+        say_suppressed(n, LOG_WINDOW);
+    }
+    if log_it {
+        log::info!("{}", events::to_journal(e));
+    }
+    let line: Arc<str> = format!("{}\n", events::to_json(e, &wall(e.ts_ns))).into();
+    let mut f = feed.lock().expect("the feed lock is never poisoned");
+    if f.backlog.len() == BACKLOG {
+        f.backlog.pop_front();
+    }
+    f.backlog.push_back(line.clone());
+    // No reader connected is fine.
+    let _ = f.live.send(line);
 }
 
 /// Sends one reader the backlog, then every event, until it goes away.

@@ -320,6 +320,19 @@ fn reordered_on_purpose(
     attach_args: &[&str],
     client_args: &[&str],
 ) -> serde_json::Value {
+    reordered_on_purpose_with_event(g, v6, sport, attach_args, client_args, None)
+}
+
+/// [`reordered_on_purpose`], and with `event`, checks that `inspector
+/// events` reports a drop of the client's flow for that reason.
+fn reordered_on_purpose_with_event(
+    g: Gateway,
+    v6: bool,
+    sport: u16,
+    attach_args: &[&str],
+    client_args: &[&str],
+    event: Option<&str>,
+) -> serde_json::Value {
     let bed = Bed::with(g, attach_args);
     let out = bed.attack_with(v6, "reorder", sport, client_args);
     let what = format!("reorder {g:?} v6={v6} {attach_args:?}");
@@ -342,6 +355,28 @@ fn reordered_on_purpose(
         replies[3].starts_with("500"),
         "{what}: the masked verb: {out}"
     );
+    if let Some(reason) = event {
+        let tb = bed.two.as_ref().expect("a two-interface gateway");
+        let mut c = tb.gateway.nsenter(inspector_bin());
+        c.args(["events", "--json", "--pin-dir"])
+            .arg(bed.inspector.pin_dir());
+        let events = inspector_tests::proc::Proc::spawn(&mut c);
+        let port = format!(":{sport}");
+        wait_until(
+            &format!("a {reason} event"),
+            Duration::from_secs(10),
+            || {
+                let out = String::from_utf8_lossy(&events.stdout()).to_string();
+                out.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .find(|e| {
+                        e["kind"] == "dropped"
+                            && e["reason"] == reason
+                            && e["client"].as_str().is_some_and(|c| c.ends_with(&port))
+                    })
+            },
+        );
+    }
     bed.inspector.stats_json()
 }
 
@@ -368,27 +403,29 @@ fn segments_reordered_on_purpose_are_inspected_in_order() {
     }
 }
 
-/// Past the fallback's limits the held segment is dropped (counted), not
-/// passed: past the per-flow limit (one byte: nothing can be held), and
+/// Past the fallback's limits the held segment is dropped (counted and
+/// reported as an event of its flow, with the reason), not passed: past the per-flow limit (one byte: nothing can be held), and
 /// held longer than `--fallback-hold-ms` by a client that waits before
 /// filling the gap.
 #[test]
 fn a_segment_held_past_the_fallbacks_limits_is_dropped_then_retransmitted() {
-    let st = reordered_on_purpose(
+    let st = reordered_on_purpose_with_event(
         Gateway::Xdp,
         false,
         43041,
         &["--fallback-flow-bytes", "1"],
         &[],
+        Some("fallback-flow-limit"),
     );
     assert_diverted("flow limit", &st);
     assert_eq!(counter(&st, "fallback_drops"), 1, "flow limit: {st}");
-    let st = reordered_on_purpose(
+    let st = reordered_on_purpose_with_event(
         Gateway::Tc,
         true,
         43042,
         &["--fallback-hold-ms", "100"],
         &["--pause-ms", "1000"],
+        Some("fallback-timeout"),
     );
     assert_diverted("hold time", &st);
     assert_eq!(counter(&st, "fallback_drops"), 1, "hold time: {st}");

@@ -131,13 +131,15 @@ fn run_attached(
         (Signals::install()?, journal::Relay::bind(pins.path())?)
     };
     let links = attach_with_settings(&mut ebpf, args, settings, pins.path())?;
+    // This process's own events (the fallback's drops), for the relay.
+    let (own_events, own_events_rx) = tokio::sync::mpsc::channel(1024);
     let fallback = match settings.fallback {
         Some(limits) => match start_fallback(&mut ebpf, args.mode) {
             // Announced before the readiness line below: whoever waits
             // for it may send reordered segments at once.
             Some(tap) => {
                 let _rt = rt.enter();
-                match fallback::Daemon::start(pins.path(), tap, limits) {
+                match fallback::Daemon::start(pins.path(), tap, limits, own_events) {
                     Ok(daemon) => Some(daemon),
                     Err(e) => {
                         warn!("no reassembly fallback ({e:#}): out-of-order segments are dropped and retransmitted");
@@ -173,6 +175,7 @@ fn run_attached(
     ))?;
     let ran = rt.block_on(run_until_signal(
         signals,
+        own_events_rx,
         metrics,
         relay,
         fallback,
@@ -334,6 +337,7 @@ fn log_policy(settings: &Settings, live: Option<&[VerbKey]>) {
 /// SIGTERM (or until one of them fails).
 async fn run_until_signal(
     signals: Signals,
+    own_events: tokio::sync::mpsc::Receiver<inspector_common::events::Event>,
     metrics: Option<tokio::net::TcpListener>,
     relay: journal::Relay,
     fallback: Option<fallback::Daemon>,
@@ -353,7 +357,7 @@ async fn run_until_signal(
     };
     tokio::select! {
         r = signals.wait() => r,
-        r = journal::run(pin_dir, relay) => r,
+        r = journal::run(pin_dir, relay, own_events) => r,
         r = expire_flows(pin_dir) => r,
         r = serve_metrics => r,
         r = reassemble => r,
