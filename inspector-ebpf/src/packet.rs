@@ -6,7 +6,7 @@
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{
-        bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_check_mtu, bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
         bpf_skb_store_bytes, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
         bpf_xdp_store_bytes,
     },
@@ -168,7 +168,25 @@ impl Packet for XdpContext {
     fn redirectable(&self) -> bool {
         // A tap does not take multi-buffer frames (its XDP transmit has no
         // scatter-gather): such a frame would be lost on the way.
-        self.data_end() - self.data() == self.total_len()
+        let len = self.data_end() - self.data();
+        if len != self.total_len() {
+            return false;
+        }
+        // Nor a frame longer than its device's MTU: generic XDP sees GRO
+        // packets whole, and one redirected to the tap is not segmented on
+        // the way (as TC's are), so written back it could not be forwarded
+        // (fragmentation needed, DF): bytes the kernel passed would be lost
+        // after it, and their retransmission, starting inside them, could
+        // not be re-inspected. Such a frame is dropped before anything of
+        // it passes, as without a fallback. (Up to a standard frame with a
+        // VLAN tag no helper call is needed.)
+        if len <= 1518 {
+            return true;
+        }
+        let mut mtu = 0u32;
+        // SAFETY: `self.ctx` is this invocation's xdp_md; `mtu` is a local
+        // the helper writes.
+        unsafe { bpf_check_mtu(self.ctx as *mut _, 0, &mut mtu, 0, 0) == 0 }
     }
     // Multi-buffer frames (GSO on veth, jumbo frames) and generic XDP's
     // linearised GSO packets reach 64 KiB.

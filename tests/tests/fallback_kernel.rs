@@ -14,6 +14,8 @@ use inspector_common::{
 use inspector_tests::{
     frame::checksums_ok,
     kernel::{client_port, v4, v6, Hook, Loaded, Session, Shape, Verdict},
+    netns::in_netns,
+    NetNs,
 };
 
 /// The stand-in for the tap: an interface of this namespace other than
@@ -338,4 +340,37 @@ fn an_unverifiable_copy_of_passed_bytes_goes_to_the_fallback() {
         );
         assert_eq!(o.get("retrans_acked"), 1, "{hook:?}");
     }
+}
+
+/// Generic XDP sees GRO packets whole: a linear frame longer than its
+/// device's MTU. Redirected to the tap it would not be segmented (as TC's
+/// are), and written back it could not be forwarded (fragmentation needed,
+/// DF): bytes the kernel passed would be lost after it. So it is not
+/// diverted but dropped as out of order, before anything of it passes; a
+/// frame within the MTU, on the same device, is diverted.
+#[test]
+fn a_frame_longer_than_its_devices_mtu_is_not_diverted() {
+    let ns = NetNs::new("fbmtu");
+    ns.ip(&[
+        "link", "add", "m0", "mtu", "1500", "type", "veth", "peer", "name", "m1",
+    ]);
+    let ifindex = ns.link_json("m0")["ifindex"]
+        .as_u64()
+        .expect("the veth's ifindex") as u32;
+    in_netns(&ns, move || {
+        let mut prog = Loaded::new(Hook::Xdp, 0);
+        // No such interface here: nothing arrives "from the tap".
+        prog.announce_fallback(999, 0);
+        let s = session(&prog, v4());
+        let ahead = s.cseq.wrapping_add(6);
+        let big = s.client_frame_at(ahead, &[b'a'; 2000]);
+        let o = prog.run_on(&big, ifindex);
+        assert_eq!(o.verdict, Verdict::Drop, "{:?}", o.delta.nonzero());
+        assert_eq!(o.get("out_of_order_drops"), 1);
+        assert_eq!(o.get("diverted"), 0);
+        let small = s.client_frame_at(ahead, b"STARTTLS\r\n");
+        let o = prog.run_on(&small, ifindex);
+        assert_eq!(o.verdict, Verdict::Redirect, "{:?}", o.delta.nonzero());
+        assert_eq!(o.get("diverted"), 1);
+    });
 }

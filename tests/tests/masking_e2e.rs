@@ -122,8 +122,11 @@ impl Bed {
     }
 
     /// Runs a scripted session from the client namespace.
+    /// Runs `script`; a failed session shows the inspector's side too.
     fn session(&self, server: IpAddr, script: &Script) -> Transcript {
-        client::run(&self.tb.client, server, 25, script)
+        client::spawn(&self.tb.client, server, 25, script)
+            .finish_raw()
+            .unwrap_or_else(|e| panic!("the session failed: {e}\n{}", self.context()))
     }
 
     fn stats(&self) -> Value {
@@ -140,6 +143,20 @@ impl Bed {
             s.push_str(&format!("--- Postfix maillog ---\n{}\n", p.maillog()));
         }
         s.push_str(&format!("--- inspector ---\n{}", self.inspector.stderr()));
+        // Where else segments may have been lost: the gateway's links and
+        // TCP/IP counters.
+        for (ns, what, args) in [
+            (&self.tb.gateway, "gateway links", &["ip", "-s", "link"][..]),
+            (&self.tb.gateway, "gateway nstat", &["nstat", "-az"][..]),
+            (&self.tb.server, "server nstat", &["nstat", "-az"][..]),
+        ] {
+            if let Ok(o) = ns.exec(args[0]).args(&args[1..]).output() {
+                s.push_str(&format!(
+                    "\n--- {what} ---\n{}",
+                    String::from_utf8_lossy(&o.stdout)
+                ));
+            }
+        }
         s
     }
 }
