@@ -290,13 +290,7 @@ fn client<P: Packet>(
     }
     w.parser.shared = side.shared();
     let own = &mut *side.own;
-    // One owner at a time: while the fallback may hold segments of the
-    // flow, every later one goes through it too, in order or not, so that
-    // the stream is parsed in one place, in sequence (docs/contract.md §5).
-    if own.cur.flags & DIR_DIVERTED != 0
-        && w.packet.from_fallback == 0
-        && try_divert(&mut own.cur, w, seq, len)
-    {
+    if owned_by_fallback(&mut own.cur, w, seq, len) {
         return Verdict::Divert;
     }
     match classify(seq, len, &own.cur, peer_acked) {
@@ -432,6 +426,16 @@ fn fallback_tap(w: &mut WorkArea) -> bool {
     true
 }
 
+/// One owner at a time: while the fallback may hold segments of a
+/// direction (`cur`), every later one goes through it too, in order or not,
+/// so that the stream is parsed in one place, in sequence
+/// (docs/contract.md §5). True if this one goes (segments the daemon wrote
+/// back are the ones it lets through).
+#[inline(always)]
+fn owned_by_fallback(cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> bool {
+    cur.flags & DIR_DIVERTED != 0 && w.packet.from_fallback == 0 && try_divert(cur, w, seq, len)
+}
+
 /// A segment that starts beyond the next expected byte of its direction
 /// (`cur`): to the reassembly fallback if its daemon is there, which writes
 /// it back once the bytes before it have passed; dropped otherwise (the
@@ -524,11 +528,7 @@ fn server<P: Packet>(
     }
     w.parser.shared = side.shared();
     let own = &mut *side.own;
-    // One owner at a time, as for the client.
-    if own.cur.flags & DIR_DIVERTED != 0
-        && w.packet.from_fallback == 0
-        && try_divert(&mut own.cur, w, seq, len)
-    {
+    if owned_by_fallback(&mut own.cur, w, seq, len) {
         return Verdict::Divert;
     }
     match classify(seq, len, &own.cur, peer_acked) {

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use inspector_common::{
     counters::{Counter, COUNTERS_MAP},
@@ -894,7 +894,9 @@ impl Daemon {
         // could not be re-inspected. So it gets the newest TSval of its flow
         // (the server's RTT estimate is all that changes).
         let mut stamps: HashMap<Half, (u32, Instant)> = HashMap::new();
-        let mut write = |mut seg: Segment| -> Result<()> {
+        // A segment that cannot be written is lost as a dropped one is (TCP
+        // retransmits it): said, and the daemon goes on.
+        let mut write = |mut seg: Segment| {
             if let Some(ts) = seg.tsval() {
                 let now = Instant::now();
                 if stamps.len() > 4096 {
@@ -908,10 +910,8 @@ impl Daemon {
                 }
                 e.1 = now;
             }
-            match rustix::io::write(tap_fd.get_ref(), &seg.frame) {
-                Ok(_) => Ok(()),
-                // The segment is lost as a dropped one is: TCP retransmits it.
-                Err(e) => bail!("writing a segment back into the tap: {e}"),
+            if let Err(e) = rustix::io::write(tap_fd.get_ref(), &seg.frame) {
+                warn!("writing a segment back into the tap: {e}");
             }
         };
         loop {
@@ -941,16 +941,11 @@ impl Daemon {
                                 // buffer would refuse the very segment it waits
                                 // for.
                                 let (seq, end) = (seg.seq, seg.end);
-                                let at = seq_diff(seg.seq, next) <= 0;
-                                if at && seq_diff(seg.end, next) > 0 {
-                                    let end = seg.end;
-                                    if let Err(e) = write(seg) {
-                                        warn!("{e:#}");
-                                    }
+                                let at = seq_diff(seq, next) <= 0;
+                                if at && seq_diff(end, next) > 0 {
+                                    write(seg);
                                     for f in buf.release(&key, end) {
-                                        if let Err(e) = write(f) {
-                                            warn!("{e:#}");
-                                        }
+                                        write(f);
                                     }
                                     continue;
                                 }
@@ -985,9 +980,7 @@ impl Daemon {
                                     continue;
                                 }
                                 for f in buf.release(&key, next) {
-                                    if let Err(e) = write(f) {
-                                        warn!("{e:#}");
-                                    }
+                                    write(f);
                                 }
                             }
                             Err(rustix::io::Errno::AGAIN) => {
@@ -1013,9 +1006,7 @@ impl Daemon {
                             server: w.server != 0,
                         };
                         for f in buf.release(&half, w.next_seq) {
-                            if let Err(e) = write(f) {
-                                warn!("{e:#}");
-                            }
+                            write(f);
                         }
                     }
                     guard.clear_ready();
@@ -1026,14 +1017,10 @@ impl Daemon {
                         match maps.position(&key) {
                             Some((next, acked)) => {
                                 for f in buf.release(&key, next) {
-                                    if let Err(e) = write(f) {
-                                        warn!("{e:#}");
-                                    }
+                                    write(f);
                                 }
                                 for f in buf.settle_copies(&key, acked, Instant::now()) {
-                                    if let Err(e) = write(f) {
-                                        warn!("{e:#}");
-                                    }
+                                    write(f);
                                 }
                             }
                             None => {

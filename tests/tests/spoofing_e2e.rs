@@ -12,7 +12,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use inspector_tests::{
     client::Smtp,
-    inspector::{counter, Attach},
+    inspector::{counter, status_json, Attach},
     inspector_bin,
     netns::{
         addr::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
@@ -456,15 +456,7 @@ fn a_killed_daemon_loses_what_it_held_and_passes_nothing_uninspected() {
         let client = std::thread::spawn(move || run_timeout(&mut cmd, Duration::from_secs(90)));
         let pin_dir = bed.inspector.pin_dir().to_path_buf();
         let tb = bed.two.as_ref().expect("a two-interface gateway");
-        let status = || -> serde_json::Value {
-            let out = run_ok(
-                tb.gateway
-                    .nsenter(inspector_bin())
-                    .args(["status", "--json", "--pin-dir"])
-                    .arg(&pin_dir),
-            );
-            serde_json::from_str(&out.stdout_str()).expect("status --json")
-        };
+        let status = || status_json(&pin_dir);
         wait_until("the segment sent ahead", Duration::from_secs(30), || {
             ready.exists().then_some(())
         });
