@@ -46,6 +46,9 @@ pub trait Words {
     /// The little-endian 64-bit word at buffer offset `at`. Callers only
     /// ask for `at` a multiple of 8 with `at + 8` inside the scanned range.
     fn word(&self, at: usize) -> u64;
+    /// The byte at offset `at`. Callers only ask for `at` inside the
+    /// scanned range.
+    fn byte(&self, at: usize) -> u8;
 }
 
 /// Userspace: a chunk is a slice.
@@ -55,6 +58,10 @@ impl Words for [u8] {
         let mut w = [0u8; 8];
         w.copy_from_slice(&self[at..at + 8]);
         u64::from_le_bytes(w)
+    }
+    #[inline(always)]
+    fn byte(&self, at: usize) -> u8 {
+        self[at]
     }
 }
 
@@ -210,6 +217,19 @@ fn address_stops(x: u64) -> u64 {
 #[inline(always)]
 pub fn scan_address<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
     find_flagged(buf, at, end, address_stops).0
+}
+
+/// The rest of a command line: [`find_flagged`] to the next LF, or, if
+/// `address` (the argument of an allowed MAIL or RCPT), to the next byte an
+/// address rule looks at (see [`address_stops`]). One loop for both, the
+/// choice a mask rather than a branch: a branch in the loop would have the
+/// compiler make two loops of it, and the verifier walk both.
+#[inline(always)]
+pub fn scan_line<W: Words + ?Sized>(buf: &W, at: u32, end: u32, address: bool) -> (u32, u32) {
+    let in_address = if address { u64::MAX } else { 0 };
+    find_flagged(buf, at, end, |x| {
+        zero_bytes(x ^ LFS) | (address_stops(x) & in_address)
+    })
 }
 
 /// The eight bytes at buffer offset `at` (any alignment) as a

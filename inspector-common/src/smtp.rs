@@ -30,7 +30,7 @@
 
 use crate::{
     config::{action, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
-    scan::{bytes_at, find_lf, scan_address, scan_body, scan_to_lf, verb_word, Words, CHUNK},
+    scan::{bytes_at, scan_address, scan_body, scan_line, scan_to_lf, verb_word, Words, CHUNK},
     verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX},
 };
 
@@ -488,7 +488,7 @@ impl ClientState {
         }
         if self.skips_to_lf() {
             if self.state == cstate::ARGS {
-                return self.args_ahead(buf, at, end).0;
+                return self.args_ahead(buf, at, end);
             }
             if self.state == cstate::BODY && self.hdr != hdr::OFF {
                 // A header line: the same, with its own limit (once it
@@ -533,15 +533,9 @@ impl ClientState {
             return self.address_scan(buf, at, end);
         };
         let n = if self.addr == addr::PRE {
-            // `T`, `O` (or `F`, `R`, `O`, `M`) make the first word and are
-            // counted into the address; the colon starts it again and so
-            // does the `<`: what stepping leaves is IN with nothing counted.
-            if (x & 0xffff_ffff) | 0x2020 == 0x3c3a_6f74 {
-                4
-            } else if (x & 0xffff_ffff_ffff) | 0x2020_2020 == 0x3c3a_6d6f_7266 {
-                6
-            } else {
-                return at;
+            match address_opening(x) {
+                Some(n) => n,
+                None => return at,
             }
         } else if self.addr == addr::IN && x as u8 == b'>' {
             // The `>` that closes the address.
@@ -609,45 +603,118 @@ impl ClientState {
         to
     }
 
-    /// The argument part of [`Self::skip_ahead`], alone: in the arguments
-    /// of a command other than BDAT, to the next LF (or as far as
+    /// The argument part of [`Self::skip_ahead`]: in the arguments of a
+    /// command other than BDAT, to the next LF (or as far as
     /// [`crate::scan::SKIP_WORDS`] words reach), counting the command
-    /// line's bytes. Returns the offset reached (`at` in any other state)
-    /// and whether it holds the line's LF. Argument checks that must see
-    /// bytes (per verb) belong here: return `at` where they apply.
+    /// line's bytes. Returns the offset reached (`at` in any other state).
+    /// Argument checks that must see bytes (per verb) belong here and in
+    /// [`Self::line_ahead`]: return `at` where they apply.
     #[inline(always)]
-    pub fn args_ahead<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> (u32, bool) {
+    fn args_ahead<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> u32 {
         // BDAT's size and the address of an allowed MAIL or RCPT are read
         // byte by byte (the BDAT parser, the address rules).
         if self.state != cstate::ARGS || self.verb_id == id::BDAT || self.flags & F_ADDRESS != 0 {
-            return (at, false);
+            return at;
         }
         // A command line: counted, and the byte that goes past the limit
         // is left to `step`, which reports it.
         let stop = self.line_stop(at, end);
-        let (to, lf) = find_lf(buf, at, stop);
+        let to = scan_to_lf(buf, at, stop);
         self.line_len += to - at;
-        (to, lf)
+        to
     }
 
-    /// After [`Self::args_ahead`] found the LF at the end of a command's
-    /// arguments: ends the line as the LF's step would, if that step would
-    /// produce nothing (not the byte past the line limit; not BDAT, whose
-    /// end of line may start a chunk). Returns whether it did; then the
-    /// caller moves past the LF.
+    /// The rest of a command line, in the round of its verb (after
+    /// [`Self::verb_ahead`] took it, at the offset after the verb's
+    /// delimiter): what stepping its bytes would do, in one scan, where
+    /// the line is plain. Returns the offset reached (`at` if nothing
+    /// applies; then nothing changed):
+    /// - the arguments of a command other than BDAT (whose size the BDAT
+    ///   parser reads byte by byte): to the next LF, counted into the
+    ///   line, and past the LF, which ends the line, if no rule matches at
+    ///   it (the byte past the command-line limit is left to `step`);
+    /// - the argument of an allowed MAIL or RCPT, if it starts with `TO:<`
+    ///   or `FROM:<` (any case): to the next byte an address rule looks at,
+    ///   counted into the line and the address (as far as neither limit
+    ///   matches); and if that byte is the `>` that closes the address and
+    ///   the line ends right after it (LF or CRLF), past the line's end.
+    ///   Parameters after the address, or anything else, are left to the
+    ///   rounds of [`Self::skip_ahead`] from the offset reached.
+    ///
+    /// So a plain `RCPT TO:<a@b>` line, or a command without arguments,
+    /// costs one round. (One scan, not two: a second one in the same round
+    /// multiplies the paths the kernel's verifier walks past its budget.)
     #[inline(always)]
-    pub fn end_args_line(&mut self, chunking: bool) -> bool {
-        if self.state != cstate::ARGS
-            || self.verb_id == id::BDAT
-            || self.line_len >= MAX_COMMAND_LINE
-        {
-            return false;
+    pub fn line_ahead<W: Words + ?Sized>(
+        &mut self,
+        buf: &W,
+        at: u32,
+        end: u32,
+        chunking: bool,
+    ) -> u32 {
+        if self.state != cstate::ARGS || self.verb_id == id::BDAT {
+            return at;
         }
-        let mut out = Out::default();
-        // `count_line_byte` (below the limit), then the LF's `end_line`.
-        self.line_len += 1;
-        self.end_line(chunking, &mut out);
-        true
+        let address = self.flags & F_ADDRESS != 0;
+        let mut from = at;
+        let mut stop = end;
+        if address {
+            // Right after the verb, as `address_ahead` takes it: nothing
+            // of it is counted into the address, which starts after `<`.
+            if self.addr != addr::PRE {
+                return at;
+            }
+            let Some(n) = bytes_at(buf, at, end).and_then(address_opening) else {
+                return at;
+            };
+            if self.line_len + n > MAX_COMMAND_LINE {
+                return at;
+            }
+            self.line_len += n;
+            self.addr = addr::IN;
+            self.addr_len = 0;
+            from = at + n;
+            // `end_verb` cleared `lim`: the address limit has not matched.
+            stop = from + MAX_ADDRESS as u32;
+        }
+        let stop = core::cmp::min(stop, self.line_stop(from, end));
+        let (to, b) = scan_line(buf, from, stop, address);
+        let n = to - from;
+        self.line_len += n;
+        if address {
+            // At most MAX_ADDRESS.
+            self.addr_len = n as u16;
+            if b != b'>' as u32 {
+                return to;
+            }
+            // The `>` closes the address; a LF or CRLF right after it ends
+            // the line, and no rule matches at any of them (no `<` is open).
+            let k = if to + 1 < end && buf.byte(to as usize + 1) == b'\n' {
+                2
+            } else if to + 2 < end
+                && buf.byte(to as usize + 1) == b'\r'
+                && buf.byte(to as usize + 2) == b'\n'
+            {
+                3
+            } else {
+                return to;
+            };
+            if self.line_len + k > MAX_COMMAND_LINE {
+                return to;
+            }
+            self.addr = addr::DONE;
+            self.end_line(false, &mut Out::default());
+            return to + k;
+        }
+        // `count_line_byte` (below the limit), then the LF's `end_line`,
+        // which starts no gate here that would produce anything (BDAT,
+        // whose line end may start a chunk, was left out above).
+        if b == b'\n' as u32 && self.line_len < MAX_COMMAND_LINE {
+            self.line_len += 1;
+            self.end_line(chunking, &mut Out::default());
+            return to + 1;
+        }
+        to
     }
 
     /// The verb fast path: at a line start, a verb of 1 to 7 verb
@@ -1201,6 +1268,22 @@ impl ClientState {
             (b'\r', body::DOT | body::DOT_CR) => body::DOT_CR,
             _ => body::MID,
         };
+    }
+}
+
+/// The length of a `TO:<` or `FROM:<` (any case) at the start of `x`, the
+/// eight bytes right after the verb of a MAIL or RCPT. `T`, `O` (or `F`,
+/// `R`, `O`, `M`) make the first word of the argument and are counted into
+/// the address; the colon starts it again and so does the `<`: what
+/// stepping them leaves is `addr::IN` with nothing counted.
+#[inline(always)]
+fn address_opening(x: u64) -> Option<u32> {
+    if (x & 0xffff_ffff) | 0x2020 == 0x3c3a_6f74 {
+        Some(4)
+    } else if (x & 0xffff_ffff_ffff) | 0x2020_2020 == 0x3c3a_6d6f_7266 {
+        Some(6)
+    } else {
+        None
     }
 }
 
@@ -1758,11 +1841,8 @@ fn run_client<E: Env>(
                 if to != at {
                     debug_assert_eq!(out.limit, 0, "the verb round carries no limit");
                     apply(buf, &out, on_event)?;
-                    let (to, lf) = st.args_ahead(&buf[start..end], to, len);
+                    let to = st.line_ahead(&buf[start..end], to, len, env.chunking());
                     pos = start + to as usize;
-                    if lf && st.end_args_line(env.chunking()) {
-                        pos += 1;
-                    }
                     continue;
                 }
                 let to = st.skip_ahead(&buf[start..end], at, len);

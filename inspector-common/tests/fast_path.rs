@@ -213,11 +213,16 @@ fn piece() -> impl Strategy<Value = Vec<Part>> {
             prop::collection::vec(prop_oneof![
                 6 => Just(b'a'),
                 1 => prop::sample::select(&b"<>|`\0 :@"[..]),
-            ], 0..400),
-        ).prop_map(|(v, a)| {
+            ], 0..600),
+            // Line ends right after a closing `>` (which the verb's round
+            // takes with the line) and near them.
+            prop::sample::select(&[
+                "\r\n", "\r\n", ">\r\n", ">\n", ">\r\r\n", "> SIZE=1\r\n", ">\r", ">",
+            ][..]),
+        ).prop_map(|(v, a, end)| {
             let mut l = v.as_bytes().to_vec();
             l.extend(a);
-            l.extend_from_slice(b"\r\n");
+            l.extend_from_slice(end.as_bytes());
             vec![part(l, false)]
         }),
         // DATA and a message whose header section has lines near or past

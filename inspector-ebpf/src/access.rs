@@ -95,4 +95,8 @@ impl Words for ChunkWords<'_> {
         // of the work area, a map value).
         u64::from_le(unsafe { (self.0.as_ptr().add(i) as *const u64).read() })
     }
+    #[inline(always)]
+    fn byte(&self, at: usize) -> u8 {
+        chunk_byte(self.0, at as u32)
+    }
 }

@@ -304,11 +304,11 @@ unsafe extern "C" fn client_step(_i: u64, ctx: *mut c_void) -> i64 {
     if to != at {
         handle(w, &out);
         let s = &mut w.parser;
-        let (to, lf) = s.client.args_ahead(&ChunkWords(&w.payload), to, len);
+        let chunking = s.shared.chunking != 0;
+        let to = s
+            .client
+            .line_ahead(&ChunkWords(&w.payload), to, len, chunking);
         s.pos = s.base + to;
-        if lf && s.client.end_args_line(s.shared.chunking != 0) {
-            s.pos += 1;
-        }
         return 0;
     }
     let to = s.client.skip_ahead(&ChunkWords(&w.payload), at, len);
