@@ -1129,6 +1129,35 @@ fn a_verb_cut_by_the_chunk_boundary_is_decided_as_a_tcp_cut() {
     scapy_agrees(&outputs);
 }
 
+/// The word-at-a-time scans read the last, partial word of a chunk whole:
+/// the bytes after the chunk's end are whatever an earlier chunk left in
+/// the buffer, and must be left out. Here the second chunk of a segment is
+/// `HELO abcde`, with no line end yet, over a first chunk whose bytes 10
+/// and 11 are a CRLF: read into the scan, that LF would end the HELO line,
+/// and the next segment's argument bytes would be taken for a verb (and
+/// masked).
+#[test]
+fn a_partial_last_word_is_not_read_past_the_chunk_end() {
+    let prog = Loaded::new(Hook::Xdp, 0);
+    for (name, shape) in [("IPv4", v4 as fn() -> Shape), ("IPv6", v6)] {
+        let mut st = Stream::default();
+        st.push(b"NOOP\r\nNOOP\r\n", b"NOOP\r\nNOOP\r\n")
+            .noops_to(CHUNK)
+            .push(b"HELO abcde", b"HELO abcde");
+        let mut s = pipelining_session(&prog, shape());
+        let frame = s.client_frame(&st.input);
+        let o = s.run_client_frame(&frame, st.input.len());
+        assert_masked_frame(&format!("{name}: two chunks"), &frame, &o, &st.want);
+        let o = send_expect(
+            &mut s,
+            &format!("{name}: the rest of the line"),
+            b"fgh\r\n",
+            b"fgh\r\n",
+        );
+        assert_eq!(o.get("commands_masked"), 0, "{name}: a command was masked");
+    }
+}
+
 /// A segment of the largest size an IPv4 header can describe (64 KiB less
 /// the headers) fits in the 16 chunks the kernel parses: a disallowed verb
 /// in the last one is masked, and nothing is dropped. (A payload over
