@@ -295,6 +295,16 @@ fn prepare(enforcing: &Loaded, monitor: &Loaded) -> Result<Vec<Case>> {
             masked: 0,
         },
         Cmd {
+            id: "h",
+            name: "SMTP command, 27 B (RCPT TO, its end off a word boundary)",
+            v6: false,
+            monitor: false,
+            port: 40008,
+            payload: rcpt_line(27),
+            commands: 1,
+            masked: 0,
+        },
+        Cmd {
             id: "c",
             name: "pipelined allowed commands, 1400 B",
             v6: false,
