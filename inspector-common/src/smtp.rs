@@ -765,7 +765,7 @@ impl ClientState {
         self.verb_len = len as u8;
         self.flags = 0;
         seg.verb_start = pos;
-        self.end_verb((x >> (8 * len)) as u8, pos + len, seg, env, &mut out);
+        self.end_verb((x >> (8 * len)) as u8, pos + len, true, seg, env, &mut out);
         (at + len + 1, out)
     }
 
@@ -845,14 +845,14 @@ impl ClientState {
             }
             cstate::VERB => {
                 if b == b'\n' || is_space(b) {
-                    self.end_verb(b, pos, seg, env, &mut out);
+                    self.end_verb(b, pos, false, seg, env, &mut out);
                 } else {
                     self.verb_byte(b, pos, seg, &mut out);
                 }
             }
             cstate::VERB_MASKED => {
                 if b == b'\n' || is_space(b) {
-                    self.end_verb(b, pos, seg, env, &mut out);
+                    self.end_verb(b, pos, false, seg, env, &mut out);
                 } else {
                     self.add_to_key(b);
                     out.act = act::MASK;
@@ -935,9 +935,19 @@ impl ClientState {
         }
     }
 
-    /// The verb ended with delimiter `b` at `pos`.
+    /// The verb ended with delimiter `b` at `pos`. `whole`: the caller
+    /// knows that the key holds all of the verb (the verb fast path, which
+    /// takes verb characters only), so it need not be measured.
     #[inline(always)]
-    fn end_verb<E: Env>(&mut self, b: u8, pos: u32, seg: &mut Seg, env: &E, out: &mut Out) {
+    fn end_verb<E: Env>(
+        &mut self,
+        b: u8,
+        pos: u32,
+        whole: bool,
+        seg: &mut Seg,
+        env: &E,
+        out: &mut Out,
+    ) {
         seg.verb_end = pos;
         self.lim = 0;
         self.addr = addr::PRE;
@@ -946,8 +956,9 @@ impl ClientState {
         // The verb's counter slot, if its key holds all of it (a byte no
         // verb has, such as NUL, does not enter the key: `BD\0AT` is not
         // BDAT).
-        let whole = self.verb_len as usize <= MAX_VERB
-            && crate::policy::key_len(self.verb) == self.verb_len as usize;
+        let whole = whole
+            || (self.verb_len as usize <= MAX_VERB
+                && crate::policy::key_len(self.verb) == self.verb_len as usize);
         self.verb_id = match entry {
             Some(e) if whole => e.verb_id,
             _ => crate::verbs::OTHER,

@@ -212,7 +212,7 @@ fn piece() -> impl Strategy<Value = Vec<Part>> {
             ][..]),
             prop::collection::vec(prop_oneof![
                 6 => Just(b'a'),
-                1 => prop::sample::select(&b"<>|`\0 :@"[..]),
+                1 => prop::sample::select(&b"<>|`\0 :@~\x02\x08"[..]),
             ], 0..600),
             // Line ends right after a closing `>` (which the verb's round
             // takes with the line) and near them.
