@@ -48,6 +48,13 @@ pub trait Words {
     /// the last word may reach past that end (the caller leaves those
     /// bytes out: in the kernel's buffer they are stale).
     fn word(&self, at: usize) -> u64;
+    /// Word `i` of a run of words from offset `base`: `word(base + 8 * i)`,
+    /// for `i` below [`BODY_WORDS`]. Apart so that the kernel bounds `base`
+    /// once per run, not once per word.
+    #[inline(always)]
+    fn word_at(&self, base: usize, i: usize) -> u64 {
+        self.word(base + 8 * i)
+    }
     /// The byte at offset `at`. Callers only ask for `at` inside the
     /// scanned range.
     fn byte(&self, at: usize) -> u8;
@@ -115,13 +122,17 @@ pub fn scan_body<W: Words + ?Sized>(buf: &W, at: u32, end: u32, bol: bool) -> (u
     }
     // Words to look at, counted once: the loop then tests one bound.
     // 64-bit counters: no zero-extension of 32-bit ones on every word.
-    let n = core::cmp::min(BODY_WORDS, end.saturating_sub(at) / 8) as usize;
+    let n = core::cmp::min(
+        BODY_WORDS as usize,
+        (end as usize).saturating_sub(at as usize) / 8,
+    );
     let base = at as usize;
     let mut i = 0;
-    // The word before word `i` (read again only where a dot needs it).
-    let mut last = 0;
+    // As few values live in the loop as can be (BPF has ten registers; a
+    // value more is spilled and reloaded on every word): the word before
+    // word `i` is read again where a dot needs it, and after the loop.
     while i < n {
-        let w = buf.word(base + 8 * i);
+        let w = buf.word_at(base, i);
         let dot = zero_bytes(w ^ DOTS);
         // Most words hold no dot at all (base64 never does): only then is
         // the LF test needed.
@@ -129,7 +140,7 @@ pub fn scan_body<W: Words + ?Sized>(buf: &W, at: u32, end: u32, bol: bool) -> (u
             let bol = if i == 0 {
                 bol
             } else {
-                (last >> 56) as u8 == b'\n'
+                (buf.word_at(base, i - 1) >> 56) as u8 == b'\n'
             };
             let lf = zero_bytes(w ^ LFS);
             let line_start = (lf << 8) | if bol { 0x80 } else { 0 };
@@ -137,12 +148,12 @@ pub fn scan_body<W: Words + ?Sized>(buf: &W, at: u32, end: u32, bol: bool) -> (u
                 break;
             }
         }
-        last = w;
         i += 1;
     }
     if i == 0 {
         return (at, bol);
     }
+    let last = buf.word_at(base, i - 1);
     (at + 8 * i as u32, (last >> 56) as u8 == b'\n')
 }
 

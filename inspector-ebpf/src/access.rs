@@ -30,7 +30,7 @@
 
 use core::mem;
 
-use inspector_common::scan::{Words, CHUNK};
+use inspector_common::scan::{Words, BODY_WORDS, CHUNK};
 
 /// Largest header offset the parser reads at; beyond it a read fails (the
 /// packet counts as malformed).
@@ -84,6 +84,11 @@ pub fn chunk_byte(buf: &PayloadBytes, i: u32) -> u8 {
 /// `inspector_common::scan` read it.
 pub struct ChunkWords<'a>(pub &'a PayloadBytes);
 
+const _: () = assert!(
+    8 * BODY_WORDS as usize <= CHUNK,
+    "word_at reads past the buffer"
+);
+
 impl Words for ChunkWords<'_> {
     /// The aligned little-endian word at offset `at` (a multiple of 8
     /// below `CHUNK`, which the mask leaves as it is).
@@ -94,6 +99,19 @@ impl Words for ChunkWords<'_> {
         // multiple of 8 from its start, which is 8-aligned (the first field
         // of the work area, a map value).
         u64::from_le(unsafe { (self.0.as_ptr().add(i) as *const u64).read() })
+    }
+    /// As `word(base + 8 * i)`, with `base` and `i` bounded apart: `base`
+    /// below `CHUNK` (the same mask for every word of a run, which the
+    /// compiler takes out of the loop) and `i` below `BODY_WORDS`, so the
+    /// word ends at most `8 * BODY_WORDS` past `CHUNK`, inside the buffer
+    /// (twice `CHUNK` long).
+    #[inline(always)]
+    fn word_at(&self, base: usize, i: usize) -> u64 {
+        let base = base & (CHUNK - 8);
+        let i = masked(i, BODY_WORDS as usize);
+        // SAFETY: as in `word`: `base + 8 * i + 8 <= CHUNK + 8 * BODY_WORDS
+        // <= 2 * CHUNK`, 8-aligned from the buffer's 8-aligned start.
+        u64::from_le(unsafe { (self.0.as_ptr().add(base + 8 * i) as *const u64).read() })
     }
     #[inline(always)]
     fn byte(&self, at: usize) -> u8 {
