@@ -327,13 +327,12 @@ pub fn verb_word(x: u64) -> Option<(u64, u32)> {
     // the range tests below only hold for the others.
     let ascii = !x & HIGH;
     let y = x & !HIGH;
-    let lower = in_range(y, b'a', b'z');
-    let verb = (in_range(y, b'0', b'9')
-        | in_range(y, b'A', b'Z')
-        | lower
-        | in_range(y, b'-', b'-')
-        | in_range(y, b'_', b'_'))
-        & ascii;
+    // Letters of either case: setting 0x20 maps `A`-`Z` onto `a`-`z`, and
+    // nothing else into that range.
+    let letter = in_range(y | (ONES * 0x20), b'a', b'z');
+    let verb =
+        (in_range(y, b'0', b'9') | letter | in_range(y, b'-', b'-') | in_range(y, b'_', b'_'))
+            & ascii;
     // \t, \n, \v, \f, \r and the space.
     let delim = (in_range(y, 0x09, 0x0d) | in_range(y, b' ', b' ')) & ascii;
     let stop = !verb & HIGH;
@@ -344,9 +343,9 @@ pub fn verb_word(x: u64) -> Option<(u64, u32)> {
     if len == 0 || (delim >> (8 * len)) & 0x80 == 0 {
         return None;
     }
-    // Upper-case: a lower-case letter loses 0x20 (no borrow: it is at
-    // least 0x61); then keep the verb's bytes only.
-    let key = x.wrapping_sub(lower >> 2) & ((1u64 << (8 * len)) - 1);
+    // Upper-case: every letter loses 0x20 (an upper-case one has none);
+    // then keep the verb's bytes only (all of them ASCII).
+    let key = x & !(letter >> 2) & ((1u64 << (8 * len)) - 1);
     Some((key, len))
 }
 
