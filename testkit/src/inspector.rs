@@ -435,3 +435,81 @@ impl Drop for Inspector {
         );
     }
 }
+
+/// `inspector events --json` on a pin directory, read while it runs. (The
+/// events come through the running `attach`'s socket in the pin directory,
+/// so no network namespace is needed.)
+pub struct Events {
+    proc: Proc,
+}
+
+impl Events {
+    /// Starts `inspector events --json --pin-dir PIN_DIR`.
+    pub fn start(pin_dir: &Path) -> Events {
+        let mut c = std::process::Command::new(inspector_bin());
+        c.args(["events", "--json", "--pin-dir"]).arg(pin_dir);
+        Events {
+            proc: Proc::spawn(&mut c),
+        }
+    }
+
+    /// Every complete line printed so far, parsed; a line that is not a
+    /// JSON event fails the test.
+    pub fn all(&self) -> Vec<serde_json::Value> {
+        let out = self.proc.stdout();
+        let complete = match out.iter().rposition(|b| *b == b'\n') {
+            Some(i) => &out[..=i],
+            None => &[][..],
+        };
+        String::from_utf8_lossy(complete)
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Waits until at least `n` events for which `matches` holds were
+    /// printed (`what` names them in the timeout's message); returns those.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        n: usize,
+        timeout: Duration,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        crate::wait_until(
+            &format!("{n} {what} from `inspector events --json`"),
+            timeout,
+            || {
+                let events: Vec<_> = self.all().into_iter().filter(&matches).collect();
+                (events.len() >= n).then_some(events)
+            },
+        )
+    }
+
+    /// Waits until at least `n` events of `kind` (masked, dropped,
+    /// midstream...) were printed; returns those.
+    pub fn wait(&self, kind: &str, n: usize) -> Vec<serde_json::Value> {
+        self.wait_for(&format!("{kind} events"), n, Duration::from_secs(20), |e| {
+            e["kind"] == kind
+        })
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> bool {
+        self.proc.try_status().is_some()
+    }
+
+    /// Waits up to `timeout` for it to exit by itself (after `attach`
+    /// stopped for good) and returns what it printed.
+    pub fn finish(self, timeout: Duration) -> Finished {
+        self.proc.finish(timeout)
+    }
+
+    /// Stops it (SIGINT) and returns what it printed.
+    pub fn stop(mut self) -> Finished {
+        self.proc.signal(Signal::INT.as_raw());
+        self.proc.finish(Duration::from_secs(10))
+    }
+}

@@ -43,7 +43,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use inspector::{Counts, Inspector};
+pub use inspector::{Counts, Events, Inspector};
 pub use netns::{NetNs, Offloads, Testbed};
 pub use smtpd::RecordingSmtpd;
 

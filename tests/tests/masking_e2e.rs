@@ -17,11 +17,11 @@ use std::{net::IpAddr, path::Path, time::Duration};
 use inspector_tests::{
     client::{self, code_of, Script, Split, Transcript, SWAKS_TIMEOUT},
     exim::Exim,
-    inspector::{counter, verb_counts, Attach},
+    inspector::{counter, verb_counts, Attach, Events},
     inspector_bin,
     netns::addr::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
     postfix::Postfix,
-    proc::{run_ok, run_timeout, Finished, Proc},
+    proc::{run_ok, run_timeout, Finished},
     sha256_hex, wait_until, Inspector, Offloads, RecordingSmtpd, Testbed,
 };
 use serde_json::Value;
@@ -1165,58 +1165,6 @@ fn wait_file(p: &Path) {
 // ---------------------------------------------------------------------
 // docs/contract.md §8: events, counters, monitor mode.
 // ---------------------------------------------------------------------
-
-/// `inspector events --json` running as a separate process.
-struct Events {
-    proc: Proc,
-}
-
-impl Events {
-    fn start(pin_dir: &Path) -> Events {
-        let mut c = std::process::Command::new(inspector_bin());
-        c.args(["events", "--json", "--pin-dir"]).arg(pin_dir);
-        Events {
-            proc: Proc::spawn(&mut c),
-        }
-    }
-
-    /// Every complete line printed so far, parsed.
-    fn all(&self) -> Vec<Value> {
-        let out = self.proc.stdout();
-        let complete = match out.iter().rposition(|b| *b == b'\n') {
-            Some(i) => &out[..=i],
-            None => &[][..],
-        };
-        String::from_utf8_lossy(complete)
-            .lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}"))
-            })
-            .collect()
-    }
-
-    /// Waits until at least `n` events of `kind` (masked, dropped,
-    /// midstream) were printed; returns those.
-    fn wait(&self, kind: &str, n: usize) -> Vec<Value> {
-        wait_until(
-            &format!("{n} {kind} events from `inspector events --json`"),
-            Duration::from_secs(20),
-            || {
-                let events: Vec<Value> = self
-                    .all()
-                    .into_iter()
-                    .filter(|e| e["kind"] == kind)
-                    .collect();
-                (events.len() >= n).then_some(events)
-            },
-        )
-    }
-
-    fn stop(mut self) -> Finished {
-        self.proc.signal(libc::SIGINT);
-        self.proc.finish(Duration::from_secs(10))
-    }
-}
 
 fn client_endpoint(t: &Transcript) -> String {
     t.local.to_string()

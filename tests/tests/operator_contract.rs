@@ -19,7 +19,7 @@ use std::{
 use inspector_tests::{
     assert_one_line_refusal,
     client::{self, Script},
-    inspector::{unique_pin_dir, Attach},
+    inspector::{unique_pin_dir, Attach, Events},
     inspector_bin,
     netns::{addr::SERVER_V4, in_netns, Veths},
     proc::{run, Finished},
@@ -903,9 +903,7 @@ fn masks_are_in_the_log_rate_limited_with_a_count() {
     let bed = Testbed::new(Offloads::Default);
     let _smtpd = RecordingSmtpd::start(&bed.server, &[SERVER_V4], 25);
     let i = Inspector::attach(&bed.gateway, &bed.gateway_ifaces());
-    let mut c = bed.gateway.nsenter(inspector_bin());
-    c.args(["events", "--json", "--pin-dir"]).arg(i.pin_dir());
-    let events = inspector_tests::proc::Proc::spawn(&mut c);
+    let events = Events::start(i.pin_dir());
     let mut script = Script::new().cmd("EHLO client.test\r\n");
     for _ in 0..MASKS {
         script = script.cmd("STARTTLS\r\n");
@@ -950,9 +948,8 @@ fn masks_are_in_the_log_rate_limited_with_a_count() {
         assert!(line.contains(&want), "no `{want}` in: {line}");
     }
     // The events reader got all of them, not a share.
-    wait_until("every mask event", STEP_TIMEOUT, || {
-        let out = String::from_utf8_lossy(&events.stdout()).into_owned();
-        (out.lines().filter(|l| l.contains("\"masked\"")).count() >= MASKS).then_some(())
+    events.wait_for("mask events", MASKS, STEP_TIMEOUT, |e| {
+        e["kind"] == "masked"
     });
 }
 
@@ -1382,14 +1379,9 @@ fn events_follow_a_restart() {
             .unwrap_or_else(|f| panic!("attach: {}", f.stderr))
     };
     let mut first = start();
-    let mut c = bed.gateway.nsenter(inspector_bin());
-    c.args(["events", "--json", "--pin-dir"]).arg(&dir);
-    let mut events = inspector_tests::proc::Proc::spawn(&mut c);
+    let mut events = Events::start(&dir);
     let masked = |n: usize| {
-        wait_until(&format!("{n} mask events"), STEP_TIMEOUT, || {
-            let out = String::from_utf8_lossy(&events.stdout()).into_owned();
-            (out.lines().filter(|l| l.contains("\"masked\"")).count() >= n).then_some(())
-        })
+        events.wait_for("mask events", n, STEP_TIMEOUT, |e| e["kind"] == "masked");
     };
     let session = Script::new()
         .cmd("EHLO client.test\r\n")
@@ -1403,7 +1395,7 @@ fn events_follow_a_restart() {
     assert!(second.stderr().contains("took over"), "{}", second.stderr());
     client::run(&bed.client, SERVER_V4, 25, &session);
     masked(2);
-    assert!(events.try_status().is_none(), "events ended at the restart");
+    assert!(!events.exited(), "events ended at the restart");
     let mut second = second;
     let stopped = second.stop_leaving_pin_dir(libc::SIGTERM);
     assert!(stopped.status.success(), "{}", stopped.stderr);

@@ -12,8 +12,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use inspector_tests::{
     client::Smtp,
-    inspector::{counter, status_json, Attach},
-    inspector_bin,
+    inspector::{counter, status_json, Attach, Events},
     netns::{
         addr::{CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
         OneArmed,
@@ -356,24 +355,16 @@ fn reordered_on_purpose_with_event(
         "{what}: the masked verb: {out}"
     );
     if let Some(reason) = event {
-        let tb = bed.two.as_ref().expect("a two-interface gateway");
-        let mut c = tb.gateway.nsenter(inspector_bin());
-        c.args(["events", "--json", "--pin-dir"])
-            .arg(bed.inspector.pin_dir());
-        let events = inspector_tests::proc::Proc::spawn(&mut c);
+        let events = Events::start(bed.inspector.pin_dir());
         let port = format!(":{sport}");
-        wait_until(
-            &format!("a {reason} event"),
+        events.wait_for(
+            &format!("{reason} events of the client's flow"),
+            1,
             Duration::from_secs(10),
-            || {
-                let out = String::from_utf8_lossy(&events.stdout()).to_string();
-                out.lines()
-                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                    .find(|e| {
-                        e["kind"] == "dropped"
-                            && e["reason"] == reason
-                            && e["client"].as_str().is_some_and(|c| c.ends_with(&port))
-                    })
+            |e| {
+                e["kind"] == "dropped"
+                    && e["reason"] == reason
+                    && e["client"].as_str().is_some_and(|c| c.ends_with(&port))
             },
         );
     }
