@@ -156,7 +156,6 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     };
     stream::begin(w, seq, payload_off as u32);
     w.packet.from_fallback = from_fallback as u32;
-    w.packet.redirectable = ctx.redirectable() as u32;
     let verdict = if client_side {
         client(ctx, &mut entry.client(), w, seq, payload_len)
     } else {
@@ -290,7 +289,7 @@ fn client<P: Packet>(
     }
     w.parser.shared = side.shared();
     let own = &mut *side.own;
-    if owned_by_fallback(&mut own.cur, w, seq, len) {
+    if owned_by_fallback(ctx, &mut own.cur, w, seq, len) {
         return Verdict::Divert;
     }
     match classify(seq, len, &own.cur, peer_acked) {
@@ -341,14 +340,14 @@ fn client<P: Packet>(
             // end where it ended the first time, the bytes differ in a way
             // that matters.
             let Some(i) = own.ckpts.find(seq) else {
-                return unverifiable(w, len, overlap);
+                return unverifiable(ctx, w, len, overlap);
             };
             words::copy(&mut w.parser.client, own.ckpts.at(i));
             w.parser.report = 0;
             let seen = len.min(overlap);
             stream::run_client(ctx, w, 0, seen);
             match expected_after(seq, len, overlap, &own.state, &own.ckpts) {
-                None => return unverifiable(w, len, overlap),
+                None => return unverifiable(ctx, w, len, overlap),
                 Some(e) if w.parser.held != 0 || !words::same_client_state(&w.parser.client, e) => {
                     return Verdict::Drop(Counter::RetransConflicts)
                 }
@@ -385,7 +384,7 @@ fn client<P: Packet>(
             count(Counter::RetransAcked);
             Verdict::Pass
         }
-        SegClass::Future => divert(&mut own.cur, w, seq, len),
+        SegClass::Future => divert(ctx, &mut own.cur, w, seq, len),
     }
 }
 
@@ -400,8 +399,8 @@ fn client<P: Packet>(
 /// it discards it). One that carries new bytes is dropped (the sender
 /// retransmits).
 #[inline(always)]
-fn unverifiable(w: &mut WorkArea, len: u32, overlap: u32) -> Verdict {
-    if len <= overlap && w.packet.from_fallback == 0 && fallback_tap(w) {
+fn unverifiable<P: Packet>(ctx: &P, w: &mut WorkArea, len: u32, overlap: u32) -> Verdict {
+    if len <= overlap && w.packet.from_fallback == 0 && fallback_tap(ctx, w) {
         return Verdict::Divert;
     }
     Verdict::Drop(Counter::RetransUnverifiable)
@@ -410,8 +409,10 @@ fn unverifiable(w: &mut WorkArea, len: u32, overlap: u32) -> Verdict {
 /// Whether a segment can go to the fallback now (a live daemon, a frame the
 /// tap can take, not monitor mode), and if so, where (`divert_to`).
 #[inline(always)]
-fn fallback_tap(w: &mut WorkArea) -> bool {
-    if w.packet.monitor != 0 || w.packet.redirectable == 0 {
+fn fallback_tap<P: Packet>(ctx: &P, w: &mut WorkArea) -> bool {
+    // Asked only here, not for every segment: for XDP it costs a helper
+    // call or two, and few segments get this far.
+    if w.packet.monitor != 0 || !ctx.redirectable() {
         return false;
     }
     // The precise clock, not the coarse one of the flow's timestamps: the
@@ -432,8 +433,16 @@ fn fallback_tap(w: &mut WorkArea) -> bool {
 /// (docs/contract.md §5). True if this one goes (segments the daemon wrote
 /// back are the ones it lets through).
 #[inline(always)]
-fn owned_by_fallback(cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> bool {
-    cur.flags & DIR_DIVERTED != 0 && w.packet.from_fallback == 0 && try_divert(cur, w, seq, len)
+fn owned_by_fallback<P: Packet>(
+    ctx: &P,
+    cur: &mut Cursor,
+    w: &mut WorkArea,
+    seq: u32,
+    len: u32,
+) -> bool {
+    cur.flags & DIR_DIVERTED != 0
+        && w.packet.from_fallback == 0
+        && try_divert(ctx, cur, w, seq, len)
 }
 
 /// A segment that starts beyond the next expected byte of its direction
@@ -442,8 +451,8 @@ fn owned_by_fallback(cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> 
 /// sender retransmits). In monitor mode nothing is dropped, so nothing
 /// needs reordering.
 #[inline(always)]
-fn divert(cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> Verdict {
-    if try_divert(cur, w, seq, len) {
+fn divert<P: Packet>(ctx: &P, cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> Verdict {
+    if try_divert(ctx, cur, w, seq, len) {
         Verdict::Divert
     } else {
         Verdict::Drop(Counter::OutOfOrderDrops)
@@ -457,8 +466,8 @@ fn divert(cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> Verdict {
 /// `divert_end`, so the segments the daemon writes back (on another CPU,
 /// maybe) are the only writer of the rest of this half.
 #[inline(always)]
-fn try_divert(cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> bool {
-    if !fallback_tap(w) {
+fn try_divert<P: Packet>(ctx: &P, cur: &mut Cursor, w: &mut WorkArea, seq: u32, len: u32) -> bool {
+    if !fallback_tap(ctx, w) {
         return false;
     }
     let end = seq.wrapping_add(len);
@@ -528,7 +537,7 @@ fn server<P: Packet>(
     }
     w.parser.shared = side.shared();
     let own = &mut *side.own;
-    if owned_by_fallback(&mut own.cur, w, seq, len) {
+    if owned_by_fallback(ctx, &mut own.cur, w, seq, len) {
         return Verdict::Divert;
     }
     match classify(seq, len, &own.cur, peer_acked) {
@@ -544,14 +553,14 @@ fn server<P: Packet>(
         }
         SegClass::Old { overlap } => {
             let Some(i) = own.ckpts.find(seq) else {
-                return unverifiable(w, len, overlap);
+                return unverifiable(ctx, w, len, overlap);
             };
             words::copy(&mut w.parser.server, own.ckpts.at(i));
             w.parser.report = 0;
             let seen = len.min(overlap);
             stream::run_server(ctx, w, 0, seen);
             match expected_after(seq, len, overlap, &own.state, &own.ckpts) {
-                None => return unverifiable(w, len, overlap),
+                None => return unverifiable(ctx, w, len, overlap),
                 Some(e) if w.parser.server != *e => {
                     return Verdict::Drop(Counter::RetransConflicts)
                 }
@@ -578,6 +587,6 @@ fn server<P: Packet>(
             count(Counter::RetransAcked);
             Verdict::Pass
         }
-        SegClass::Future => divert(&mut own.cur, w, seq, len),
+        SegClass::Future => divert(ctx, &mut own.cur, w, seq, len),
     }
 }

@@ -177,13 +177,15 @@ fn chunks<P: Packet>(p: &P, w: &mut WorkArea, from: u32, to: u32, cb: Callback) 
 }
 
 /// Loads the next chunk of a `chunks` run into the buffer. Returns the
-/// work area, the packet, the chunk's start and the run's start; `None`
-/// once the run is over (or held, or a load failed).
+/// work area, the packet, the chunk's start, the run's start and its end;
+/// `None` once the run is over (or held, or a load failed).
 ///
 /// # Safety
 /// `ctx` is the `ChunkCtx` that `chunks` passed to `bpf_loop`.
 #[inline(always)]
-unsafe fn next_chunk<'a, P: Packet>(ctx: *mut c_void) -> Option<(&'a mut WorkArea, P, u32, u32)> {
+unsafe fn next_chunk<'a, P: Packet>(
+    ctx: *mut c_void,
+) -> Option<(&'a mut WorkArea, P, u32, u32, u32)> {
     // SAFETY: see the function's contract; `c.w` and `c.pkt` come from
     // `chunks`' own `&mut WorkArea` and packet.
     let (c, w, p) = unsafe {
@@ -198,7 +200,7 @@ unsafe fn next_chunk<'a, P: Packet>(ctx: *mut c_void) -> Option<(&'a mut WorkAre
     if !load_chunk(&p, w, start, c.to) {
         return None;
     }
-    Some((w, p, start, c.from))
+    Some((w, p, start, c.from, c.to))
 }
 
 /// Loads segment bytes `[from, min(from + BUF, to))` into the buffer.
@@ -227,13 +229,21 @@ fn load_chunk<P: Packet>(p: &P, w: &mut WorkArea, from: u32, to: u32) -> bool {
     true
 }
 
+/// What a chunk callback returns to `bpf_loop`: 1 (stop) once the chunk
+/// just parsed reached the run's end `to`, which saves the loop a call
+/// that would only find the run over (most segments are one chunk).
+#[inline(always)]
+fn last_chunk(w: &WorkArea, to: u32) -> i64 {
+    (w.parser.next_chunk >= to) as i64
+}
+
 /// One buffer-sized chunk of client bytes per call: load it, parse it (an
 /// inner `bpf_loop`), decide an open verb at its end, write the masks back.
 /// Running the chunks from a `bpf_loop` too means the verifier checks the
 /// parser callback once per call site, not once per chunk.
 unsafe extern "C" fn client_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `chunks` runs this callback with its `ChunkCtx`.
-    let Some((w, p, start, from)) = (unsafe { next_chunk::<P>(ctx) }) else {
+    let Some((w, p, start, from, to)) = (unsafe { next_chunk::<P>(ctx) }) else {
         return 1;
     };
     if start > from {
@@ -254,14 +264,14 @@ unsafe extern "C" fn client_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
     handle(w, &out);
     mask::apply(&p, w);
     w.parser.next_chunk = w.parser.end;
-    0
+    last_chunk(w, to)
 }
 
 /// One chunk of server bytes per call: parse it, decide an EHLO keyword
 /// open at its end, write the masks back (as for the client).
 unsafe extern "C" fn server_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `chunks` runs this callback with its `ChunkCtx`.
-    let Some((w, p, start, from)) = (unsafe { next_chunk::<P>(ctx) }) else {
+    let Some((w, p, start, from, to)) = (unsafe { next_chunk::<P>(ctx) }) else {
         return 1;
     };
     if start > from {
@@ -276,7 +286,7 @@ unsafe extern "C" fn server_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
     handle_server(w, &out);
     mask::apply(&p, w);
     w.parser.next_chunk = w.parser.end;
-    0
+    last_chunk(w, to)
 }
 
 /// One round per call, as `feed_client` runs it: the verb fast path and

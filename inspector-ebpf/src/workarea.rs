@@ -156,8 +156,6 @@ pub struct PacketInfo {
     pub divert_to: u32,
     /// The segment came in through the fallback's tap.
     pub from_fallback: u32,
-    /// The whole segment can be redirected (see `Packet::redirectable`).
-    pub redirectable: u32,
 }
 
 /// Makes the one reference to this CPU's work area from a pointer to it.
