@@ -158,7 +158,7 @@ pub fn scan_body<W: Words + ?Sized>(buf: &W, at: u32, end: u32, bol: bool) -> (u
 }
 
 /// Command arguments and SASL lines: jumps to the next LF (or as far as
-/// [`SKIP_WORDS`] words reach), the only byte that matters there. Returns
+/// [`SKIP_WORDS`] whole words and a partial last one reach), the only byte that matters there. Returns
 /// the offset reached (`at` if it is a LF).
 #[inline(always)]
 pub fn scan_to_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
@@ -178,7 +178,8 @@ pub const NO_STOP: u32 = 0x100;
 
 /// Jumps to the first byte from `at` on that `flags` flags (as
 /// [`zero_bytes`] flags: a byte-wise test of a word), or as far as
-/// [`SKIP_WORDS`] words reach. Returns the offset reached (`at` if that
+/// [`SKIP_WORDS`] whole words reach, and a partial last word before `end`
+/// (read after them, so up to one word more). Returns the offset reached (`at` if that
 /// byte is at `at`) and the byte there, or [`NO_STOP`] if the words ran
 /// out first.
 ///

@@ -521,11 +521,13 @@ impl ClientState {
     /// there (a `TO:<` or `FROM:<`, any case, right after the verb; the
     /// `>` that closes the address; the LF after it), then scans to the
     /// next byte an address rule looks at (LF, `<`, `>`, `|`, backquote,
-    /// NUL). Every byte is counted as its step would count it (the command
-    /// line; the address, inside the brackets), and the path stops short
-    /// of any byte at which a limit would match, which is left to `step`.
-    /// A plain `RCPT TO:<a@b>` line costs the verb round and three of
-    /// these. (One scan per round: two in a row multiply the paths the
+    /// NUL; and `~`, 0x02, 0x08, where the scan only stops early: see
+    /// `scan::address_stops`). Every byte is counted as its step would
+    /// count it (the command line; the address, inside the brackets), and
+    /// the path stops short of any byte at which a limit would match, which
+    /// is left to `step`. It takes what [`Self::line_ahead`] left in the
+    /// verb's round (parameters after the address, a line end cut off by
+    /// the segment's end). (One scan per round: two in a row multiply the paths the
     /// verifier walks past its budget.)
     #[inline(always)]
     fn address_ahead<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> u32 {
@@ -605,7 +607,7 @@ impl ClientState {
 
     /// The argument part of [`Self::skip_ahead`]: in the arguments of a
     /// command other than BDAT, to the next LF (or as far as
-    /// [`crate::scan::SKIP_WORDS`] words reach), counting the command
+    /// [`crate::scan::find_flagged`] reaches), counting the command
     /// line's bytes. Returns the offset reached (`at` in any other state).
     /// Argument checks that must see bytes (per verb) belong here and in
     /// [`Self::line_ahead`]: return `at` where they apply.
@@ -675,6 +677,8 @@ impl ClientState {
             self.addr_len = 0;
             from = at + n;
             // `end_verb` cleared `lim`: the address limit has not matched.
+            // (One scan reaches fewer bytes than this today; the later
+            // rounds of `address_scan` count the rest against the limit.)
             stop = from + MAX_ADDRESS as u32;
         }
         let stop = core::cmp::min(stop, self.line_stop(from, end));

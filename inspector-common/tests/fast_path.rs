@@ -446,3 +446,46 @@ proptest! {
         prop_assert_eq!(whole_ev, parts);
     }
 }
+
+/// The edges of the MAIL/RCPT line round (`ClientState::line_ahead`),
+/// which random addresses rarely hit exactly: the closing `>` at and around
+/// the 320th byte of the address (the address limit), each line end after
+/// it, the segment ending at every byte of the line's tail, under every
+/// limit action.
+#[test]
+fn the_address_round_agrees_with_byte_steps_at_its_limits() {
+    let keys: Vec<VerbKey> = ["MAIL", "RCPT", "NOOP"]
+        .iter()
+        .map(|v| key_of(v.as_bytes()).unwrap())
+        .collect();
+    for actions in [vec![], vec![1], vec![4], vec![2]] {
+        let env = Script {
+            keys: keys.clone(),
+            codes: vec![250],
+            known: 0,
+            chunking: false,
+            actions,
+        };
+        for opening in ["RCPT TO:<", "MAIL FROM:<"] {
+            for len in 316..=324 {
+                for end in [">\r\n", ">\n", ">\r", ">", "> SIZE=1\r\n"] {
+                    let mut line = opening.as_bytes().to_vec();
+                    line.extend(std::iter::repeat_n(b'a', len));
+                    line.extend_from_slice(end.as_bytes());
+                    line.extend_from_slice(b"NOOP\r\n");
+                    for cut in [line.len(), line.len() - 6, line.len() - 7, line.len() - 8] {
+                        let mut st = ClientState::default();
+                        let first = feed_both(&mut st, &line[..cut], &env)
+                            .unwrap_or_else(|e| panic!("{opening}{len}{end:?} cut {cut}: {e}"));
+                        if first.is_ok() {
+                            // Held or not, both paths agreed (checked inside).
+                            let _ = feed_both(&mut st, &line[cut..], &env).unwrap_or_else(|e| {
+                                panic!("{opening}{len}{end:?} rest {cut}: {e}")
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
