@@ -157,9 +157,9 @@ pub fn scan_body<W: Words + ?Sized>(buf: &W, at: u32, end: u32, bol: bool) -> (u
     (at + 8 * i as u32, (last >> 56) as u8 == b'\n')
 }
 
-/// Command arguments and SASL lines: jumps to the next LF (or as far as
-/// [`SKIP_WORDS`] whole words and a partial last one reach), the only byte that matters there. Returns
-/// the offset reached (`at` if it is a LF).
+/// Command arguments and SASL lines: jumps to the next LF, the only byte
+/// that matters there (or as far as [`find_flagged`] reaches). Returns the
+/// offset reached (`at` if it is a LF).
 #[inline(always)]
 pub fn scan_to_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
     find_lf(buf, at, end).0
@@ -178,10 +178,10 @@ pub const NO_STOP: u32 = 0x100;
 
 /// Jumps to the first byte from `at` on that `flags` flags (as
 /// [`zero_bytes`] flags: a byte-wise test of a word), or as far as
-/// [`SKIP_WORDS`] whole words reach, and a partial last word before `end`
-/// (read after them, so up to one word more). Returns the offset reached (`at` if that
-/// byte is at `at`) and the byte there, or [`NO_STOP`] if the words ran
-/// out first.
+/// [`SKIP_WORDS`] whole words reach, and then a partial last word before
+/// `end` (so up to one word more). Returns the offset reached (`at` if
+/// that byte is at `at`) and the byte there, or [`NO_STOP`] if the words
+/// ran out first.
 ///
 /// A flag of [`zero_bytes`] that is not a real match can only come from a
 /// borrow out of a matching byte below it; with the bytes before `at` left

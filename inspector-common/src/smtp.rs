@@ -527,8 +527,8 @@ impl ClientState {
     /// the path stops short of any byte at which a limit would match, which
     /// is left to `step`. It takes what [`Self::line_ahead`] left in the
     /// verb's round (parameters after the address, a line end cut off by
-    /// the segment's end). (One scan per round: two in a row multiply the paths the
-    /// verifier walks past its budget.)
+    /// the segment's end). (One scan per round: two in a row multiply the
+    /// paths the verifier walks past its budget.)
     #[inline(always)]
     fn address_ahead<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> u32 {
         let Some(x) = bytes_at(buf, at, end) else {

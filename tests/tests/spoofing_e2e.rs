@@ -311,20 +311,10 @@ fn an_ipv6_packet_of_length_zero_never_carries_a_verb_past() {
 /// order: the server reads `NOOP` and the masked verb. With `attach_args`
 /// the fallback's limits make it drop the segment it held (or there is no
 /// fallback), and the client's own retransmission, in order, is masked the
-/// same. Returns the inspector's counters.
+/// same. With `event`, it also checks that `inspector events` reports a
+/// drop of the client's flow for that reason. Returns the inspector's
+/// counters.
 fn reordered_on_purpose(
-    g: Gateway,
-    v6: bool,
-    sport: u16,
-    attach_args: &[&str],
-    client_args: &[&str],
-) -> serde_json::Value {
-    reordered_on_purpose_with_event(g, v6, sport, attach_args, client_args, None)
-}
-
-/// [`reordered_on_purpose`], and with `event`, checks that `inspector
-/// events` reports a drop of the client's flow for that reason.
-fn reordered_on_purpose_with_event(
     g: Gateway,
     v6: bool,
     sport: u16,
@@ -387,7 +377,7 @@ fn segments_reordered_on_purpose_are_inspected_in_order() {
         (Gateway::Tc, false, 43033),
         (Gateway::OneArmed, true, 43034),
     ] {
-        let st = reordered_on_purpose(g, v6, sport, &[], &[]);
+        let st = reordered_on_purpose(g, v6, sport, &[], &[], None);
         assert_diverted(&format!("{g:?}"), &st);
         assert_eq!(counter(&st, "fallback_drops"), 0, "{g:?}: {st}");
         assert_eq!(counter(&st, "dropped"), 0, "{g:?}: {st}");
@@ -395,12 +385,12 @@ fn segments_reordered_on_purpose_are_inspected_in_order() {
 }
 
 /// Past the fallback's limits the held segment is dropped (counted and
-/// reported as an event of its flow, with the reason), not passed: past the per-flow limit (one byte: nothing can be held), and
-/// held longer than `--fallback-hold-ms` by a client that waits before
-/// filling the gap.
+/// reported as an event of its flow, with the reason), not passed: past
+/// the per-flow limit (one byte: nothing can be held), and held longer
+/// than `--fallback-hold-ms` by a client that waits before filling the gap.
 #[test]
 fn a_segment_held_past_the_fallbacks_limits_is_dropped_then_retransmitted() {
-    let st = reordered_on_purpose_with_event(
+    let st = reordered_on_purpose(
         Gateway::Xdp,
         false,
         43041,
@@ -410,7 +400,7 @@ fn a_segment_held_past_the_fallbacks_limits_is_dropped_then_retransmitted() {
     );
     assert_diverted("flow limit", &st);
     assert_eq!(counter(&st, "fallback_drops"), 1, "flow limit: {st}");
-    let st = reordered_on_purpose_with_event(
+    let st = reordered_on_purpose(
         Gateway::Tc,
         true,
         43042,
@@ -490,7 +480,7 @@ fn a_killed_daemon_loses_what_it_held_and_passes_nothing_uninspected() {
 #[test]
 fn without_the_fallback_a_reordered_segment_is_dropped_then_retransmitted() {
     for (g, sport) in [(Gateway::Xdp, 43051), (Gateway::Tc, 43052)] {
-        let st = reordered_on_purpose(g, false, sport, &["--no-fallback"], &[]);
+        let st = reordered_on_purpose(g, false, sport, &["--no-fallback"], &[], None);
         assert_eq!(counter(&st, "diverted"), 0, "{g:?}: {st}");
         assert_eq!(counter(&st, "out_of_order_drops"), 1, "{g:?}: {st}");
     }
