@@ -16,6 +16,14 @@ use crate::verbs::{
 pub const POLICY_MAP: &str = "INSPECTOR_POLICY";
 /// Capacity of the policy map: every allowed verb brings up to 8 keys.
 pub const POLICY_ENTRIES: u32 = 1024;
+/// Name of the pinned policy generation: one `u64` that every writer of the
+/// policy map adds one to after its writes. The kernel keeps a per-CPU
+/// cache of policy entries from one segment to the next, and empties it
+/// when the generation it was filled under is no longer the map's, so a
+/// policy change still applies from the next segment on. (Adding after the
+/// writes is what makes that hold: a segment that reads the new number
+/// started after the new entries were in the map.)
+pub const POLICY_GEN_MAP: &str = "INSPECTOR_POLICY_GEN";
 
 /// Number of bytes in a key (position of its last non-zero byte + 1).
 pub const fn key_len(key: VerbKey) -> usize {

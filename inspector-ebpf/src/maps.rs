@@ -38,6 +38,10 @@ static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map(name = "INSPECTOR_POLICY")]
 pub static POLICY: HashMap<VerbKey, PolicyEntry> = HashMap::with_max_entries(POLICY_ENTRIES, 0);
 
+/// The policy generation (see `inspector_common::policy::POLICY_GEN_MAP`).
+#[map(name = "INSPECTOR_POLICY_GEN")]
+static POLICY_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Flow table (see `flow.rs`). A plain hash, not an LRU: nothing evicts an
 /// inspected flow to make room; a new flow is refused when it is full.
 /// `inspector attach` sets its size and expires closed and idle entries.
@@ -83,6 +87,13 @@ static WORK_AREA: PerCpuArray<WorkArea> = PerCpuArray::with_max_entries(1, 0);
 /// The per-CPU cache of policy entries (see `workarea::PolicyCache`).
 #[map(name = "INSPECTOR_PCACHE")]
 static POLICY_CACHE: PerCpuArray<PolicyCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// The policy generation; `None` if the map cannot be read (then no cache
+/// entry outlives its segment).
+#[inline(always)]
+pub fn policy_gen() -> Option<u64> {
+    POLICY_GEN.get(0).copied()
+}
 
 /// This CPU's policy cache.
 #[inline(always)]

@@ -23,7 +23,7 @@ use inspector_common::{
 
 use crate::{
     access::{chunk_byte, masked, opaque, ChunkWords},
-    maps::{config, policy_cache, POLICY},
+    maps::{config, policy_cache, policy_gen, POLICY},
     mask,
     packet::Packet,
     report,
@@ -63,10 +63,10 @@ fn policy_entry(key: VerbKey) -> PolicyEntry {
     }
 }
 
-/// [`policy`] for the client's verbs, through the segment's cache
-/// (`workarea::PolicyCache`): a verb repeated within a segment costs one
-/// map lookup. A policy change thus applies from the next segment on, as
-/// if it had come just after this one.
+/// [`policy`] for the client's verbs, through this CPU's cache
+/// (`workarea::PolicyCache`): a verb seen before since the last policy
+/// write costs no map lookup. A policy change applies from the next
+/// segment on (see [`begin`]), as if it had come just after this one.
 #[inline(always)]
 fn policy_cached(key: VerbKey) -> PolicyEntry {
     let Some(cache) = policy_cache() else {
@@ -115,8 +115,17 @@ pub fn begin(w: &mut WorkArea, seq: u32, payload_off: u32) {
     w.masks.n = 0;
     w.masks.overflow = 0;
     w.masks.masked_bytes = 0;
+    // The cache is kept while the policy generation stays what it was
+    // when the cache was filled; any policy write moves it.
     if let Some(c) = policy_cache() {
-        c.valid = 0;
+        match policy_gen() {
+            Some(g) if g == c.gen => {}
+            Some(g) => {
+                c.valid = 0;
+                c.gen = g;
+            }
+            None => c.valid = 0,
+        }
     }
 }
 

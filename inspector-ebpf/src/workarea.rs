@@ -63,15 +63,21 @@ pub const POLICY_SLOTS: usize = 8;
 
 /// A small direct-mapped cache of policy-map entries (`maps::POLICY_CACHE`,
 /// a per-CPU map of its own: the parser reaches it from inside a step
-/// without a pointer to carry on the stack), emptied for each segment: pipelined commands repeat a few verbs (MAIL, RCPT, RCPT...),
-/// and a hash-map lookup costs more than all the rest of a command's
-/// parsing.
+/// without a pointer to carry on the stack). Sessions repeat a few verbs
+/// (MAIL, RCPT, RCPT...), and a hash-map lookup costs more than all the
+/// rest of a command's parsing. It is kept from one segment to the next
+/// and emptied when a policy write moved the policy generation
+/// (`inspector_common::policy::POLICY_GEN_MAP`). Not pinned: a restarted
+/// instance starts with an empty one, whatever its layout was before.
 #[repr(C)]
 pub struct PolicyCache {
     pub keys: [VerbKey; POLICY_SLOTS],
     pub entries: [PolicyEntry; POLICY_SLOTS],
     /// Bit `i` set: slot `i` holds the entry of `keys[i]`.
     pub valid: u32,
+    pub _pad: u32,
+    /// The policy generation the valid slots were read under.
+    pub gen: u64,
 }
 
 /// Route and socket lookup parameters (see `side.rs`).

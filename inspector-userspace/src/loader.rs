@@ -14,7 +14,7 @@ use inspector_common::{
     events::EVENTS_MAP,
     fallback::{Fallback, FALLBACK_MAP, WAKE_MAP},
     flow::{CLIENT_FLOWS_MAP, DEFAULT_MAX_FLOWS, FLOWS_MAP, HANDSHAKES_MAP},
-    policy::{entry_for, for_each_key, POLICY_MAP},
+    policy::{entry_for, for_each_key, POLICY_GEN_MAP, POLICY_MAP},
     ports::{port_slot, PORTS_MAP, PORT_WORDS},
     verbs::{key_of, PolicyEntry, VerbKey},
 };
@@ -35,6 +35,7 @@ pub const MAP_NAMES: &[&str] = &[
     VERB_COUNTERS_MAP,
     PORTS_MAP,
     POLICY_MAP,
+    POLICY_GEN_MAP,
     FLOWS_MAP,
     HANDSHAKES_MAP,
     CLIENT_FLOWS_MAP,
@@ -82,7 +83,7 @@ fn expected_layout(name: &str) -> Option<(u32, u32)> {
     use inspector_common::flow::{Flow, FlowKey, Handshake};
     use std::mem::size_of;
     Some(match name {
-        COUNTERS_MAP | VERB_COUNTERS_MAP | PORTS_MAP => (4, 8),
+        COUNTERS_MAP | VERB_COUNTERS_MAP | PORTS_MAP | POLICY_GEN_MAP => (4, 8),
         POLICY_MAP => (size_of::<VerbKey>() as u32, size_of::<PolicyEntry>() as u32),
         FLOWS_MAP => (size_of::<FlowKey>() as u32, size_of::<Flow>() as u32),
         HANDSHAKES_MAP => (size_of::<FlowKey>() as u32, size_of::<Handshake>() as u32),
@@ -238,7 +239,27 @@ pub fn set_policy(ebpf: &mut Ebpf, allowed: &[VerbKey]) -> Result<()> {
         ebpf.map_mut(POLICY_MAP)
             .with_context(|| format!("the eBPF object has no map {POLICY_MAP}"))?,
     )?;
-    write_policy(&mut map, allowed)
+    write_policy(&mut map, allowed)?;
+    let mut gen: Array<_, u64> = Array::try_from(
+        ebpf.map_mut(POLICY_GEN_MAP)
+            .with_context(|| format!("the eBPF object has no map {POLICY_GEN_MAP}"))?,
+    )?;
+    policy_written(&mut gen)
+}
+
+/// Tells the kernel's per-CPU policy caches that the policy map changed
+/// (`inspector_common::policy::POLICY_GEN_MAP`): called after every write
+/// of the policy map, never before. Two writers at once may both write the
+/// same next number; that is enough, since both wrote their entries before
+/// either read the number.
+pub fn policy_written<T: std::borrow::BorrowMut<aya::maps::MapData>>(
+    gen: &mut Array<T, u64>,
+) -> Result<()> {
+    let now = gen
+        .get(&0, 0)
+        .with_context(|| format!("reading {POLICY_GEN_MAP}"))?;
+    gen.set(0, now.wrapping_add(1), 0)
+        .with_context(|| format!("updating {POLICY_GEN_MAP}"))
 }
 
 /// [`set_policy`] on an already opened map (also used on a pinned map).

@@ -88,3 +88,52 @@ impl DerefMut for Loaded {
         &mut self.0
     }
 }
+
+/// Keeps the calling thread on the CPU it runs on until dropped.
+/// BPF_PROG_TEST_RUN runs a program on the caller's CPU, so every run
+/// then meets the same per-CPU map entries (the policy cache): a test of
+/// what those entries keep from one run to the next cannot pass by being
+/// moved to a CPU that holds nothing.
+pub struct OnOneCpu(libc::cpu_set_t);
+
+impl OnOneCpu {
+    pub fn new() -> OnOneCpu {
+        // SAFETY: plain syscalls on this thread's affinity mask, with a
+        // `cpu_set_t` owned here.
+        unsafe {
+            let mut before: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut before), 0);
+            let cpu = libc::sched_getcpu();
+            assert!(
+                cpu >= 0,
+                "sched_getcpu: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut one);
+            assert_eq!(
+                libc::sched_setaffinity(0, size, &one),
+                0,
+                "sched_setaffinity: {}",
+                std::io::Error::last_os_error()
+            );
+            OnOneCpu(before)
+        }
+    }
+}
+
+impl Default for OnOneCpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for OnOneCpu {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask read in `new`.
+        unsafe {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0);
+        }
+    }
+}

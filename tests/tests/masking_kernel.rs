@@ -16,7 +16,8 @@ use inspector_tests::{
         Ext, Frame, Ipv4, Ipv6, Tcp, Udp, ETH_P_8021AD, ETH_P_8021Q, L4, TCP_OPTS_12, TCP_OPTS_40,
     },
     kernel::{
-        client_port, v4, v6, Hook, Loaded, Outcome, Session, Shape, Verdict, TC_ACT_OK, TC_ACT_SHOT,
+        client_port, v4, v6, Hook, Loaded, OnOneCpu, Outcome, Session, Shape, Verdict, TC_ACT_OK,
+        TC_ACT_SHOT,
     },
     proc::{cmd, run},
     smtpd::PYTHON,
@@ -1581,6 +1582,50 @@ fn ehlo_reply_follows_the_live_policy() {
         b"BDAT 6 LAST\r\nVERB\r\n",
     );
     assert_eq!(o.get("bdat_chunks"), 1, "{:?}", o.delta.nonzero());
+}
+
+/// The policy cache outlives a segment but not a policy write: on one CPU,
+/// a verb passed as allowed (and so cached) is masked in the very next
+/// segment once the policy denies it, and passes again once it allows it.
+/// Each time the verb is also the one cached by the segment before, which
+/// the cache would answer if the write did not empty it.
+#[test]
+fn a_policy_write_reaches_verbs_cached_on_this_cpu() {
+    let _cpu = OnOneCpu::new();
+    let mut prog = Loaded::new(Hook::Xdp, 0);
+    let without_noop: Vec<&str> = inspector_common::verbs::DEFAULT_ALLOWED
+        .iter()
+        .copied()
+        .filter(|v| *v != "NOOP")
+        .collect();
+    let port = client_port();
+    let mut seqs = {
+        let mut s = Session::new(&prog, v4(), port, 25);
+        s.open();
+        for _ in 0..2 {
+            send_expect(&mut s, "allowed NOOP", b"NOOP\r\n", b"NOOP\r\n");
+            s.server(b"250 ok\r\n");
+        }
+        (s.cseq, s.sseq)
+    };
+    for (allowed, want, what) in [
+        (&without_noop[..], &b"XXXX\r\n"[..], "NOOP denied"),
+        (
+            inspector_common::verbs::DEFAULT_ALLOWED,
+            b"NOOP\r\n",
+            "NOOP allowed again",
+        ),
+        (&without_noop[..], b"XXXX\r\n", "NOOP denied again"),
+    ] {
+        prog.set_policy(allowed);
+        let mut s = Session::new(&prog, v4(), port, 25);
+        (s.cseq, s.sseq) = seqs;
+        for _ in 0..2 {
+            send_expect(&mut s, what, b"NOOP\r\n", want);
+            s.server(b"250 ok\r\n");
+        }
+        seqs = (s.cseq, s.sseq);
+    }
 }
 
 /// Banner masking (an option): the greeting's text becomes `X`, its code

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use inspector_common::{
     config::{limit_action, Config, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER, CONFIG_MAP},
-    policy::POLICY_MAP,
+    policy::{POLICY_GEN_MAP, POLICY_MAP},
     verbs::{key_text, PolicyEntry, VerbKey, ALLOWED, MAX_VERB},
 };
 use inspector_userspace::{
@@ -217,11 +217,25 @@ pub fn run(args: PolicyArgs) -> Result<()> {
         PolicyAction::Deny { verbs, permanent } => (vec![], verbs, permanent),
     };
     let next = with_changes(&current, &allow, &deny)?;
+    // Opened before anything is written. An instance that an older
+    // `inspector` attached has none: its kernel program keeps no policy
+    // cache from one segment to the next, so there is nothing to tell.
+    let mut gen = match pin_dir.join(POLICY_GEN_MAP).exists() {
+        true => {
+            let data =
+                inspector_userspace::pin::open_map(&pin_dir, POLICY_GEN_MAP, "policy generation")?;
+            Some(Array::<MapData, u64>::try_from(Map::Array(data))?)
+        }
+        false => None,
+    };
     // The file first: if it cannot be written, nothing changes at all.
     if permanent.permanent {
         permanent::write_through(&permanent.policy, &allow, &deny)?;
     }
     loader::write_policy(&mut map, &next)?;
+    if let Some(gen) = gen.as_mut() {
+        loader::policy_written(gen)?;
+    }
     let mut names: Vec<String> = next.iter().map(|k| verb_string(*k)).collect();
     names.sort();
     out::line(format_args!("allowed: {}", names.join(" ")))?;
