@@ -93,20 +93,12 @@ pub fn zero_bytes(x: u64) -> u64 {
 /// without a count-trailing-zeros instruction (BPF has none).
 #[inline(always)]
 pub fn lowest_byte(m: u64) -> u32 {
-    let mut m = m & m.wrapping_neg();
-    let mut i = 0;
-    if m & 0xffff_ffff == 0 {
-        i += 4;
-        m >>= 32;
-    }
-    if m & 0xffff == 0 {
-        i += 2;
-        m >>= 16;
-    }
-    if m & 0xff == 0 {
-        i += 1;
-    }
-    i
+    // The lowest flagged bit, at 8k + 7, moved to bit 8k; the product puts
+    // byte 7 - k of the constant, k, in the top byte. No branch: a cascade
+    // of tests would hand the verifier eight paths with eight known
+    // values, and it would check everything after them eight times.
+    let t = (m & m.wrapping_neg()) >> 7;
+    (t.wrapping_mul(0x0001_0203_0405_0607) >> 56) as u32
 }
 
 /// Body fast path: skips whole words that cannot hold the start of an
@@ -330,10 +322,24 @@ pub fn verb_word(x: u64) -> Option<(u64, u32)> {
     let y = x & !HIGH;
     // Letters of either case: setting 0x20 maps `A`-`Z` onto `a`-`z`, and
     // nothing else into that range.
-    let letter = in_range(y | (ONES * 0x20), b'a', b'z');
-    let verb =
-        (in_range(y, b'0', b'9') | letter | in_range(y, b'-', b'-') | in_range(y, b'_', b'_'))
-            & ascii;
+    let letter = in_range(y | (ONES * 0x20), b'a', b'z') & ascii;
+    // Upper-case: every letter loses 0x20 (an upper-case one has none);
+    // then keep the verb's first `len` bytes (all of them ASCII).
+    let key = |len: u32| x & !(letter >> 2) & ((1u64 << (8 * len)) - 1);
+    // Most verbs are letters only: if the first byte that is not a letter
+    // ends a verb, the letters before it are the verb, and the byte classes
+    // of the rest of the word do not matter. (Tested on its own byte: one
+    // comparison chain instead of the word-wide tests below.)
+    let stop = !letter & HIGH;
+    if stop != 0 {
+        let len = lowest_byte(stop);
+        if len != 0 && is_delimiter((x >> (8 * len)) as u8) {
+            return Some((key(len), len));
+        }
+    }
+    let verb = (in_range(y, b'0', b'9') | in_range(y, b'-', b'-') | in_range(y, b'_', b'_'))
+        & ascii
+        | letter;
     // \t, \n, \v, \f, \r and the space.
     let delim = (in_range(y, 0x09, 0x0d) | in_range(y, b' ', b' ')) & ascii;
     let stop = !verb & HIGH;
@@ -344,10 +350,14 @@ pub fn verb_word(x: u64) -> Option<(u64, u32)> {
     if len == 0 || (delim >> (8 * len)) & 0x80 == 0 {
         return None;
     }
-    // Upper-case: every letter loses 0x20 (an upper-case one has none);
-    // then keep the verb's bytes only (all of them ASCII).
-    let key = x & !(letter >> 2) & ((1u64 << (8 * len)) - 1);
-    Some((key, len))
+    Some((key(len), len))
+}
+
+/// A byte that ends a verb: a LF or C-locale whitespace (`\t`, `\n`, `\v`,
+/// `\f`, `\r`, the space), as `smtp::is_space` and the LF.
+#[inline(always)]
+const fn is_delimiter(b: u8) -> bool {
+    b == b' ' || b.wrapping_sub(0x09) <= 0x0d - 0x09
 }
 
 #[cfg(test)]
