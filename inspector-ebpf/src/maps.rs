@@ -20,7 +20,7 @@ use inspector_common::{
     verbs::{PolicyEntry, VerbKey, VERB_SLOTS},
 };
 
-use crate::workarea::{self, PolicyCache, WorkArea};
+use crate::workarea::{self, WorkArea};
 
 /// Global counters, one `u64` per CPU per `Counter` (see `report.rs`).
 #[map(name = "INSPECTOR_COUNTERS")]
@@ -84,25 +84,11 @@ static WAKE: RingBuf = RingBuf::with_byte_size(WAKE_BYTES, 0);
 #[map(name = "INSPECTOR_WORK")]
 static WORK_AREA: PerCpuArray<WorkArea> = PerCpuArray::with_max_entries(1, 0);
 
-/// The per-CPU cache of policy entries (see `workarea::PolicyCache`).
-#[map(name = "INSPECTOR_PCACHE")]
-static POLICY_CACHE: PerCpuArray<PolicyCache> = PerCpuArray::with_max_entries(1, 0);
-
 /// The policy generation; `None` if the map cannot be read (then no cache
 /// entry outlives its segment).
 #[inline(always)]
 pub fn policy_gen() -> Option<u64> {
     POLICY_GEN.get(0).copied()
-}
-
-/// This CPU's policy cache.
-#[inline(always)]
-pub fn policy_cache() -> Option<&'static mut PolicyCache> {
-    let p = POLICY_CACHE.get_ptr_mut(0)?;
-    // SAFETY: this CPU's entry, used only by `stream::policy_cached` and
-    // `stream::begin`, each for the length of one call, and never by
-    // two invocations at once (see `workarea.rs`).
-    unsafe { p.as_mut() }
 }
 
 /// This CPU's work area.

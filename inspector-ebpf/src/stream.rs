@@ -11,7 +11,7 @@
 //! feed_client` drives the same calls in the same order for the userspace
 //! tests.
 
-use core::ffi::c_void;
+use core::{ffi::c_void, ptr::addr_of_mut};
 
 use aya_ebpf::helpers::bpf_loop;
 use inspector_common::{
@@ -23,18 +23,29 @@ use inspector_common::{
 
 use crate::{
     access::{chunk_byte, masked, opaque, ChunkWords},
-    maps::{config, policy_cache, policy_gen, POLICY},
+    maps::{config, policy_gen, POLICY},
     mask,
     packet::Packet,
     report,
-    workarea::{borrow, for_each, from_ctx, Callback, WorkArea, BUF, POLICY_SLOTS},
+    workarea::{borrow, for_each, from_ctx, Callback, PolicyCache, WorkArea, BUF, POLICY_SLOTS},
 };
 
 /// The kernel's view of the parser environment: the live policy map
-/// (through the segment's cache) and the snapshot of the words the server
+/// (through this CPU's cache) and the snapshot of the words the server
 /// direction published.
 struct KernelEnv<'a> {
     shared: &'a inspector_common::smtp::Shared,
+    /// The work area's `pcache`, a field apart from the parser's (which
+    /// the parser has borrowed while it asks for a policy entry).
+    cache: *mut PolicyCache,
+}
+
+impl<'a> KernelEnv<'a> {
+    /// The environment of a client step or chunk end.
+    #[inline(always)]
+    fn new(shared: &'a inspector_common::smtp::Shared, cache: *mut PolicyCache) -> Self {
+        KernelEnv { shared, cache }
+    }
 }
 
 /// The live policy entry of a verb key (read at the moment a verb or an
@@ -68,10 +79,10 @@ fn policy_entry(key: VerbKey) -> PolicyEntry {
 /// write costs no map lookup. A policy change applies from the next
 /// segment on (see [`begin`]), as if it had come just after this one.
 #[inline(always)]
-fn policy_cached(key: VerbKey) -> PolicyEntry {
-    let Some(cache) = policy_cache() else {
-        return policy_entry(key);
-    };
+fn policy_cached(cache: *mut PolicyCache, key: VerbKey) -> PolicyEntry {
+    // SAFETY: `cache` points to this CPU's work area's `pcache`, which
+    // nothing else references during the call (see `KernelEnv::cache`).
+    let cache = unsafe { &mut *cache };
     // Fibonacci hashing: the top bits of the product mix every byte.
     let slot = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 61) as usize;
     let slot = masked(slot, POLICY_SLOTS);
@@ -88,7 +99,7 @@ fn policy_cached(key: VerbKey) -> PolicyEntry {
 impl Env for KernelEnv<'_> {
     #[inline(always)]
     fn policy(&self, key: VerbKey) -> Option<PolicyEntry> {
-        Some(policy_cached(key))
+        Some(policy_cached(self.cache, key))
     }
     #[inline(always)]
     fn gate_reply(&self, unit: u32) -> Option<u16> {
@@ -117,15 +128,14 @@ pub fn begin(w: &mut WorkArea, seq: u32, payload_off: u32) {
     w.masks.masked_bytes = 0;
     // The cache is kept while the policy generation stays what it was
     // when the cache was filled; any policy write moves it.
-    if let Some(c) = policy_cache() {
-        match policy_gen() {
-            Some(g) if g == c.gen => {}
-            Some(g) => {
-                c.valid = 0;
-                c.gen = g;
-            }
-            None => c.valid = 0,
+    let c = &mut w.pcache;
+    match policy_gen() {
+        Some(g) if g == c.gen => {}
+        Some(g) => {
+            c.valid = 0;
+            c.gen = g;
         }
+        None => c.valid = 0,
     }
 }
 
@@ -263,9 +273,7 @@ unsafe extern "C" fn client_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
     if w.parser.held != 0 {
         return 1;
     }
-    let env = KernelEnv {
-        shared: &w.parser.shared,
-    };
+    let env = KernelEnv::new(&w.parser.shared, addr_of_mut!(w.pcache));
     let out = w
         .parser
         .client
@@ -314,22 +322,17 @@ unsafe extern "C" fn client_step(_i: u64, ctx: *mut c_void) -> i64 {
     if s.pos >= s.end {
         return 1;
     }
-    let at = s.pos - s.base;
-    let len = s.end - s.base;
-    let env = KernelEnv { shared: &s.shared };
-    let (to, out) = s
-        .client
-        .verb_ahead(&ChunkWords(&w.payload), at, len, s.pos, &mut s.seg, &env);
-    if to != at {
-        handle(w, &out);
-        let s = &mut w.parser;
-        let chunking = s.shared.chunking != 0;
-        let to = s
-            .client
-            .line_ahead(&ChunkWords(&w.payload), to, len, chunking);
-        s.pos = s.base + to;
+    if command_round(w) {
+        // A second command line in the same call, if the first left the
+        // parser at the start of another.
+        command_round(w);
         return 0;
     }
+    let cache = addr_of_mut!(w.pcache);
+    let s = &mut w.parser;
+    let at = s.pos - s.base;
+    let len = s.end - s.base;
+    let env = KernelEnv::new(&s.shared, cache);
     let to = s.client.skip_ahead(&ChunkWords(&w.payload), at, len);
     if to != at {
         s.pos = s.base + to;
@@ -348,6 +351,31 @@ unsafe extern "C" fn client_step(_i: u64, ctx: *mut c_void) -> i64 {
     }
     w.parser.pos += 1;
     0
+}
+
+/// The verb fast path and the rest of its line (`verb_ahead`, then
+/// `line_ahead`), from `pos`: false if the fast path does not apply there.
+#[inline(always)]
+fn command_round(w: &mut WorkArea) -> bool {
+    let cache = addr_of_mut!(w.pcache);
+    let s = &mut w.parser;
+    let at = s.pos - s.base;
+    let len = s.end - s.base;
+    let env = KernelEnv::new(&s.shared, cache);
+    let (to, out) = s
+        .client
+        .verb_ahead(&ChunkWords(&w.payload), at, len, s.pos, &mut s.seg, &env);
+    if to == at {
+        return false;
+    }
+    handle(w, &out);
+    let s = &mut w.parser;
+    let chunking = s.shared.chunking != 0;
+    let to = s
+        .client
+        .line_ahead(&ChunkWords(&w.payload), to, len, chunking);
+    s.pos = s.base + to;
+    true
 }
 
 /// One server byte per call.

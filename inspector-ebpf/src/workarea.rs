@@ -56,14 +56,17 @@ pub struct WorkArea {
     /// When this CPU last searched the full table for an entry to reclaim;
     /// kept from one invocation to the next (this CPU's entry of the map).
     pub last_reclaim_ns: u64,
+    /// This CPU's policy cache, also kept from one invocation to the next.
+    pub pcache: PolicyCache,
 }
 
 /// Slots of [`PolicyCache`] (a power of two).
 pub const POLICY_SLOTS: usize = 8;
 
-/// A small direct-mapped cache of policy-map entries (`maps::POLICY_CACHE`,
-/// a per-CPU map of its own: the parser reaches it from inside a step
-/// without a pointer to carry on the stack). Sessions repeat a few verbs
+/// A small direct-mapped cache of policy-map entries, in the work area
+/// (`WorkArea::pcache`): the parser's environment reaches it through the
+/// work area's pointer, which every step has, rather than through a map
+/// lookup of its own per verb. Sessions repeat a few verbs
 /// (MAIL, RCPT, RCPT...), and a hash-map lookup costs more than all the
 /// rest of a command's parsing. It is kept from one segment to the next
 /// and emptied when a policy write moved the policy generation
