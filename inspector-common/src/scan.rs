@@ -307,6 +307,43 @@ const fn in_range(x: u64, lo: u8, hi: u8) -> u64 {
     at_least(x, lo) & !at_least(x, hi + 1)
 }
 
+/// Bit 7 of every byte of `x` that is not a verb character
+/// (`verbs::is_verb_char`: ASCII letters, digits, `-` and `_`), exact for
+/// every byte (those of 0x80 and above are flagged).
+#[inline(always)]
+fn non_verb_chars(x: u64) -> u64 {
+    let ascii = !x & HIGH;
+    let y = x & !HIGH;
+    let verb = (in_range(y | (ONES * 0x20), b'a', b'z')
+        | in_range(y, b'0', b'9')
+        | in_range(y, b'-', b'-')
+        | in_range(y, b'_', b'_'))
+        & ascii;
+    !verb & HIGH
+}
+
+/// A word of text from `at` on (an EHLO keyword): jumps to its first byte
+/// that is not a verb character, as [`find_flagged`] does, and returns the
+/// offset reached and the byte there ([`NO_STOP`] if the words ran out).
+#[inline(always)]
+pub fn scan_word<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> (u32, u32) {
+    find_flagged(buf, at, end, non_verb_chars)
+}
+
+/// The first `len` bytes of `x` (verb characters; all eight from 8 on) as a
+/// policy key: upper-cased and zero-padded, as `verbs::key_push` builds it
+/// byte by byte.
+#[inline(always)]
+pub fn word_key(x: u64, len: u32) -> u64 {
+    let letter = in_range((x & !HIGH) | (ONES * 0x20), b'a', b'z') & !x & HIGH;
+    let keep = if len >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * len)) - 1
+    };
+    x & !(letter >> 2) & keep
+}
+
 /// The verb at the start of `x` (eight bytes at a line start), a word at a
 /// time: if `x` starts with 1 to 7 verb characters (`verbs::is_verb_char`)
 /// followed by a byte that ends a verb (a LF or C-locale whitespace, as

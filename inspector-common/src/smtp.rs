@@ -30,7 +30,10 @@
 
 use crate::{
     config::{action, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
-    scan::{bytes_at, scan_address, scan_body, scan_line, scan_to_lf, verb_word, Words, CHUNK},
+    scan::{
+        bytes_at, scan_address, scan_body, scan_line, scan_to_lf, scan_word, verb_word, word_key,
+        Words, CHUNK,
+    },
     verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX},
 };
 
@@ -253,7 +256,8 @@ pub struct ServerState {
     /// Code digits seen on this line.
     pub digits: u8,
     /// Length of the first word of the text (saturating at `MAX_VERB + 1`),
-    /// with `WORD_DONE` once it ended.
+    /// with `WORD_DONE` once it ended (from the start of the text on a line
+    /// that is not an EHLO keyword's: its first word decides nothing).
     pub text_len: u8,
     /// 1 once the greeting (the first reply) is complete.
     pub greeted: u8,
@@ -646,6 +650,10 @@ impl ClientState {
     /// So a plain `RCPT TO:<a@b>` line, or a command without arguments,
     /// costs one round. (One scan, not two: a second one in the same round
     /// multiplies the paths the kernel's verifier walks past its budget.)
+    // Each argument is one the kernel has at hand (a register, or a field
+    // of its work area); a struct of them would be built on the small BPF
+    // stack for every call.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     pub fn line_ahead<W: Words + ?Sized>(
         &mut self,
@@ -1556,6 +1564,88 @@ impl ServerState {
         }
     }
 
+    /// The reply fast path, one round, from buffer offset `at` (`end`: the
+    /// chunk's length): what stepping the bytes would do, where they are
+    /// plain.
+    /// - At a line's start, a three-digit code and its separator (`-` or a
+    ///   space), read from one word: the code, the line's kind, and
+    ///   [`Self::start_text`]'s result, which is returned.
+    /// - At the start of an EHLO keyword (the first word of a line of the
+    ///   reply to EHLO, from its first byte), the keyword's verb
+    ///   characters: its key and length as their steps build them. The
+    ///   byte that ends it, which decides it, is left to [`Self::step`].
+    /// - Then, in the text of a line whose first word is decided or decides
+    ///   nothing (every line but an EHLO keyword's, once past the keyword)
+    ///   or in a line that is not a reply line: a jump to the line's LF,
+    ///   which is left to [`Self::step`] (it ends the line). No byte before
+    ///   it changes anything, unless the greeting's text is being masked
+    ///   (banner masking), which is left to the steps.
+    ///
+    /// Returns the offset reached (`at` if nothing applies: then nothing
+    /// changed). Called before every byte step, by the kernel and by
+    /// [`feed_server`] alike.
+    // Each argument is one the kernel has at hand (a register, or a field
+    // of its work area); a struct of them would be built on the small BPF
+    // stack for every call.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn line_ahead<W: Words + ?Sized>(
+        &mut self,
+        buf: &W,
+        at: u32,
+        end: u32,
+        pos: u32,
+        seg: &mut Seg,
+        shared: &Shared,
+        cfg: u32,
+    ) -> (u32, ServerOut) {
+        let mut out = ServerOut::default();
+        let mut to = at;
+        if self.state == sstate::CODE && self.digits == 0 && self.code == 0 {
+            if let Some(x) = bytes_at(buf, at, end) {
+                let d = |i: u32| ((x >> (8 * i)) as u8).wrapping_sub(b'0');
+                let sep = (x >> 24) as u8;
+                if d(0) <= 9 && d(1) <= 9 && d(2) <= 9 && (sep == b'-' || sep == b' ') {
+                    self.code = d(0) as u16 * 100 + d(1) as u16 * 10 + d(2) as u16;
+                    self.digits = 3;
+                    self.state = if sep == b'-' {
+                        sstate::CONT
+                    } else {
+                        sstate::FINAL
+                    };
+                    self.start_text(shared, &mut out);
+                    to = at + 4;
+                }
+            }
+        }
+        let banner = self.greeted == 0 && cfg & CFG_MASK_BANNER != 0;
+        let text = matches!(self.state, sstate::CONT | sstate::FINAL) && !banner;
+        if text && self.kw == kw::OPEN && self.text_len == 0 {
+            // An EHLO keyword from its first byte: its bytes as their steps
+            // would take them; the byte that ends it (which decides it) is
+            // left to `step`.
+            if let Some(x) = bytes_at(buf, to, end) {
+                let (stop, _) = scan_word(buf, to, end);
+                let n = stop - to;
+                if n != 0 {
+                    seg.verb_start = pos + (to - at);
+                    self.text = word_key(x, n);
+                    self.text_len = core::cmp::min(n, MAX_VERB as u32 + 1) as u8;
+                    to = stop;
+                }
+            }
+        }
+        let plain = match self.state {
+            sstate::CONT | sstate::FINAL => text && self.text_len & WORD_DONE != 0,
+            sstate::JUNK => true,
+            _ => false,
+        };
+        if plain {
+            to = scan_to_lf(buf, to, end);
+        }
+        (to, out)
+    }
+
     /// Parses reply byte `b` at offset `pos` of the current segment.
     /// `shared` is the snapshot of the words the client direction
     /// published, `policy` the live policy (for EHLO reply filtering),
@@ -1683,6 +1773,12 @@ impl ServerState {
             } else {
                 self.kw = kw::OPEN;
             }
+        }
+        if self.kw != kw::OPEN {
+            // Not a keyword line: its first word decides nothing, so it is
+            // not read (and the rest of the line can be skipped at once,
+            // see `line_ahead`).
+            self.text_len = WORD_DONE;
         }
     }
 
@@ -1894,15 +1990,43 @@ fn apply(buf: &mut [u8], out: &Out, on_event: &mut impl FnMut(&Out)) -> Result<(
 
 /// Parses a whole server segment in place (masking the EHLO keywords the
 /// policy denies), publishing into `shared`, as the kernel does: in
-/// [`CHUNK`]-byte chunks, each ended with [`ServerState::end_segment`].
-/// `policy` is the live policy, `cfg` the `CFG_*` bits; `on_step` sees
-/// every step's result.
+/// [`CHUNK`]-byte chunks, each ended with [`ServerState::end_segment`],
+/// the fast path ([`ServerState::line_ahead`]) tried before every byte
+/// step. `policy` is the live policy, `cfg` the `CFG_*` bits; `on_step`
+/// sees every round's and step's result.
 pub fn feed_server<P: Fn(VerbKey) -> Option<PolicyEntry>>(
     st: &mut ServerState,
     buf: &mut [u8],
     shared: &mut Shared,
     policy: &P,
     cfg: u32,
+    on_step: impl FnMut(&ServerOut),
+) {
+    run_server(st, buf, shared, policy, cfg, true, on_step)
+}
+
+/// [`feed_server`] without the fast path ([`ServerState::line_ahead`]):
+/// one [`ServerState::step`] per byte, over the same chunks. The reference
+/// the fast path is checked against.
+pub fn feed_server_bytewise<P: Fn(VerbKey) -> Option<PolicyEntry>>(
+    st: &mut ServerState,
+    buf: &mut [u8],
+    shared: &mut Shared,
+    policy: &P,
+    cfg: u32,
+    on_step: impl FnMut(&ServerOut),
+) {
+    run_server(st, buf, shared, policy, cfg, false, on_step)
+}
+
+/// The kernel's server driver, in plain loops (see [`run_client`]).
+fn run_server<P: Fn(VerbKey) -> Option<PolicyEntry>>(
+    st: &mut ServerState,
+    buf: &mut [u8],
+    shared: &mut Shared,
+    policy: &P,
+    cfg: u32,
+    fast: bool,
     mut on_step: impl FnMut(&ServerOut),
 ) {
     let mut seg = st.begin_segment();
@@ -1912,10 +2036,25 @@ pub fn feed_server<P: Fn(VerbKey) -> Option<PolicyEntry>>(
         if start > 0 {
             seg.verb_start = start as u32;
         }
-        for pos in start..end {
+        let mut pos = start;
+        while pos < end {
+            // One round: the line fast path, or else one byte step (the
+            // kernel's step callback does the same).
+            if fast {
+                let (len, at) = ((end - start) as u32, (pos - start) as u32);
+                let (to, out) =
+                    st.line_ahead(&buf[start..end], at, len, pos as u32, &mut seg, shared, cfg);
+                if to != at {
+                    shared.publish_server(&out);
+                    apply_server(buf, &out, &mut on_step);
+                    pos = start + to as usize;
+                    continue;
+                }
+            }
             let out = st.step(buf[pos], pos as u32, &mut seg, shared, policy, cfg);
             shared.publish_server(&out);
             apply_server(buf, &out, &mut on_step);
+            pos += 1;
         }
         let out = st.end_segment(end as u32, &seg, policy, cfg);
         apply_server(buf, &out, &mut on_step);

@@ -378,7 +378,9 @@ fn command_round(w: &mut WorkArea) -> bool {
     true
 }
 
-/// One server byte per call.
+/// One round per call, as `feed_server` runs it: the line fast path (a
+/// reply line's code, and a jump to its LF where the bytes before it are
+/// plain), or else one byte through the state machine.
 unsafe extern "C" fn server_step(_i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `server_chunk` runs this callback through `for_each`.
     let Some(w) = (unsafe { from_ctx(ctx) }) else {
@@ -388,6 +390,24 @@ unsafe extern "C" fn server_step(_i: u64, ctx: *mut c_void) -> i64 {
     if s.pos >= s.end {
         return 1;
     }
+    let at = s.pos - s.base;
+    let len = s.end - s.base;
+    let (to, out) = s.server.line_ahead(
+        &ChunkWords(&w.payload),
+        at,
+        len,
+        s.pos,
+        &mut s.seg,
+        &s.shared,
+        s.config,
+    );
+    if to != at {
+        s.shared.publish_server(&out);
+        handle_server(w, &out);
+        w.parser.pos = w.parser.base + to;
+        return 0;
+    }
+    let s = &mut w.parser;
     let b = chunk_byte(&w.payload, s.pos - s.base);
     let out = s
         .server

@@ -1,8 +1,9 @@
 //! `cargo xtask fuzz`: runs the fuzz targets of `fuzz/` (a cargo-fuzz crate
 //! outside the workspace) with libFuzzer on the nightly toolchain, installing
-//! cargo-fuzz first if it is missing: `parser` (the parser's invariants) and
-//! `fast_path` (the word-at-a-time fast paths against byte-at-a-time
-//! stepping).
+//! cargo-fuzz first if it is missing: `parser` (the parser's invariants),
+//! `fast_path` (the client's word-at-a-time fast paths against
+//! byte-at-a-time stepping) and `reply_fast_path` (the same for the
+//! server's replies).
 
 use std::process::Command;
 
@@ -34,7 +35,7 @@ fn ensure_cargo_fuzz() -> Result<()> {
 }
 
 /// The fuzz targets, each run for an equal share of the time.
-const TARGETS: [&str; 2] = ["parser", "fast_path"];
+const TARGETS: [&str; 3] = ["parser", "fast_path", "reply_fast_path"];
 
 /// Fuzzes the shared SMTP parser for `seconds` seconds in all, split evenly
 /// between the targets. Fails if libFuzzer finds a crash (its input is left

@@ -225,6 +225,25 @@ fn pipelined(len: usize) -> (Vec<u8>, u64) {
     (p, n + 1)
 }
 
+/// A reply to EHLO as Postfix's `smtpd` sends it by default.
+fn ehlo_reply() -> Vec<u8> {
+    [
+        "250-mail.example.com",
+        "250-PIPELINING",
+        "250-SIZE 10240000",
+        "250-VRFY",
+        "250-ETRN",
+        "250-ENHANCEDSTATUSCODES",
+        "250-8BITMIME",
+        "250-DSN",
+        "250-SMTPUTF8",
+        "250 CHUNKING",
+    ]
+    .iter()
+    .flat_map(|l| [l.as_bytes(), b"\r\n"].concat())
+    .collect()
+}
+
 /// Message body text of exactly `len` bytes (no end-of-data line).
 fn body(len: usize) -> Vec<u8> {
     let mut p = Vec::new();
@@ -427,6 +446,40 @@ fn prepare(enforcing: &Loaded, monitor: &Loaded) -> Result<Vec<Case>> {
             path,
             monitor: false,
             payload: text.len(),
+            frame,
+            stateful: true,
+        });
+    }
+    // (i) The server's reply to EHLO, as Postfix sends it: what every
+    // session costs on the server's side (each keyword checked against the
+    // policy, the rest of each line read). Its CHUNKING is masked (the
+    // default policy denies BDAT): monitor mode, as (e), so that every run
+    // sees the original bytes.
+    {
+        let mut s = open_flow(monitor, false, 40009).context("(i) opening its flow")?;
+        let ehlo = b"EHLO client.example.org\r\n";
+        step(monitor, &s.client_frame(ehlo), "EHLO")?;
+        s.cseq = s.cseq.wrapping_add(ehlo.len() as u32);
+        let reply = ehlo_reply();
+        let frame = s.server_frame(&reply);
+        let d = step(monitor, &frame, "(i) first run")?;
+        ensure!(
+            d.count(Counter::PacketsInspected) == 1 && d.count(Counter::EhloKeywordsMasked) == 1,
+            "(i) EHLO reply: expected inspected, CHUNKING masked ({})",
+            moved(&d)
+        );
+        let d = step(monitor, &frame, "(i) second run")?;
+        ensure!(
+            d.count(Counter::RetransReinspected) == 1,
+            "(i) the repeated reply was not re-inspected ({})",
+            moved(&d)
+        );
+        cases.push(Case {
+            id: "i",
+            name: "server's EHLO reply, 10 lines, CHUNKING masked, monitor mode",
+            path: "reply state; runs after the first re-parse from the checkpoint; mask computed, not stored",
+            monitor: true,
+            payload: reply.len(),
             frame,
             stateful: true,
         });
