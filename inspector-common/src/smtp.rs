@@ -31,8 +31,8 @@
 use crate::{
     config::{action, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
     scan::{
-        bytes_at, scan_address, scan_body, scan_line, scan_to_lf, scan_word, verb_word, word_key,
-        Words, CHUNK,
+        bytes_at, find_lf, scan_address, scan_body, scan_line, scan_to_lf, scan_word, verb_word,
+        word_key, Words, CHUNK,
     },
     verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX},
 };
@@ -490,27 +490,12 @@ impl ClientState {
             }
             return to;
         }
+        if self.state == cstate::BODY && self.hdr != hdr::OFF {
+            return self.header_ahead(buf, at, end);
+        }
         if self.skips_to_lf() {
             if self.state == cstate::ARGS {
                 return self.args_ahead(buf, at, end);
-            }
-            if self.state == cstate::BODY && self.hdr != hdr::OFF {
-                // A header line: the same, with its own limit (once it
-                // matched, the rest of the line goes at full speed).
-                let stop = if self.lim & lim::HEADER_LINE != 0 {
-                    end
-                } else if self.hdr_len >= MAX_HEADER_LINE {
-                    at
-                } else {
-                    core::cmp::min(end, at + (MAX_HEADER_LINE - self.hdr_len) as u32)
-                };
-                let to = scan_to_lf(buf, at, stop);
-                if to != at {
-                    let n = core::cmp::min(to - at, u16::MAX as u32) as u16;
-                    self.hdr_len = self.hdr_len.saturating_add(n);
-                    self.hdr = hdr::LINE;
-                }
-                return to;
             }
             return scan_to_lf(buf, at, end);
         }
@@ -518,6 +503,59 @@ impl ClientState {
             return self.address_ahead(buf, at, end);
         }
         at
+    }
+
+    /// The header-section part of [`Self::skip_ahead`]: a header line in
+    /// two rounds, as stepping its bytes would take it. At the line's
+    /// start, its first byte if it is plain (a dot, a CR or a LF has a step
+    /// of its own: a dot may end the data, a lone CR line ends the
+    /// section). Inside the line, the line to its LF, counted into its
+    /// length and up to the byte at which the header-line limit matches,
+    /// which is left to `step` (once it matched, the rest of the line goes
+    /// at full speed); then the LF, at which no limit matches. Returns the
+    /// offset reached (`at` if nothing applies: then nothing changed).
+    #[inline(always)]
+    fn header_ahead<W: Words + ?Sized>(&mut self, buf: &W, at: u32, end: u32) -> u32 {
+        if self.sub == body::BOL && self.hdr == hdr::LINE && self.hdr_len == 0 {
+            if at >= end {
+                return at;
+            }
+            let b = buf.byte(at as usize);
+            if b == b'.' || b == b'\r' || b == b'\n' {
+                return at;
+            }
+            // Its step (no limit matches at a line's first byte). The
+            // rest of the line is the next round's: the scan below from two
+            // places makes the kernel's verifier walk 100k more instructions.
+            self.hdr_len = 1;
+            self.sub = body::MID;
+            return at + 1;
+        }
+        if !self.skips_to_lf() {
+            return at;
+        }
+        let stop = if self.lim & lim::HEADER_LINE != 0 {
+            end
+        } else if self.hdr_len >= MAX_HEADER_LINE {
+            at
+        } else {
+            core::cmp::min(end, at + (MAX_HEADER_LINE - self.hdr_len) as u32)
+        };
+        let (to, lf) = find_lf(buf, at, stop);
+        if to != at {
+            let n = core::cmp::min(to - at, u16::MAX as u32) as u16;
+            self.hdr_len = self.hdr_len.saturating_add(n);
+            self.hdr = hdr::LINE;
+        }
+        // The LF's step, on a line that is more than a lone CR (which
+        // would end the section).
+        if lf && self.hdr == hdr::LINE {
+            self.hdr_len = 0;
+            self.lim = 0;
+            self.sub = body::BOL;
+            return to + 1;
+        }
+        to
     }
 
     /// The address fast path, in the argument of an allowed MAIL or RCPT.
