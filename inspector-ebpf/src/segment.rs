@@ -154,7 +154,7 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     } else {
         seq
     };
-    stream::begin(w, seq, payload_off as u32);
+    stream::begin(w, seq, payload_off as u32, cfg);
     w.packet.from_fallback = from_fallback as u32;
     let verdict = if client_side {
         client(ctx, &mut entry.client(), w, seq, payload_len)

@@ -23,7 +23,7 @@ use inspector_common::{
 
 use crate::{
     access::{chunk_byte, masked, opaque, ChunkWords},
-    maps::{config, policy_gen, POLICY},
+    maps::{policy_gen, POLICY},
     mask,
     packet::Packet,
     report,
@@ -111,10 +111,13 @@ impl Env for KernelEnv<'_> {
     }
 }
 
-/// Resets the per-segment fields before a segment is parsed.
+/// Resets the per-segment fields before a segment is parsed; `cfg` is the
+/// configuration word the segment is parsed under (read once per segment
+/// by `segment::inspect`).
 #[inline(always)]
-pub fn begin(w: &mut WorkArea, seq: u32, payload_off: u32) {
+pub fn begin(w: &mut WorkArea, seq: u32, payload_off: u32, cfg: u32) {
     w.packet.seq = seq;
+    w.parser.config = cfg;
     w.packet.payload_off = payload_off;
     w.packet.load_failed = 0;
     w.parser.held = 0;
@@ -268,7 +271,6 @@ unsafe extern "C" fn client_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
     if start > from {
         w.parser.seg.verb_start = start;
     }
-    w.parser.config = config();
     for_each(w.parser.end - w.parser.pos, client_step, w);
     if w.parser.held != 0 {
         return 1;
@@ -294,7 +296,6 @@ unsafe extern "C" fn server_chunk<P: Packet>(_i: u64, ctx: *mut c_void) -> i64 {
     if start > from {
         w.parser.seg.verb_start = start;
     }
-    w.parser.config = config();
     for_each(w.parser.end - w.parser.pos, server_step, w);
     let out = w
         .parser
