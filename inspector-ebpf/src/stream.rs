@@ -327,7 +327,9 @@ unsafe extern "C" fn client_step(_i: u64, ctx: *mut c_void) -> i64 {
         // A second command line in the same call, if the first left the
         // parser at the start of another.
         command_round(w);
-        return 0;
+        // Stop the loop once the chunk is done (most segments end with a
+        // command line): saves the call that would only find it so.
+        return (w.parser.pos >= w.parser.end) as i64;
     }
     let cache = addr_of_mut!(w.pcache);
     let s = &mut w.parser;
@@ -416,7 +418,9 @@ unsafe extern "C" fn server_step(_i: u64, ctx: *mut c_void) -> i64 {
     s.shared.publish_server(&out);
     handle_server(w, &out);
     w.parser.pos += 1;
-    0
+    // A reply's last byte is a LF, stepped here: stop the loop once the
+    // chunk is done, which saves the call that would only find it so.
+    (w.parser.pos >= w.parser.end) as i64
 }
 
 /// What a server step's result means for the segment: record a span to
