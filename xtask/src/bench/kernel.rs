@@ -737,8 +737,8 @@ fn fresh_handshakes(ebpf: &Loaded, n: usize) -> Result<Vec<FreshResult>> {
             "(k3) the handshake's last ACK (the flow entry created), repeat 1",
         ),
     ];
-    let mut insp = vec![Vec::with_capacity(n); 3];
-    let mut parse = vec![Vec::with_capacity(n); 3];
+    let mut insp: [Vec<f64>; 3] = core::array::from_fn(|_| Vec::with_capacity(n));
+    let mut parse: [Vec<f64>; 3] = core::array::from_fn(|_| Vec::with_capacity(n));
     let shape = v4();
     for i in 0..n {
         if interrupted() {
