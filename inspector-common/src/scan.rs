@@ -1,4 +1,6 @@
-//! Word-at-a-time fast paths of the client parser.
+//! Word-at-a-time fast paths of the parsers (most for the client's
+//! direction; [`scan_word`], [`word_key`] and [`scan_to_lf`] serve the
+//! server's replies too, through `ServerState::line_ahead`).
 //!
 //! Most client bytes are body or argument bytes, where the state machine of
 //! `ClientState::step` only waits for one byte (a LF, or a dot right after
@@ -11,7 +13,9 @@
 //! every userspace test, the fuzzer and the benchmarks use: both run this
 //! very code. The property test
 //! `tests/fast_path.rs` and the `fast_path` fuzz target check it against
-//! byte-at-a-time stepping ([`crate::smtp::feed_client_bytewise`]).
+//! byte-at-a-time stepping ([`crate::smtp::feed_client_bytewise`]), and
+//! `tests/reply_fast_path.rs` and the `reply_fast_path` target the reply
+//! round against [`crate::smtp::feed_server_bytewise`].
 //!
 //! Offsets here are offsets into the buffer the kernel copied the current
 //! chunk into: word reads are aligned to its start, which is what the
@@ -149,9 +153,10 @@ pub fn scan_body<W: Words + ?Sized>(buf: &W, at: u32, end: u32, bol: bool) -> (u
     (at + 8 * i as u32, (last >> 56) as u8 == b'\n')
 }
 
-/// Command arguments and SASL lines: jumps to the next LF, the only byte
-/// that matters there (or as far as [`find_flagged`] reaches). Returns the
-/// offset reached (`at` if it is a LF).
+/// Command arguments, SASL lines, header lines and the text of reply lines:
+/// jumps to the next LF, the only byte that matters there (or as far as
+/// [`find_flagged`] reaches). Returns the offset reached (`at` if it is a
+/// LF).
 #[inline(always)]
 pub fn scan_to_lf<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> u32 {
     find_lf(buf, at, end).0

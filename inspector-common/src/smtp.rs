@@ -32,7 +32,7 @@ use crate::{
     config::{action, CFG_MASK_BANNER, CFG_NO_EHLO_FILTER},
     scan::{
         bytes_at, find_lf, scan_address, scan_body, scan_line, scan_to_lf, scan_word, verb_word,
-        word_key, Words, CHUNK,
+        word_key, Words, CHUNK, NO_STOP,
     },
     verbs::{id, is_verb_char, key_push, PolicyEntry, VerbKey, ALLOWED, MAX_VERB, PREFIX},
 };
@@ -244,7 +244,8 @@ pub mod rule {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServerState {
-    /// First bytes of the current line's text, upper-cased (extension names).
+    /// First bytes of the current line's first word, upper-cased (the
+    /// extension name on a line of the reply to EHLO).
     pub text: VerbKey,
     /// Complete replies after the greeting.
     pub replies: u32,
@@ -256,8 +257,7 @@ pub struct ServerState {
     /// Code digits seen on this line.
     pub digits: u8,
     /// Length of the first word of the text (saturating at `MAX_VERB + 1`),
-    /// with `WORD_DONE` once it ended (from the start of the text on a line
-    /// that is not an EHLO keyword's: its first word decides nothing).
+    /// with `WORD_DONE` once it ended.
     pub text_len: u8,
     /// 1 once the greeting (the first reply) is complete.
     pub greeted: u8,
@@ -445,7 +445,8 @@ impl ClientState {
     /// the arguments of a command other than BDAT and an allowed MAIL or
     /// RCPT (whose address is checked byte by byte), a SASL line.
     /// [`Self::skip_ahead`] then skips to the next LF a word at a time
-    /// instead of stepping byte by byte, counting what a line limit counts.
+    /// instead of stepping byte by byte, counting what a line limit counts
+    /// (in a header line, [`Self::header_ahead`] also takes the LF).
     #[inline(always)]
     pub fn skips_to_lf(&self) -> bool {
         match self.state {
@@ -472,7 +473,9 @@ impl ClientState {
     /// `[at, end)` of the chunk `buf` that cannot change this state other
     /// than as this function does itself (a BDAT chunk or the opaque stream
     /// after STARTTLS, which are not looked at; body bytes without an
-    /// end-of-data line; argument and SASL bytes up to the next LF). Returns
+    /// end-of-data line; argument and SASL bytes up to the next LF; a
+    /// header line, its LF included, in two rounds: see
+    /// [`Self::header_ahead`]). Returns
     /// the offset reached: `at` when no fast path applies (the caller then
     /// steps one byte), more when it advanced. Called before every
     /// [`Self::step`], by the kernel and by [`feed_client`] alike.
@@ -688,10 +691,6 @@ impl ClientState {
     /// So a plain `RCPT TO:<a@b>` line, or a command without arguments,
     /// costs one round. (One scan, not two: a second one in the same round
     /// multiplies the paths the kernel's verifier walks past its budget.)
-    // Each argument is one the kernel has at hand (a register, or a field
-    // of its work area); a struct of them would be built on the small BPF
-    // stack for every call.
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     pub fn line_ahead<W: Words + ?Sized>(
         &mut self,
@@ -1608,15 +1607,16 @@ impl ServerState {
     /// - At a line's start, a three-digit code and its separator (`-` or a
     ///   space), read from one word: the code, the line's kind, and
     ///   [`Self::start_text`]'s result, which is returned.
-    /// - At the start of an EHLO keyword (the first word of a line of the
-    ///   reply to EHLO, from its first byte), the keyword's verb
-    ///   characters: its key and length as their steps build them. The
-    ///   byte that ends it, which decides it, is left to [`Self::step`].
-    /// - Then, in the text of a line whose first word is decided or decides
-    ///   nothing (every line but an EHLO keyword's, once past the keyword)
-    ///   or in a line that is not a reply line: a jump to the line's LF,
-    ///   which is left to [`Self::step`] (it ends the line). No byte before
-    ///   it changes anything, unless the greeting's text is being masked
+    /// - At the start of the text's first word (an EHLO keyword on a line
+    ///   of the reply to EHLO), its verb characters, read a word at a time:
+    ///   its key and length as their steps build them. The byte that ends
+    ///   a keyword, which decides it, is left to [`Self::step`]; the one
+    ///   that ends any other first word is taken too (its step only marks
+    ///   the word done), unless it is the line's LF.
+    /// - Then, in the text of a line whose first word is done, or in a
+    ///   line that is not a reply line: a jump to the line's LF, which is
+    ///   left to [`Self::step`] (it ends the line). No byte before it
+    ///   changes anything, unless the greeting's text is being masked
     ///   (banner masking), which is left to the steps.
     ///
     /// Returns the offset reached (`at` if nothing applies: then nothing
@@ -1658,18 +1658,26 @@ impl ServerState {
         }
         let banner = self.greeted == 0 && cfg & CFG_MASK_BANNER != 0;
         let text = matches!(self.state, sstate::CONT | sstate::FINAL) && !banner;
-        if text && self.kw == kw::OPEN && self.text_len == 0 {
-            // An EHLO keyword from its first byte: its bytes as their steps
-            // would take them; the byte that ends it (which decides it) is
-            // left to `step`.
+        let keyword = self.kw == kw::OPEN;
+        if text && (keyword || self.kw == kw::OFF) && self.text_len == 0 {
+            // The line's first word from its first byte: its bytes as their
+            // steps would take them. The byte that ends it ends the word;
+            // on a keyword line that decides the keyword against the
+            // policy, which is left to `step`; on any other line its step
+            // only marks the word done (a LF, which also ends the line, is
+            // left to `step` either way).
             if let Some(x) = bytes_at(buf, to, end) {
-                let (stop, _) = scan_word(buf, to, end);
+                let (stop, b) = scan_word(buf, to, end);
                 let n = stop - to;
                 if n != 0 {
                     seg.verb_start = pos + (to - at);
                     self.text = word_key(x, n);
                     self.text_len = core::cmp::min(n, MAX_VERB as u32 + 1) as u8;
                     to = stop;
+                }
+                if !keyword && b != NO_STOP && b != b'\n' as u32 {
+                    self.text_len |= WORD_DONE;
+                    to = stop + 1;
                 }
             }
         }
@@ -1811,12 +1819,6 @@ impl ServerState {
             } else {
                 self.kw = kw::OPEN;
             }
-        }
-        if self.kw != kw::OPEN {
-            // Not a keyword line: its first word decides nothing, so it is
-            // not read (and the rest of the line can be skipped at once,
-            // see `line_ahead`).
-            self.text_len = WORD_DONE;
         }
     }
 

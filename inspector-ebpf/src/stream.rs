@@ -382,8 +382,9 @@ fn command_round(w: &mut WorkArea) -> bool {
 }
 
 /// One round per call, as `feed_server` runs it: the line fast path (a
-/// reply line's code, and a jump to its LF where the bytes before it are
-/// plain), or else one byte through the state machine.
+/// reply line's code, its first word or EHLO keyword a word at a time, and
+/// a jump to its LF where the bytes before it are plain), or else one byte
+/// through the state machine.
 unsafe extern "C" fn server_step(_i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `server_chunk` runs this callback through `for_each`.
     let Some(w) = (unsafe { from_ctx(ctx) }) else {
