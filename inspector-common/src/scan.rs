@@ -312,19 +312,28 @@ const fn in_range(x: u64, lo: u8, hi: u8) -> u64 {
     at_least(x, lo) & !at_least(x, hi + 1)
 }
 
-/// Bit 7 of every byte of `x` that is not a verb character
-/// (`verbs::is_verb_char`: ASCII letters, digits, `-` and `_`), exact for
+/// Bit 7 of every ASCII letter of `x`, of either case: setting 0x20 maps
+/// `A`-`Z` onto `a`-`z`, and nothing else into that range (bytes of 0x80
+/// and above, for which the range test does not hold, are left out).
+#[inline(always)]
+fn letters(x: u64) -> u64 {
+    in_range((x & !HIGH) | (ONES * 0x20), b'a', b'z') & !x & HIGH
+}
+
+/// Bit 7 of every verb character of `x` (`verbs::is_verb_char`: ASCII
+/// letters, digits, `-` and `_`), given its [`letters`].
+#[inline(always)]
+fn verb_chars(x: u64, letter: u64) -> u64 {
+    let y = x & !HIGH;
+    (in_range(y, b'0', b'9') | in_range(y, b'-', b'-') | in_range(y, b'_', b'_')) & !x & HIGH
+        | letter
+}
+
+/// Bit 7 of every byte of `x` that is not a verb character, exact for
 /// every byte (those of 0x80 and above are flagged).
 #[inline(always)]
 fn non_verb_chars(x: u64) -> u64 {
-    let ascii = !x & HIGH;
-    let y = x & !HIGH;
-    let verb = (in_range(y | (ONES * 0x20), b'a', b'z')
-        | in_range(y, b'0', b'9')
-        | in_range(y, b'-', b'-')
-        | in_range(y, b'_', b'_'))
-        & ascii;
-    !verb & HIGH
+    !verb_chars(x, letters(x)) & HIGH
 }
 
 /// A word of text from `at` on (an EHLO keyword): jumps to its first byte
@@ -340,7 +349,7 @@ pub fn scan_word<W: Words + ?Sized>(buf: &W, at: u32, end: u32) -> (u32, u32) {
 /// byte by byte.
 #[inline(always)]
 pub fn word_key(x: u64, len: u32) -> u64 {
-    let letter = in_range((x & !HIGH) | (ONES * 0x20), b'a', b'z') & !x & HIGH;
+    let letter = letters(x);
     let keep = if len >= 8 {
         u64::MAX
     } else {
@@ -362,9 +371,7 @@ pub fn verb_word(x: u64) -> Option<(u64, u32)> {
     // the range tests below only hold for the others.
     let ascii = !x & HIGH;
     let y = x & !HIGH;
-    // Letters of either case: setting 0x20 maps `A`-`Z` onto `a`-`z`, and
-    // nothing else into that range.
-    let letter = in_range(y | (ONES * 0x20), b'a', b'z') & ascii;
+    let letter = letters(x);
     // Upper-case: every letter loses 0x20 (an upper-case one has none);
     // then keep the verb's first `len` bytes (all of them ASCII).
     let key = |len: u32| x & !(letter >> 2) & ((1u64 << (8 * len)) - 1);
@@ -379,9 +386,7 @@ pub fn verb_word(x: u64) -> Option<(u64, u32)> {
             return Some((key(len), len));
         }
     }
-    let verb = (in_range(y, b'0', b'9') | in_range(y, b'-', b'-') | in_range(y, b'_', b'_'))
-        & ascii
-        | letter;
+    let verb = verb_chars(x, letter);
     // \t, \n, \v, \f, \r and the space.
     let delim = (in_range(y, 0x09, 0x0d) | in_range(y, b' ', b' ')) & ascii;
     let stop = !verb & HIGH;
