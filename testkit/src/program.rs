@@ -486,8 +486,10 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Runs SYN, SYN-ACK and the client's ACK; each must pass unchanged.
-    pub fn handshake(&mut self) -> &mut Self {
+    /// The handshake's frames, named: the client's SYN, the server's
+    /// SYN-ACK and the client's ACK (acknowledging the session's next
+    /// sequence numbers, the initial ones plus one before any byte).
+    pub fn handshake_frames(&self) -> [(&'static str, Vec<u8>); 3] {
         let syn = Tcp::new(self.client_port, self.server_port)
             .flags(TCP_SYN)
             .seq(CLIENT_ISN)
@@ -500,12 +502,16 @@ impl<'a> Session<'a> {
             .flags(TCP_ACK)
             .seq(self.cseq)
             .ack(self.sseq);
-        for (what, seg, reply) in [
-            ("SYN", syn, false),
-            ("SYN-ACK", synack, true),
-            ("ACK", ack, false),
-        ] {
-            let frame = (self.shape)(seg, reply).bytes();
+        [
+            ("SYN", (self.shape)(syn, false).bytes()),
+            ("SYN-ACK", (self.shape)(synack, true).bytes()),
+            ("ACK", (self.shape)(ack, false).bytes()),
+        ]
+    }
+
+    /// Runs SYN, SYN-ACK and the client's ACK; each must pass unchanged.
+    pub fn handshake(&mut self) -> &mut Self {
+        for (what, frame) in self.handshake_frames() {
             let o = self.prog.run(&frame);
             assert_eq!(o.verdict, Verdict::Pass, "{what}");
             assert_eq!(o.data_out, frame, "{what} changed");

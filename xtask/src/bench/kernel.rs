@@ -516,6 +516,28 @@ pub struct FreshResult {
     pub extra_ns: Summary,
 }
 
+impl FreshResult {
+    /// The summaries of one row's samples: the inspector's, `bench_parse`'s
+    /// on the same frames, and the difference run by run.
+    fn of(
+        id: &'static str,
+        name: &'static str,
+        payload_bytes: usize,
+        insp: &[f64],
+        parse: &[f64],
+    ) -> FreshResult {
+        let extra: Vec<f64> = insp.iter().zip(parse).map(|(a, b)| a - b).collect();
+        FreshResult {
+            id,
+            name,
+            payload_bytes,
+            inspector: Summary::of(insp),
+            parse: Summary::of(parse),
+            extra_ns: Summary::of(&extra),
+        }
+    }
+}
+
 pub struct Report {
     pub params: Params,
     pub cases: Vec<CaseResult>,
@@ -703,15 +725,7 @@ fn fresh_flows(ebpf: &Loaded, n: usize) -> Result<Vec<FreshResult>> {
             insp.push(r.kernel_ns);
             parse.push(test_run(ebpf, BENCH_PARSE, &frame, 1)?.kernel_ns);
         }
-        let extra: Vec<f64> = insp.iter().zip(&parse).map(|(a, b)| a - b).collect();
-        out.push(FreshResult {
-            id,
-            name,
-            payload_bytes: payload.len(),
-            inspector: Summary::of(&insp),
-            parse: Summary::of(&parse),
-            extra_ns: Summary::of(&extra),
-        });
+        out.push(FreshResult::of(id, name, payload.len(), &insp, &parse));
     }
     Ok(out)
 }
@@ -722,10 +736,6 @@ fn fresh_flows(ebpf: &Loaded, n: usize) -> Result<Vec<FreshResult>> {
 /// loopback device, which the server-side check believes without a route
 /// lookup: on a gateway the SYN-ACK also pays that lookup.
 fn fresh_handshakes(ebpf: &Loaded, n: usize) -> Result<Vec<FreshResult>> {
-    use inspector_testkit::{
-        frame::{TCP_ACK, TCP_SYN},
-        program::{CLIENT_ISN, SERVER_ISN},
-    };
     let names = [
         ("k1", "(k1) a new flow's SYN, repeat 1"),
         (
@@ -739,44 +749,15 @@ fn fresh_handshakes(ebpf: &Loaded, n: usize) -> Result<Vec<FreshResult>> {
     ];
     let mut insp: [Vec<f64>; 3] = core::array::from_fn(|_| Vec::with_capacity(n));
     let mut parse: [Vec<f64>; 3] = core::array::from_fn(|_| Vec::with_capacity(n));
-    let shape = v4();
     for i in 0..n {
         if interrupted() {
             bail!("interrupted");
         }
-        let (client, server) = (33000 + i as u16, 25);
-        let frames = [
-            shape(
-                Tcp::new(client, server)
-                    .flags(TCP_SYN)
-                    .seq(CLIENT_ISN)
-                    .ack(0),
-                false,
-            ),
-            shape(
-                Tcp::new(server, client)
-                    .flags(TCP_SYN | TCP_ACK)
-                    .seq(SERVER_ISN)
-                    .ack(CLIENT_ISN.wrapping_add(1)),
-                true,
-            ),
-            shape(
-                Tcp::new(client, server)
-                    .flags(TCP_ACK)
-                    .seq(CLIENT_ISN.wrapping_add(1))
-                    .ack(SERVER_ISN.wrapping_add(1)),
-                false,
-            ),
-        ]
-        .map(|f| f.bytes());
+        let s = Session::new(ebpf, v4(), 33000 + i as u16, 25);
         let before = ebpf.counters();
-        for (k, frame) in frames.iter().enumerate() {
+        for (k, (what, frame)) in s.handshake_frames().iter().enumerate() {
             let r = test_run(ebpf, INSPECTOR_XDP, frame, 1)?;
-            ensure!(
-                r.data_out == *frame,
-                "handshake ({}): the packet was changed",
-                names[k].0
-            );
+            ensure!(r.data_out == *frame, "handshake: the {what} was changed");
             insp[k].push(r.kernel_ns);
             parse[k].push(test_run(ebpf, BENCH_PARSE, frame, 1)?.kernel_ns);
         }
@@ -790,18 +771,8 @@ fn fresh_handshakes(ebpf: &Loaded, n: usize) -> Result<Vec<FreshResult>> {
     }
     Ok(names
         .iter()
-        .enumerate()
-        .map(|(k, (id, name))| {
-            let extra: Vec<f64> = insp[k].iter().zip(&parse[k]).map(|(a, b)| a - b).collect();
-            FreshResult {
-                id,
-                name,
-                payload_bytes: 0,
-                inspector: Summary::of(&insp[k]),
-                parse: Summary::of(&parse[k]),
-                extra_ns: Summary::of(&extra),
-            }
-        })
+        .zip(insp.iter().zip(&parse))
+        .map(|((id, name), (insp, parse))| FreshResult::of(id, name, 0, insp, parse))
         .collect())
 }
 
