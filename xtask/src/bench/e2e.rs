@@ -152,6 +152,17 @@ impl Filter {
         }
     }
 
+    /// The programs this configuration runs in the gateway, by name: what
+    /// the profiling pass ([`profile`]) reads the time of.
+    fn programs(self) -> &'static [&'static str] {
+        match self {
+            Filter::XdpPass => &[super::kernel::BENCH_PASS],
+            Filter::InspectorXdp | Filter::InspectorXdpReordered => &["inspector_xdp"],
+            Filter::InspectorTc | Filter::InspectorTcReordered => &["inspector_tc"],
+            _ => &[],
+        }
+    }
+
     /// Where the client connects.
     fn target(self) -> &'static str {
         match self {
@@ -430,6 +441,9 @@ struct Series {
     counters: Vec<Value>,
     /// How XDP ended up attached to the gateway's veths, if it was.
     xdp_mode: Option<String>,
+    /// The profiling pass's figures, per load ([`profile`]), if the
+    /// configuration runs a program.
+    program: Value,
 }
 
 /// The XDP attach mode of `iface` in the gateway (`ip -j link`), if any.
@@ -453,6 +467,72 @@ pub struct Report {
     configs: Vec<(Filter, Series)>,
     memory: Value,
     scale: Value,
+}
+
+/// Run time (ns) and runs, summed over the loaded programs named in
+/// `names`, from the kernel's statistics (counted while a
+/// `BPF_ENABLE_STATS` descriptor is open).
+fn program_time(names: &[&str]) -> (u64, u64) {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|i| i.name_as_str().is_some_and(|n| names.contains(&n)))
+        .fold((0, 0), |(ns, runs), i| {
+            (ns + i.run_time().as_nanos() as u64, runs + i.run_count())
+        })
+}
+
+/// One load of [`measure`] with the program's time read around it: `units`
+/// messages or sessions, `run` sends them and returns the wall time.
+fn profile_phase(
+    names: &[&str],
+    what: &str,
+    units: usize,
+    run: impl FnOnce() -> Result<Duration>,
+) -> Result<Value> {
+    let (ns0, runs0) = program_time(names);
+    let wall = run()?;
+    let (ns1, runs1) = program_time(names);
+    let (ns, runs) = (ns1.saturating_sub(ns0), runs1.saturating_sub(runs0));
+    ensure!(runs > 0, "{what}: the kernel counted no run of {names:?}");
+    Ok(json!({
+        "load": what,
+        "units": units,
+        "wall_s": num(wall.as_secs_f64()),
+        "program_ns": ns,
+        "runs": runs,
+        "ns_per_run": num(ns as f64 / runs as f64),
+        "runs_per_unit": num(runs as f64 / units as f64),
+        "program_us_per_unit": num(ns as f64 / units as f64 / 1e3),
+        // Of one CPU: the time the program took while the load ran.
+        "cpu_share": num(ns as f64 / wall.as_nanos() as f64),
+    }))
+}
+
+/// The profiling pass of configuration `f`, if it runs a program: the
+/// three loads of [`measure`] once more, with the kernel's run-time
+/// statistics on, and the program's time per run and per message read
+/// around each. Kept out of the rounds, whose throughput it would change:
+/// the statistics cost two clock reads a run.
+fn profile(gw: &Testbed, env: &Env, p: &Params, f: Filter) -> Result<Value> {
+    let names = f.programs();
+    if names.is_empty() {
+        return Ok(Value::Null);
+    }
+    let active = activate(gw, env, f)?;
+    let target = f.target();
+    let small = profile_phase(names, "small", p.small_messages, || {
+        smtp_source(gw, target, p.sessions, p.small_messages, p.small_bytes)
+    })?;
+    let large = profile_phase(names, "large", p.large_messages, || {
+        smtp_source(gw, target, p.sessions, p.large_messages, p.large_bytes)
+    })?;
+    let latency = profile_phase(names, "latency", p.latency_sessions, || {
+        let t0 = Instant::now();
+        latency(gw, target, p.latency_sessions)?;
+        Ok(t0.elapsed())
+    })?;
+    drop(active);
+    Ok(json!({ "small": small, "large": large, "latency": latency }))
 }
 
 fn measure(gw: &Testbed, p: &Params, target: &str, s: &mut Series) -> Result<()> {
@@ -588,6 +668,25 @@ pub fn run(
                 }
             }
             drop(active);
+        }
+    }
+
+    if configs.iter().any(|(f, _)| !f.programs().is_empty()) {
+        // Open while the profiling passes run; the kernel stops counting
+        // when it closes (unless something else keeps it on).
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("turning on the kernel's BPF run-time statistics")?;
+        for (f, series) in configs.iter_mut() {
+            if interrupted() {
+                bail!("interrupted");
+            }
+            if f.programs().is_empty() {
+                continue;
+            }
+            eprintln!("bench: profiling pass: {}", f.id());
+            alive(&mut sink, "smtp-sink")?;
+            series.program =
+                profile(&gw, env, &p, *f).with_context(|| format!("profiling {}", f.id()))?;
         }
     }
 
@@ -830,6 +929,7 @@ impl Report {
                     "latency_p50_ratio_to_forwarding": num(p50.median / b_p50),
                     "inspector_counters": s.counters,
                     "xdp_mode": s.xdp_mode,
+                    "program_time": s.program,
                 })
             })
             .collect();
@@ -847,6 +947,68 @@ impl Report {
             "memory": self.memory,
             "scale": self.scale,
         })
+    }
+
+    /// The profiling passes' table: where a configuration's time in the
+    /// kernel program goes, per load.
+    fn program_markdown(&self) -> String {
+        let rows: Vec<_> = self
+            .configs
+            .iter()
+            .filter(|(_, x)| !x.program.is_null())
+            .collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let p = &self.params;
+        let mut s = format!(
+            "\nTime in the gateway's program, from the kernel's run-time statistics \
+             (BPF_ENABLE_STATS) in one more pass per configuration after the rounds, \
+             outside their figures (the statistics add two clock reads a run, in the ns a run \
+             too). Per message: the program's time over all the packets of the load, both \
+             directions, divided by its {} small messages, {} large ones, {} sessions; \
+             CPU: that time as a share of one CPU over the load's wall time.\n\n",
+            p.small_messages, p.large_messages, p.latency_sessions
+        );
+        s.push_str(
+            "| configuration | small: ns a run | runs a msg | us a msg | CPU | \
+             1 MiB: ns a run | runs a msg | us a msg | CPU | \
+             latency: ns a run | runs a session | us a session |\n",
+        );
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        let f1 = |v: &Value| {
+            v.as_f64()
+                .map(|x| format!("{x:.1}"))
+                .unwrap_or_else(|| "n/a".into())
+        };
+        let pct = |v: &Value| {
+            v.as_f64()
+                .map(|x| format!("{:.1}%", x * 100.0))
+                .unwrap_or_else(|| "n/a".into())
+        };
+        for (f, x) in rows {
+            let (a, b, c) = (
+                &x.program["small"],
+                &x.program["large"],
+                &x.program["latency"],
+            );
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                f.id(),
+                fmt0(&a["ns_per_run"]),
+                f1(&a["runs_per_unit"]),
+                f1(&a["program_us_per_unit"]),
+                pct(&a["cpu_share"]),
+                fmt0(&b["ns_per_run"]),
+                fmt0(&b["runs_per_unit"]),
+                fmt0(&b["program_us_per_unit"]),
+                pct(&b["cpu_share"]),
+                fmt0(&c["ns_per_run"]),
+                f1(&c["runs_per_unit"]),
+                f1(&c["program_us_per_unit"]),
+            ));
+        }
+        s
     }
 
     pub fn markdown(&self) -> String {
@@ -928,6 +1090,7 @@ impl Report {
                 why("flow_gone"),
             ));
         }
+        s.push_str(&self.program_markdown());
         if self.memory.is_null() {
             return s;
         }
