@@ -89,7 +89,7 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         // Before anything of the flow is read or written: a forged server
         // packet must not move sequence numbers, acknowledgements, replies
         // or the SYN-ACK (docs/contract.md §9).
-        let why = side::check_server(ctx, &w.packet.tcp, &mut w.lookup);
+        let why = side::check_server(ctx, &w.packet.tcp, &mut w.lookup, now);
         if why != 0 {
             count(Counter::Spoofed);
             send(w, kind::SPOOFED, why, OTHER);

@@ -20,6 +20,12 @@
 //!   Its incoming sessions' server packets leave on egress and never come
 //!   in; one that comes in claiming a local server is forged.
 //!
+//! A forwarding host's check that passed is believed again for
+//! [`BELIEVED_NS`] without its lookups, for packets of the same claimed
+//! sender with the same source MAC on the same interface (this CPU's
+//! `workarea::SideCache`): a route or neighbour change takes up to that
+//! long to apply to a server the check already believed.
+//!
 //! What this cannot tell: a client that shares the server's layer-2 segment
 //! and forges the server's (or the server-side router's) MAC, as on a
 //! one-armed gateway whose clients and servers sit on one LAN.
@@ -36,7 +42,13 @@ use aya_ebpf::{
 };
 use inspector_common::events::reason;
 
-use crate::{headers::Tcp, packet::Packet, words, workarea::Lookup};
+use crate::{
+    access::masked,
+    headers::Tcp,
+    packet::Packet,
+    words,
+    workarea::{Lookup, Seen, SIDE_SLOTS},
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -44,15 +56,37 @@ const IPPROTO_TCP: u8 = 6;
 /// The loopback device has this index in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
 
+/// How long a passed route check is believed again without its lookups
+/// (see the module's documentation): one second, against the coarse
+/// clock's tick.
+pub const BELIEVED_NS: u64 = 1_000_000_000;
+
 /// Whether the server-direction segment `t` came from the server's side:
 /// 0 if so, otherwise the `reason` it is refused with. The lookups'
-/// parameters are built in `l`.
-#[inline(never)]
-pub fn check_server<P: Packet>(ctx: &P, t: &Tcp, l: &mut Lookup) -> u8 {
+/// parameters are built in `l`; `now` is the coarse clock.
+#[inline(always)]
+pub fn check_server<P: Packet>(ctx: &P, t: &Tcp, l: &mut Lookup, now: u64) -> u8 {
     let ifindex = ctx.ingress_ifindex();
     if ifindex == 0 || ifindex == LOOPBACK_IFINDEX {
         return 0;
     }
+    let Some(src_mac) = ctx.read::<[u8; 6]>(6) else {
+        return reason::WRONG_MAC;
+    };
+    build_seen(l, t, ifindex, src_mac);
+    if believed(l, now) {
+        return 0;
+    }
+    route_check(ctx, t, l, ifindex, now)
+}
+
+/// [`check_server`]'s lookups, for a segment the cache does not hold:
+/// the route back to the claimed sender, and the neighbour it names
+/// against the frame's source MAC (in `l.seen`). Only a forwarding host's
+/// pass is cached: a host that does not forward believes a connection,
+/// not an address.
+#[inline(never)]
+fn route_check<P: Packet>(ctx: &P, t: &Tcp, l: &mut Lookup, ifindex: u32, now: u64) -> u8 {
     // All zeroes is the parameter block's "unset" (a plain-old-data
     // struct of integers).
     words::zero(&mut l.fib);
@@ -82,19 +116,74 @@ pub fn check_server<P: Packet>(ctx: &P, t: &Tcp, l: &mut Lookup) -> u8 {
         // (NOT_FWDED): the server is not behind this interface.
         return reason::NOT_ROUTED;
     }
+    let p = &l.fib;
     if p.ifindex != ifindex {
         return reason::WRONG_INTERFACE;
     }
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return reason::NO_NEIGHBOUR;
     }
-    let Some(src_mac) = ctx.read::<[u8; 6]>(6) else {
-        return reason::WRONG_MAC;
-    };
-    if src_mac != p.dmac {
+    let m = p.dmac;
+    let next_hop = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
+    if next_hop != l.seen.mac {
         return reason::WRONG_MAC;
     }
+    remember(l, now);
     0
+}
+
+/// Fills `l.seen` with what segment `t` is cached under.
+#[inline(always)]
+fn build_seen(l: &mut Lookup, t: &Tcp, ifindex: u32, mac: [u8; 6]) {
+    let a = &t.src;
+    let half = |at: usize| {
+        u64::from_ne_bytes([
+            a[at],
+            a[at + 1],
+            a[at + 2],
+            a[at + 3],
+            a[at + 4],
+            a[at + 5],
+            a[at + 6],
+            a[at + 7],
+        ])
+    };
+    let s = &mut l.seen;
+    s.addr = [half(0), half(8)];
+    s.iface = ifindex | ((t.is_v6 as u32) << 31);
+    s.mac = u64::from_ne_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]);
+}
+
+/// The cache slot of `s`'s sender.
+#[inline(always)]
+fn slot(s: &Seen) -> usize {
+    let h = (s.addr[1] >> 32) as u32 ^ s.iface;
+    masked(h as usize, SIDE_SLOTS)
+}
+
+/// Whether a check of `l.seen`'s sender, interface and MAC passed less
+/// than [`BELIEVED_NS`] ago (on this CPU).
+#[inline(always)]
+fn believed(l: &Lookup, now: u64) -> bool {
+    let s = &l.seen;
+    let i = slot(s);
+    let c = &l.sides.seen[i];
+    now < l.sides.until_ns[i]
+        && c.iface == s.iface
+        && c.mac == s.mac
+        && c.addr[0] == s.addr[0]
+        && c.addr[1] == s.addr[1]
+}
+
+/// Records that the check of `l.seen` passed at `now`.
+#[inline(always)]
+fn remember(l: &mut Lookup, now: u64) {
+    let i = slot(&l.seen);
+    let c = &mut l.sides.seen[i];
+    c.addr = l.seen.addr;
+    c.iface = l.seen.iface;
+    c.mac = l.seen.mac;
+    l.sides.until_ns[i] = now + BELIEVED_NS;
 }
 
 /// On a host that does not forward: 0 if the host has a connection (not a

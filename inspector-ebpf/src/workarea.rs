@@ -83,11 +83,46 @@ pub struct PolicyCache {
     pub gen: u64,
 }
 
-/// Route and socket lookup parameters (see `side.rs`).
+/// Route and socket lookup parameters (see `side.rs`), and this CPU's
+/// cache of the route checks that passed.
 #[repr(C)]
 pub struct Lookup {
     pub fib: bpf_fib_lookup,
     pub tuple: bpf_sock_tuple,
+    /// The segment being checked, as the cache holds it.
+    pub seen: Seen,
+    pub sides: SideCache,
+}
+
+/// What a server-side check is cached under: the claimed sender, the
+/// interface (bit 31 set for IPv6) and the source MAC (in the low six
+/// bytes). Built here rather than on the small BPF stack.
+#[repr(C)]
+pub struct Seen {
+    pub addr: [u64; 2],
+    pub iface: u32,
+    pub _pad: u32,
+    pub mac: u64,
+}
+
+/// Slots of [`SideCache`] (a power of two).
+pub const SIDE_SLOTS: usize = 4;
+
+/// A small direct-mapped cache of server-side checks that passed on a
+/// forwarding host (`side::check_server`): the claimed sender's address,
+/// the interface and the frame's source MAC, and until when they are
+/// believed again without the route and neighbour lookups. A gateway
+/// forwards to a few servers, each of which sends every packet of every
+/// session from the same address through the same next hop, so one
+/// lookup a second stands for thousands. Only passes are kept: a packet
+/// that differs in any of the three, a forged one among them, gets the
+/// full check. Kept from one invocation to the next (this CPU's entry of
+/// the work-area map); not pinned.
+#[repr(C)]
+pub struct SideCache {
+    pub seen: [Seen; SIDE_SLOTS],
+    /// Believed while the coarse clock is below this; 0: empty.
+    pub until_ns: [u64; SIDE_SLOTS],
 }
 
 /// The parser states and cursors of the segment being inspected.

@@ -10,12 +10,15 @@
 //! MAC (what a one-armed gateway, whose one interface faces both, sees).
 //! Every case runs with XDP and TC, over IPv4 and IPv6.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
 
 use inspector_common::verbs::DEFAULT_ALLOWED;
 use inspector_tests::{
     frame::{Frame, Ipv4, Ipv6, Tcp, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    kernel::{Hook, Loaded, Outcome, Verdict, CLIENT_ISN, SERVER_ISN},
+    kernel::{Hook, Loaded, OnOneCpu, Outcome, Verdict, CLIENT_ISN, SERVER_ISN},
     netns::in_netns,
     NetNs,
 };
@@ -580,5 +583,109 @@ fn forged_closes_and_other_disguises_are_not_believed() {
         c.server(b"250 server.test\r\n");
         let o = c.client(b"VERB\r\n");
         assert_eq!(payload_of(&o, 6), b"XXXX\r\n");
+    });
+}
+
+/// Points the server's IPv4 address at next-hop MAC `mac` in namespace
+/// `ns` (by name: the test runs inside it, on another thread).
+fn next_hop(ns: &str, mac: [u8; 6]) {
+    let st = std::process::Command::new("ip")
+        .args(["-n", ns, "neigh", "replace", &SERVER_V4.to_string()])
+        .args(["lladdr", &mac_text(mac), "dev", "gws", "nud", "permanent"])
+        .status()
+        .expect("running ip");
+    assert!(st.success(), "ip neigh replace: {st}");
+}
+
+/// A check that passed is believed again for a second without its lookups
+/// (side.rs, docs/contract.md §9), per CPU and only for the same claimed
+/// sender, interface and MAC. Here the server's next hop moves to another
+/// MAC (a router fail-over): the old MAC's packets are believed until the
+/// second since their check is over, not longer; the new MAC's are believed
+/// at once, since nothing cached them, and their check replaces the old
+/// one; and at no time does the cache believe another address through the
+/// believed interface and MAC.
+#[test]
+fn a_next_hop_change_applies_within_a_second_and_the_cache_believes_nothing_else() {
+    let b = bed(true);
+    let ifs = (b.gwc, b.gws);
+    let ns = b.ns.name().to_string();
+    in_netns(&b.ns, move || {
+        // The cache is this CPU's: keep every run on one.
+        let _cpu = OnOneCpu::new();
+        let new_mac = [0x02, 0, 0, 0, 0x02, 0x99];
+        for (i, hook) in [Hook::Xdp, Hook::Tc].into_iter().enumerate() {
+            let prog = Loaded::new(hook, 0);
+            let mut c = Conn::new(&prog, ifs, false, 42200 + i as u16);
+            // No earlier than the SYN-ACK's check, which the cache keeps.
+            let checked = Instant::now();
+            c.handshake();
+            c.server(b"220 server.test ESMTP\r\n");
+            // Another address through the interface and MAC just believed:
+            // the gateway's own, which is never behind an interface.
+            let gw = IpAddr::V4(Ipv4Addr::new(10, 200, 2, 1));
+            let f = frame(
+                Tcp::new(25, c.cport).payload(b"354 go ahead\r\n"),
+                c.client,
+                gw,
+                true,
+                SERVER_MAC,
+            );
+            let o = prog.run_on(&f, c.bed.1);
+            assert_eq!(
+                o.verdict,
+                Verdict::Drop,
+                "{hook:?}: {:?}",
+                o.delta.nonzero()
+            );
+            assert_eq!(o.get("spoofed"), 1);
+
+            next_hop(&ns, new_mac);
+            let moved = Instant::now();
+            // The old next hop: believed from the cache while the second
+            // since its check lasts, then refused.
+            let refused = loop {
+                let before = Instant::now();
+                let o = c.run_server(c.server_seg().flags(TCP_ACK));
+                if o.verdict == Verdict::Drop {
+                    assert_eq!(o.get("spoofed"), 1, "{:?}", o.delta.nonzero());
+                    break before;
+                }
+                assert_eq!(o.get("spoofed"), 0);
+                assert!(
+                    moved.elapsed() < Duration::from_secs(3),
+                    "{hook:?}: the old next hop is still believed {:?} after the change",
+                    moved.elapsed()
+                );
+                std::thread::yield_now();
+            };
+            // Refused no earlier than the cached second (less the coarse
+            // clock's tick): until then the cache, not the lookups, decided.
+            assert!(
+                refused.duration_since(checked) >= Duration::from_millis(900),
+                "{hook:?}: refused {:?} after the check, within its second",
+                refused.duration_since(checked)
+            );
+            // The new next hop: checked in full, believed; its check
+            // replaces the old one's in the cache.
+            let o = prog.run_on(
+                &c.server_frame(c.server_seg().flags(TCP_ACK), new_mac),
+                c.bed.1,
+            );
+            assert_eq!(
+                o.verdict,
+                Verdict::Pass,
+                "{hook:?}: {:?}",
+                o.delta.nonzero()
+            );
+            assert_eq!(o.get("spoofed"), 0);
+            let o = c.run_server(c.server_seg().flags(TCP_ACK));
+            assert_eq!(
+                o.verdict,
+                Verdict::Drop,
+                "{hook:?}: the old MAC after the new one"
+            );
+            next_hop(&ns, SERVER_MAC);
+        }
     });
 }

@@ -186,6 +186,13 @@ pub fn run(quick: bool) -> Result<()> {
         }
     };
 
+    // Fewer (or more) end-to-end rounds, for a quick look at one change's
+    // profiling pass, say.
+    if let Ok(v) = std::env::var("INSPECTOR_BENCH_ROUNDS") {
+        ep.rounds = v.parse().ok().filter(|r| *r > 0).with_context(|| {
+            format!("INSPECTOR_BENCH_ROUNDS={v}: a number of rounds, 1 or more")
+        })?;
+    }
     // Idle flows: one descriptor each here, one each in the idle server.
     let max_idle = (nofile as usize).saturating_sub(1000);
     if ep.idle_flows > max_idle {
