@@ -347,7 +347,13 @@ impl Entry {
 /// Flows of `client` in the table, as counted (see `maps::CLIENT_FLOWS`).
 #[inline(always)]
 fn client_flows(client: &[u8; 16]) -> u64 {
-    match CLIENT_FLOWS.get_ptr(client) {
+    count_of(CLIENT_FLOWS.get_ptr_mut(client))
+}
+
+/// The count at `p`, a `CLIENT_FLOWS` value if any.
+#[inline(always)]
+fn count_of(p: Option<*mut u64>) -> u64 {
+    match p {
         // SAFETY: a live map value; one aligned 64-bit load.
         Some(p) => unsafe { read_volatile(p) },
         None => 0,
@@ -358,16 +364,15 @@ fn client_flows(client: &[u8; 16]) -> u64 {
 pub type Refusal = u8;
 
 /// A client's SYN: the handshake is remembered in `HANDSHAKES` until the
-/// client's ACK completes it. A live flow's entry is left as it is (a
-/// retransmitted SYN, or a forged one inside a live flow, must not reset
-/// the parser). Refused if the client already has its maximum of flows.
+/// client's ACK completes it. A live flow's entry (`found`, the flow
+/// table's entry of the key) is left as it is (a retransmitted SYN, or a
+/// forged one inside a live flow, must not reset the parser). Refused if
+/// the client already has its maximum of flows.
 #[inline(always)]
-pub fn syn(w: &mut WorkArea, seq: u32) -> Refusal {
+pub fn syn(w: &mut WorkArea, seq: u32, found: &Option<Entry>) -> Refusal {
     let key = &w.packet.key;
-    if let Some(f) = FLOWS.get_ptr(key) {
-        if live(f) {
-            return 0;
-        }
+    if found.as_ref().is_some_and(|e| e.live()) {
+        return 0;
     }
     if let Some(h) = HANDSHAKES.get_ptr(key) {
         // A retransmitted SYN (the SYN-ACK may be on its way, or lost to
@@ -410,10 +415,11 @@ pub fn syn_ack(key: &FlowKey, seq: u32, ack: u32) {
 /// a handshake in progress (it acknowledges exactly the believed SYN-ACK,
 /// at the SYN's next sequence number), the flow gets its entry, both
 /// directions synchronised. A closed flow's entry with the same key is
-/// replaced. Returns a refusal if the table is full or the client has its
-/// maximum of flows; 0 otherwise (admitted, or no handshake to complete).
+/// replaced (`replacing`: the table has an entry of the key, closed). Returns
+/// a refusal if the table is full or the client has its maximum of flows;
+/// 0 otherwise (admitted, or no handshake to complete).
 #[inline(always)]
-pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64) -> Refusal {
+pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64, replacing: bool) -> Refusal {
     let key = &w.packet.key;
     let Some(h) = HANDSHAKES.get_ptr(key) else {
         return 0;
@@ -424,9 +430,9 @@ pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64) -> Refusal {
         return 0;
     }
     let _ = HANDSHAKES.remove(key);
-    // Replacing a closed entry of the same key takes no new slot.
-    let replacing = FLOWS.get_ptr(key).is_some();
-    if client_flows(&key.client) >= max_flows_per_client() {
+    // One lookup of the client's count, for the cap and the new flow.
+    let counted = CLIENT_FLOWS.get_ptr_mut(&key.client);
+    if count_of(counted) >= max_flows_per_client() {
         return reason::CLIENT_CAP;
     }
     let flow = &mut w.new_flow;
@@ -440,6 +446,7 @@ pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64) -> Refusal {
     flow.server.cur.next_seq = ack;
     flow.server.cur.flags = DIR_SYNCED;
     flow.server.cur.last_ns = now;
+    // Replacing a closed entry of the same key takes no new slot.
     let mode = if replacing { BPF_EXIST } else { BPF_NOEXIST };
     if FLOWS
         .insert(&w.packet.key, &w.new_flow, mode as u64)
@@ -452,7 +459,11 @@ pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64) -> Refusal {
         return reason::TABLE_FULL;
     }
     count(Counter::FlowsCreated);
-    add_client_flow(&w.packet.key.client);
+    match counted {
+        // SAFETY: as in `add_client_flow`.
+        Some(p) => unsafe { write_volatile(p, read_volatile(p) + 1) },
+        None => add_client_flow(&w.packet.key.client),
+    }
     0
 }
 

@@ -96,8 +96,11 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
             return drop::<P>(monitor);
         }
     }
+    // Neither handshake step below writes the flow table: one lookup serves
+    // them and the segment.
+    let mut found = flow::lookup(&w.packet.key);
     if client_side && flags & (SYN | ACK) == SYN {
-        let why = flow::syn(w, seq);
+        let why = flow::syn(w, seq, &found);
         if why != 0 {
             // The SYN is dropped: the client retries later.
             return refuse::<P>(w, why, monitor);
@@ -105,9 +108,8 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     } else if !client_side && flags & (SYN | ACK) == SYN | ACK {
         flow::syn_ack(&w.packet.key, seq, ack);
     }
-    let mut found = flow::lookup(&w.packet.key);
     if client_side && flags & (SYN | ACK) == ACK && !found.as_ref().is_some_and(|e| e.live()) {
-        let why = flow::complete(w, seq, ack, now);
+        let why = flow::complete(w, seq, ack, now, found.is_some());
         if why != 0 {
             // The server has accepted the connection: the handshake's last
             // ACK becomes a RST to it, so that it lets go at once.
