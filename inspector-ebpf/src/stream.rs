@@ -48,17 +48,18 @@ impl<'a> KernelEnv<'a> {
     }
 }
 
-/// The live policy entry of a verb key (read at the moment a verb or an
-/// EHLO keyword is decided, so a policy change applies at once). A key the
-/// map does not hold is given as what it means, no flags and the counter
-/// slot of other verbs, rather than as `None`: the parser treats both
-/// alike, and LLVM turns some uses of a `None` into reads of a register
-/// that was never written, which the verifier refuses (`!read_ok`).
+/// The live policy entry of a verb key, for the server's segment end (once
+/// a segment: no cache needed).
 #[inline(always)]
 fn policy(key: VerbKey) -> Option<PolicyEntry> {
     Some(policy_entry(key))
 }
 
+/// The policy entry of a verb key, from the map. A key the map does not
+/// hold is given as what it means, no flags and the counter slot of other
+/// verbs, rather than as `None`: the parser treats both alike, and LLVM
+/// turns some uses of a `None` into reads of a register that was never
+/// written, which the verifier refuses (`!read_ok`).
 #[inline(always)]
 fn policy_entry(key: VerbKey) -> PolicyEntry {
     // SAFETY: the value is copied out at once; a concurrent update of the
@@ -74,17 +75,19 @@ fn policy_entry(key: VerbKey) -> PolicyEntry {
     }
 }
 
-/// [`policy`] for the client's verbs, through this CPU's cache
-/// (`workarea::PolicyCache`): a verb seen before since the last policy
-/// write costs no map lookup. A policy change applies from the next
-/// segment on (see [`begin`]), as if it had come just after this one.
+/// [`policy_entry`] through this CPU's cache (`workarea::PolicyCache`),
+/// for the client's verbs and the keywords of the server's EHLO replies
+/// alike (one key space): a key seen before since the last policy write
+/// costs no map lookup. A policy change applies from the next segment on
+/// (see [`begin`]), as if it had come just after this one.
 #[inline(always)]
 fn policy_cached(cache: *mut PolicyCache, key: VerbKey) -> PolicyEntry {
     // SAFETY: `cache` points to this CPU's work area's `pcache`, which
     // nothing else references during the call (see `KernelEnv::cache`).
     let cache = unsafe { &mut *cache };
     // Fibonacci hashing: the top bits of the product mix every byte.
-    let slot = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 61) as usize;
+    let bits = POLICY_SLOTS.trailing_zeros();
+    let slot = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize;
     let slot = masked(slot, POLICY_SLOTS);
     if cache.valid & (1 << slot) != 0 && cache.keys[slot] == key {
         return cache.entries[slot];
@@ -94,6 +97,19 @@ fn policy_cached(cache: *mut PolicyCache, key: VerbKey) -> PolicyEntry {
     cache.entries[slot] = e;
     cache.valid |= 1 << slot;
     e
+}
+
+/// [`policy_cached`] for the server's EHLO keywords. The cache is found
+/// through the work-area map (this CPU's entry, a lookup the verifier
+/// inlines) rather than through a pointer the step would carry: a closure
+/// holding one adds to the step callback's stack, which the chain of calls
+/// cannot spare.
+#[inline(always)]
+fn keyword_policy(key: VerbKey) -> Option<PolicyEntry> {
+    Some(match crate::maps::work_area() {
+        Some(w) => policy_cached(addr_of_mut!(w.pcache), key),
+        None => policy_entry(key),
+    })
 }
 
 impl Env for KernelEnv<'_> {
@@ -415,7 +431,7 @@ unsafe extern "C" fn server_step(_i: u64, ctx: *mut c_void) -> i64 {
     let b = chunk_byte(&w.payload, s.pos - s.base);
     let out = s
         .server
-        .step(b, s.pos, &mut s.seg, &s.shared, &policy, s.config);
+        .step(b, s.pos, &mut s.seg, &s.shared, &keyword_policy, s.config);
     s.shared.publish_server(&out);
     handle_server(w, &out);
     w.parser.pos += 1;

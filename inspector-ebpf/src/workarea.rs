@@ -60,15 +60,16 @@ pub struct WorkArea {
     pub pcache: PolicyCache,
 }
 
-/// Slots of [`PolicyCache`] (a power of two).
-pub const POLICY_SLOTS: usize = 8;
+/// Slots of [`PolicyCache`] (a power of two): a session's verbs and the
+/// keywords of a server's EHLO reply (Postfix sends nine) with room to spare.
+pub const POLICY_SLOTS: usize = 16;
 
 /// A small direct-mapped cache of policy-map entries, in the work area
 /// (`WorkArea::pcache`): the parser's environment reaches it through the
 /// work area's pointer, which every step has, rather than through a map
-/// lookup of its own per verb. Sessions repeat a few verbs
-/// (MAIL, RCPT, RCPT...), and a hash-map lookup costs more than all the
-/// rest of a command's parsing. It is kept from one segment to the next
+/// lookup of its own per verb or EHLO keyword. Sessions repeat a few verbs
+/// (MAIL, RCPT, RCPT...), a server's EHLO replies the same keywords, and a
+/// hash-map lookup costs more than all the rest of a command's parsing. It is kept from one segment to the next
 /// and emptied when a policy write moved the policy generation
 /// (`inspector_common::policy::POLICY_GEN_MAP`). Not pinned: a restarted
 /// instance starts with an empty one, whatever its layout was before.

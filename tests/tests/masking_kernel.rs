@@ -1628,6 +1628,52 @@ fn a_policy_write_reaches_verbs_cached_on_this_cpu() {
     }
 }
 
+/// The same for the keywords of the server's EHLO reply, which go through
+/// the same cache: on one CPU, `VRFY` shown (allowed, so cached) in one
+/// reply is masked in the next once the policy denies VRFY, and shown
+/// again once it allows it; each reply's keyword is the one the reply
+/// before cached.
+#[test]
+fn a_policy_write_reaches_ehlo_keywords_cached_on_this_cpu() {
+    let _cpu = OnOneCpu::new();
+    let mut prog = Loaded::new(Hook::Xdp, 0);
+    let without_vrfy: Vec<&str> = inspector_common::verbs::DEFAULT_ALLOWED
+        .iter()
+        .copied()
+        .filter(|v| *v != "VRFY")
+        .collect();
+    let reply = b"250-server.test\r\n250 VRFY\r\n";
+    let port = client_port();
+    let mut seqs = {
+        let mut s = Session::new(&prog, v4(), port, 25);
+        s.open();
+        for _ in 0..2 {
+            send_expect(&mut s, "EHLO", b"EHLO c\r\n", b"EHLO c\r\n");
+            server_expect(&mut s, "VRFY allowed", reply, reply);
+        }
+        (s.cseq, s.sseq)
+    };
+    let masked = b"250-server.test\r\n250 XXXX\r\n";
+    for (allowed, want, what) in [
+        (&without_vrfy[..], &masked[..], "VRFY denied"),
+        (
+            inspector_common::verbs::DEFAULT_ALLOWED,
+            &reply[..],
+            "VRFY allowed again",
+        ),
+        (&without_vrfy[..], &masked[..], "VRFY denied again"),
+    ] {
+        prog.set_policy(allowed);
+        let mut s = Session::new(&prog, v4(), port, 25);
+        (s.cseq, s.sseq) = seqs;
+        for _ in 0..2 {
+            send_expect(&mut s, "EHLO", b"EHLO c\r\n", b"EHLO c\r\n");
+            server_expect(&mut s, what, reply, want);
+        }
+        seqs = (s.cseq, s.sseq);
+    }
+}
+
 /// Banner masking (an option): the greeting's text becomes `X`, its code
 /// and line ends stay, the checksum is fixed; later replies pass. XDP and
 /// TC, IPv4 and IPv6.
