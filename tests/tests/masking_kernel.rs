@@ -1584,6 +1584,52 @@ fn ehlo_reply_follows_the_live_policy() {
     assert_eq!(o.get("bdat_chunks"), 1, "{:?}", o.delta.nonzero());
 }
 
+/// On one CPU, one flow of `prog`: two `exchange`s under the default
+/// policy (which allows `verb`, so the cache holds it), then two under each
+/// policy of `rounds` in turn, written between them, with what the
+/// exchange must leave of its bytes (`want`). Each round's first exchange
+/// meets the cache the round before filled.
+fn across_policy_writes(
+    verb: &str,
+    exchange: fn(&mut Session, &str, &[u8]),
+    allowed: &[u8],
+    masked: &[u8],
+) {
+    let _cpu = OnOneCpu::new();
+    let mut prog = Loaded::new(Hook::Xdp, 0);
+    let without: Vec<&str> = inspector_common::verbs::DEFAULT_ALLOWED
+        .iter()
+        .copied()
+        .filter(|v| *v != verb)
+        .collect();
+    let port = client_port();
+    let mut seqs = {
+        let mut s = Session::new(&prog, v4(), port, 25);
+        s.open();
+        for _ in 0..2 {
+            exchange(&mut s, &format!("{verb} allowed"), allowed);
+        }
+        (s.cseq, s.sseq)
+    };
+    for (policy, want, what) in [
+        (&without[..], masked, "denied"),
+        (
+            inspector_common::verbs::DEFAULT_ALLOWED,
+            allowed,
+            "allowed again",
+        ),
+        (&without[..], masked, "denied again"),
+    ] {
+        prog.set_policy(policy);
+        let mut s = Session::new(&prog, v4(), port, 25);
+        (s.cseq, s.sseq) = seqs;
+        for _ in 0..2 {
+            exchange(&mut s, &format!("{verb} {what}"), want);
+        }
+        seqs = (s.cseq, s.sseq);
+    }
+}
+
 /// The policy cache outlives a segment but not a policy write: on one CPU,
 /// a verb passed as allowed (and so cached) is masked in the very next
 /// segment once the policy denies it, and passes again once it allows it.
@@ -1591,87 +1637,32 @@ fn ehlo_reply_follows_the_live_policy() {
 /// the cache would answer if the write did not empty it.
 #[test]
 fn a_policy_write_reaches_verbs_cached_on_this_cpu() {
-    let _cpu = OnOneCpu::new();
-    let mut prog = Loaded::new(Hook::Xdp, 0);
-    let without_noop: Vec<&str> = inspector_common::verbs::DEFAULT_ALLOWED
-        .iter()
-        .copied()
-        .filter(|v| *v != "NOOP")
-        .collect();
-    let port = client_port();
-    let mut seqs = {
-        let mut s = Session::new(&prog, v4(), port, 25);
-        s.open();
-        for _ in 0..2 {
-            send_expect(&mut s, "allowed NOOP", b"NOOP\r\n", b"NOOP\r\n");
+    across_policy_writes(
+        "NOOP",
+        |s, what, want| {
+            send_expect(s, what, b"NOOP\r\n", want);
             s.server(b"250 ok\r\n");
-        }
-        (s.cseq, s.sseq)
-    };
-    for (allowed, want, what) in [
-        (&without_noop[..], &b"XXXX\r\n"[..], "NOOP denied"),
-        (
-            inspector_common::verbs::DEFAULT_ALLOWED,
-            b"NOOP\r\n",
-            "NOOP allowed again",
-        ),
-        (&without_noop[..], b"XXXX\r\n", "NOOP denied again"),
-    ] {
-        prog.set_policy(allowed);
-        let mut s = Session::new(&prog, v4(), port, 25);
-        (s.cseq, s.sseq) = seqs;
-        for _ in 0..2 {
-            send_expect(&mut s, what, b"NOOP\r\n", want);
-            s.server(b"250 ok\r\n");
-        }
-        seqs = (s.cseq, s.sseq);
-    }
+        },
+        b"NOOP\r\n",
+        b"XXXX\r\n",
+    );
 }
 
 /// The same for the keywords of the server's EHLO reply, which go through
-/// the same cache: on one CPU, `VRFY` shown (allowed, so cached) in one
-/// reply is masked in the next once the policy denies VRFY, and shown
-/// again once it allows it; each reply's keyword is the one the reply
-/// before cached.
+/// the same cache: `VRFY` shown (allowed, so cached) in one reply is
+/// masked in the next once the policy denies VRFY, and shown again once it
+/// allows it.
 #[test]
 fn a_policy_write_reaches_ehlo_keywords_cached_on_this_cpu() {
-    let _cpu = OnOneCpu::new();
-    let mut prog = Loaded::new(Hook::Xdp, 0);
-    let without_vrfy: Vec<&str> = inspector_common::verbs::DEFAULT_ALLOWED
-        .iter()
-        .copied()
-        .filter(|v| *v != "VRFY")
-        .collect();
-    let reply = b"250-server.test\r\n250 VRFY\r\n";
-    let port = client_port();
-    let mut seqs = {
-        let mut s = Session::new(&prog, v4(), port, 25);
-        s.open();
-        for _ in 0..2 {
-            send_expect(&mut s, "EHLO", b"EHLO c\r\n", b"EHLO c\r\n");
-            server_expect(&mut s, "VRFY allowed", reply, reply);
-        }
-        (s.cseq, s.sseq)
-    };
-    let masked = b"250-server.test\r\n250 XXXX\r\n";
-    for (allowed, want, what) in [
-        (&without_vrfy[..], &masked[..], "VRFY denied"),
-        (
-            inspector_common::verbs::DEFAULT_ALLOWED,
-            &reply[..],
-            "VRFY allowed again",
-        ),
-        (&without_vrfy[..], &masked[..], "VRFY denied again"),
-    ] {
-        prog.set_policy(allowed);
-        let mut s = Session::new(&prog, v4(), port, 25);
-        (s.cseq, s.sseq) = seqs;
-        for _ in 0..2 {
-            send_expect(&mut s, "EHLO", b"EHLO c\r\n", b"EHLO c\r\n");
-            server_expect(&mut s, what, reply, want);
-        }
-        seqs = (s.cseq, s.sseq);
-    }
+    across_policy_writes(
+        "VRFY",
+        |s, what, want| {
+            send_expect(s, "EHLO", b"EHLO c\r\n", b"EHLO c\r\n");
+            server_expect(s, what, b"250-server.test\r\n250 VRFY\r\n", want);
+        },
+        b"250-server.test\r\n250 VRFY\r\n",
+        b"250-server.test\r\n250 XXXX\r\n",
+    );
 }
 
 /// Banner masking (an option): the greeting's text becomes `X`, its code

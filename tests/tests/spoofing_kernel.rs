@@ -206,8 +206,7 @@ impl<'a> Conn<'a> {
                 .seq(SERVER_ISN)
                 .ack(self.cseq),
         );
-        assert_eq!(o.verdict, Verdict::Pass, "SYN-ACK: {:?}", o.delta.nonzero());
-        assert_eq!(o.get("spoofed"), 0);
+        assert_believed(&o, "SYN-ACK");
         let o = self.run_client(self.client_seg().flags(TCP_ACK));
         assert_eq!(o.verdict, Verdict::Pass, "ACK");
     }
@@ -224,14 +223,10 @@ impl<'a> Conn<'a> {
     /// The server's payload, honestly sent; must pass unchanged.
     fn server(&mut self, payload: &[u8]) {
         let o = self.run_server(self.server_seg().payload(payload));
-        assert_eq!(
-            o.verdict,
-            Verdict::Pass,
-            "the server's {:?}: {:?}",
-            String::from_utf8_lossy(payload),
-            o.delta.nonzero()
+        assert_believed(
+            &o,
+            &format!("the server's {:?}", String::from_utf8_lossy(payload)),
         );
-        assert_eq!(o.get("spoofed"), 0);
         self.sseq = self.sseq.wrapping_add(payload.len() as u32);
     }
 
@@ -243,13 +238,7 @@ impl<'a> Conn<'a> {
         let f = self.server_frame(t, CLIENT_MAC);
         let on = if one_armed { self.bed.1 } else { self.bed.0 };
         let o = self.prog.run_on(&f, on);
-        assert_eq!(
-            o.verdict,
-            Verdict::Drop,
-            "{what} (one-armed: {one_armed}): {:?}",
-            o.delta.nonzero()
-        );
-        assert_eq!(o.get("spoofed"), 1, "{what}: {:?}", o.delta.nonzero());
+        assert_refused(&o, &format!("{what} (one-armed: {one_armed})"));
         assert_eq!(o.get("dropped"), 1, "{what}");
     }
 }
@@ -257,6 +246,19 @@ impl<'a> Conn<'a> {
 /// Payload of an outcome's frame (IPv4 or IPv6, no options).
 fn payload_of(o: &Outcome, len: usize) -> Vec<u8> {
     o.data_out[o.data_out.len() - len..].to_vec()
+}
+
+/// `o` is a server-direction packet believed: passed, not counted
+/// `spoofed`.
+fn assert_believed(o: &Outcome, what: &str) {
+    assert_eq!(o.verdict, Verdict::Pass, "{what}: {:?}", o.delta.nonzero());
+    assert_eq!(o.get("spoofed"), 0, "{what}: {:?}", o.delta.nonzero());
+}
+
+/// `o` is a packet refused as forged: dropped, and counted `spoofed`.
+fn assert_refused(o: &Outcome, what: &str) {
+    assert_eq!(o.verdict, Verdict::Drop, "{what}: {:?}", o.delta.nonzero());
+    assert_eq!(o.get("spoofed"), 1, "{what}: {:?}", o.delta.nonzero());
 }
 
 /// Runs `case` for XDP and TC, IPv4 and IPv6, and one-armed or not, in a
@@ -448,13 +450,7 @@ fn a_server_without_a_neighbour_entry_is_not_believed() {
                     .seq(SERVER_ISN)
                     .ack(c.cseq),
             );
-            assert_eq!(
-                o.verdict,
-                Verdict::Drop,
-                "{hook:?}: {:?}",
-                o.delta.nonzero()
-            );
-            assert_eq!(o.get("spoofed"), 1);
+            assert_refused(&o, &format!("{hook:?}"));
             c.cseq = CLIENT_ISN.wrapping_add(1);
         }
     });
@@ -485,13 +481,7 @@ fn on_a_host_that_does_not_forward_only_replies_to_its_own_connections_pass() {
                 CLIENT_MAC,
             );
             let o = prog.run_on(&reply, ifs.0);
-            assert_eq!(
-                o.verdict,
-                Verdict::Pass,
-                "{hook:?}: {:?}",
-                o.delta.nonzero()
-            );
-            assert_eq!(o.get("spoofed"), 0);
+            assert_believed(&o, &format!("{hook:?}"));
             // A reply to a connection this host does not have, and a
             // "server" on this host answering a remote client.
             for (what, t, client, server) in [
@@ -516,8 +506,7 @@ fn on_a_host_that_does_not_forward_only_replies_to_its_own_connections_pass() {
                     CLIENT_MAC,
                 );
                 let o = prog.run_on(&f, ifs.0);
-                assert_eq!(o.verdict, Verdict::Drop, "{hook:?} {what}");
-                assert_eq!(o.get("spoofed"), 1, "{hook:?} {what}");
+                assert_refused(&o, &format!("{hook:?} {what}"));
             }
         }
         drop(stream);
@@ -559,8 +548,7 @@ fn forged_closes_and_other_disguises_are_not_believed() {
         let f = c.server_frame(c.server_seg().payload(b"354 go ahead\r\n"), gw_mac);
         let on = if one_armed { c.bed.1 } else { c.bed.0 };
         let o = prog.run_on(&f, on);
-        assert_eq!(o.verdict, Verdict::Drop, "{:?}", o.delta.nonzero());
-        assert_eq!(o.get("spoofed"), 1);
+        assert_refused(&o, "with the gateway's MAC");
         // Claiming the gateway's own address: a local address is never
         // behind an interface.
         let gw = if v6 {
@@ -576,8 +564,7 @@ fn forged_closes_and_other_disguises_are_not_believed() {
             CLIENT_MAC,
         );
         let o = prog.run_on(&f, on);
-        assert_eq!(o.verdict, Verdict::Drop, "{:?}", o.delta.nonzero());
-        assert_eq!(o.get("spoofed"), 1);
+        assert_refused(&o, "claiming the gateway's address");
         // The flow is still live and inspected.
         c.client(b"EHLO client.test\r\n");
         c.server(b"250 server.test\r\n");
@@ -632,13 +619,7 @@ fn a_next_hop_change_applies_within_a_second_and_the_cache_believes_nothing_else
                 SERVER_MAC,
             );
             let o = prog.run_on(&f, c.bed.1);
-            assert_eq!(
-                o.verdict,
-                Verdict::Drop,
-                "{hook:?}: {:?}",
-                o.delta.nonzero()
-            );
-            assert_eq!(o.get("spoofed"), 1);
+            assert_refused(&o, &format!("{hook:?}: another address"));
 
             next_hop(&ns, new_mac);
             let moved = Instant::now();
@@ -648,7 +629,7 @@ fn a_next_hop_change_applies_within_a_second_and_the_cache_believes_nothing_else
                 let before = Instant::now();
                 let o = c.run_server(c.server_seg().flags(TCP_ACK));
                 if o.verdict == Verdict::Drop {
-                    assert_eq!(o.get("spoofed"), 1, "{:?}", o.delta.nonzero());
+                    assert_refused(&o, &format!("{hook:?}: the old next hop"));
                     break before;
                 }
                 assert_eq!(o.get("spoofed"), 0);
@@ -672,19 +653,9 @@ fn a_next_hop_change_applies_within_a_second_and_the_cache_believes_nothing_else
                 &c.server_frame(c.server_seg().flags(TCP_ACK), new_mac),
                 c.bed.1,
             );
-            assert_eq!(
-                o.verdict,
-                Verdict::Pass,
-                "{hook:?}: {:?}",
-                o.delta.nonzero()
-            );
-            assert_eq!(o.get("spoofed"), 0);
+            assert_believed(&o, &format!("{hook:?}: the new next hop"));
             let o = c.run_server(c.server_seg().flags(TCP_ACK));
-            assert_eq!(
-                o.verdict,
-                Verdict::Drop,
-                "{hook:?}: the old MAC after the new one"
-            );
+            assert_refused(&o, &format!("{hook:?}: the old MAC after the new one"));
             next_hop(&ns, SERVER_MAC);
         }
     });
