@@ -446,11 +446,18 @@ pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64, replacing: bool)
     flow.server.cur.next_seq = ack;
     flow.server.cur.flags = DIR_SYNCED;
     flow.server.cur.last_ns = now;
-    // Replacing a closed entry of the same key takes no new slot.
-    let mode = if replacing { BPF_EXIST } else { BPF_NOEXIST };
-    if FLOWS
-        .insert(&w.packet.key, &w.new_flow, mode as u64)
-        .is_err()
+    // Replacing a closed entry of the same key takes no new slot; if
+    // `inspector attach`'s expiry removed it since the segment's lookup,
+    // the flow is inserted anew.
+    let replaced = replacing
+        && FLOWS
+            .insert(&w.packet.key, &w.new_flow, BPF_EXIST as u64)
+            .is_ok();
+    let inserted = replaced
+        || FLOWS
+            .insert(&w.packet.key, &w.new_flow, BPF_NOEXIST as u64)
+            .is_ok();
+    if !inserted
         && !(reclaim(w, now)
             && FLOWS
                 .insert(&w.packet.key, &w.new_flow, BPF_NOEXIST as u64)
@@ -460,9 +467,11 @@ pub fn complete(w: &mut WorkArea, seq: u32, ack: u32, now: u64, replacing: bool)
     }
     count(Counter::FlowsCreated);
     match counted {
+        // The count read for the cap, unless a reclaim walked the table
+        // since (while `attach`'s recount may have removed that entry).
         // SAFETY: as in `add_client_flow`.
-        Some(p) => unsafe { write_volatile(p, read_volatile(p) + 1) },
-        None => add_client_flow(&w.packet.key.client),
+        Some(p) if inserted => unsafe { write_volatile(p, read_volatile(p) + 1) },
+        _ => add_client_flow(&w.packet.key.client),
     }
     0
 }

@@ -101,6 +101,17 @@ pub fn work_area() -> Option<&'static mut WorkArea> {
     unsafe { workarea::borrow(p) }
 }
 
+/// This CPU's policy cache (`WorkArea::pcache`), as a raw pointer taken
+/// without making a reference to the work area: for a step that already
+/// holds one (the server's keyword lookups, see `stream::keyword_policy`).
+#[inline(always)]
+pub fn pcache_ptr() -> Option<*mut workarea::PolicyCache> {
+    let p = WORK_AREA.get_ptr_mut(0)?;
+    // SAFETY: a field projection into this CPU's live map value; nothing
+    // is read or written here.
+    Some(unsafe { core::ptr::addr_of_mut!((*p).pcache) })
+}
+
 #[inline(always)]
 pub fn port_inspected(port: u16) -> bool {
     let (word, bit) = port_slot(port);

@@ -84,7 +84,8 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     // redirected there (nothing else is routed out of a tap without
     // routes), after this very check for the server's direction: such a
     // segment's side was checked when it first came in.
-    let from_fallback = ctx.ingress_ifindex() == fallback_ifindex();
+    let fallback = fallback_ifindex();
+    let from_fallback = fallback != 0 && ctx.ingress_ifindex() == fallback;
     if !client_side && !from_fallback {
         // Before anything of the flow is read or written: a forged server
         // packet must not move sequence numbers, acknowledgements, replies
@@ -97,7 +98,7 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
         }
     }
     // Neither handshake step below writes the flow table: one lookup serves
-    // them and the segment.
+    // them (and the segment, unless the last ACK creates the entry).
     let mut found = flow::lookup(&w.packet.key);
     if client_side && flags & (SYN | ACK) == SYN {
         let why = flow::syn(w, seq, &found);

@@ -21,10 +21,16 @@
 //!   in; one that comes in claiming a local server is forged.
 //!
 //! A forwarding host's check that passed is believed again for
-//! [`BELIEVED_NS`] without its lookups, for packets of the same claimed
-//! sender with the same source MAC on the same interface (this CPU's
-//! `workarea::SideCache`): a route or neighbour change takes up to that
-//! long to apply to a server the check already believed.
+//! [`BELIEVED_NS`] (and up to a tick of the coarse clock) without its
+//! lookups, for packets of the same claimed sender with the same source MAC
+//! on the same interface (this CPU's `workarea::SideCache`): a route or
+//! neighbour change takes up to that long to apply to a server the check
+//! already believed. The client's address and the ports, which the route
+//! lookup also takes, are not in the key: where policy routing sends a
+//! server's packets for different clients through different interfaces or
+//! next hops, a pass for one client stands for the others within that
+//! time. A forged packet riding on it must still come in on the server's
+//! interface with its next hop's MAC: the layer-2 forgery below.
 //!
 //! What this cannot tell: a client that shares the server's layer-2 segment
 //! and forges the server's (or the server-side router's) MAC, as on a
@@ -154,11 +160,17 @@ fn build_seen(l: &mut Lookup, t: &Tcp, ifindex: u32, mac: [u8; 6]) {
     s.mac = u64::from_ne_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]);
 }
 
-/// The cache slot of `s`'s sender.
+/// The cache slot of `s`: the top bits of a Fibonacci hash of the whole
+/// key, so that servers whose addresses differ in any byte (a few in one
+/// /24, say) spread over the slots.
 #[inline(always)]
 fn slot(s: &Seen) -> usize {
-    let h = (s.addr[1] >> 32) as u32 ^ s.iface;
-    masked(h as usize, SIDE_SLOTS)
+    let k = s.addr[0] ^ s.addr[1] ^ s.mac ^ s.iface as u64;
+    let bits = SIDE_SLOTS.trailing_zeros();
+    masked(
+        (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize,
+        SIDE_SLOTS,
+    )
 }
 
 /// Whether a check of `l.seen`'s sender, interface and MAC passed less

@@ -17,6 +17,7 @@ use aya_ebpf::helpers::bpf_loop;
 use inspector_common::{
     config::{action, limit_action},
     events::reason,
+    policy::policy_slot,
     smtp::{act, Env, Out, Seg, ServerOut},
     verbs::{PolicyEntry, VerbKey, OTHER},
 };
@@ -85,10 +86,7 @@ fn policy_cached(cache: *mut PolicyCache, key: VerbKey) -> PolicyEntry {
     // SAFETY: `cache` points to this CPU's work area's `pcache`, which
     // nothing else references during the call (see `KernelEnv::cache`).
     let cache = unsafe { &mut *cache };
-    // Fibonacci hashing: the top bits of the product mix every byte.
-    let bits = POLICY_SLOTS.trailing_zeros();
-    let slot = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize;
-    let slot = masked(slot, POLICY_SLOTS);
+    let slot = masked(policy_slot(key, POLICY_SLOTS), POLICY_SLOTS);
     if cache.valid & (1 << slot) != 0 && cache.keys[slot] == key {
         return cache.entries[slot];
     }
@@ -101,13 +99,13 @@ fn policy_cached(cache: *mut PolicyCache, key: VerbKey) -> PolicyEntry {
 
 /// [`policy_cached`] for the server's EHLO keywords. The cache is found
 /// through the work-area map (this CPU's entry, a lookup the verifier
-/// inlines) rather than through a pointer the step would carry: a closure
-/// holding one adds to the step callback's stack, which the chain of calls
-/// cannot spare.
+/// inlines, taken as a raw pointer: the step holds the work area) rather
+/// than through a pointer the step would carry: a closure holding one adds
+/// to the step callback's stack, which the chain of calls cannot spare.
 #[inline(always)]
 fn keyword_policy(key: VerbKey) -> Option<PolicyEntry> {
-    Some(match crate::maps::work_area() {
-        Some(w) => policy_cached(addr_of_mut!(w.pcache), key),
+    Some(match crate::maps::pcache_ptr() {
+        Some(c) => policy_cached(c, key),
         None => policy_entry(key),
     })
 }

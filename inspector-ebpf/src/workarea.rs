@@ -60,9 +60,12 @@ pub struct WorkArea {
     pub pcache: PolicyCache,
 }
 
-/// Slots of [`PolicyCache`] (a power of two): a session's verbs and the
-/// keywords of a server's EHLO reply (Postfix sends nine) with room to spare.
-pub const POLICY_SLOTS: usize = 16;
+/// Slots of [`PolicyCache`] (see `POLICY_CACHE_SLOTS`).
+pub const POLICY_SLOTS: usize = inspector_common::policy::POLICY_CACHE_SLOTS;
+
+/// Slots of [`SideCache`] (a power of two).
+pub const SIDE_SLOTS: usize = 4;
+const _: () = assert!(SIDE_SLOTS.is_power_of_two());
 
 /// A small direct-mapped cache of policy-map entries, in the work area
 /// (`WorkArea::pcache`): the parser's environment reaches it through the
@@ -105,9 +108,6 @@ pub struct Seen {
     pub _pad: u32,
     pub mac: u64,
 }
-
-/// Slots of [`SideCache`] (a power of two).
-pub const SIDE_SLOTS: usize = 4;
 
 /// A small direct-mapped cache of server-side checks that passed on a
 /// forwarding host (`side::check_server`): the claimed sender's address,

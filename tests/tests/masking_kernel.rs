@@ -1475,6 +1475,9 @@ fn ehlo_reply_is_filtered(hook: Hook, shape: Shape, name: &str) {
     );
     assert_eq!(o.get("bytes_masked"), 24, "{what}");
     assert_eq!(o.get("dropped"), 0, "{what}");
+    // No fallback runs here: nothing was written back by one (a TC run
+    // arrives with no ingress interface, which is not "the fallback's").
+    assert_eq!(o.get("reassembled"), 0, "{what}");
     // Replies to other commands are not filtered.
     send_expect(&mut s, "NOOP", b"NOOP\r\n", b"NOOP\r\n");
     s.server(b"250-STARTTLS\r\n250 CHUNKING\r\n");
@@ -1654,6 +1657,14 @@ fn a_policy_write_reaches_verbs_cached_on_this_cpu() {
 /// allows it.
 #[test]
 fn a_policy_write_reaches_ehlo_keywords_cached_on_this_cpu() {
+    use inspector_common::{
+        policy::{policy_slot, POLICY_CACHE_SLOTS},
+        verbs::key_of,
+    };
+    // The client's EHLO, looked up between two replies, must not push
+    // VRFY out of the cache: the cache would never answer for it.
+    let slot = |v: &[u8]| policy_slot(key_of(v).unwrap(), POLICY_CACHE_SLOTS);
+    assert_ne!(slot(b"EHLO"), slot(b"VRFY"), "EHLO and VRFY share a slot");
     across_policy_writes(
         "VRFY",
         |s, what, want| {

@@ -573,11 +573,11 @@ fn forged_closes_and_other_disguises_are_not_believed() {
     });
 }
 
-/// Points the server's IPv4 address at next-hop MAC `mac` in namespace
-/// `ns` (by name: the test runs inside it, on another thread).
-fn next_hop(ns: &str, mac: [u8; 6]) {
+/// Points `server` at next-hop MAC `mac` in namespace `ns` (by name: the
+/// test runs inside it, on another thread).
+fn next_hop(ns: &str, server: IpAddr, mac: [u8; 6]) {
     let st = std::process::Command::new("ip")
-        .args(["-n", ns, "neigh", "replace", &SERVER_V4.to_string()])
+        .args(["-n", ns, "neigh", "replace", &server.to_string()])
         .args(["lladdr", &mac_text(mac), "dev", "gws", "nud", "permanent"])
         .status()
         .expect("running ip");
@@ -601,16 +601,24 @@ fn a_next_hop_change_applies_within_a_second_and_the_cache_believes_nothing_else
         // The cache is this CPU's: keep every run on one.
         let _cpu = OnOneCpu::new();
         let new_mac = [0x02, 0, 0, 0, 0x02, 0x99];
-        for (i, hook) in [Hook::Xdp, Hook::Tc].into_iter().enumerate() {
+        let runs = [Hook::Xdp, Hook::Tc]
+            .into_iter()
+            .flat_map(|h| [(h, false), (h, true)]);
+        for (i, (hook, v6)) in runs.enumerate() {
             let prog = Loaded::new(hook, 0);
-            let mut c = Conn::new(&prog, ifs, false, 42200 + i as u16);
+            let mut c = Conn::new(&prog, ifs, v6, 42200 + i as u16);
+            let what = format!("{hook:?}, IPv6 {v6}");
             // No earlier than the SYN-ACK's check, which the cache keeps.
             let checked = Instant::now();
             c.handshake();
             c.server(b"220 server.test ESMTP\r\n");
             // Another address through the interface and MAC just believed:
             // the gateway's own, which is never behind an interface.
-            let gw = IpAddr::V4(Ipv4Addr::new(10, 200, 2, 1));
+            let gw = if v6 {
+                IpAddr::V6(Ipv6Addr::new(0xfd00, 0x200, 2, 0, 0, 0, 0, 1))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(10, 200, 2, 1))
+            };
             let f = frame(
                 Tcp::new(25, c.cport).payload(b"354 go ahead\r\n"),
                 c.client,
@@ -619,9 +627,9 @@ fn a_next_hop_change_applies_within_a_second_and_the_cache_believes_nothing_else
                 SERVER_MAC,
             );
             let o = prog.run_on(&f, c.bed.1);
-            assert_refused(&o, &format!("{hook:?}: another address"));
+            assert_refused(&o, &format!("{what}: another address"));
 
-            next_hop(&ns, new_mac);
+            next_hop(&ns, c.server, new_mac);
             let moved = Instant::now();
             // The old next hop: believed from the cache while the second
             // since its check lasts, then refused.
@@ -629,13 +637,13 @@ fn a_next_hop_change_applies_within_a_second_and_the_cache_believes_nothing_else
                 let before = Instant::now();
                 let o = c.run_server(c.server_seg().flags(TCP_ACK));
                 if o.verdict == Verdict::Drop {
-                    assert_refused(&o, &format!("{hook:?}: the old next hop"));
+                    assert_refused(&o, &format!("{what}: the old next hop"));
                     break before;
                 }
                 assert_eq!(o.get("spoofed"), 0);
                 assert!(
                     moved.elapsed() < Duration::from_secs(3),
-                    "{hook:?}: the old next hop is still believed {:?} after the change",
+                    "{what}: the old next hop is still believed {:?} after the change",
                     moved.elapsed()
                 );
                 std::thread::yield_now();
@@ -644,7 +652,7 @@ fn a_next_hop_change_applies_within_a_second_and_the_cache_believes_nothing_else
             // clock's tick): until then the cache, not the lookups, decided.
             assert!(
                 refused.duration_since(checked) >= Duration::from_millis(900),
-                "{hook:?}: refused {:?} after the check, within its second",
+                "{what}: refused {:?} after the check, within its second",
                 refused.duration_since(checked)
             );
             // The new next hop: checked in full, believed; its check
@@ -653,10 +661,10 @@ fn a_next_hop_change_applies_within_a_second_and_the_cache_believes_nothing_else
                 &c.server_frame(c.server_seg().flags(TCP_ACK), new_mac),
                 c.bed.1,
             );
-            assert_believed(&o, &format!("{hook:?}: the new next hop"));
+            assert_believed(&o, &format!("{what}: the new next hop"));
             let o = c.run_server(c.server_seg().flags(TCP_ACK));
-            assert_refused(&o, &format!("{hook:?}: the old MAC after the new one"));
-            next_hop(&ns, SERVER_MAC);
+            assert_refused(&o, &format!("{what}: the old MAC after the new one"));
+            next_hop(&ns, c.server, SERVER_MAC);
         }
     });
 }
