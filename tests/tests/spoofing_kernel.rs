@@ -248,6 +248,23 @@ fn payload_of(o: &Outcome, len: usize) -> Vec<u8> {
     o.data_out[o.data_out.len() - len..].to_vec()
 }
 
+/// A `354` that claims the gateway's own server-side address (never behind
+/// an interface) for `c`'s client, sent by `mac`.
+fn from_the_gateway(c: &Conn, v6: bool, mac: [u8; 6]) -> Vec<u8> {
+    let gw = if v6 {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x200, 2, 0, 0, 0, 0, 1))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 200, 2, 1))
+    };
+    frame(
+        Tcp::new(25, c.cport).payload(b"354 go ahead\r\n"),
+        c.client,
+        gw,
+        true,
+        mac,
+    )
+}
+
 /// `o` is a server-direction packet believed: passed, not counted
 /// `spoofed`.
 fn assert_believed(o: &Outcome, what: &str) {
@@ -551,18 +568,7 @@ fn forged_closes_and_other_disguises_are_not_believed() {
         assert_refused(&o, "with the gateway's MAC");
         // Claiming the gateway's own address: a local address is never
         // behind an interface.
-        let gw = if v6 {
-            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x200, 2, 0, 0, 0, 0, 1))
-        } else {
-            IpAddr::V4(Ipv4Addr::new(10, 200, 2, 1))
-        };
-        let f = frame(
-            Tcp::new(25, c.cport).payload(b"354 go ahead\r\n"),
-            c.client,
-            gw,
-            true,
-            CLIENT_MAC,
-        );
+        let f = from_the_gateway(&c, v6, CLIENT_MAC);
         let o = prog.run_on(&f, on);
         assert_refused(&o, "claiming the gateway's address");
         // The flow is still live and inspected.
@@ -614,18 +620,7 @@ fn a_next_hop_change_applies_within_a_second_and_the_cache_believes_nothing_else
             c.server(b"220 server.test ESMTP\r\n");
             // Another address through the interface and MAC just believed:
             // the gateway's own, which is never behind an interface.
-            let gw = if v6 {
-                IpAddr::V6(Ipv6Addr::new(0xfd00, 0x200, 2, 0, 0, 0, 0, 1))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(10, 200, 2, 1))
-            };
-            let f = frame(
-                Tcp::new(25, c.cport).payload(b"354 go ahead\r\n"),
-                c.client,
-                gw,
-                true,
-                SERVER_MAC,
-            );
+            let f = from_the_gateway(&c, v6, SERVER_MAC);
             let o = prog.run_on(&f, c.bed.1);
             assert_refused(&o, &format!("{what}: another address"));
 
