@@ -16,6 +16,15 @@ pub mod scan;
 pub mod smtp;
 pub mod verbs;
 
+/// The slot of `x` in a direct-mapped cache of `slots` entries (a power of
+/// two): the top bits of a Fibonacci hash, which mix every byte of `x`.
+/// The kernel's per-CPU caches use it (policy entries, server-side checks);
+/// it is here so that tests can tell which keys share a slot.
+#[inline(always)]
+pub const fn cache_slot(x: u64, slots: usize) -> usize {
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - slots.trailing_zeros())) as usize
+}
+
 /// `aya::Pod` for every type that crosses the kernel/user boundary.
 #[cfg(feature = "user")]
 mod pod {

@@ -30,16 +30,8 @@ pub const POLICY_GEN_MAP: &str = "INSPECTOR_POLICY_GEN";
 /// reply (Postfix sends nine), some pairs sharing a slot (then they push
 /// each other out, and one of them costs a map lookup).
 pub const POLICY_CACHE_SLOTS: usize = 16;
-// The cache's `valid` word has a bit per slot; the slot is a hash's top bits.
+// The cache's `valid` word has a bit per slot (`crate::cache_slot`).
 const _: () = assert!(POLICY_CACHE_SLOTS.is_power_of_two() && POLICY_CACHE_SLOTS <= 32);
-
-/// The slot of `key` in a direct-mapped policy cache of `slots` entries (a
-/// power of two): the top bits of a Fibonacci hash, which mix every byte
-/// of the key. Here so that tests can tell which keys share a slot.
-#[inline(always)]
-pub const fn policy_slot(key: VerbKey, slots: usize) -> usize {
-    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - slots.trailing_zeros())) as usize
-}
 
 /// Number of bytes in a key (position of its last non-zero byte + 1).
 pub const fn key_len(key: VerbKey) -> usize {

@@ -46,7 +46,7 @@ use aya_ebpf::{
     },
     helpers::{bpf_fib_lookup, bpf_sk_lookup_tcp, bpf_sk_release},
 };
-use inspector_common::events::reason;
+use inspector_common::{cache_slot, events::reason};
 
 use crate::{
     access::masked,
@@ -129,9 +129,7 @@ fn route_check<P: Packet>(ctx: &P, t: &Tcp, l: &mut Lookup, ifindex: u32, now: u
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return reason::NO_NEIGHBOUR;
     }
-    let m = p.dmac;
-    let next_hop = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
-    if next_hop != l.seen.mac {
+    if mac_word(p.dmac) != l.seen.mac {
         return reason::WRONG_MAC;
     }
     remember(l, now);
@@ -157,7 +155,7 @@ fn build_seen(l: &mut Lookup, t: &Tcp, ifindex: u32, mac: [u8; 6]) {
     let s = &mut l.seen;
     s.addr = [half(0), half(8)];
     s.iface = ifindex | ((t.is_v6 as u32) << 31);
-    s.mac = u64::from_ne_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]);
+    s.mac = mac_word(mac);
 }
 
 /// The cache slot of `s`: the top bits of a Fibonacci hash of the whole
@@ -166,11 +164,13 @@ fn build_seen(l: &mut Lookup, t: &Tcp, ifindex: u32, mac: [u8; 6]) {
 #[inline(always)]
 fn slot(s: &Seen) -> usize {
     let k = s.addr[0] ^ s.addr[1] ^ s.mac ^ s.iface as u64;
-    let bits = SIDE_SLOTS.trailing_zeros();
-    masked(
-        (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize,
-        SIDE_SLOTS,
-    )
+    masked(cache_slot(k, SIDE_SLOTS), SIDE_SLOTS)
+}
+
+/// A MAC address as a word (its six bytes, then two zeroes).
+#[inline(always)]
+fn mac_word(m: [u8; 6]) -> u64 {
+    u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0])
 }
 
 /// Whether a check of `l.seen`'s sender, interface and MAC passed less

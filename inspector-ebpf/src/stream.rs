@@ -15,9 +15,9 @@ use core::{ffi::c_void, ptr::addr_of_mut};
 
 use aya_ebpf::helpers::bpf_loop;
 use inspector_common::{
+    cache_slot,
     config::{action, limit_action},
     events::reason,
-    policy::policy_slot,
     smtp::{act, Env, Out, Seg, ServerOut},
     verbs::{PolicyEntry, VerbKey, OTHER},
 };
@@ -86,7 +86,7 @@ fn policy_cached(cache: *mut PolicyCache, key: VerbKey) -> PolicyEntry {
     // SAFETY: `cache` points to this CPU's work area's `pcache`, which
     // nothing else references during the call (see `KernelEnv::cache`).
     let cache = unsafe { &mut *cache };
-    let slot = masked(policy_slot(key, POLICY_SLOTS), POLICY_SLOTS);
+    let slot = masked(cache_slot(key, POLICY_SLOTS), POLICY_SLOTS);
     if cache.valid & (1 << slot) != 0 && cache.keys[slot] == key {
         return cache.entries[slot];
     }

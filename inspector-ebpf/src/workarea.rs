@@ -72,8 +72,9 @@ const _: () = assert!(SIDE_SLOTS.is_power_of_two());
 /// work area's pointer, which every step has, rather than through a map
 /// lookup of its own per verb or EHLO keyword. Sessions repeat a few verbs
 /// (MAIL, RCPT, RCPT...), a server's EHLO replies the same keywords, and a
-/// hash-map lookup costs more than all the rest of a command's parsing. It is kept from one segment to the next
-/// and emptied when a policy write moved the policy generation
+/// hash-map lookup costs more than all the rest of a command's parsing. It
+/// is kept from one segment to the next and emptied when a policy write
+/// moved the policy generation
 /// (`inspector_common::policy::POLICY_GEN_MAP`). Not pinned: a restarted
 /// instance starts with an empty one, whatever its layout was before.
 #[repr(C)]

@@ -1657,13 +1657,10 @@ fn a_policy_write_reaches_verbs_cached_on_this_cpu() {
 /// allows it.
 #[test]
 fn a_policy_write_reaches_ehlo_keywords_cached_on_this_cpu() {
-    use inspector_common::{
-        policy::{policy_slot, POLICY_CACHE_SLOTS},
-        verbs::key_of,
-    };
+    use inspector_common::{cache_slot, policy::POLICY_CACHE_SLOTS, verbs::key_of};
     // The client's EHLO, looked up between two replies, must not push
     // VRFY out of the cache: the cache would never answer for it.
-    let slot = |v: &[u8]| policy_slot(key_of(v).unwrap(), POLICY_CACHE_SLOTS);
+    let slot = |v: &[u8]| cache_slot(key_of(v).unwrap(), POLICY_CACHE_SLOTS);
     assert_ne!(slot(b"EHLO"), slot(b"VRFY"), "EHLO and VRFY share a slot");
     across_policy_writes(
         "VRFY",
