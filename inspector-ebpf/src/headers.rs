@@ -3,6 +3,8 @@
 //! Each step checks the bytes it reads against the end of the frame and the
 //! lengths the headers claim; anything inconsistent is `Malformed`.
 
+use inspector_common::flow::FlowKey;
+
 use crate::{csum, packet::Packet};
 
 const ETH_P_IP: u16 = 0x0800;
@@ -73,6 +75,20 @@ impl Tcp {
     #[inline(always)]
     pub fn pseudo_sum(&self) -> u16 {
         csum::pseudo(&self.src, &self.dst, self.is_v6, self.tcp_len)
+    }
+
+    /// Writes the segment's flow key into `key` (built in place: the BPF
+    /// stack is small): the client is the source if `from_client`, else
+    /// the destination.
+    #[inline(always)]
+    pub fn flow_key(&self, from_client: bool, key: &mut FlowKey) {
+        if from_client {
+            (key.client, key.server) = (self.src, self.dst);
+            (key.client_port, key.server_port) = (self.src_port, self.dst_port);
+        } else {
+            (key.client, key.server) = (self.dst, self.src);
+            (key.client_port, key.server_port) = (self.dst_port, self.src_port);
+        }
     }
 }
 

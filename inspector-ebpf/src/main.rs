@@ -143,12 +143,7 @@ fn run<P: Packet>(ctx: &P) -> u32 {
 #[inline(always)]
 fn too_large(w: &mut WorkArea) {
     let t = &w.packet.tcp;
-    let k = &mut w.packet.key;
-    if port_inspected(t.dst_port) {
-        (k.client, k.server, k.client_port, k.server_port) = (t.src, t.dst, t.src_port, t.dst_port);
-    } else {
-        (k.client, k.server, k.client_port, k.server_port) = (t.dst, t.src, t.dst_port, t.src_port);
-    }
+    t.flow_key(port_inspected(t.dst_port), &mut w.packet.key);
     w.packet.seq = t.seq;
     w.packet.monitor = (config() & CFG_MONITOR != 0) as u32;
     if w.packet.monitor == 0 {

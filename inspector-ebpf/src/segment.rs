@@ -52,23 +52,11 @@ pub fn inspect<P: Packet>(ctx: &P, client_side: bool) -> u32 {
     let Some(w) = work_area() else {
         return P::PASS;
     };
-    // Read the header fields once; the flow key is built in place, since
-    // the BPF stack is small.
+    // Read the header fields once.
     let t = &w.packet.tcp;
     let (flags, seq, ack, payload_len) = (t.flags, t.seq, t.ack, t.payload_len as u32);
     let payload_off = t.payload_off;
-    let key = &mut w.packet.key;
-    if client_side {
-        key.client = t.src;
-        key.server = t.dst;
-        key.client_port = t.src_port;
-        key.server_port = t.dst_port;
-    } else {
-        key.client = t.dst;
-        key.server = t.src;
-        key.client_port = t.dst_port;
-        key.server_port = t.src_port;
-    }
+    t.flow_key(client_side, &mut w.packet.key);
     w.packet.seq = seq;
     // CLOCK_MONOTONIC at the scheduler tick's resolution, which is all the
     // flow timestamps need (idle times of seconds); reading the TSC, as

@@ -44,11 +44,20 @@ pub struct Params {
     pub idle_flows: usize,
 }
 
+/// The flow-tracking baseline's program (a name of at most 15 bytes, as
+/// the kernel keeps it: the profiling pass finds programs by name).
+const BENCH_TRACK: &str = "bench_track";
+
 /// What sits in the gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Filter {
     None,
+    /// Baselines, bench programs attached in XDP mode: one that only
+    /// passes, one that parses the headers as the inspector does, one that
+    /// also tracks flows in a hash table (`inspector-ebpf/src/bench.rs`).
     XdpPass,
+    XdpParse,
+    XdpTrack,
     InspectorXdp,
     InspectorTc,
     Iptables,
@@ -61,9 +70,11 @@ pub enum Filter {
     InspectorTcReordered,
 }
 
-pub const FILTERS: [Filter; 9] = [
+pub const FILTERS: [Filter; 11] = [
     Filter::None,
     Filter::XdpPass,
+    Filter::XdpParse,
+    Filter::XdpTrack,
     Filter::InspectorXdp,
     Filter::InspectorTc,
     Filter::Iptables,
@@ -97,6 +108,8 @@ impl Filter {
         match self {
             Filter::None => "forwarding",
             Filter::XdpPass => "xdp_bench_pass",
+            Filter::XdpParse => "xdp_bench_parse",
+            Filter::XdpTrack => "xdp_bench_track",
             Filter::InspectorXdp => "inspector_xdp",
             Filter::InspectorTc => "inspector_tc",
             Filter::Iptables => "iptables_string",
@@ -105,6 +118,18 @@ impl Filter {
             Filter::InspectorXdpReordered => "inspector_xdp_reordered",
             Filter::InspectorTcReordered => "inspector_tc_reordered",
         }
+    }
+
+    /// Whether this configuration runs an XDP program in the gateway.
+    fn xdp(self) -> bool {
+        matches!(
+            self,
+            Filter::XdpPass
+                | Filter::XdpParse
+                | Filter::XdpTrack
+                | Filter::InspectorXdp
+                | Filter::InspectorXdpReordered
+        )
     }
 
     /// Whether the client's segments are reordered on its link.
@@ -130,6 +155,13 @@ impl Filter {
             Filter::None => "plain forwarding, no filter",
             Filter::XdpPass => {
                 "bench_pass (XDP_PASS only) on both gateway veths: the cost of XDP on veth itself"
+            }
+            Filter::XdpParse => {
+                "bench_parse (the inspector's header parsing, then XDP_PASS) on both gateway veths"
+            }
+            Filter::XdpTrack => {
+                "bench_track (header parsing, then one flow-table lookup a packet, an insert a \
+                 SYN) on both gateway veths: what tracking flows costs before any inspection"
             }
             Filter::InspectorXdp => "inspector attach --mode xdp on both gateway veths",
             Filter::InspectorTc => "inspector attach --mode tc on both gateway veths",
@@ -157,6 +189,8 @@ impl Filter {
     fn programs(self) -> &'static [&'static str] {
         match self {
             Filter::XdpPass => &[super::kernel::BENCH_PASS],
+            Filter::XdpParse => &[super::kernel::BENCH_PARSE],
+            Filter::XdpTrack => &[BENCH_TRACK],
             Filter::InspectorXdp | Filter::InspectorXdpReordered => &["inspector_xdp"],
             Filter::InspectorTc | Filter::InspectorTcReordered => &["inspector_tc"],
             _ => &[],
@@ -234,19 +268,20 @@ fn activate<'a>(gw: &'a Testbed, env: &Env, f: Filter) -> Result<Active<'a>> {
     }
     match f {
         Filter::None | Filter::NoneReordered => {}
-        Filter::XdpPass => {
+        Filter::XdpPass | Filter::XdpParse | Filter::XdpTrack => {
+            let name = f.programs()[0];
             let object = env.object.to_vec();
             let ifaces = [gw.gw_client_if.clone(), gw.gw_server_if.clone()];
             a._xdp = Some(gw.gateway.hold(move || {
                 let mut ebpf = aya::Ebpf::load(&object)?;
                 let p: &mut aya::programs::Xdp = ebpf
-                    .program_mut(super::kernel::BENCH_PASS)
-                    .context("no bench_pass program")?
+                    .program_mut(name)
+                    .with_context(|| format!("no {name} program"))?
                     .try_into()?;
                 p.load()?;
                 for i in &ifaces {
                     p.attach(i, aya::programs::XdpMode::default())
-                        .with_context(|| format!("attaching bench_pass to {i}"))?;
+                        .with_context(|| format!("attaching {name} to {i}"))?;
                 }
                 Ok(ebpf)
             })?);
@@ -908,6 +943,25 @@ impl Report {
         )
     }
 
+    /// Configuration `f`'s throughput against `xdp_bench_pass` (the cost
+    /// of XDP on veth itself), round by round: the configurations of one
+    /// round run in the same minutes, so a ratio per round leaves out what
+    /// drifts between rounds. Small messages, then 1 MiB ones; `None` if
+    /// `xdp_bench_pass` was not run or `f` is not an XDP configuration.
+    fn vs_xdp_pass(&self, f: Filter) -> Option<(Summary, Summary)> {
+        if !f.xdp() || f.reordered() || f == Filter::XdpPass {
+            return None;
+        }
+        let (_, pass) = self.configs.iter().find(|(b, _)| *b == Filter::XdpPass)?;
+        let (_, x) = self.configs.iter().find(|(b, _)| *b == f)?;
+        let per_round =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a / b).collect() };
+        Some((
+            Summary::of(&per_round(&x.small_msgs_per_s, &pass.small_msgs_per_s)),
+            Summary::of(&per_round(&x.large_mb_per_s, &pass.large_mb_per_s)),
+        ))
+    }
+
     pub fn json(&self) -> Value {
         let configs: Vec<Value> = self
             .configs
@@ -927,6 +981,9 @@ impl Report {
                     "small_ratio_to_forwarding": num(small.median / b_small),
                     "large_ratio_to_forwarding": num(large.median / b_large),
                     "latency_p50_ratio_to_forwarding": num(p50.median / b_p50),
+                    "per_round_ratios_to_xdp_bench_pass": self.vs_xdp_pass(*f).map(|(s, l)| {
+                        json!({ "small": s.json(), "large": l.json() })
+                    }),
                     "inspector_counters": s.counters,
                     "xdp_mode": s.xdp_mode,
                     "program_time": s.program,
@@ -1047,6 +1104,29 @@ impl Report {
             ));
         }
         s.push('\n');
+        let vs_pass: Vec<_> = self
+            .configs
+            .iter()
+            .filter_map(|(f, _)| Some((*f, self.vs_xdp_pass(*f)?)))
+            .collect();
+        if !vs_pass.is_empty() {
+            s.push_str(
+                "XDP configurations against `xdp_bench_pass`, the cost of XDP on veth taken \
+                 out (a ratio per round, the configurations of a round running in the same \
+                 minutes; median [min–max]):\n\n\
+                 | configuration | small msg/s vs xdp_bench_pass | 1 MiB MB/s vs xdp_bench_pass |\n\
+                 |---|---:|---:|\n",
+            );
+            for (f, (small, large)) in vs_pass {
+                s.push_str(&format!(
+                    "| {} | {} | {} |\n",
+                    f.id(),
+                    small.cell(2),
+                    large.cell(2)
+                ));
+            }
+            s.push('\n');
+        }
         for (f, x) in &self.configs {
             let mode = x
                 .xdp_mode
