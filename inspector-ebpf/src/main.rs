@@ -74,20 +74,35 @@ pub fn inspector_xdp(ctx: XdpContext) -> u32 {
     run(&ctx)
 }
 
-/// TC (clsact) entry point, for ingress and egress: for hosts where XDP
-/// does not fit, such as one that runs the MTA itself (commands arrive on
-/// ingress, replies leave on egress).
+/// TC (clsact) entry point for ingress (and the reassembly fallback's
+/// tap's ingress): for hosts where XDP does not fit, such as one that runs
+/// the MTA itself (commands arrive on ingress, replies leave on egress,
+/// through [`inspector_tc_eg`]).
 #[classifier]
 pub fn inspector_tc(ctx: TcContext) -> i32 {
+    run(&ctx) as i32
+}
+
+/// TC egress: a program of its own (its name fits the kernel's 15 bytes),
+/// because a TC program cannot tell which hook runs it, and a packet that
+/// leaves by the interface it came in on (a one-armed gateway's, or a RST
+/// the ingress hook turned around) looks on egress as it did on ingress.
+/// Only what this host makes is inspected here (an MTA's replies): a
+/// packet that came in was inspected by the ingress hook of its
+/// interface, the inspector running on every interface it forwards
+/// between. A second look would take its bytes for a retransmission, and
+/// a server's packet, now sent from the gateway's MAC, for a forgery.
+#[classifier]
+pub fn inspector_tc_eg(ctx: TcContext) -> i32 {
+    if ctx.ingress_ifindex() != 0 {
+        return TcContext::PASS as i32;
+    }
     run(&ctx) as i32
 }
 
 /// Parse the headers, decide whether the flow is inspected, inspect.
 #[inline(always)]
 fn run<P: Packet>(ctx: &P) -> u32 {
-    if ctx.seen_on_ingress() {
-        return P::PASS;
-    }
     count(Counter::PacketsSeen);
     let Some(w) = work_area() else {
         return P::PASS;

@@ -40,10 +40,6 @@ pub trait Packet {
     /// # Safety
     /// `p` must come from [`Packet::raw`] of the same program invocation.
     unsafe fn from_raw(p: *mut core::ffi::c_void) -> Self;
-    /// Whether this packet was already inspected by this program on another
-    /// hook: TC egress of a packet that was forwarded, hence seen on the
-    /// ingress of the interface it came in on.
-    fn seen_on_ingress(&self) -> bool;
     /// The interface the packet came in on; 0 if this host made it (TC
     /// egress of a local packet), the one case with no outside sender.
     fn ingress_ifindex(&self) -> u32;
@@ -145,10 +141,6 @@ impl Packet for XdpContext {
         true
     }
     #[inline(always)]
-    fn seen_on_ingress(&self) -> bool {
-        false
-    }
-    #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
         // SAFETY: `self.ctx` is this invocation's xdp_md, which the program
         // may read.
@@ -194,10 +186,6 @@ impl Packet for XdpContext {
     const PASS: u32 = xdp_action::XDP_PASS;
     const DROP: u32 = xdp_action::XDP_DROP;
 }
-
-/// The skb mark of a RST that `bounce` sends back toward the client in TC
-/// mode ("INSP"), cleared when the egress hook lets it go.
-const BOUNCE_MARK: u32 = 0x494e_5350;
 
 impl Packet for TcContext {
     #[inline(always)]
@@ -255,48 +243,22 @@ impl Packet for TcContext {
         true
     }
     #[inline(always)]
-    fn seen_on_ingress(&self) -> bool {
-        // ingress_ifindex is 0 for locally generated packets, and equals
-        // ifindex on ingress; anything else is a forwarded packet leaving.
-        // SAFETY: `self.skb.skb` points to this invocation's __sk_buff,
-        // whose fields the program may read.
-        let (ingress, ifindex, mark) = unsafe {
-            (
-                (*self.skb.skb).ingress_ifindex,
-                (*self.skb.skb).ifindex,
-                (*self.skb.skb).mark,
-            )
-        };
-        if mark == BOUNCE_MARK {
-            // Our own RST, turned around by `bounce` on ingress and now
-            // leaving by the same interface: already decided. The mark
-            // goes, so that nothing downstream sees it.
-            // SAFETY: as above; `mark` is writable by TC programs.
-            unsafe { (*self.skb.skb).mark = 0 };
-            return true;
-        }
-        ingress != 0 && ingress != ifindex
-    }
-    #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
         // 0 on egress for a packet this host made; the arrival interface on
-        // ingress (forwarded packets on egress never get this far).
-        // SAFETY: as in `seen_on_ingress`.
+        // ingress (forwarded packets on egress never get this far: see
+        // `inspector_tc_eg`).
+        // SAFETY: `self.skb.skb` points to this invocation's __sk_buff,
+        // whose fields the program may read.
         unsafe { (*self.skb.skb).ingress_ifindex }
     }
     #[inline(always)]
     fn bounce(&self) -> u32 {
         // The redirected RST leaves by the interface it came in on, through
-        // that interface's egress hook: this program again, where its
-        // arrival interface would make it look like a server packet from
-        // the client's side. The mark says it is ours (nothing outside the
-        // host can set an skb mark).
-        // SAFETY: as in `seen_on_ingress`; `mark` is writable by TC
-        // programs and `bpf_redirect` takes plain values.
-        unsafe {
-            (*self.skb.skb).mark = BOUNCE_MARK;
-            bpf_redirect((*self.skb.skb).ifindex, 0) as u32
-        }
+        // that interface's egress hook, which passes it: it came in (see
+        // `inspector_tc_eg`).
+        // SAFETY: as in `ingress_ifindex`; `bpf_redirect` takes plain
+        // values.
+        unsafe { bpf_redirect((*self.skb.skb).ifindex, 0) as u32 }
     }
     #[inline(always)]
     fn redirectable(&self) -> bool {

@@ -12,7 +12,7 @@ fn main() -> Result<()> {
     let mut ebpf = EbpfLoader::new()
         .verifier_log_level(VerifierLogLevel::STATS)
         .load(inspector_userspace::loader::EBPF_OBJECT)?;
-    for name in ["inspector_xdp", "inspector_tc"] {
+    for name in ["inspector_xdp", "inspector_tc", "inspector_tc_eg"] {
         let started = std::time::Instant::now();
         let prog = ebpf.program_mut(name).context("no program")?;
         let r = match name {

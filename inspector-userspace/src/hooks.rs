@@ -10,7 +10,7 @@ use rustix::net::{recv, send, socket, AddressFamily, RecvFlags, SendFlags, Socke
 
 use crate::{
     links::Hook,
-    loader::{TC_PROGRAM, XDP_PROGRAM},
+    loader::{TC_EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
 };
 
 /// rtnetlink constants (linux/rtnetlink.h, linux/netlink.h, linux/if_link.h).
@@ -172,7 +172,9 @@ pub fn inspectors_on(iface: &str, ifindex: u32) -> Result<Vec<Found>> {
             Err(_) => continue,
         };
         for p in progs {
-            if p.name_as_str() == Some(TC_PROGRAM) {
+            // Either TC program on either hook: an instance from before
+            // the egress program ran `inspector_tc` on both.
+            if matches!(p.name_as_str(), Some(TC_PROGRAM | TC_EGRESS_PROGRAM)) {
                 out.push(Found {
                     hook,
                     program_id: p.id(),

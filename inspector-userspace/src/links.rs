@@ -79,6 +79,15 @@ impl Hook {
         }
     }
 
+    /// The program of the object that runs on this hook.
+    pub fn program(self) -> &'static str {
+        match self {
+            Hook::Xdp => loader::XDP_PROGRAM,
+            Hook::TcIngress => loader::TC_PROGRAM,
+            Hook::TcEgress => loader::TC_EGRESS_PROGRAM,
+        }
+    }
+
     pub fn from_name(s: &str) -> Option<Hook> {
         match s {
             "xdp" => Some(Hook::Xdp),
@@ -350,12 +359,13 @@ impl LinkSet {
             if !tcx {
                 bail!("--mode tc needs TCX links (Linux 6.6 or newer); use --mode xdp");
             }
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(loader::TC_PROGRAM)
-                .context("the TC program is missing")?
-                .try_into()?;
-            for iface in ifaces {
-                for &hook in mode.hooks() {
+            for &hook in mode.hooks() {
+                let name = hook.program();
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .with_context(|| format!("the TC program {name} is missing"))?
+                    .try_into()?;
+                for iface in ifaces {
                     let o = attach_tc(prog, pin_dir, iface, hook)?;
                     self.keep(link_path(pin_dir, iface, hook), o);
                 }

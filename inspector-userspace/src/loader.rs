@@ -26,8 +26,12 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// Name of the XDP entry point in the object.
 pub const XDP_PROGRAM: &str = "inspector_xdp";
-/// Name of the TC (clsact ingress/egress) entry point in the object.
+/// Name of the TC ingress entry point in the object (also attached to the
+/// reassembly fallback's tap).
 pub const TC_PROGRAM: &str = "inspector_tc";
+/// Name of the TC egress entry point, which inspects only what the host
+/// itself sends (see the eBPF crate's `inspector_tc_eg`).
+pub const TC_EGRESS_PROGRAM: &str = "inspector_tc_eg";
 
 /// Every map of the object, by the name it is pinned under.
 pub const MAP_NAMES: &[&str] = &[
@@ -173,15 +177,17 @@ pub fn load_xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(prog)
 }
 
-/// Loads (verifies) the TC program and returns it.
-pub fn load_tc(ebpf: &mut Ebpf) -> Result<&mut aya::programs::SchedClassifier> {
-    let prog: &mut aya::programs::SchedClassifier = ebpf
-        .program_mut(TC_PROGRAM)
-        .with_context(|| format!("the eBPF object has no program `{TC_PROGRAM}`"))?
-        .try_into()
-        .context("program has the wrong type")?;
-    prog.load().map_err(|e| verifier_error(TC_PROGRAM, e))?;
-    Ok(prog)
+/// Loads (verifies) the TC programs, ingress and egress.
+pub fn load_tc(ebpf: &mut Ebpf) -> Result<()> {
+    for name in [TC_PROGRAM, TC_EGRESS_PROGRAM] {
+        let prog: &mut aya::programs::SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("the eBPF object has no program `{name}`"))?
+            .try_into()
+            .context("program has the wrong type")?;
+        prog.load().map_err(|e| verifier_error(name, e))?;
+    }
+    Ok(())
 }
 
 /// Turns a load error into [`VerifierRejected`] when the verifier spoke.

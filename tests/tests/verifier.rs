@@ -11,13 +11,13 @@ use aya::{
     programs::{SchedClassifier, Xdp},
     EbpfLoader,
 };
-use inspector_userspace::loader::{EBPF_OBJECT, TC_PROGRAM, XDP_PROGRAM};
+use inspector_userspace::loader::{EBPF_OBJECT, TC_EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM};
 use object::{Object, ObjectSymbol};
 
 /// Half the verifier's budget.
 const BUDGET: u32 = 500_000;
 
-const PRODUCTION: [&str; 2] = [XDP_PROGRAM, TC_PROGRAM];
+const PRODUCTION: [&str; 3] = [XDP_PROGRAM, TC_PROGRAM, TC_EGRESS_PROGRAM];
 const BENCH: [&str; 3] = ["bench_pass", "bench_parse", "bench_track"];
 
 /// Loads (verifies) the programs `names` of `object`, each within budget.
@@ -27,7 +27,7 @@ fn load_within_budget(object: &[u8], names: &[&str]) {
         let prog = ebpf
             .program_mut(name)
             .unwrap_or_else(|| panic!("program {name} missing"));
-        let info = if name == TC_PROGRAM {
+        let info = if name != XDP_PROGRAM && !BENCH.contains(&name) {
             let p: &mut SchedClassifier = prog.try_into().unwrap();
             p.load().unwrap_or_else(|e| {
                 panic!("{}", inspector_userspace::loader::verifier_error(name, e))

@@ -111,7 +111,7 @@ fn run_attached(
     // was (its program, its ports, its policy).
     let mut ebpf = loader::open_with(object, Some(pins.path()), settings.max_flows)?;
     match args.mode {
-        Mode::Tc => drop(loader::load_tc(&mut ebpf)?),
+        Mode::Tc => loader::load_tc(&mut ebpf)?,
         Mode::Xdp | Mode::XdpSkb => drop(loader::load_xdp(&mut ebpf)?),
     }
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -192,7 +192,9 @@ impl Filter {
             Filter::XdpParse => &[super::kernel::BENCH_PARSE],
             Filter::XdpTrack => &[BENCH_TRACK],
             Filter::InspectorXdp | Filter::InspectorXdpReordered => &["inspector_xdp"],
-            Filter::InspectorTc | Filter::InspectorTcReordered => &["inspector_tc"],
+            Filter::InspectorTc | Filter::InspectorTcReordered => {
+                &["inspector_tc", "inspector_tc_eg"]
+            }
             _ => &[],
         }
     }
