@@ -17,7 +17,7 @@ use inspector_tests::{
         OneArmed,
     },
     proc::{run_timeout, Finished},
-    sha256_hex, Counts, Inspector, Offloads, RecordingSmtpd, Testbed,
+    sha256_hex, Counts, Offloads, RecordingSmtpd, Testbed,
 };
 
 const FROM: &str = "b@example.com";
@@ -241,8 +241,15 @@ fn one_armed_gateway_carries_both_directions_on_one_interface() {
         let mut c = client::swaks(&bed.client, server, FROM, TO);
         c.args(["--suppress-data", "--body", "one arm\n"]);
         let out = run_timeout(&mut c, SWAKS_TIMEOUT);
-        assert!(out.status.success(), "--mode {mode}: swaks to {server} failed: {out}");
-        assert_eq!(smtpd.messages().len(), 1, "--mode {mode}, {server}: no message arrived");
+        assert!(
+            out.status.success(),
+            "--mode {mode}: swaks to {server} failed: {out}"
+        );
+        assert_eq!(
+            smtpd.messages().len(),
+            1,
+            "--mode {mode}, {server}: no message arrived"
+        );
 
         let closed = smtpd.wait_closed(1, Duration::from_secs(20));
         let session_bytes = (closed[0].received.len() + closed[0].sent.len()) as u64;
