@@ -1,8 +1,8 @@
-//! The inspector's kernel programs: `inspector_xdp` and `inspector_tc`,
-//! which parse SMTP on the inspected ports and mask disallowed command verbs
-//! in place. With the `bench` feature, the object also holds the baselines
-//! of `cargo xtask bench` (`bench.rs`); the object `inspector` embeds does
-//! not.
+//! The inspector's kernel programs: `inspector_xdp`, and `inspector_tc` and
+//! `inspector_tc_eg` (TC ingress and egress), which parse SMTP on the
+//! inspected ports and mask disallowed command verbs in place. With the
+//! `bench` feature, the object also holds the baselines of `cargo xtask
+//! bench` (`bench.rs`); the object `inspector` embeds does not.
 //!
 //! The data path, top to bottom:
 //!

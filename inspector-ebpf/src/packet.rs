@@ -4,7 +4,7 @@
 //! device (CHECKSUM_PARTIAL), an XDP frame does not.
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{xdp_action, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{
         bpf_check_mtu, bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
         bpf_skb_store_bytes, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
@@ -253,12 +253,24 @@ impl Packet for TcContext {
     }
     #[inline(always)]
     fn bounce(&self) -> u32 {
-        // The redirected RST leaves by the interface it came in on, through
-        // that interface's egress hook, which passes it: it came in (see
-        // `inspector_tc_eg`).
+        // A packet that came in: the RST leaves by the interface it came in
+        // on, through that interface's egress hook, which passes it (it
+        // came in: see `inspector_tc_eg`). A packet this host made (on
+        // egress, this host is the client): the RST goes back in, to the
+        // local socket, through the ingress hook, which believes it as a
+        // packet of a connection of this host. Sent out, it would go to
+        // the wire addressed to this host.
         // SAFETY: as in `ingress_ifindex`; `bpf_redirect` takes plain
         // values.
-        unsafe { bpf_redirect((*self.skb.skb).ifindex, 0) as u32 }
+        unsafe {
+            let skb = self.skb.skb;
+            let flags = if (*skb).ingress_ifindex == 0 {
+                BPF_F_INGRESS as u64
+            } else {
+                0
+            };
+            bpf_redirect((*skb).ifindex, flags) as u32
+        }
     }
     #[inline(always)]
     fn redirectable(&self) -> bool {

@@ -10,7 +10,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use inspector_tests::{
-    client::{self, SWAKS_TIMEOUT},
+    client::{self, Smtp, SWAKS_TIMEOUT},
     inspector::{counter, Attach},
     netns::{
         addr::{SERVER_V4, SERVER_V6},
@@ -271,5 +271,115 @@ fn one_armed_gateway_carries_both_directions_on_one_interface() {
             "bytes_inspected {} for a session of {session_bytes} bytes: {ctx}",
             d.bytes_inspected
         );
+    }
+}
+
+/// An MTA host that runs the inspector itself, `--mode tc` on its own
+/// interface (README: Deploy): the commands arrive on ingress, the replies
+/// leave on egress through `inspector_tc_eg`, which inspects what the host
+/// sends. The flow exists only if the egress program saw the SYN-ACK, and
+/// the body passes only once it has read the 354 (a body segment before
+/// its reply is dropped as awaiting it): the message arriving is the proof
+/// that the egress program inspects, the masked STARTTLS that the ingress
+/// one does.
+#[test]
+fn an_mta_host_in_tc_mode_reads_its_replies_on_egress() {
+    for server in [SERVER_V4, SERVER_V6] {
+        let bed = Testbed::new(Offloads::Default);
+        let smtpd = RecordingSmtpd::start(&bed.server, &[SERVER_V4, SERVER_V6], 25);
+        let inspector = Attach::new(&bed.server, &[bed.server_if.as_str()])
+            .arg("--mode")
+            .arg("tc")
+            .start()
+            .unwrap_or_else(|f| panic!("inspector attach failed ({}):\n{}", f.status, f.stderr));
+        let before = inspector.stats_json();
+
+        let mut c = Smtp::connect(&bed.client, server, 25);
+        c.expect("EHLO client.test", 250);
+        c.expect("STARTTLS", 500);
+        c.expect(&format!("MAIL FROM:<{FROM}>"), 250);
+        c.expect(&format!("RCPT TO:<{TO}>"), 250);
+        c.expect("DATA", 354);
+        c.try_expect_raw(b"Subject: the MTA host\r\n\r\nbody\r\n.\r\n", 250)
+            .unwrap_or_else(|e| panic!("{server}: the body: {e:#}"));
+        c.expect("QUIT", 221);
+
+        let ctx = format!("server {server}");
+        assert_eq!(smtpd.messages().len(), 1, "{ctx}: no message arrived");
+        let commands: Vec<String> = smtpd
+            .command_lines()
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        assert_eq!(
+            commands,
+            [
+                "EHLO client.test\r\n".to_string(),
+                "XXXXXXXX\r\n".to_string(),
+                format!("MAIL FROM:<{FROM}>\r\n"),
+                format!("RCPT TO:<{TO}>\r\n"),
+                "DATA\r\n".to_string(),
+                "QUIT\r\n".to_string(),
+            ],
+            "{ctx}"
+        );
+        let after = inspector.stats_json();
+        let d = |name: &str| counter(&after, name) - counter(&before, name);
+        for (name, want) in [
+            ("flows_created", 1),
+            ("commands_masked", 1),
+            ("bodies", 1),
+            ("dropped", 0),
+            ("spoofed", 0),
+            ("awaiting_reply_drops", 0),
+        ] {
+            assert_eq!(d(name), want, "{name}: {ctx}: {after}");
+        }
+    }
+}
+
+/// The MTA host as a client, `--mode tc` on its own interface: its
+/// commands leave on egress. A masked BDAT resets the flow (its segment
+/// becomes a RST to the server); the client's next segment is answered
+/// with a RST of its own, which must reach the client's socket: the
+/// egress program turns it back into this host's ingress (as the ingress
+/// program turns one back out of the interface it came in on). Sent out
+/// of the interface instead, it went to the wire addressed to this host,
+/// and the client waited for a reply until its timeout.
+#[test]
+fn an_mta_host_in_tc_mode_resets_its_own_client_at_once() {
+    for server in [SERVER_V4, SERVER_V6] {
+        let bed = Testbed::new(Offloads::Default);
+        let _smtpd = RecordingSmtpd::start(&bed.server, &[SERVER_V4, SERVER_V6], 25);
+        let inspector = Attach::new(&bed.client, &[bed.client_if.as_str()])
+            .arg("--mode")
+            .arg("tc")
+            .start()
+            .unwrap_or_else(|f| panic!("inspector attach failed ({}):\n{}", f.status, f.stderr));
+        let before = inspector.stats_json();
+
+        let mut c = Smtp::connect(&bed.client, server, 25);
+        c.expect("EHLO client.test", 250);
+        c.expect(&format!("MAIL FROM:<{FROM}>"), 250);
+        c.expect(&format!("RCPT TO:<{TO}>"), 250);
+        // Masked, and the flow reset: no reply comes.
+        c.send(b"BDAT 5 LAST\r\n");
+        c.send(b"NOOP\r\n");
+        let e = c
+            .try_reply()
+            .expect_err("a reply on a flow the inspector reset");
+        let kind = e
+            .chain()
+            .find_map(|e| e.downcast_ref::<std::io::Error>())
+            .map(|e| e.kind());
+        assert_eq!(
+            kind,
+            Some(std::io::ErrorKind::ConnectionReset),
+            "server {server}: the client was not reset: {e:#}"
+        );
+        let after = inspector.stats_json();
+        let d = |name: &str| counter(&after, name) - counter(&before, name);
+        assert_eq!(d("bdat_resets"), 1, "server {server}: {after}");
+        assert_eq!(d("spoofed"), 0, "server {server}: {after}");
     }
 }

@@ -644,6 +644,7 @@ fn daemon_killed_mid_session(offloads: Offloads, hooks: Hooks) {
     }
     let st = status_json(&bed.gateway, pins.path());
     assert_eq!(st["daemon_pid"].as_i64(), Some(second.pid() as i64), "{st}");
+    assert_eq!(hooks_of(&st).len(), new_progs.len(), "{st}");
     assert!(
         hooks_of(&st)
             .iter()

@@ -27,6 +27,9 @@ enum Gateway {
     Tc,
     /// One interface for both sides (XDP).
     OneArmed,
+    /// One interface for both sides, `--mode tc`: every packet also leaves
+    /// by the interface it came in on, past the egress program.
+    OneArmedTc,
 }
 
 /// The test bed, either shape; fields drop in order (the inspector first).
@@ -52,7 +55,9 @@ impl Bed {
     /// [`Bed::new`], with more `attach` arguments.
     fn with(g: Gateway, extra: &[&str]) -> Bed {
         let (two, one) = match g {
-            Gateway::OneArmed => (None, Some(OneArmed::new(Offloads::Default))),
+            Gateway::OneArmed | Gateway::OneArmedTc => {
+                (None, Some(OneArmed::new(Offloads::Default)))
+            }
             _ => (Some(Testbed::new(Offloads::Default)), None),
         };
         let (client, gateway, server, client_if, gw_if, ifaces): (
@@ -180,7 +185,7 @@ fn attach(
     pin_dir: Option<&std::path::Path>,
 ) -> Inspector {
     let mut attach = Attach::new(gateway, ifaces);
-    if let Gateway::Tc = g {
+    if let Gateway::Tc | Gateway::OneArmedTc = g {
         attach = attach.arg("--mode").arg("tc");
     }
     if let Some(d) = pin_dir {
@@ -263,6 +268,8 @@ fn forged_354_tc() {
 fn forged_354_one_armed() {
     check(Gateway::OneArmed, false, "forged-354", true, 43005);
     check(Gateway::OneArmed, true, "forged-354", true, 43006);
+    check(Gateway::OneArmedTc, false, "forged-354", true, 43007);
+    check(Gateway::OneArmedTc, true, "forged-354", true, 43008);
 }
 
 #[test]
@@ -270,6 +277,7 @@ fn forged_ack_xdp_and_tc() {
     check(Gateway::Xdp, false, "forged-ack", false, 43011);
     check(Gateway::Tc, true, "forged-ack", false, 43012);
     check(Gateway::OneArmed, false, "forged-ack", false, 43013);
+    check(Gateway::OneArmedTc, true, "forged-ack", false, 43014);
 }
 
 #[test]
@@ -277,6 +285,7 @@ fn forged_syn_ack_xdp_and_tc() {
     check(Gateway::Xdp, false, "forged-synack", true, 43021);
     check(Gateway::Tc, true, "forged-synack", true, 43022);
     check(Gateway::OneArmed, true, "forged-synack", true, 43023);
+    check(Gateway::OneArmedTc, false, "forged-synack", true, 43024);
 }
 
 /// An IPv6 packet whose payload length is 0, with a hop-by-hop header but
