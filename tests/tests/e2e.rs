@@ -17,7 +17,7 @@ use inspector_tests::{
         OneArmed,
     },
     proc::{run_timeout, Finished},
-    sha256_hex, Counts, Offloads, RecordingSmtpd, Testbed,
+    sha256_hex, Counts, Inspector, NetNs, Offloads, RecordingSmtpd, Testbed,
 };
 
 const FROM: &str = "b@example.com";
@@ -211,6 +211,21 @@ fn ipv4_generic_xdp_offloads_off() {
     mail_through_the_gateway(Offloads::Off, SERVER_V4, Mode::Generic);
 }
 
+/// `inspector attach --mode MODE` on `ifaces` of `ns`; panics with its
+/// output if it fails.
+fn attach_in(ns: &NetNs, ifaces: &[&str], mode: &str) -> Inspector {
+    Attach::new(ns, ifaces)
+        .arg("--mode")
+        .arg(mode)
+        .start()
+        .unwrap_or_else(|f| {
+            panic!(
+                "inspector attach --mode {mode} failed ({}):\n{}",
+                f.status, f.stderr
+            )
+        })
+}
+
 /// The one-armed gateway of `docs/testbed.md` (router on a stick): both
 /// directions of a session cross the gateway's one interface, so an
 /// inspector attached there alone tracks the flow from its SYN and inspects
@@ -230,11 +245,7 @@ fn one_armed_gateway_carries_both_directions_on_one_interface() {
         let bed = OneArmed::new(Offloads::Default);
         bed.assert_reachable(server);
         let smtpd = RecordingSmtpd::start(&bed.server, &[SERVER_V4, SERVER_V6], 25);
-        let inspector = Attach::new(&bed.gateway, &bed.gateway_ifaces())
-            .arg("--mode")
-            .arg(mode)
-            .start()
-            .unwrap_or_else(|f| panic!("inspector attach failed ({}):\n{}", f.status, f.stderr));
+        let inspector = attach_in(&bed.gateway, &bed.gateway_ifaces(), mode);
         let before = inspector.stats();
         let before_json = inspector.stats_json();
 
@@ -287,11 +298,7 @@ fn an_mta_host_in_tc_mode_reads_its_replies_on_egress() {
     for server in [SERVER_V4, SERVER_V6] {
         let bed = Testbed::new(Offloads::Default);
         let smtpd = RecordingSmtpd::start(&bed.server, &[SERVER_V4, SERVER_V6], 25);
-        let inspector = Attach::new(&bed.server, &[bed.server_if.as_str()])
-            .arg("--mode")
-            .arg("tc")
-            .start()
-            .unwrap_or_else(|f| panic!("inspector attach failed ({}):\n{}", f.status, f.stderr));
+        let inspector = attach_in(&bed.server, &[bed.server_if.as_str()], "tc");
         let before = inspector.stats_json();
 
         let mut c = Smtp::connect(&bed.client, server, 25);
@@ -351,11 +358,7 @@ fn an_mta_host_in_tc_mode_resets_its_own_client_at_once() {
     for server in [SERVER_V4, SERVER_V6] {
         let bed = Testbed::new(Offloads::Default);
         let _smtpd = RecordingSmtpd::start(&bed.server, &[SERVER_V4, SERVER_V6], 25);
-        let inspector = Attach::new(&bed.client, &[bed.client_if.as_str()])
-            .arg("--mode")
-            .arg("tc")
-            .start()
-            .unwrap_or_else(|f| panic!("inspector attach failed ({}):\n{}", f.status, f.stderr));
+        let inspector = attach_in(&bed.client, &[bed.client_if.as_str()], "tc");
         let before = inspector.stats_json();
 
         let mut c = Smtp::connect(&bed.client, server, 25);
