@@ -117,7 +117,10 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
         util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
         util::run(util::nightly_cargo(&ebpf).args(["fmt", "--check"]))?;
         util::run(util::nightly_cargo(&root.join("fuzz")).args(["fmt", "--check"]))?;
-        util::step("clippy: host workspace (all targets), eBPF crate, fuzz crate");
+        util::step(
+            "clippy: host workspace (all targets), eBPF crate (with and without its bench \
+             feature), fuzz crate",
+        );
         util::run(util::cargo().args([
             "clippy",
             "--workspace",
@@ -127,14 +130,16 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
-        util::run(util::nightly_cargo(&ebpf).args([
-            "clippy",
-            "--release",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        // With and without the benchmark programs (`bench.rs` is only
+        // compiled with the feature).
+        for features in [&[][..], &["--features", "bench"][..]] {
+            util::run(
+                util::nightly_cargo(&ebpf)
+                    .args(["clippy", "--release", "--locked"])
+                    .args(features)
+                    .args(["--", "-D", "warnings"]),
+            )?;
+        }
         util::run(
             util::nightly_cargo(&root.join("fuzz"))
                 .args(["clippy", "--locked", "--", "-D", "warnings"]),
