@@ -43,8 +43,9 @@ pub trait Packet {
     /// The interface the packet came in on; 0 if this host made it (TC
     /// egress of a local packet), the one case with no outside sender.
     fn ingress_ifindex(&self) -> u32;
-    /// The verdict that sends the (rewritten) packet back out of the
-    /// interface it came in on.
+    /// The verdict that sends the (rewritten) packet back to its sender:
+    /// out of the interface it came in on, or, for a packet this host made
+    /// (TC egress), back in to this host.
     fn bounce(&self) -> u32;
     /// The verdict that sends the packet out of interface `ifindex` (the
     /// reassembly fallback's tap) instead.
