@@ -42,8 +42,10 @@ use crate::frame::{Frame, Ipv4, Ipv6, Tcp, TCP_ACK, TCP_SYN};
 
 /// Name of the XDP entry point in the object.
 pub const XDP_PROGRAM: &str = "inspector_xdp";
-/// Name of the TC (clsact) entry point in the object.
+/// Name of the TC (clsact) ingress entry point in the object.
 pub const TC_PROGRAM: &str = "inspector_tc";
+/// Name of the TC egress entry point in the object.
+pub const TC_EGRESS_PROGRAM: &str = "inspector_tc_eg";
 
 /// Which entry point of the object runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

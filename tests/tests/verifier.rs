@@ -27,7 +27,7 @@ fn load_within_budget(object: &[u8], names: &[&str]) {
         let prog = ebpf
             .program_mut(name)
             .unwrap_or_else(|| panic!("program {name} missing"));
-        let info = if name != XDP_PROGRAM && !BENCH.contains(&name) {
+        let info = if name == TC_PROGRAM || name == TC_EGRESS_PROGRAM {
             let p: &mut SchedClassifier = prog.try_into().unwrap();
             p.load().unwrap_or_else(|e| {
                 panic!("{}", inspector_userspace::loader::verifier_error(name, e))

@@ -20,6 +20,7 @@ use inspector_testkit::{
     inspector::{stats_json, status_json, Attach, Inspector},
     netns::{in_netns, Held, Offloads, Testbed},
     proc::Proc,
+    program,
 };
 use serde_json::{json, Value};
 
@@ -43,10 +44,6 @@ pub struct Params {
     /// Idle SMTP flows held open for the scale measurement.
     pub idle_flows: usize,
 }
-
-/// The flow-tracking baseline's program (a name of at most 15 bytes, as
-/// the kernel keeps it: the profiling pass finds programs by name).
-const BENCH_TRACK: &str = "bench_track";
 
 /// What sits in the gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,10 +187,10 @@ impl Filter {
         match self {
             Filter::XdpPass => &[super::kernel::BENCH_PASS],
             Filter::XdpParse => &[super::kernel::BENCH_PARSE],
-            Filter::XdpTrack => &[BENCH_TRACK],
-            Filter::InspectorXdp | Filter::InspectorXdpReordered => &["inspector_xdp"],
+            Filter::XdpTrack => &[super::kernel::BENCH_TRACK],
+            Filter::InspectorXdp | Filter::InspectorXdpReordered => &[program::XDP_PROGRAM],
             Filter::InspectorTc | Filter::InspectorTcReordered => {
-                &["inspector_tc", "inspector_tc_eg"]
+                &[program::TC_PROGRAM, program::TC_EGRESS_PROGRAM]
             }
             _ => &[],
         }

@@ -45,6 +45,10 @@ use super::{
 
 pub const BENCH_PASS: &str = "bench_pass";
 pub const BENCH_PARSE: &str = "bench_parse";
+/// The flow-tracking baseline, run end to end only (`e2e.rs`). Like every
+/// program name the profiling pass looks up, at most 15 bytes: the kernel
+/// keeps no more.
+pub const BENCH_TRACK: &str = "bench_track";
 pub const INSPECTOR_XDP: &str = "inspector_xdp";
 const PROGRAMS: [&str; 3] = [BENCH_PASS, BENCH_PARSE, INSPECTOR_XDP];
 
